@@ -1,0 +1,146 @@
+"""Pure pieces: configuration, level selection and grid geometry, tissue detection."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import yaml
+
+from wsiscan.config import DEFAULTS_PATH, Config, TissueConfig, load_config
+from wsiscan.errors import ConfigError, ResolutionError
+from wsiscan.grid import build_grid, select_level
+from wsiscan.tissue import detect_tissue, otsu_threshold, score_tiles
+
+
+# -- config -----------------------------------------------------------------------
+def test_packaged_defaults_match_dataclass_defaults():
+    assert load_config() == Config()
+
+
+def test_every_default_key_has_a_comment():
+    for line in DEFAULTS_PATH.read_text().splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and not stripped.endswith(":"):
+            assert "#" in stripped, f"no comment on config line: {line!r}"
+
+
+def test_repository_configs_default_is_the_packaged_file():
+    from pathlib import Path
+
+    repo_default = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    assert yaml.safe_load(repo_default.read_text()) == yaml.safe_load(DEFAULTS_PATH.read_text())
+
+
+def test_config_file_overrides_defaults_and_cli_overrides_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("tile:\n  stride_px: 32\n  min_tissue: 0.25\ntrain:\n  epochs: 3\n")
+    cfg = load_config(f)
+    assert cfg.tile.stride_px == 32 and cfg.tile.min_tissue == 0.25
+    assert cfg.tile.tile_size_px == 96  # untouched default
+    cfg2 = cfg.replace("tile", stride_px=48, min_tissue=None)
+    assert cfg2.tile.stride_px == 48 and cfg2.tile.min_tissue == 0.25
+
+
+def test_unknown_key_and_bad_type_name_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("tile:\n  strid_px: 32\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key tile.strid_px"):
+        load_config(f)
+    f.write_text("tile:\n  stride_px: fast\n")
+    with pytest.raises(ConfigError, match=r"tile.stride_px must be of type int"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+# -- level selection and grid --------------------------------------------------------
+def test_select_level_downsamples_from_the_coarsest_finer_level():
+    sel = select_level(requested_mpp=0.972, level_mpps=(0.25, 1.0 * 4, 16.0), tolerance=0.02)
+    assert sel.level == 0 and sel.resample and sel.effective_mpp == 0.972
+    assert sel.lv_per_px == pytest.approx(0.972 / 0.25)
+    sel = select_level(requested_mpp=0.972, level_mpps=(0.499,), tolerance=0.05)
+    assert sel.level == 0 and sel.lv_per_px == pytest.approx(0.972 / 0.499)
+
+
+def test_select_level_reads_a_level_within_tolerance_as_is():
+    sel = select_level(requested_mpp=0.972, level_mpps=(0.25, 1.0, 4.0), tolerance=0.05)
+    assert sel.level == 1 and not sel.resample and sel.effective_mpp == 1.0 and sel.lv_per_px == 1.0
+
+
+def test_select_level_refuses_to_upsample_and_lists_resolutions():
+    with pytest.raises(ResolutionError) as exc:
+        select_level(requested_mpp=0.972, level_mpps=(16.78, 33.56), tolerance=0.05, source="bm.dcm")
+    msg = str(exc.value)
+    assert "bm.dcm" in msg and "without upsampling" in msg and "16.78" in msg and "33.56" in msg
+
+
+def test_build_grid_counts_and_overlapping_strides():
+    g = build_grid(width_px=1000, height_px=500, tile_size_px=96, stride_px=96)
+    assert (g.n_rows, g.n_cols) == (5, 10)
+    g32 = build_grid(width_px=1000, height_px=500, tile_size_px=96, stride_px=32)
+    assert (g32.n_rows, g32.n_cols) == ((500 - 96) // 32 + 1, (1000 - 96) // 32 + 1)
+    assert g32.hm_offset_px == 32.0 and g.hm_offset_px == 0.0
+    origins = g32.px_origin(np.array([[0, 0], [2, 3]]))
+    assert origins.tolist() == [[0, 0], [96, 64]]
+
+
+# -- tissue --------------------------------------------------------------------------
+def _thumb_with_box(shape=(200, 300), box=(50, 40, 150, 240), colour=(200, 100, 180)):
+    img = np.full(shape + (3,), 240, np.uint8)
+    y0, x0, y1, x1 = box
+    img[y0:y1, x0:x1] = colour
+    return img
+
+
+def test_detect_tissue_finds_the_box_and_nothing_else():
+    thumb = _thumb_with_box()
+    t = detect_tissue(thumb, mask_mpp=4.0, config=TissueConfig())
+    expected = np.zeros(thumb.shape[:2], bool)
+    expected[50:150, 40:240] = True
+    agreement = (t.mask == expected).mean()
+    assert agreement > 0.99
+    assert t.mask[100, 140] and not t.mask[10, 10]
+
+
+def test_detect_tissue_drops_islands_smaller_than_the_area_in_um2():
+    thumb = _thumb_with_box()
+    thumb[10:13, 10:13] = (200, 100, 180)  # 3x3 px at 4 um/px = 144 um^2 speck
+    t = detect_tissue(thumb, mask_mpp=4.0, config=TissueConfig(min_object_area_um2=1000.0))
+    assert not t.mask[11, 11]
+    t2 = detect_tissue(thumb, mask_mpp=4.0, config=TissueConfig(min_object_area_um2=10.0, closing_radius_um=0.0,
+                                                                 blur_sigma_um=0.0))
+    assert t2.mask[11, 11]
+
+
+def test_all_white_thumbnail_has_no_tissue():
+    t = detect_tissue(np.full((100, 100, 3), 250, np.uint8), mask_mpp=4.0, config=TissueConfig())
+    assert not t.mask.any()
+
+
+def test_dark_pixels_are_not_tissue():
+    thumb = _thumb_with_box(colour=(5, 5, 5))
+    t = detect_tissue(thumb, mask_mpp=4.0, config=TissueConfig())
+    assert not t.mask.any()
+    assert t.dark_bright[100, 100]
+
+
+def test_otsu_splits_two_modes():
+    values = np.concatenate([np.full(1000, 0.05), np.full(1000, 0.6)])
+    assert 0.05 < otsu_threshold(values) <= 0.6
+
+
+def test_score_tiles_fraction_and_max_saturation_footprint():
+    thumb = _thumb_with_box(box=(0, 0, 100, 50))
+    t = detect_tissue(thumb, mask_mpp=4.0, config=dataclasses.replace(TissueConfig(), blur_sigma_um=0.0,
+                                                                     closing_radius_um=0.0))
+    # store at 1 um/px: a 40 px tile is 10 mask px
+    px_xy = np.array([[0, 0], [160, 0], [400, 0], [180, 0]])
+    s = score_tiles(t, px_xy=px_xy, tile_size_px=40, px_mpp=1.0)
+    assert s.tissue_fraction[0] == pytest.approx(1.0)
+    assert s.tissue_fraction[2] == pytest.approx(0.0)
+    assert s.tissue_fraction[1] == pytest.approx(1.0)  # mask cols 40..50 are tissue
+    assert s.tissue_fraction[3] == pytest.approx(0.5)  # cols 45..55: half tissue
+    # footprint of tile 2 (cols 100..110) holds no tissue: the running max must not leak from col 49
+    assert s.max_saturation[2] < 0.07 <= s.max_saturation[3]

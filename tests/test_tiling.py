@@ -1,0 +1,150 @@
+"""Tiling synthetic slides into the zarr tile store: geometry, pixels, resume, refusal to overwrite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from wsiscan.config import load_config
+from wsiscan.errors import StoreExistsError
+from wsiscan.slide import open_slide
+from wsiscan.testing import write_synthetic_slide
+from wsiscan.tiling import plan_tiling, tile_slide
+
+
+def _overlap_fraction(px_xy, tile, boxes_px):
+    x, y = px_xy
+    best = 0.0
+    for bx0, by0, bx1, by1 in boxes_px:
+        ox = max(0, min(x + tile, bx1) - max(x, bx0))
+        oy = max(0, min(y + tile, by1) - max(y, by0))
+        best = max(best, ox * oy / tile**2)
+    return best
+
+
+def test_tiles_lie_on_the_known_tissue(synthetic_slide, tmp_path):
+    cfg = load_config()
+    r = tile_slide(synthetic_slide.path, tmp_path, cfg, progress=False, workers=1)
+    plan = r.plan
+    assert plan.selection.level == 0 and plan.selection.lv_per_px == pytest.approx(2.0, rel=1e-3)
+    scale = plan.geometry.l0_per_px
+    boxes_px = [tuple(v / scale for v in b) for b in synthetic_slide.tissue_boxes_l0]
+    origins = plan.grid.px_origin(plan.kept_rc)
+    fractions = [_overlap_fraction(o, 96, boxes_px) for o in origins]
+    assert min(fractions) >= 0.35, "a kept tile lies mostly off the tissue"
+    # every tile fully inside a box (with one mask pixel of margin) is kept
+    margin = plan.tissue.mask_mpp / plan.geometry.effective_mpp
+    rr, cc = np.meshgrid(np.arange(plan.grid.n_rows), np.arange(plan.grid.n_cols), indexing="ij")
+    all_origins = plan.grid.px_origin(np.stack([rr.ravel(), cc.ravel()], 1))
+    inside = [
+        (o[0], o[1]) for o in all_origins
+        if any(o[0] >= b[0] + margin and o[1] >= b[1] + margin and o[0] + 96 <= b[2] - margin
+               and o[1] + 96 <= b[3] - margin for b in boxes_px)
+    ]
+    kept = {(int(o[0]), int(o[1])) for o in origins}
+    assert inside and all((int(x), int(y)) in kept for x, y in inside)
+    # level-0 coordinates are the store coordinates scaled
+    assert np.array_equal(plan.l0_xy(), np.floor(origins * scale + 1e-6).astype(np.int64))
+
+
+def test_store_pixels_are_the_area_averaged_slide(synthetic_slide, tmp_path):
+    cfg = load_config()
+    r = tile_slide(synthetic_slide.path, tmp_path, cfg, progress=False, workers=2)
+    g = zarr.open_group(str(r.store_path), mode="r")
+    pixels = g["pixels"]
+    assert pixels.shape == (1536, 2048, 3)
+    with open_slide(synthetic_slide.path) as s:
+        l0 = s.read_level(level=0, lv_xy=(1024, 1024), size_px=(512, 512)).astype(np.float64)
+    expected = l0.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
+    got = pixels[512:768, 512:768].astype(np.float64)
+    assert np.abs(got - expected).max() <= 1.0
+    meta = g.attrs["wsiscan"]
+    assert meta["status"] == "complete" and meta["schema_version"] == 1
+    assert meta["mpp"]["source"] == "openslide-properties"
+    assert meta["slide"]["size_bytes"] == synthetic_slide.path.stat().st_size
+    grid = g["grids/s96"]
+    assert grid["rc"].shape == (r.n_tiles, 2) and grid["tissue_fraction"].shape == (r.n_tiles,)
+
+
+def test_only_chunks_near_tissue_are_written(tmp_path):
+    # one small tissue island in a corner of a large slide
+    slide = write_synthetic_slide(tmp_path / "corner.tif", dimensions_px=(6144, 6144), mpp=0.486,
+                                  boxes=((200, 200, 1400, 1400),))
+    cfg = load_config().replace("tile", supertile_px=384)
+    r = tile_slide(slide.path, tmp_path / "out", cfg, progress=False, workers=1)
+    n_chunks_total = r.plan.geometry.n_chunk_rows * r.plan.geometry.n_chunk_cols
+    chunk_files = list((r.store_path / "pixels" / "c").rglob("0"))
+    chunk_files = [f for f in chunk_files if f.is_file()]
+    assert len(chunk_files) == r.n_chunks_needed < n_chunks_total / 4
+    assert r.n_tiles > 0
+
+
+def test_rerun_is_a_no_op_and_other_config_is_refused(synthetic_slide, tmp_path):
+    cfg = load_config()
+    first = tile_slide(synthetic_slide.path, tmp_path, cfg, progress=False, workers=1)
+    again = tile_slide(synthetic_slide.path, tmp_path, cfg, progress=False, workers=1)
+    assert again.n_chunks_written == 0 and again.n_chunks_resumed == first.n_chunks_needed
+    # a new stride reuses the pixels (no pixel is stored twice) and adds a grid
+    s32 = tile_slide(synthetic_slide.path, tmp_path, cfg.replace("tile", stride_px=32), progress=False, workers=1)
+    assert s32.n_chunks_written == 0 and s32.n_tiles > 5 * first.n_tiles
+    g = zarr.open_group(str(first.store_path), mode="r")
+    assert "s96" in g["grids"] and "s32" in g["grids"]
+    with pytest.raises(StoreExistsError, match="another configuration of this slide"):
+        tile_slide(synthetic_slide.path, tmp_path, cfg.replace("tile", target_mpp=1.5), progress=False)
+    replaced = tile_slide(synthetic_slide.path, tmp_path, cfg.replace("tile", target_mpp=1.5), progress=False,
+                          overwrite=True, workers=1)
+    assert replaced.plan.geometry.effective_mpp == 1.5
+
+
+def test_plan_writes_nothing(synthetic_slide, tmp_path):
+    plan_tiling(synthetic_slide.path, load_config())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_gives_the_same_store(tmp_path):
+    slide = write_synthetic_slide(tmp_path / "big.tif", dimensions_px=(6144, 6144), mpp=0.486,
+                                  boxes=((300, 300, 5800, 5800),))
+    cfg_file = tmp_path / "small-chunks.yaml"
+    cfg_file.write_text("tile:\n  supertile_px: 96\n")
+    cmd = [sys.executable, "-m", "wsiscan", "tile", str(slide.path), "--config", str(cfg_file), "-q",
+           "--workers", "2"]
+    ref = subprocess.run(cmd + ["-o", str(tmp_path / "ref")], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    ref_store = tmp_path / "ref" / "big" / "store.zarr"
+    n_needed = zarr.open_group(str(ref_store), mode="r").attrs["wsiscan"]["chunks_needed"]
+
+    out = tmp_path / "killed"
+    chunk_dir = out / "big" / "store.zarr" / "pixels" / "c"
+    proc = subprocess.Popen(cmd + ["-o", str(out)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    n_before_kill = 0
+    while time.time() < deadline:
+        n_before_kill = sum(1 for f in chunk_dir.rglob("*") if f.is_file()) if chunk_dir.exists() else 0
+        if n_before_kill >= 20:
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    g = zarr.open_group(str(out / "big" / "store.zarr"), mode="r")
+    assert g.attrs["wsiscan"]["status"] == "in_progress", "the run finished before it could be killed"
+    n_on_disk = sum(1 for f in chunk_dir.rglob("*") if f.is_file())
+    assert 0 < n_on_disk < n_needed
+
+    resumed = subprocess.run(cmd + ["-o", str(out)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    a = zarr.open_group(str(ref_store), mode="r")
+    b = zarr.open_group(str(out / "big" / "store.zarr"), mode="r")
+    assert b.attrs["wsiscan"]["status"] == "complete"
+    assert np.array_equal(a["pixels"][...], b["pixels"][...])
+    assert np.array_equal(a["grids/s96/rc"][...], b["grids/s96/rc"][...])
+    assert np.array_equal(a["tissue_mask"][...], b["tissue_mask"][...])

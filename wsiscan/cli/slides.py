@@ -1,0 +1,141 @@
+"""``wsiscan info`` and ``wsiscan tile``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import WsiscanError
+from . import echo_err, main
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{n} B"
+
+
+@main.command()
+@click.argument("slide", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--slide-mpp", type=float, default=None, help="Override the slide's base resolution, um/px.")
+@click.option("--properties", is_flag=True, help="Include every OpenSlide property (with --json).")
+def info(slide: Path, as_json: bool, slide_mpp: float | None, properties: bool) -> None:
+    """Describe SLIDE: vendor, levels, resolution and where it came from."""
+    from ..slide import open_slide
+
+    with open_slide(slide, slide_mpp=slide_mpp) as s:
+        data = s.info.to_dict(with_properties=properties)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    mpp = data["mpp"]
+    lines = [
+        f"file:            {data['path']}",
+        f"size:            {_human_bytes(data['file_size_bytes'])}",
+        f"vendor:          {data['vendor']}",
+        f"dimensions:      {data['levels'][0]['dimensions_px'][0]} x {data['levels'][0]['dimensions_px'][1]} px (level 0)",
+    ]
+    if mpp:
+        lines.append(f"base mpp:        {mpp['mpp_x']:.4g} x {mpp['mpp_y']:.4g} um/px  (source: {mpp['source']}: {mpp['detail']})")
+    else:
+        why = f" ({data['mpp_problem']})" if data["mpp_problem"] else ""
+        lines.append(f"base mpp:        unknown{why}; pass --slide-mpp to tile this slide")
+    power = data["objective_power"]
+    lines.append(f"objective power: {power:g}x" if power else "objective power: unknown")
+    lines.append(f"levels:          {len(data['levels'])}")
+    for lv in data["levels"]:
+        w, h = lv["dimensions_px"]
+        m = f"{lv['mpp']:.4g} um/px" if lv["mpp"] else "? um/px"
+        lines.append(f"  level {lv['index']}: {w:>7} x {h:<7} px  downsample {lv['downsample']:<8.4g} {m}")
+    assoc = data["associated_images"]
+    if assoc:
+        lines.append("associated:      " + ", ".join(f"{k} ({v[0]}x{v[1]})" for k, v in assoc.items()))
+    else:
+        lines.append("associated:      none")
+    click.echo("\n".join(lines))
+
+
+def tiling_options(func):
+    """Options shared by ``tile`` and ``predict``."""
+    opts = [
+        click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+                     help="Output folder; each slide gets OUT/<slide-id>/."),
+        click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+                     help="YAML config overriding the packaged defaults (configs/default.yaml)."),
+        click.option("--slide-mpp", type=float, default=None, help="Base resolution of the slide(s), um/px (overrides the file)."),
+        click.option("--tile-size-px", type=int, default=None, help="Patch side in px at the target resolution."),
+        click.option("--stride-px", type=int, default=None, help="Distance between patches in px (32: one patch per PCam centre cell)."),
+        click.option("--min-tissue", type=float, default=None, help="Smallest tissue fraction of a kept patch (0-1)."),
+        click.option("--workers", type=int, default=None, help="Decode worker processes (default: one per core, at most 8)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing result for another slide or configuration."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def build_config(config_path: Path | None, *, target_mpp=None, slide_mpp=None, tile_size_px=None, stride_px=None,
+                 min_tissue=None, workers=None):
+    from ..config import load_config
+
+    cfg = load_config(config_path)
+    cfg = cfg.replace("slide", slide_mpp=slide_mpp)
+    cfg = cfg.replace("tile", target_mpp=target_mpp, tile_size_px=tile_size_px, stride_px=stride_px,
+                      min_tissue=min_tissue, workers=workers)
+    return cfg
+
+
+def run_batch(slides: tuple[Path, ...], action, *, label: str) -> list[dict[str, Any]]:
+    """Run ``action(slide)`` for each slide; a failure is reported and the rest go on."""
+    results = []
+    for slide in slides:
+        try:
+            results.append({"slide": str(slide), "status": "ok", "result": action(slide)})
+        except WsiscanError as exc:
+            if len(slides) == 1:
+                raise
+            echo_err(f"wsiscan: error: {exc}")
+            results.append({"slide": str(slide), "status": "failed", "error": str(exc)})
+    failed = [r for r in results if r["status"] == "failed"]
+    if failed:
+        echo_err(f"wsiscan: {label}: {len(failed)} of {len(slides)} slides failed")
+        raise click.exceptions.Exit(1)
+    return results
+
+
+@main.command()
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@tiling_options
+@click.option("--target-mpp", type=float, default=None, help="Resolution to cut patches at, um/px (default 0.972, PCam's).")
+def tile(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_tissue, workers, overwrite, quiet,
+         target_mpp) -> None:
+    """Find the tissue in each SLIDE and write its patches into a zarr tile store.
+
+    Writes OUT/<slide-id>/store.zarr and OUT/<slide-id>/qc.png.  A killed run resumes
+    when rerun with the same arguments.
+    """
+    from ..tiling import tile_slide
+
+    cfg = build_config(config_path, target_mpp=target_mpp, slide_mpp=slide_mpp, tile_size_px=tile_size_px,
+                       stride_px=stride_px, min_tissue=min_tissue, workers=workers)
+
+    def action(slide: Path):
+        r = tile_slide(slide, out_dir, cfg, overwrite=overwrite, progress=not quiet)
+        geo = r.plan.geometry
+        resumed = f", {r.n_chunks_resumed} resumed" if r.n_chunks_resumed else ""
+        click.echo(
+            f"{r.slide_id}: {r.n_tiles} tiles of {cfg.tile.tile_size_px} px at {geo.effective_mpp:.4g} um/px "
+            f"(stride {cfg.tile.stride_px} px, level {r.plan.selection.level}, mpp from {r.plan.mpp_source}); "
+            f"{r.n_chunks_written} chunks written{resumed} in {r.timings_s['total_s']:.1f} s -> {r.store_path}"
+        )
+        return r
+
+    run_batch(tuple(slides), action, label="tile")

@@ -1,0 +1,140 @@
+"""Pure geometry: pyramid level choice for a target resolution, and the tile grid.
+
+Frames (prefixes): ``l0_`` level-0 pixels, ``lv_`` pixels of the level read, ``px_``
+pixels of the tile store (at the effective target resolution), ``rc`` grid row/col,
+``hm_`` heatmap cells.  Tuples are (x, y) / (width, height); arrays are (rows, cols).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ResolutionError
+
+__all__ = [
+    "LevelSelection",
+    "select_level",
+    "StoreGeometry",
+    "store_geometry",
+    "TileGrid",
+    "build_grid",
+]
+
+
+@dataclass(frozen=True)
+class LevelSelection:
+    """Which pyramid level to read for a requested resolution, and how to resample it."""
+
+    requested_mpp: float
+    level: int
+    level_mpp: float
+    effective_mpp: float  # resolution of the pixels actually produced
+    resample: bool  # False: the level is read as-is (it is within tolerance of the request)
+    lv_per_px: float  # level px per output px (1.0 when not resampling)
+
+
+def select_level(
+    *, requested_mpp: float, level_mpps: tuple[float, ...], tolerance: float, source: str = "slide"
+) -> LevelSelection:
+    """Choose the pyramid level to cut patches at ``requested_mpp`` from.
+
+    1. A level within ``tolerance`` (relative) of the request is read as-is: no
+       resampling, and the pixels keep that level's true resolution.
+    2. Otherwise the coarsest level finer than the request is read and downsampled
+       with area averaging to exactly the requested resolution.
+    3. If every level is coarser than the request beyond the tolerance, the slide
+       cannot provide it: upsampling would invent detail, so this raises.
+    """
+    if requested_mpp <= 0:
+        raise ResolutionError(f"{source}: requested resolution {requested_mpp} um/px is not positive")
+    close = [
+        (abs(m / requested_mpp - 1.0), i) for i, m in enumerate(level_mpps) if abs(m / requested_mpp - 1.0) <= tolerance
+    ]
+    if close:
+        _, i = min(close)
+        return LevelSelection(requested_mpp, i, level_mpps[i], level_mpps[i], False, 1.0)
+    finer = [(m, i) for i, m in enumerate(level_mpps) if m < requested_mpp]
+    if not finer:
+        available = ", ".join(f"level {i}: {m:.4g}" for i, m in enumerate(level_mpps))
+        raise ResolutionError(
+            f"{source}: cannot provide {requested_mpp:g} um/px without upsampling; "
+            f"its resolutions are {available} um/px; use a model or --target-mpp at "
+            f"{min(level_mpps):.4g} um/px or coarser, or a higher-magnification scan"
+        )
+    m, i = max(finer)
+    return LevelSelection(requested_mpp, i, m, requested_mpp, True, requested_mpp / m)
+
+
+@dataclass(frozen=True)
+class StoreGeometry:
+    """The pixel frame of the tile store: the whole slide at ``effective_mpp``."""
+
+    effective_mpp: float
+    l0_per_px: float  # level-0 px per store px
+    width_px: int
+    height_px: int
+    supertile_px: int
+
+    @property
+    def n_chunk_rows(self) -> int:
+        return math.ceil(self.height_px / self.supertile_px)
+
+    @property
+    def n_chunk_cols(self) -> int:
+        return math.ceil(self.width_px / self.supertile_px)
+
+    def chunk_box_px(self, ci: int, cj: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of chunk (row ci, col cj) in store px, clipped to the slide."""
+        s = self.supertile_px
+        return (cj * s, ci * s, min((cj + 1) * s, self.width_px), min((ci + 1) * s, self.height_px))
+
+
+def store_geometry(
+    *, l0_dimensions_px: tuple[int, int], base_mpp: float, selection: LevelSelection, supertile_px: int
+) -> StoreGeometry:
+    l0_per_px = selection.effective_mpp / base_mpp
+    width = int(math.floor(l0_dimensions_px[0] / l0_per_px + 1e-6))
+    height = int(math.floor(l0_dimensions_px[1] / l0_per_px + 1e-6))
+    return StoreGeometry(selection.effective_mpp, l0_per_px, width, height, supertile_px)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles of ``tile_size_px`` every ``stride_px`` over a ``width_px`` x ``height_px`` frame.
+
+    Tile (r, c) has its top-left corner at store px (c * stride, r * stride).  Tiles
+    lie entirely inside the frame.  Order is row-major (deterministic).
+    """
+
+    tile_size_px: int
+    stride_px: int
+    n_rows: int
+    n_cols: int
+
+    @property
+    def n_tiles(self) -> int:
+        return self.n_rows * self.n_cols
+
+    def px_origin(self, rc: np.ndarray) -> np.ndarray:
+        """(N, 2) store-px (x, y) of the tiles at (N, 2) grid (row, col)."""
+        rc = np.asarray(rc, np.int64)
+        return np.stack([rc[:, 1] * self.stride_px, rc[:, 0] * self.stride_px], axis=1)
+
+    @property
+    def hm_offset_px(self) -> float:
+        """Store px from a tile's origin to the origin of its heatmap cell.
+
+        Heatmap cell (r, c) is the ``stride`` x ``stride`` square centred on tile
+        (r, c): for a 96 px tile at stride 32 it is the tile's centre 32 x 32 px, the
+        region a PCam label describes; at stride 96 it is the tile itself.
+        """
+        return (self.tile_size_px - self.stride_px) / 2.0
+
+
+def build_grid(*, width_px: int, height_px: int, tile_size_px: int, stride_px: int) -> TileGrid:
+    n_cols = (width_px - tile_size_px) // stride_px + 1 if width_px >= tile_size_px else 0
+    n_rows = (height_px - tile_size_px) // stride_px + 1 if height_px >= tile_size_px else 0
+    return TileGrid(tile_size_px, stride_px, max(n_rows, 0), max(n_cols, 0))

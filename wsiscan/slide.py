@@ -1,0 +1,395 @@
+"""Slide access: the only module that imports openslide.
+
+``open_slide`` validates a file and returns a :class:`Slide`, which carries a frozen
+:class:`SlideInfo` (levels, resolution and where it came from) and reads pixels as
+RGB ``uint8`` arrays, resampled with area averaging when asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .errors import MissingMppError, ResolutionError, SlideOpenError
+
+__all__ = [
+    "LevelInfo",
+    "MppInfo",
+    "SlideInfo",
+    "Slide",
+    "open_slide",
+    "slide_fingerprint",
+]
+
+_CM_PER_UNIT = {"centimeter": 1.0, "inch": 2.54}
+
+
+@dataclass(frozen=True)
+class LevelInfo:
+    index: int
+    dimensions_px: tuple[int, int]  # (width, height) of this level
+    downsample: float  # level-0 px per level px
+    mpp: float | None  # um/px of this level (None when the slide has no resolution)
+
+
+@dataclass(frozen=True)
+class MppInfo:
+    """The slide's base (level-0) resolution and its provenance."""
+
+    mpp_x: float
+    mpp_y: float
+    source: str  # "openslide-properties", "tiff-resolution-tags" or "override"
+    detail: str  # what exactly was read, e.g. "openslide.mpp-x=0.499, openslide.mpp-y=0.499"
+
+    @property
+    def mpp(self) -> float:
+        return (self.mpp_x + self.mpp_y) / 2.0
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    path: str
+    vendor: str
+    file_size_bytes: int
+    mtime_ns: int
+    levels: tuple[LevelInfo, ...]
+    mpp: MppInfo | None
+    mpp_problem: str  # why no mpp is available ("" when mpp is set)
+    objective_power: float | None
+    associated_images: dict[str, tuple[int, int]] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dimensions_px(self) -> tuple[int, int]:
+        return self.levels[0].dimensions_px
+
+    def to_dict(self, *, with_properties: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not with_properties:
+            data.pop("properties")
+        data["mpp"] = None if self.mpp is None else {**asdict(self.mpp), "mpp": self.mpp.mpp}
+        return data
+
+
+def slide_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Identity of a slide file: resolved path, size, mtime and a hash of its ends.
+
+    Hashing the first and last MiB is enough to tell two scans apart in practice
+    and costs milliseconds even for multi-GB files.  For directory-based formats
+    (e.g. MRXS data folders) only the index file is hashed.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    h = hashlib.sha256()
+    with p.open("rb") as fh:
+        h.update(fh.read(1 << 20))
+        if st.st_size > (2 << 20):
+            fh.seek(-(1 << 20), os.SEEK_END)
+            h.update(fh.read(1 << 20))
+    return {
+        "path": str(p),
+        "size_bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "quick_sha256": h.hexdigest(),
+    }
+
+
+def _plausible(mpp_x: float, mpp_y: float, *, mpp_min: float, mpp_max: float, xy_max_rel_diff: float) -> str:
+    """Empty string when plausible, else the reason."""
+    for v in (mpp_x, mpp_y):
+        if not math.isfinite(v) or v <= 0:
+            return f"{v} is not a positive number"
+        if not mpp_min <= v <= mpp_max:
+            return f"{v:.4g} um/px is outside the plausible range {mpp_min}-{mpp_max} um/px"
+    if abs(mpp_x - mpp_y) > xy_max_rel_diff * max(mpp_x, mpp_y):
+        return f"x ({mpp_x:.4g}) and y ({mpp_y:.4g}) differ by more than {xy_max_rel_diff:.0%}"
+    return ""
+
+
+def _mpp_from_properties(props: dict[str, str]) -> tuple[tuple[float, float] | None, str]:
+    if "openslide.mpp-x" in props and "openslide.mpp-y" in props:
+        try:
+            x = float(props["openslide.mpp-x"])
+            y = float(props["openslide.mpp-y"])
+        except ValueError:
+            return None, f"openslide.mpp-x/y are not numbers ({props['openslide.mpp-x']!r})"
+        return (x, y), f"openslide.mpp-x={x:g}, openslide.mpp-y={y:g}"
+    return None, ""
+
+
+def _mpp_from_tiff_tags(props: dict[str, str]) -> tuple[tuple[float, float] | None, str]:
+    unit = props.get("tiff.ResolutionUnit", "").lower()
+    if "tiff.XResolution" not in props or "tiff.YResolution" not in props:
+        return None, ""
+    try:
+        xres = float(props["tiff.XResolution"])
+        yres = float(props["tiff.YResolution"])
+    except ValueError:
+        return None, "tiff.X/YResolution are not numbers"
+    if unit not in _CM_PER_UNIT:  # a resolution without a unit says nothing physical: as if absent
+        return None, ""
+    if xres <= 0 or yres <= 0:
+        return None, f"TIFF resolution {xres:g}x{yres:g} is not positive"
+    cm = _CM_PER_UNIT[unit]
+    x, y = cm * 1e4 / xres, cm * 1e4 / yres
+    return (x, y), f"tiff.XResolution={xres:g}, tiff.YResolution={yres:g} per {unit}"
+
+
+def _resolve_mpp(
+    path: Path,
+    props: dict[str, str],
+    *,
+    slide_mpp: float | None,
+    mpp_min: float,
+    mpp_max: float,
+    xy_max_rel_diff: float,
+) -> tuple[MppInfo | None, str]:
+    """The resolution chain: override > OpenSlide properties > TIFF resolution tags."""
+    limits = dict(mpp_min=mpp_min, mpp_max=mpp_max, xy_max_rel_diff=xy_max_rel_diff)
+    if slide_mpp is not None:
+        why = _plausible(slide_mpp, slide_mpp, **limits)
+        if why:
+            raise ResolutionError(f"{path}: --slide-mpp {slide_mpp}: {why}; give the scan's real resolution in um/px")
+        found, detail = _mpp_from_properties(props)
+        note = f" (file says {detail})" if found else ""
+        return MppInfo(slide_mpp, slide_mpp, "override", f"--slide-mpp {slide_mpp:g}{note}"), ""
+    problems = []
+    for source, reader in (
+        ("openslide-properties", _mpp_from_properties),
+        ("tiff-resolution-tags", _mpp_from_tiff_tags),
+    ):
+        found, detail = reader(props)
+        if found is None:
+            if detail:
+                problems.append(detail)
+            continue
+        why = _plausible(*found, **limits)
+        if why:
+            problems.append(f"{detail}: {why}")
+            continue
+        return MppInfo(found[0], found[1], source, detail), ""
+    return None, "; ".join(problems)
+
+
+class Slide:
+    """An open slide: metadata plus pixel reads.  Not shareable across processes."""
+
+    def __init__(self, path: Path, handle: Any, info: SlideInfo) -> None:
+        self.path = path
+        self._handle = handle
+        self.info = info
+
+    # -- lifecycle -------------------------------------------------------------
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- metadata --------------------------------------------------------------
+    def require_mpp(self) -> MppInfo:
+        """The base resolution, or a :class:`MissingMppError` saying how to give one."""
+        if self.info.mpp is not None:
+            return self.info.mpp
+        power = self.info.objective_power
+        hint = f" (objective power {power:g}x suggests about {10.0 / power:g})" if power else ""
+        if self.info.mpp_problem:
+            raise ResolutionError(
+                f"{self.path}: implausible resolution in the slide's metadata ({self.info.mpp_problem}); "
+                f"pass --slide-mpp UM_PER_PX with the scan's real resolution{hint}"
+            )
+        raise MissingMppError(
+            f"{self.path}: no resolution (mpp) in the slide's metadata; "
+            f"pass --slide-mpp UM_PER_PX with the scan's resolution{hint}"
+        )
+
+    # -- pixels ----------------------------------------------------------------
+    def read_level(self, *, level: int, lv_xy: tuple[int, int], size_px: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 (rows, cols, 3) of a rectangle in ``level`` pixels.
+
+        Pixels outside the slide and transparent pixels come back white, as on glass.
+        """
+        w, h = size_px
+        if w <= 0 or h <= 0:
+            return np.full((max(h, 0), max(w, 0), 3), 255, np.uint8)
+        ds = self.info.levels[level].downsample
+        l0_xy = (int(round(lv_xy[0] * ds)), int(round(lv_xy[1] * ds)))
+        rgba = np.asarray(self._handle.read_region(l0_xy, level, (w, h)))
+        return rgba_to_rgb_white(rgba)
+
+    def read_resampled(
+        self,
+        *,
+        level: int,
+        lv_box: tuple[float, float, float, float],
+        out_size_px: tuple[int, int],
+    ) -> np.ndarray:
+        """Read ``lv_box`` (x0, y0, x1, y1, float ``level`` px) resampled to ``out_size_px``.
+
+        Downsampling averages areas (PIL's BOX filter over the exact float box), so a
+        2x reduction is the mean of each 2x2 block.  When the box is integral and its
+        size equals the output size, the pixels are returned untouched.
+        """
+        x0, y0, x1, y1 = lv_box
+        ow, oh = out_size_px
+        ix0, iy0 = math.floor(x0 + 1e-9), math.floor(y0 + 1e-9)
+        ix1, iy1 = math.ceil(x1 - 1e-9), math.ceil(y1 - 1e-9)
+        region = self.read_level(level=level, lv_xy=(ix0, iy0), size_px=(ix1 - ix0, iy1 - iy0))
+        integral = all(abs(v - round(v)) < 1e-9 for v in lv_box)
+        if integral and region.shape[1] == ow and region.shape[0] == oh:
+            return region
+        img = Image.fromarray(region)
+        box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
+        return np.asarray(img.resize((ow, oh), Image.Resampling.BOX, box=box))
+
+    def level_for_mpp(self, mpp: float, *, tolerance: float) -> int:
+        """The coarsest level whose resolution is at least as fine as ``mpp`` (within tolerance).
+
+        Falls back to level 0 when every level is coarser.
+        """
+        base = self.require_mpp().mpp
+        best = 0
+        for lvl in self.info.levels:
+            if base * lvl.downsample <= mpp * (1 + tolerance):
+                best = lvl.index
+        return best
+
+    def read_thumbnail(self, *, mpp: float, block_px: int = 512) -> np.ndarray:
+        """The whole slide at ``mpp`` um/px, read block by block from the best level.
+
+        Memory is bounded by the thumbnail plus one block, whatever the slide size.
+        """
+        base = self.require_mpp().mpp
+        l0_w, l0_h = self.info.dimensions_px
+        l0_per_out = mpp / base
+        out_w = max(1, int(math.ceil(l0_w / l0_per_out)))
+        out_h = max(1, int(math.ceil(l0_h / l0_per_out)))
+        level = self.level_for_mpp(mpp, tolerance=0.0)
+        lv_per_out = l0_per_out / self.info.levels[level].downsample
+        thumb = np.empty((out_h, out_w, 3), np.uint8)
+        for oy in range(0, out_h, block_px):
+            for ox in range(0, out_w, block_px):
+                bw, bh = min(block_px, out_w - ox), min(block_px, out_h - oy)
+                box = (ox * lv_per_out, oy * lv_per_out, (ox + bw) * lv_per_out, (oy + bh) * lv_per_out)
+                thumb[oy : oy + bh, ox : ox + bw] = self.read_resampled(
+                    level=level, lv_box=box, out_size_px=(bw, bh)
+                )
+        return thumb
+
+    def associated_image(self, name: str) -> np.ndarray:
+        return rgba_to_rgb_white(np.asarray(self._handle.associated_images[name]))
+
+
+def rgba_to_rgb_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite OpenSlide's premultiplied RGBA over white."""
+    if rgba.ndim == 3 and rgba.shape[2] == 3:
+        return np.ascontiguousarray(rgba)
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min(initial=255) == 255:
+        return np.ascontiguousarray(rgb)
+    out = rgb.astype(np.uint16) + (255 - alpha.astype(np.uint16))[..., None]
+    return np.minimum(out, 255).astype(np.uint8)
+
+
+def _describe_unreadable(path: Path) -> str:
+    """A best guess at why OpenSlide refused a file, with the fix."""
+    try:
+        head = path.read_bytes()[:8] if path.is_file() else b""
+    except OSError:
+        head = b""
+    if head.startswith(b"\x89PNG"):
+        return "a PNG image is not a whole-slide image; convert it to a tiled pyramidal TIFF (e.g. `vips tiffsave in.png out.tif --tile --pyramid --compression jpeg`)"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "a TIFF that is not tiled (stripped) or not in a known slide layout; convert it to a tiled pyramidal TIFF (e.g. `vips tiffsave in.tif out.tif --tile --pyramid --compression jpeg`)"
+    if head[:2] == b"\xff\xd8":
+        return "a plain JPEG is not a whole-slide image; convert it to a tiled pyramidal TIFF"
+    return "not a slide format OpenSlide can read (Aperio SVS, generic tiled TIFF, Hamamatsu NDPI/VMS, MIRAX MRXS, Leica SCN, Philips TIFF, Ventana BIF, DICOM WSI, ...); check that the file is complete and not corrupt"
+
+
+def open_slide(
+    path: str | Path,
+    *,
+    slide_mpp: float | None = None,
+    mpp_min: float = 0.05,
+    mpp_max: float = 40.0,
+    mpp_xy_max_rel_diff: float = 0.05,
+) -> Slide:
+    """Open ``path`` with OpenSlide and read its metadata.
+
+    Resolution comes from, in order: ``slide_mpp`` if given, the OpenSlide
+    ``openslide.mpp-x/y`` properties, then the TIFF resolution tags (with a unit).
+    Implausible values are skipped, with the reason kept in ``info.mpp_problem``; a
+    slide without resolution still opens (``info.mpp`` is None) so that ``info``
+    works, and :meth:`Slide.require_mpp` raises when a resolution is needed.
+    """
+    import openslide
+
+    p = Path(path)
+    if not p.exists():
+        raise SlideOpenError(f"{p}: no such file; check the path")
+    if p.is_dir():
+        raise SlideOpenError(f"{p}: is a folder, not a slide file; for MIRAX pass the .mrxs file next to its data folder")
+    try:
+        handle = openslide.OpenSlide(str(p))
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        raise SlideOpenError(f"{p}: {_describe_unreadable(p)}") from exc
+    except openslide.OpenSlideError as exc:
+        raise SlideOpenError(f"{p}: OpenSlide could not read the file ({exc}); check that it is complete and not corrupt") from exc
+    except PermissionError as exc:
+        raise SlideOpenError(f"{p}: permission denied; make the file readable") from exc
+
+    try:
+        props = dict(handle.properties)
+        mpp, problem = _resolve_mpp(
+            p,
+            props,
+            slide_mpp=slide_mpp,
+            mpp_min=mpp_min,
+            mpp_max=mpp_max,
+            xy_max_rel_diff=mpp_xy_max_rel_diff,
+        )
+        levels = tuple(
+            LevelInfo(
+                index=i,
+                dimensions_px=tuple(int(v) for v in handle.level_dimensions[i]),
+                downsample=float(handle.level_downsamples[i]),
+                mpp=None if mpp is None else mpp.mpp * float(handle.level_downsamples[i]),
+            )
+            for i in range(handle.level_count)
+        )
+        try:
+            power = float(props["openslide.objective-power"]) if "openslide.objective-power" in props else None
+        except ValueError:
+            power = None
+        assoc = {name: tuple(int(v) for v in img.size) for name, img in handle.associated_images.items()}
+        st = p.stat()
+        info = SlideInfo(
+            path=str(p.resolve()),
+            vendor=props.get("openslide.vendor", "unknown"),
+            file_size_bytes=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            levels=levels,
+            mpp=mpp,
+            mpp_problem=problem,
+            objective_power=power,
+            associated_images=assoc,
+            properties=props,
+        )
+    except Exception:
+        handle.close()
+        raise
+    if info.dimensions_px[0] <= 0 or info.dimensions_px[1] <= 0:
+        handle.close()
+        raise SlideOpenError(f"{p}: the slide has no pixels (level 0 is {info.dimensions_px}); check the file")
+    return Slide(p, handle, info)

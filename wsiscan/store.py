@@ -1,0 +1,249 @@
+"""The tile store: the only module that imports zarr.
+
+One zarr v3 group per slide, ``<out>/<slide-id>/store.zarr``.  The layout (also in the
+README, so any zarr reader can use it without wsiscan):
+
+``store.zarr/`` attributes ``wsiscan``: schema version, slide identity, resolution and
+its provenance, geometry, resolved config, versions, timings, status.
+
+- ``pixels``   (height_px, width_px, 3) uint8, the slide at ``effective_mpp``; chunks
+  (supertile_px, supertile_px, 3), Blosc-LZ4; fill value 255 (glass).  Only chunks near
+  tissue are written; a written chunk is complete (zarr writes chunks atomically).
+- ``thumbnail`` (rows, cols, 3) uint8 at ``mask_mpp``.
+- ``tissue_mask`` (rows, cols) uint8 at ``mask_mpp``, 1 = tissue.
+- ``grids/s{stride}/`` one group per stride: ``rc`` (N, 2) int32 grid row/col,
+  ``l0_xy`` (N, 2) int64 level-0 top-left, ``tissue_fraction`` (N,) float32; attributes
+  give tile size, stride, grid shape and the tissue cut.
+- ``heatmap/`` (written by ``predict``): an OME-Zarr multiscale image, see heatmap.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from .errors import StoreError, StoreExistsError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TileStore",
+    "StoredGrid",
+    "create_tile_store",
+    "open_tile_store",
+    "store_exists",
+]
+
+SCHEMA_VERSION = 1
+_ATTR = "wsiscan"
+_KIND = "wsiscan-tile-store"
+
+
+def _codec(level: int) -> BloscCodec:
+    return BloscCodec(cname="lz4", clevel=level, shuffle="noshuffle")
+
+
+@dataclass(frozen=True)
+class StoredGrid:
+    stride_px: int
+    tile_size_px: int
+    n_rows: int
+    n_cols: int
+    rc: np.ndarray  # (N, 2) int32 row, col
+    l0_xy: np.ndarray  # (N, 2) int64
+    tissue_fraction: np.ndarray  # (N,) float32
+    attrs: dict[str, Any]
+
+
+def store_exists(path: str | Path) -> bool:
+    return (Path(path) / "zarr.json").exists()
+
+
+class TileStore:
+    """An open tile store.  Cheap to open: nothing but metadata is read."""
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self.group = group
+
+    # -- metadata ----------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.group.attrs.get(_ATTR, {}))
+
+    def update_meta(self, **values: Any) -> None:
+        meta = self.meta
+        meta.update(values)
+        self.group.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
+
+    # -- pixels -----------------------------------------------------------
+    @property
+    def pixels(self) -> zarr.Array:
+        return self.group["pixels"]
+
+    def chunk_done(self, ci: int, cj: int) -> bool:
+        """Whether pixel chunk (row ci, col cj) has been written completely."""
+        return (self.path / "pixels" / "c" / str(ci) / str(cj) / "0").exists()
+
+    def write_chunk(self, ci: int, cj: int, data: np.ndarray) -> None:
+        s = self.pixels.chunks[0]
+        h, w = data.shape[:2]
+        self.pixels[ci * s : ci * s + h, cj * s : cj * s + w] = data
+
+    def read_px(self, *, px_box: tuple[int, int, int, int]) -> np.ndarray:
+        """(rows, cols, 3) uint8 of store px box (x0, y0, x1, y1); outside the slide is white."""
+        x0, y0, x1, y1 = px_box
+        h, w = self.pixels.shape[:2]
+        out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if cx1 > cx0 and cy1 > cy0:
+            out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self.pixels[cy0:cy1, cx0:cx1]
+        return out
+
+    # -- thumbnail and mask ---------------------------------------------------
+    def thumbnail(self) -> np.ndarray:
+        return self.group["thumbnail"][...]
+
+    def tissue_mask(self) -> np.ndarray:
+        return self.group["tissue_mask"][...].astype(bool)
+
+    # -- grids ------------------------------------------------------------------
+    def write_grid(
+        self,
+        *,
+        stride_px: int,
+        tile_size_px: int,
+        n_rows: int,
+        n_cols: int,
+        rc: np.ndarray,
+        l0_xy: np.ndarray,
+        tissue_fraction: np.ndarray,
+        attrs: dict[str, Any],
+    ) -> None:
+        name = f"grids/s{stride_px}"
+        if name in self.group:
+            del self.group[name]
+        g = self.group.require_group("grids").create_group(f"s{stride_px}")
+        n = len(rc)
+        for key, arr, dtype in (
+            ("rc", rc, np.int32),
+            ("l0_xy", l0_xy, np.int64),
+            ("tissue_fraction", tissue_fraction, np.float32),
+        ):
+            arr = np.asarray(arr, dtype)
+            a = g.create_array(key, shape=arr.shape, dtype=dtype, chunks=(max(n, 1),) + arr.shape[1:],
+                               compressors=_codec(5))
+            if n:
+                a[...] = arr
+        g.attrs[_ATTR] = json.loads(json.dumps(
+            {"stride_px": stride_px, "tile_size_px": tile_size_px, "n_rows": n_rows, "n_cols": n_cols,
+             "n_tiles": n, **attrs}, default=_json_default))
+
+    def has_grid(self, stride_px: int) -> bool:
+        return f"grids/s{stride_px}" in self.group and "rc" in self.group[f"grids/s{stride_px}"]
+
+    def grid(self, stride_px: int) -> StoredGrid:
+        try:
+            g = self.group[f"grids/s{stride_px}"]
+        except KeyError as exc:
+            raise StoreError(f"{self.path}: no tile grid at stride {stride_px} px; run `wsiscan tile` with --stride-px {stride_px}") from exc
+        a = dict(g.attrs[_ATTR])
+        return StoredGrid(a["stride_px"], a["tile_size_px"], a["n_rows"], a["n_cols"],
+                          g["rc"][...], g["l0_xy"][...], g["tissue_fraction"][...], a)
+
+    # -- generic arrays for other modules (heatmap) ------------------------------
+    def subgroup(self, name: str, *, create: bool = False) -> zarr.Group:
+        if create:
+            return self.group.require_group(name)
+        return self.group[name]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def open_tile_store(path: str | Path, *, mode: str = "r+") -> TileStore:
+    p = Path(path)
+    if not store_exists(p):
+        raise StoreError(f"{p}: not a wsiscan tile store (no zarr.json); run `wsiscan tile` or `wsiscan predict` first")
+    try:
+        group = zarr.open_group(str(p), mode=mode)
+    except Exception as exc:  # zarr raises several types for damaged metadata
+        raise StoreError(f"{p}: cannot open the zarr store ({exc.__class__.__name__}: {exc}); remove it or pass --overwrite") from exc
+    meta = dict(group.attrs.get(_ATTR, {}))
+    if meta.get("kind") != _KIND:
+        raise StoreError(f"{p}: a zarr group but not a wsiscan tile store; choose another output folder")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{p}: tile store schema version {meta.get('schema_version')} is not the supported {SCHEMA_VERSION}; "
+            f"rerun with --overwrite to rebuild it"
+        )
+    return TileStore(p, group)
+
+
+def create_tile_store(
+    path: str | Path,
+    *,
+    meta: dict[str, Any],
+    height_px: int,
+    width_px: int,
+    supertile_px: int,
+    compression_level: int,
+    thumbnail: np.ndarray,
+    tissue_mask: np.ndarray,
+) -> TileStore:
+    """Create a new, empty store at ``path`` (which must not exist)."""
+    p = Path(path)
+    if p.exists():
+        raise StoreExistsError(f"{p}: already exists; pass --overwrite to replace it")
+    group = zarr.open_group(str(p), mode="w-", zarr_format=3)
+    group.create_array(
+        "pixels",
+        shape=(height_px, width_px, 3),
+        dtype=np.uint8,
+        chunks=(supertile_px, supertile_px, 3),
+        compressors=_codec(compression_level),
+        fill_value=255,
+        chunk_key_encoding={"name": "default", "separator": "/"},
+        config={"write_empty_chunks": True},
+        dimension_names=("y", "x", "c"),
+    )
+    t = group.create_array("thumbnail", shape=thumbnail.shape, dtype=np.uint8,
+                           chunks=(min(1024, thumbnail.shape[0]), min(1024, thumbnail.shape[1]), 3),
+                           compressors=_codec(5), dimension_names=("y", "x", "c"))
+    t[...] = thumbnail
+    m = group.create_array("tissue_mask", shape=tissue_mask.shape, dtype=np.uint8,
+                           chunks=(min(1024, tissue_mask.shape[0]), min(1024, tissue_mask.shape[1])),
+                           compressors=_codec(5), dimension_names=("y", "x"))
+    m[...] = tissue_mask.astype(np.uint8)
+    store = TileStore(p, group)
+    store.update_meta(kind=_KIND, schema_version=SCHEMA_VERSION, **meta)
+    return store
+
+
+def remove_store(path: str | Path) -> None:
+    p = Path(path)
+    if p.exists():
+        shutil.rmtree(p)
+
+
+def iter_chunk_indices(n_rows: int, n_cols: int) -> Iterator[tuple[int, int]]:
+    for ci in range(n_rows):
+        for cj in range(n_cols):
+            yield ci, cj

@@ -1,0 +1,397 @@
+"""Slide -> tile store: tissue detection, the tile grid, and parallel, resumable pixel writing.
+
+``plan_tiling`` does every check and all the cheap work (resolution, thumbnail,
+mask, grid) without writing anything; ``tile_slide`` then creates or resumes the
+store and decodes the supertile chunks near tissue in worker processes, each with its
+own OpenSlide handle.  A rerun after a kill skips the chunks already on disk: zarr
+writes each chunk file atomically, so a chunk that exists is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import Config, runtime_versions
+from .errors import NoTissueError, OutputError, StoreExistsError
+from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, select_level, store_geometry
+from .render import render_tissue_qc, save_png_atomic
+from .slide import Slide, open_slide, slide_fingerprint
+from .store import TileStore, create_tile_store, open_tile_store, remove_store, store_exists
+from .tissue import TissueMask, TileScores, detect_tissue, score_tiles
+
+__all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_for", "open_configured_slide"]
+
+STORE_NAME = "store.zarr"
+QC_NAME = "qc.png"
+
+
+def slide_id_for(path: str | Path) -> str:
+    """Folder name for a slide's outputs: its file stem, made filesystem-safe."""
+    stem = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    else:
+        stem = Path(stem).stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "slide"
+
+
+def open_configured_slide(path: str | Path, config: Config) -> Slide:
+    sc = config.slide
+    return open_slide(path, slide_mpp=sc.slide_mpp, mpp_min=sc.mpp_min, mpp_max=sc.mpp_max,
+                      mpp_xy_max_rel_diff=sc.mpp_xy_max_rel_diff)
+
+
+@dataclass(frozen=True)
+class TilingPlan:
+    slide_path: Path
+    fingerprint: dict[str, Any]
+    slide_info: dict[str, Any]
+    base_mpp: float
+    mpp_source: str
+    selection: LevelSelection
+    geometry: StoreGeometry
+    grid: TileGrid
+    thumbnail: np.ndarray
+    tissue: TissueMask
+    kept_rc: np.ndarray  # (N, 2) int32 row, col of kept tiles, row-major
+    kept_scores: TileScores
+    chunks_needed: np.ndarray  # (n_chunk_rows, n_chunk_cols) bool
+    identity: str  # hash of slide + everything that shapes the pixels
+    config: Config
+    timings_s: dict[str, float]
+
+    @property
+    def n_tiles(self) -> int:
+        return int(len(self.kept_rc))
+
+    def l0_xy(self) -> np.ndarray:
+        px = self.grid.px_origin(self.kept_rc)
+        return np.floor(px * self.geometry.l0_per_px + 1e-6).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class TileResult:
+    slide_id: str
+    out_dir: Path
+    store_path: Path
+    qc_path: Path
+    n_tiles: int
+    n_chunks_needed: int
+    n_chunks_written: int  # by this run
+    n_chunks_resumed: int  # already on disk from an earlier run
+    decoded_bytes: int
+    timings_s: dict[str, float]
+    plan: TilingPlan
+
+
+def _pixel_identity(fingerprint: dict[str, Any], config: Config, selection: LevelSelection, base_mpp: float) -> str:
+    shaping = {
+        "slide": {k: fingerprint[k] for k in ("size_bytes", "quick_sha256")},
+        "base_mpp": round(base_mpp, 6),
+        "effective_mpp": round(selection.effective_mpp, 6),
+        "level": selection.level,
+        "tile_size_px": config.tile.tile_size_px,
+        "supertile_px": config.tile.supertile_px,
+        "tissue": asdict(config.tissue),
+        "compression_level": config.tile.compression_level,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _chunks_needed(geometry: StoreGeometry, tissue: TissueMask, grid: TileGrid, kept_rc: np.ndarray,
+                   tile_size_px: int) -> np.ndarray:
+    """Chunks any tile with tissue could touch, at any stride: the mask dilated by one tile."""
+    n_r, n_c = geometry.n_chunk_rows, geometry.n_chunk_cols
+    rows, cols = tissue.mask.shape
+    scale = geometry.effective_mpp / tissue.mask_mpp  # mask px per store px
+    integral = np.zeros((rows + 1, cols + 1), np.int64)
+    integral[1:, 1:] = np.cumsum(np.cumsum(tissue.mask, axis=0, dtype=np.int64), axis=1)
+    needed = np.zeros((n_r, n_c), bool)
+    for ci in range(n_r):
+        for cj in range(n_c):
+            x0, y0, x1, y1 = geometry.chunk_box_px(ci, cj)
+            mx0 = int(np.clip(math.floor((x0 - tile_size_px) * scale), 0, cols))
+            my0 = int(np.clip(math.floor((y0 - tile_size_px) * scale), 0, rows))
+            mx1 = int(np.clip(math.ceil((x1 + tile_size_px) * scale), 0, cols))
+            my1 = int(np.clip(math.ceil((y1 + tile_size_px) * scale), 0, rows))
+            total = integral[my1, mx1] - integral[my0, mx1] - integral[my1, mx0] + integral[my0, mx0]
+            needed[ci, cj] = total > 0
+    # every kept tile's chunks, whatever the mask says (min_tissue may be 0)
+    if len(kept_rc):
+        px = grid.px_origin(kept_rc)
+        s = geometry.supertile_px
+        for dx in (0, tile_size_px - 1):
+            for dy in (0, tile_size_px - 1):
+                ci = np.minimum((px[:, 1] + dy) // s, n_r - 1)
+                cj = np.minimum((px[:, 0] + dx) // s, n_c - 1)
+                needed[ci, cj] = True
+    return needed
+
+
+def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None = None) -> TilingPlan:
+    """Validate the slide and compute everything short of decoding pixels.  Writes nothing."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    tc = config.tile
+    stride = stride_px or tc.stride_px
+    with open_configured_slide(slide_path, config) as slide:
+        mpp = slide.require_mpp()
+        level_mpps = tuple(lv.mpp for lv in slide.info.levels)
+        selection = select_level(requested_mpp=tc.target_mpp, level_mpps=level_mpps,
+                                 tolerance=tc.mpp_tolerance, source=str(slide.path))
+        geometry = store_geometry(l0_dimensions_px=slide.info.dimensions_px, base_mpp=mpp.mpp,
+                                  selection=selection, supertile_px=tc.supertile_px)
+        timings["open_s"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        thumbnail = slide.read_thumbnail(mpp=config.tissue.mask_mpp)
+        timings["thumbnail_s"] = time.perf_counter() - t
+        info = slide.info.to_dict()
+        fingerprint = slide_fingerprint(slide.path)
+        spath = slide.path
+
+    t = time.perf_counter()
+    tissue = detect_tissue(thumbnail, mask_mpp=config.tissue.mask_mpp, config=config.tissue)
+    grid = build_grid(width_px=geometry.width_px, height_px=geometry.height_px,
+                      tile_size_px=tc.tile_size_px, stride_px=stride)
+    if grid.n_tiles == 0:
+        raise NoTissueError(
+            f"{spath}: the slide is smaller than one {tc.tile_size_px} px tile at {selection.effective_mpp:.4g} um/px "
+            f"({geometry.width_px}x{geometry.height_px} px); use a smaller --target-mpp or tile size"
+        )
+    rr, cc = np.meshgrid(np.arange(grid.n_rows), np.arange(grid.n_cols), indexing="ij")
+    all_rc = np.stack([rr.ravel(), cc.ravel()], axis=1).astype(np.int32)
+    scores = score_tiles(tissue, px_xy=grid.px_origin(all_rc), tile_size_px=tc.tile_size_px,
+                         px_mpp=selection.effective_mpp)
+    cfg = config.tissue
+    keep = (
+        (scores.tissue_fraction >= tc.min_tissue)
+        & (scores.tissue_fraction > 0 if tc.min_tissue > 0 else True)
+        & (scores.dark_bright_fraction <= cfg.max_dark_bright_fraction)
+        & (scores.max_saturation >= cfg.pcam_min_max_saturation)
+    )
+    if not keep.any():
+        raise NoTissueError(
+            f"{spath}: no tissue found (saturation threshold {tissue.threshold:.3f}, "
+            f"{tissue.mask.mean():.1%} of the thumbnail above it, 0 of {grid.n_tiles} tiles with >= "
+            f"{tc.min_tissue:.0%} tissue); check the slide, or lower --min-tissue / tissue.min_saturation"
+        )
+    kept_rc = all_rc[keep]
+    kept_scores = TileScores(scores.tissue_fraction[keep], scores.dark_bright_fraction[keep],
+                             scores.max_saturation[keep])
+    chunks = _chunks_needed(geometry, tissue, grid, kept_rc, tc.tile_size_px)
+    timings["tissue_s"] = time.perf_counter() - t
+    return TilingPlan(
+        slide_path=spath, fingerprint=fingerprint, slide_info=info, base_mpp=mpp.mpp, mpp_source=mpp.source,
+        selection=selection, geometry=geometry, grid=grid, thumbnail=thumbnail, tissue=tissue,
+        kept_rc=kept_rc, kept_scores=kept_scores, chunks_needed=chunks,
+        identity=_pixel_identity(fingerprint, config, selection, mpp.mpp), config=config, timings_s=timings,
+    )
+
+
+# -- worker processes -------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(slide_path: str, config: Config, store_path: str) -> None:
+    _WORKER["slide"] = open_configured_slide(slide_path, config)
+    _WORKER["store"] = open_tile_store(store_path)
+
+
+def _decode_chunk(ci: int, cj: int, selection: LevelSelection, geometry: StoreGeometry,
+                  slide: Slide | None = None, store: TileStore | None = None) -> tuple[int, int, int]:
+    slide = slide or _WORKER["slide"]
+    store = store or _WORKER["store"]
+    x0, y0, x1, y1 = geometry.chunk_box_px(ci, cj)
+    s = selection.lv_per_px
+    box = (x0 * s, y0 * s, x1 * s, y1 * s)
+    data = slide.read_resampled(level=selection.level, lv_box=box, out_size_px=(x1 - x0, y1 - y0))
+    store.write_chunk(ci, cj, data)
+    decoded = (math.ceil(box[2]) - math.floor(box[0])) * (math.ceil(box[3]) - math.floor(box[1])) * 3
+    return ci, cj, decoded
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _check_writable(out_dir: Path) -> None:
+    probe = out_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputError(f"{out_dir}: {probe} is a file, not a folder; choose another -o/--out")
+    try:  # a real write: os.access says yes to root even where writes fail
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        why = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+        raise OutputError(f"{out_dir}: cannot write into {probe} ({why}); choose another -o/--out") from exc
+
+
+def _store_meta(plan: TilingPlan) -> dict[str, Any]:
+    config = plan.config
+    return {
+        "identity": plan.identity,
+        "status": "in_progress",
+        "slide": plan.fingerprint,
+        "slide_info": plan.slide_info,
+        "mpp": {"base_mpp": plan.base_mpp, "source": plan.mpp_source,
+                "detail": plan.slide_info["mpp"]["detail"] if plan.slide_info.get("mpp") else ""},
+        "level_selection": asdict(plan.selection),
+        "geometry": {**asdict(plan.geometry), "n_chunk_rows": plan.geometry.n_chunk_rows,
+                     "n_chunk_cols": plan.geometry.n_chunk_cols},
+        "mask_mpp": plan.tissue.mask_mpp,
+        "tissue_threshold": plan.tissue.threshold,
+        "tissue_area_mm2": plan.tissue.tissue_area_um2 / 1e6,
+        "chunks_needed": int(plan.chunks_needed.sum()),
+        "config": {"slide": asdict(config.slide), "tile": asdict(config.tile), "tissue": asdict(config.tissue)},
+        "versions": runtime_versions(),
+    }
+
+
+def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool) -> tuple[TileStore, bool]:
+    """Open the matching store to resume, or create a new one.  Returns (store, resumed)."""
+    if store_exists(store_path) or store_path.exists():
+        if overwrite:
+            remove_store(store_path)
+        else:
+            existing = open_tile_store(store_path) if store_exists(store_path) else None
+            meta = existing.meta if existing else {}
+            if existing is None or meta.get("identity") != plan.identity:
+                other = meta.get("slide", {}).get("path", "unknown")
+                same_slide = meta.get("slide", {}).get("quick_sha256") == plan.fingerprint["quick_sha256"]
+                what = "another configuration of this slide" if same_slide else f"another slide ({other})"
+                raise StoreExistsError(
+                    f"{store_path}: holds a tile store for {what}; pass --overwrite to replace it or choose another -o/--out"
+                )
+            return existing, True
+    store = create_tile_store(
+        store_path, meta=_store_meta(plan), height_px=plan.geometry.height_px, width_px=plan.geometry.width_px,
+        supertile_px=plan.geometry.supertile_px, compression_level=plan.config.tile.compression_level,
+        thumbnail=plan.thumbnail, tissue_mask=plan.tissue.mask,
+    )
+    return store, False
+
+
+def write_pixels(plan: TilingPlan, store: TileStore, *, workers: int, progress: bool) -> tuple[int, int, int]:
+    """Decode every needed chunk not yet on disk.  Returns (written, resumed, decoded bytes)."""
+    from tqdm import tqdm
+
+    needed = [tuple(map(int, ij)) for ij in np.argwhere(plan.chunks_needed)]
+    todo = [(ci, cj) for ci, cj in needed if not store.chunk_done(ci, cj)]
+    resumed = len(needed) - len(todo)
+    decoded = 0
+    bar = tqdm(total=len(todo), unit="chunk", desc=f"tiling {plan.slide_path.name}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(todo) <= 2:
+            with open_configured_slide(plan.slide_path, plan.config) as slide:
+                for ci, cj in todo:
+                    decoded += _decode_chunk(ci, cj, plan.selection, plan.geometry, slide, store)[2]
+                    bar.update(1)
+        else:
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_worker_init,
+                                     initargs=(str(plan.slide_path), plan.config, str(store.path))) as pool:
+                pending = set()
+                it = iter(todo)
+                for ci, cj in it:  # keep a bounded number of tasks in flight
+                    pending.add(pool.submit(_decode_chunk, ci, cj, plan.selection, plan.geometry))
+                    if len(pending) >= 4 * workers:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in done:
+                            decoded += f.result()[2]
+                            bar.update(1)
+                for f in pending:
+                    decoded += f.result()[2]
+                    bar.update(1)
+    finally:
+        bar.close()
+    return len(todo), resumed, decoded
+
+
+def write_grid(plan: TilingPlan, store: TileStore) -> None:
+    store.write_grid(
+        stride_px=plan.grid.stride_px, tile_size_px=plan.grid.tile_size_px, n_rows=plan.grid.n_rows,
+        n_cols=plan.grid.n_cols, rc=plan.kept_rc, l0_xy=plan.l0_xy(),
+        tissue_fraction=plan.kept_scores.tissue_fraction,
+        attrs={"min_tissue": plan.config.tile.min_tissue, "px_mpp": plan.geometry.effective_mpp,
+               "l0_per_px": plan.geometry.l0_per_px,
+               "hm_offset_px": plan.grid.hm_offset_px},
+    )
+
+
+def write_qc(plan: TilingPlan, path: Path, *, min_side_px: int = 1000, max_side_px: int = 2000) -> Path:
+    """Thumbnail + mask outline + kept tiles, so a person can check the mask at a glance.
+
+    When the mask thumbnail is small (a small slide), a sharper picture is read from
+    the slide so that the tiles stay visible.
+    """
+    scale = plan.geometry.effective_mpp / plan.tissue.mask_mpp
+    px = plan.grid.px_origin(plan.kept_rc).astype(np.float64)
+    t = plan.grid.tile_size_px
+    boxes = np.concatenate([px * scale, (px + t) * scale], axis=1)
+    picture = plan.thumbnail
+    rows, cols = plan.tissue.mask.shape
+    if max(rows, cols) < min_side_px:
+        finer_mpp = max(plan.tissue.mask_mpp * max(rows, cols) / min_side_px, plan.base_mpp)
+        with open_configured_slide(plan.slide_path, plan.config) as slide:
+            picture = slide.read_thumbnail(mpp=finer_mpp)
+    title = (f"{plan.slide_path.name}: {plan.n_tiles} tiles of {t} px at {plan.geometry.effective_mpp:.4g} um/px, "
+             f"stride {plan.grid.stride_px} px\ngreen: tissue mask outline, blue: kept tiles, pink: not tissue")
+    img = render_tissue_qc(picture, plan.tissue.mask, tile_boxes_thumb=boxes, title=title,
+                           max_side_px=max_side_px)
+    return save_png_atomic(img, path)
+
+
+def tile_slide(
+    slide_path: str | Path,
+    out_dir: str | Path,
+    config: Config,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+) -> TileResult:
+    """Tile one slide into ``out_dir/<slide-id>/store.zarr`` (resuming a killed run)."""
+    t0 = time.perf_counter()
+    out_root = Path(out_dir)
+    _check_writable(out_root)
+    plan = plan_tiling(slide_path, config)
+    slide_id = slide_id_for(plan.slide_path)
+    slide_dir = out_root / slide_id
+    store_path = slide_dir / STORE_NAME
+    try:
+        slide_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{slide_dir}: cannot create the output folder ({exc.strerror}); choose another -o/--out") from exc
+    store, _ = prepare_store(plan, store_path, overwrite=overwrite)
+    t = time.perf_counter()
+    n_workers = workers if workers is not None else (config.tile.workers or default_workers())
+    written, resumed, decoded = write_pixels(plan, store, workers=n_workers, progress=progress)
+    timings = dict(plan.timings_s)
+    timings["pixels_s"] = time.perf_counter() - t
+    write_grid(plan, store)
+    qc_path = write_qc(plan, slide_dir / QC_NAME)
+    timings["total_s"] = time.perf_counter() - t0
+    store.update_meta(status="complete", timings_s=timings, workers=n_workers,
+                      last_run={"chunks_written": written, "chunks_resumed": resumed, "decoded_bytes": decoded})
+    return TileResult(slide_id, slide_dir, store_path, qc_path, plan.n_tiles, int(plan.chunks_needed.sum()),
+                      written, resumed, decoded, timings, plan)

@@ -1,0 +1,139 @@
+"""Tissue detection on a low-resolution thumbnail.  Pure: arrays and numbers in, values out.
+
+The mask is HSV saturation above an Otsu threshold (never below a floor), with
+over-dark and over-bright pixels removed, then closed, cleaned of small islands and
+filled in small holes, all with sizes in um and um^2.  Per tile, three numbers are
+measured on the thumbnail under the tile's footprint: the tissue fraction, the
+fraction of over-dark/over-bright pixels and the maximum saturation of the blurred
+thumbnail (PCam's own rule keeps a patch when it reaches 0.07).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .config import TissueConfig
+
+__all__ = ["TissueMask", "TileScores", "detect_tissue", "score_tiles", "otsu_threshold"]
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    mask: np.ndarray  # (rows, cols) bool, True = tissue
+    saturation: np.ndarray  # (rows, cols) float32, blurred HSV saturation in [0, 1]
+    dark_bright: np.ndarray  # (rows, cols) bool, over-dark or over-bright pixel
+    mask_mpp: float  # um per mask pixel
+    threshold: float  # saturation threshold used
+
+    @property
+    def tissue_area_um2(self) -> float:
+        return float(self.mask.sum()) * self.mask_mpp**2
+
+
+@dataclass(frozen=True)
+class TileScores:
+    tissue_fraction: np.ndarray  # (N,) float32
+    dark_bright_fraction: np.ndarray  # (N,) float32
+    max_saturation: np.ndarray  # (N,) float32
+
+
+def otsu_threshold(values: np.ndarray, *, bins: int = 256) -> float:
+    """Otsu's threshold of values in [0, 1]."""
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    if hist.sum() == 0:
+        return 1.0
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
+    mu1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def _saturation(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.float32)
+    mx = rgb.max(axis=2)
+    mn = rgb.min(axis=2)
+    return np.divide(mx - mn, mx, out=np.zeros_like(mx), where=mx > 0)
+
+
+def _remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
+    if min_px <= 1 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= min_px
+    keep[0] = False
+    return keep[labels]
+
+
+def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfig) -> TissueMask:
+    """Tissue mask of an RGB uint8 ``thumbnail`` whose pixels are ``mask_mpp`` um wide."""
+    sigma_px = config.blur_sigma_um / mask_mpp
+    sat = _saturation(thumbnail)
+    if sigma_px > 0.3:
+        sat = ndimage.gaussian_filter(sat, sigma_px)
+    gray = thumbnail.astype(np.float32).mean(axis=2)
+    dark_bright = (gray < config.dark_threshold) | (gray > config.bright_threshold)
+
+    candidates = sat[~dark_bright]
+    otsu = otsu_threshold(candidates) if candidates.size else 1.0
+    threshold = max(otsu, config.min_saturation)
+    mask = (sat >= threshold) & ~dark_bright
+
+    radius_px = config.closing_radius_um / mask_mpp
+    if radius_px >= 1:
+        r = int(math.ceil(radius_px))
+        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        disk = xx**2 + yy**2 <= radius_px**2
+        # pad so that closing does not erode tissue touching the border
+        padded = np.pad(mask, r, mode="constant")
+        mask = ndimage.binary_closing(padded, structure=disk)[r:-r, r:-r]
+    mask = _remove_small(mask, int(config.min_object_area_um2 / mask_mpp**2))
+    holes = ndimage.binary_fill_holes(mask) & ~mask
+    small_holes = _remove_small(holes, 1) & ~_remove_small(holes, int(config.min_hole_area_um2 / mask_mpp**2))
+    mask = mask | small_holes
+    return TissueMask(mask=mask, saturation=sat.astype(np.float32), dark_bright=dark_bright,
+                      mask_mpp=mask_mpp, threshold=float(threshold))
+
+
+def _box_sums(image: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    sat = np.zeros((image.shape[0] + 1, image.shape[1] + 1), np.float64)
+    sat[1:, 1:] = np.cumsum(np.cumsum(image, axis=0, dtype=np.float64), axis=1)
+    return sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+
+
+def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_mpp: float) -> TileScores:
+    """Measure each tile's footprint on the mask.
+
+    ``px_xy`` (N, 2) holds tile origins in store px at ``px_mpp`` um/px.  Footprints
+    are rounded to whole mask pixels (at least one).
+    """
+    rows, cols = tissue.mask.shape
+    scale = px_mpp / tissue.mask_mpp
+    px_xy = np.asarray(px_xy, np.float64).reshape(-1, 2)
+    x0 = np.clip(np.floor(px_xy[:, 0] * scale + 1e-6).astype(np.int64), 0, cols - 1)
+    y0 = np.clip(np.floor(px_xy[:, 1] * scale + 1e-6).astype(np.int64), 0, rows - 1)
+    x1 = np.clip(np.ceil((px_xy[:, 0] + tile_size_px) * scale - 1e-6).astype(np.int64), x0 + 1, cols)
+    y1 = np.clip(np.ceil((px_xy[:, 1] + tile_size_px) * scale - 1e-6).astype(np.int64), y0 + 1, rows)
+    area = (x1 - x0) * (y1 - y0)
+    tissue_fraction = _box_sums(tissue.mask.astype(np.float32), y0, x0, y1, x1) / area
+    dark_bright_fraction = _box_sums(tissue.dark_bright.astype(np.float32), y0, x0, y1, x1) / area
+
+    # max saturation under each footprint: a running maximum over the footprint size,
+    # sampled at each footprint's top-left corner
+    fw = max(1, int(round(tile_size_px * scale)))
+    runmax = ndimage.maximum_filter(tissue.saturation, size=fw, origin=-(fw // 2) if fw > 1 else 0, mode="nearest")
+    max_saturation = runmax[y0, x0]
+    return TileScores(
+        tissue_fraction=tissue_fraction.astype(np.float32),
+        dark_bright_fraction=dark_bright_fraction.astype(np.float32),
+        max_saturation=max_saturation.astype(np.float32),
+    )
