@@ -101,6 +101,7 @@ class PredictConfig:
     top_k: int = 10
     min_region_area_um2: float = 10000.0
     simplify_tolerance_um: float = 20.0
+    heatmap_chunk_cells: int = 256
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+HEATMAP = "heatmap"
 _ATTR = "wsiscan"
 _KIND = "wsiscan-tile-store"
 
@@ -157,11 +158,61 @@ class TileStore:
         return StoredGrid(a["stride_px"], a["tile_size_px"], a["n_rows"], a["n_cols"],
                           g["rc"][...], g["l0_xy"][...], g["tissue_fraction"][...], a)
 
-    # -- generic arrays for other modules (heatmap) ------------------------------
-    def subgroup(self, name: str, *, create: bool = False) -> zarr.Group:
-        if create:
-            return self.group.require_group(name)
-        return self.group[name]
+    # -- heatmap (OME-Zarr multiscale image inside the store) -----------------------
+    def has_heatmap(self) -> bool:
+        return HEATMAP in self.group
+
+    def heatmap_meta(self) -> dict[str, Any]:
+        return dict(self.group[HEATMAP].attrs.get(_ATTR, {})) if self.has_heatmap() else {}
+
+    def update_heatmap_meta(self, **values: Any) -> None:
+        g = self.group[HEATMAP]
+        meta = dict(g.attrs.get(_ATTR, {}))
+        meta.update(values)
+        g.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
+
+    def set_heatmap_ome(self, ome: dict[str, Any]) -> None:
+        self.group[HEATMAP].attrs["ome"] = json.loads(json.dumps(ome, default=_json_default))
+
+    def delete_heatmap(self) -> None:
+        if self.has_heatmap():
+            del self.group[HEATMAP]
+
+    def create_heatmap(self, *, shape: tuple[int, int], chunk: int, meta: dict[str, Any]) -> None:
+        """An empty level 0 of cells (NaN = not scored), chunked (chunk, chunk)."""
+        g = self.group.create_group(HEATMAP)
+        g.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
+        self.create_heatmap_level(0, shape=shape, chunk=chunk)
+
+    def create_heatmap_level(self, level: int, *, shape: tuple[int, int], chunk: int) -> zarr.Array:
+        g = self.group[HEATMAP]
+        if str(level) in g:
+            del g[str(level)]
+        return g.create_array(
+            str(level), shape=shape, dtype=np.float32, chunks=(min(chunk, max(shape[0], 1)), min(chunk, max(shape[1], 1))),
+            compressors=_codec(5), fill_value=float("nan"),
+            chunk_key_encoding={"name": "default", "separator": "/"},
+            config={"write_empty_chunks": True}, dimension_names=("y", "x"),
+        )
+
+    def heatmap_level(self, level: int) -> zarr.Array:
+        return self.group[f"{HEATMAP}/{level}"]
+
+    def heatmap_levels(self) -> list[zarr.Array]:
+        g = self.group[HEATMAP]
+        out, k = [], 0
+        while str(k) in g:
+            out.append(g[str(k)])
+            k += 1
+        return out
+
+    def heatmap_chunk_done(self, ci: int, cj: int) -> bool:
+        return (self.path / HEATMAP / "0" / "c" / str(ci) / str(cj)).exists()
+
+    def write_heatmap_chunk(self, ci: int, cj: int, data: np.ndarray) -> None:
+        a = self.heatmap_level(0)
+        c = a.chunks[0]
+        a[ci * c : ci * c + data.shape[0], cj * c : cj * c + data.shape[1]] = data
 
 
 def _json_default(value: Any) -> Any:

@@ -43,6 +43,7 @@ def echo_err(message: str) -> None:
 
 # Sub-modules register their commands on import.
 from . import slides as _slides  # noqa: E402,F401
+from . import predict as _predict  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover

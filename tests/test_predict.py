@@ -1,0 +1,325 @@
+"""`wsiscan predict`: exact heatmaps with the tiny model, outputs, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+
+from wsiscan.cli import main
+from wsiscan.config import load_config
+from wsiscan.models import ModelSpec, build_model, save_checkpoint, tiny_expected_proba
+from wsiscan.testing import write_synthetic_slide
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("wsiscan: error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    p = tmp_path_factory.mktemp("models") / "tiny.pt"
+    spec = ModelSpec(arch="tiny", name="tiny", input_mpp=0.972, patch_size_px=96)
+    save_checkpoint(p, build_model(spec), spec)
+    return p
+
+
+@pytest.fixture(scope="session")
+def resnet_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    p = tmp_path_factory.mktemp("models") / "resnet18-random.pt"
+    spec = ModelSpec(arch="resnet18", name="random resnet18", input_mpp=0.972)
+    save_checkpoint(p, build_model(spec), spec)
+    return p
+
+
+def expected_heatmap(store_path, stride):
+    g = zarr.open_group(str(store_path), mode="r")
+    grid = g[f"grids/s{stride}"]
+    a = grid.attrs["wsiscan"]
+    expected = np.full((a["n_rows"], a["n_cols"]), np.nan)
+    pixels = g["pixels"]
+    for r, c in grid["rc"][...]:
+        y, x = r * stride, c * stride
+        expected[r, c] = tiny_expected_proba(pixels[y : y + 96, x : x + 96])
+    return expected
+
+
+@pytest.mark.parametrize("stride", [96, 32])
+def test_tiny_model_heatmap_is_exact_cell_by_cell(synthetic_slide, tiny_ckpt, tmp_path, stride):
+    r = run("predict", synthetic_slide.path, "-o", tmp_path, "--model", tiny_ckpt, "-q", "--stride-px", stride,
+            "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    store = tmp_path / "synthetic" / "store.zarr"
+    got = zarr.open_group(str(store), mode="r")["heatmap/0"][...]
+    want = expected_heatmap(store, stride)
+    assert got.shape == want.shape
+    assert np.array_equal(np.isnan(got), np.isnan(want)), "tissue / non-tissue cells differ"
+    assert np.nanmax(np.abs(got - want)) <= 1e-5
+    assert np.nanmax(want) - np.nanmin(want) > 0.1, "the synthetic slide should give varied probabilities"
+
+
+def test_outputs_geojson_ome_zarr_and_summary(synthetic_slide, tiny_ckpt, tmp_path):
+    r = run("predict", synthetic_slide.path, "-o", tmp_path, "--model", tiny_ckpt, "-q", "--threshold", "0.5")
+    assert r.exit_code == 0, r.output
+    d = tmp_path / "synthetic"
+    for name in ("overlay.png", "tumor.geojson", "summary.json", "qc.png"):
+        assert (d / name).stat().st_size > 100, name
+    summary = json.loads((d / "summary.json").read_text())
+    cells = zarr.open_group(str(d / "store.zarr"), mode="r")["heatmap/0"][...]
+    assert summary["scores"]["max_probability"] == pytest.approx(float(np.nanmax(cells)))
+    assert summary["mpp"]["source"] == "openslide-properties"
+    assert summary["models"][0]["sha256"] and summary["versions"]["torch"]
+    assert set(summary["timings_s"]) >= {"pixels_s", "inference_s", "outputs_s", "total_s"}
+
+    # GeoJSON: valid polygons inside the slide, one per region, with QuPath's fields
+    from shapely.geometry import shape
+
+    gj = json.loads((d / "tumor.geojson").read_text())
+    assert gj["type"] == "FeatureCollection"
+    n_pos = int((cells >= 0.5).sum())
+    assert n_pos > 0 and len(gj["features"]) == summary["regions"]["n"] >= 1
+    w, h = synthetic_slide.dimensions_px
+    for f in gj["features"]:
+        geom = shape(f["geometry"])
+        assert geom.is_valid and geom.area > 0
+        minx, miny, maxx, maxy = geom.bounds
+        assert 0 <= minx and 0 <= miny and maxx <= w and maxy <= h
+        props = f["properties"]
+        assert props["classification"]["name"] == "Tumor"
+        assert 0.5 <= props["measurements"]["mean_probability"] <= props["measurements"]["max_probability"] <= 1
+    # tumour area: cells above threshold x cell area
+    cell_um = 96 * 0.972
+    assert summary["scores"]["tumour_area_mm2"] == pytest.approx(n_pos * cell_um**2 / 1e6)
+
+    # a generic OME-Zarr reader sees the heatmap in micrometres
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    node = list(Reader(parse_url(str(d / "store.zarr" / "heatmap")))())[0]
+    transforms = node.metadata["coordinateTransformations"][0]
+    assert transforms[0]["scale"] == pytest.approx([cell_um, cell_um])
+    assert transforms[1]["translation"] == pytest.approx([cell_um / 2, cell_um / 2])
+    assert node.metadata["axes"][0]["unit"] == "micrometer"
+    assert np.array_equal(np.asarray(node.data[0]), cells, equal_nan=True)
+
+
+def test_geojson_regions_land_on_high_probability_cells(tmp_path):
+    """A hand-made heatmap: the polygon must cover exactly the positive cells, in level-0 px."""
+    from shapely.geometry import Point, shape
+
+    from wsiscan.heatmap import HeatmapFrame, geojson_collection, tumour_regions
+
+    cells = np.full((10, 12), 0.1, np.float32)
+    cells[2:5, 3:7] = 0.9  # 3 x 4 block
+    cells[8, 0] = np.nan
+    frame = HeatmapFrame(stride_px=96, tile_size_px=96, px_mpp=0.972, l0_per_px=2.0)
+    regions = tumour_regions(cells, frame, threshold=0.5, min_area_um2=0, simplify_tolerance_um=0)
+    assert len(regions) == 1
+    geom = shape(geojson_collection(regions, slide_name="x", threshold=0.5)["features"][0]["geometry"])
+    # cell (r, c) spans level-0 x in [c*96*2, (c+1)*96*2)
+    assert geom.bounds == pytest.approx((3 * 192, 2 * 192, 7 * 192, 5 * 192), abs=1e-6)
+    assert geom.area == pytest.approx(12 * 192**2)
+    assert geom.contains(Point(4.5 * 192, 3.5 * 192))
+    assert regions[0]["mean_probability"] == pytest.approx(0.9)
+
+
+def test_inference_resumes_from_written_heatmap_chunks(synthetic_slide, tiny_ckpt, tmp_path, monkeypatch):
+    from wsiscan import store as store_mod
+    from wsiscan.predict import load_models, predict_slide
+
+    cfg = load_config().replace("predict", heatmap_chunk_cells=8)
+    cfg = cfg.replace("tile", stride_px=32)
+    models = load_models([str(tiny_ckpt)])
+    ref = predict_slide(synthetic_slide.path, tmp_path / "ref", cfg, models, device=torch.device("cpu"), progress=False)
+
+    calls = {"n": 0}
+    original = store_mod.TileStore.write_heatmap_chunk
+
+    def dying_write(self, ci, cj, data):
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated kill")
+        calls["n"] += 1
+        original(self, ci, cj, data)
+
+    monkeypatch.setattr(store_mod.TileStore, "write_heatmap_chunk", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        predict_slide(synthetic_slide.path, tmp_path / "b", cfg, models, device=torch.device("cpu"), progress=False)
+    monkeypatch.setattr(store_mod.TileStore, "write_heatmap_chunk", original)
+    again = predict_slide(synthetic_slide.path, tmp_path / "b", cfg, models, device=torch.device("cpu"), progress=False)
+    assert 0 < again["tiles"]["resumed_tiles"] < ref["tiles"]["n_tiles"]
+    assert again["tiles"]["scored_this_run"] + again["tiles"]["resumed_tiles"] == ref["tiles"]["n_tiles"]
+    a = zarr.open_group(str(tmp_path / "ref" / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
+    b = zarr.open_group(str(tmp_path / "b" / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
+    assert np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_predict_resumes_after_kill_9(tiny_ckpt, tmp_path):
+    slide = write_synthetic_slide(tmp_path / "s.tif", dimensions_px=(6144, 4096), mpp=0.486)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tile:\n  stride_px: 32\n  supertile_px: 192\npredict:\n  heatmap_chunk_cells: 6\n  loader_workers: 0\n")
+    cmd = [sys.executable, "-m", "wsiscan", "predict", str(slide.path), "--model", str(tiny_ckpt), "--config", str(cfg),
+           "-q", "--workers", "1"]
+    ref = subprocess.run(cmd + ["-o", str(tmp_path / "ref")], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    hm_dir = out / "s" / "store.zarr" / "heatmap" / "0" / "c"
+    proc = subprocess.Popen(cmd + ["-o", str(out)], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if hm_dir.exists() and sum(1 for f in hm_dir.rglob("*") if f.is_file()) >= 3:
+            break
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "s" / "summary.json").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run(cmd + ["-o", str(out)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((out / "s" / "summary.json").read_text())
+    assert summary["tiles"]["resumed_tiles"] > 0
+    a = zarr.open_group(str(tmp_path / "ref" / "s" / "store.zarr"), mode="r")["heatmap/0"][...]
+    b = zarr.open_group(str(out / "s" / "store.zarr"), mode="r")["heatmap/0"][...]
+    assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_rerun_does_no_work_and_heatmap_command_reexports(synthetic_slide, tiny_ckpt, tmp_path):
+    assert run("predict", synthetic_slide.path, "-o", tmp_path, "--model", tiny_ckpt, "-q").exit_code == 0
+    r = run("predict", synthetic_slide.path, "-o", tmp_path, "--model", tiny_ckpt, "-q")
+    assert r.exit_code == 0
+    summary = json.loads((tmp_path / "synthetic" / "summary.json").read_text())
+    assert summary["tiles"]["scored_this_run"] == 0 and summary["tiles"]["pixel_chunks_written"] == 0
+    r = run("heatmap", tmp_path / "synthetic", "--threshold", "0.3")
+    assert r.exit_code == 0, r.output
+    gj = json.loads((tmp_path / "synthetic" / "tumor.geojson").read_text())
+    assert gj["properties"]["threshold"] == 0.3
+
+
+def test_tta_is_invariant_for_the_symmetric_tiny_model(synthetic_slide, tiny_ckpt, tmp_path):
+    # the tiny model averages a centred square: every flip/rotation gives the same value
+    a = run("predict", synthetic_slide.path, "-o", tmp_path / "a", "--model", tiny_ckpt, "-q")
+    b = run("predict", synthetic_slide.path, "-o", tmp_path / "b", "--model", tiny_ckpt, "-q", "--tta")
+    assert a.exit_code == 0 and b.exit_code == 0
+    ha = zarr.open_group(str(tmp_path / "a" / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
+    hb = zarr.open_group(str(tmp_path / "b" / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
+    assert np.nanmax(np.abs(ha - hb)) < 1e-5
+
+
+def test_ensemble_averages_probabilities(synthetic_slide, tiny_ckpt, resnet_ckpt, tmp_path):
+    for name, models in (("t", [tiny_ckpt]), ("r", [resnet_ckpt]), ("e", [tiny_ckpt, resnet_ckpt])):
+        args = [a for m in models for a in ("--model", m)]
+        assert run("predict", synthetic_slide.path, "-o", tmp_path / name, "-q", *args).exit_code == 0
+    h = {n: zarr.open_group(str(tmp_path / n / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
+         for n in "tre"}
+    assert np.nanmax(np.abs(h["e"] - (h["t"] + h["r"]) / 2)) < 1e-5
+
+
+# -- bad input ------------------------------------------------------------------------
+def test_unknown_model_name(synthetic_slide, tmp_path):
+    assert_one_line_error(run("predict", synthetic_slide.path, "-o", tmp_path, "--model", "resnet9000-pcam"),
+                          "resnet9000-pcam", "wsiscan models list")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_and_mismatched_checkpoints(synthetic_slide, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(os.urandom(4000))
+    assert_one_line_error(run("predict", synthetic_slide.path, "-o", tmp_path / "o", "--model", bad), "bad.pt")
+    # weights of a resnet18 under a resnet34 spec
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save({"format": "wsiscan-checkpoint", "format_version": 1,
+                "spec": ModelSpec(arch="resnet34").to_dict(),
+                "state_dict": build_model(ModelSpec(arch="resnet18")).state_dict()}, mismatched)
+    assert_one_line_error(run("predict", synthetic_slide.path, "-o", tmp_path / "o", "--model", mismatched),
+                          "mismatched.pt")
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_resolution_the_slide_cannot_provide(synthetic_slide, tmp_path):
+    fine = tmp_path / "fine.pt"
+    spec = ModelSpec(arch="tiny", input_mpp=0.25)
+    save_checkpoint(fine, build_model(spec), spec)
+    assert_one_line_error(run("predict", synthetic_slide.path, "-o", tmp_path / "o", "--model", fine),
+                          "cannot provide 0.25 um/px", "level 0: 0.486")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_a_gpu(synthetic_slide, tiny_ckpt, tmp_path):
+    assert_one_line_error(run("predict", synthetic_slide.path, "-o", tmp_path / "o", "--model", tiny_ckpt,
+                              "--device", "cuda"), "no usable CUDA GPU", "--device cpu")
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_folder_with_another_slides_result_is_untouched(synthetic_slide, bad_inputs, tiny_ckpt, tmp_path):
+    assert run("predict", synthetic_slide.path, "-o", tmp_path, "--model", tiny_ckpt, "-q").exit_code == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "synthetic").glob("*.*") if p.is_file()}
+    other = tmp_path / "elsewhere" / "synthetic.tif"
+    other.parent.mkdir()
+    other.write_bytes(bad_inputs["no_mpp"].read_bytes())
+    r = run("predict", other, "-o", tmp_path, "--model", tiny_ckpt, "-q", "--slide-mpp", "0.5")
+    assert_one_line_error(r, "another slide", "--overwrite")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_other_model_in_same_folder_is_refused_then_overwritten(synthetic_slide, tiny_ckpt, resnet_ckpt, tmp_path):
+    assert run("predict", synthetic_slide.path, "-o", tmp_path, "--model", tiny_ckpt, "-q").exit_code == 0
+    r = run("predict", synthetic_slide.path, "-o", tmp_path, "--model", resnet_ckpt, "-q")
+    assert_one_line_error(r, "another model", "--overwrite")
+    r = run("predict", synthetic_slide.path, "-o", tmp_path, "--model", resnet_ckpt, "-q", "--overwrite")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "synthetic" / "summary.json").read_text())
+    assert summary["models"][0]["spec"]["arch"] == "resnet18"
+    assert summary["tiles"]["pixel_chunks_written"] == 0, "the pixels of the same slide should be reused"
+
+
+def test_many_slides_failure_is_recorded_and_others_finish(synthetic_slide, bad_inputs, tiny_ckpt, tmp_path):
+    r = run("predict", bad_inputs["random"], synthetic_slide.path, "-o", tmp_path, "--model", tiny_ckpt, "-q")
+    assert r.exit_code == 1
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    status = {os.path.basename(s["slide"]): s["status"] for s in manifest["slides"]}
+    assert status == {"random.svs": "failed", "synthetic.tif": "complete"}
+    assert (tmp_path / "synthetic" / "summary.json").exists()
+
+
+# -- real slide ------------------------------------------------------------------------
+@pytest.mark.realdata
+def test_cmu_small_region_end_to_end_with_random_resnet18(shared_slides, resnet_ckpt, tmp_path):
+    r = run("predict", shared_slides / "CMU-1-Small-Region.svs", "-o", tmp_path, "--model", resnet_ckpt, "-q")
+    assert r.exit_code == 0, r.output
+    d = tmp_path / "CMU-1-Small-Region"
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["resolution"]["level"] == 0 and summary["resolution"]["resampled"]
+    assert 40 <= summary["tiles"]["n_tiles"] <= 120
+    cells = zarr.open_group(str(d / "store.zarr"), mode="r")["heatmap/0"][...]
+    assert np.isfinite(cells).sum() == summary["tiles"]["n_tiles"]
+    assert ((cells[np.isfinite(cells)] >= 0) & (cells[np.isfinite(cells)] <= 1)).all()
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(synthetic_slide, resnet_ckpt, tmp_path):
+    for dev in ("cpu", "cuda"):
+        r = run("predict", synthetic_slide.path, "-o", tmp_path / dev, "--model", resnet_ckpt, "-q", "--device", dev)
+        assert r.exit_code == 0, r.output
+    a = zarr.open_group(str(tmp_path / "cpu" / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
+    b = zarr.open_group(str(tmp_path / "cuda" / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
+    assert np.nanmax(np.abs(a - b)) < 0.02  # bf16 on the GPU

@@ -1,0 +1,287 @@
+"""Heatmap outputs: the OME-Zarr pyramid, the PNG overlay, GeoJSON regions, slide scores.
+
+Cell (r, c) of heatmap level 0 holds the probability of grid tile (r, c) and covers the
+``stride`` x ``stride`` store-px square centred on that tile: at stride 96 the tile
+itself, at stride 32 (96 px tiles) the tile's centre 32 x 32 px, the region a PCam
+label describes.  So overlapping strides never average: each cell has exactly one
+patch.  Cells without a kept tile are NaN (not tissue), distinct from probability 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .store import TileStore
+
+__all__ = [
+    "HeatmapFrame",
+    "build_pyramid",
+    "ome_multiscales",
+    "slide_scores",
+    "tumour_regions",
+    "write_geojson",
+    "render_overlay",
+    "write_json_atomic",
+]
+
+
+@dataclass(frozen=True)
+class HeatmapFrame:
+    """Where heatmap cells sit: store px and level-0 px per cell, and the offset."""
+
+    stride_px: int
+    tile_size_px: int
+    px_mpp: float  # um per store px
+    l0_per_px: float  # level-0 px per store px
+
+    @property
+    def offset_px(self) -> float:
+        return (self.tile_size_px - self.stride_px) / 2.0
+
+    @property
+    def cell_um(self) -> float:
+        return self.stride_px * self.px_mpp
+
+    def cell_to_l0(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Level-0 (x, y) of cell-index coordinates, cell c's centre at index c."""
+        x = (self.offset_px + (np.asarray(cols) + 0.5) * self.stride_px) * self.l0_per_px
+        y = (self.offset_px + (np.asarray(rows) + 0.5) * self.stride_px) * self.l0_per_px
+        return x, y
+
+    def level_transform_um(self, level: int) -> tuple[float, float]:
+        """(scale, translation) in um of pyramid ``level``: translation is the centre of element (0, 0)."""
+        f = 2**level
+        scale = self.cell_um * f
+        translation = (self.offset_px + self.stride_px * f / 2.0) * self.px_mpp
+        return scale, translation
+
+
+def build_pyramid(store: TileStore, *, min_side: int = 64, block: int = 1024) -> int:
+    """Levels 1.. of the heatmap, each the NaN-aware 2x2 mean of the one below, block by block."""
+    level = 0
+    src = store.heatmap_level(0)
+    chunk = src.chunks[0]
+    while max(src.shape) > min_side:
+        h, w = math.ceil(src.shape[0] / 2), math.ceil(src.shape[1] / 2)
+        dst = store.create_heatmap_level(level + 1, shape=(h, w), chunk=chunk)
+        for y in range(0, h, block):
+            for x in range(0, w, block):
+                part = src[2 * y : 2 * min(y + block, h), 2 * x : 2 * min(x + block, w)]
+                ph, pw = part.shape
+                padded = np.full((ph + ph % 2, pw + pw % 2), np.nan, np.float32)
+                padded[:ph, :pw] = part
+                view = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2)
+                count = np.sum(~np.isnan(view), axis=(1, 3))
+                total = np.nansum(view, axis=(1, 3))
+                out = np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
+                if np.isfinite(out).any():
+                    dst[y : y + out.shape[0], x : x + out.shape[1]] = out
+        src = dst
+        level += 1
+    return level + 1
+
+
+def ome_multiscales(frame: HeatmapFrame, n_levels: int, *, name: str) -> dict[str, Any]:
+    """NGFF 0.5 ``ome`` attributes: axes in micrometres, scale and translation per level."""
+    datasets = []
+    for k in range(n_levels):
+        scale, translation = frame.level_transform_um(k)
+        datasets.append({
+            "path": str(k),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [scale, scale]},
+                {"type": "translation", "translation": [translation, translation]},
+            ],
+        })
+    return {
+        "version": "0.5",
+        "multiscales": [{
+            "name": name,
+            "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
+                     {"name": "x", "type": "space", "unit": "micrometer"}],
+            "datasets": datasets,
+            "type": "mean of 2x2, NaN-aware",
+        }],
+    }
+
+
+def _read_level0(store: TileStore) -> np.ndarray:
+    """Level 0 cells (one float per patch; a 100k x 100k px slide at stride 32 is 800 x 800)."""
+    return store.heatmap_level(0)[...]
+
+
+def slide_scores(cells: np.ndarray, *, threshold: float, top_k: int, cell_um: float) -> dict[str, Any]:
+    values = cells[np.isfinite(cells)]
+    if values.size == 0:
+        return {"n_cells": 0, "max_probability": None, "top_k_mean_probability": None,
+                "tumour_area_mm2": 0.0, "tissue_area_mm2": 0.0}
+    k = min(top_k, values.size)
+    top = np.partition(values, values.size - k)[values.size - k :]
+    n_pos = int((values >= threshold).sum())
+    return {
+        "n_cells": int(values.size),
+        "max_probability": float(values.max()),
+        "top_k": int(k),
+        "top_k_mean_probability": float(top.mean()),
+        "mean_probability": float(values.mean()),
+        "n_cells_above_threshold": n_pos,
+        "threshold": threshold,
+        "tumour_area_mm2": n_pos * cell_um**2 / 1e6,
+        "tissue_area_mm2": values.size * cell_um**2 / 1e6,
+    }
+
+
+def tumour_regions(cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, min_area_um2: float,
+                   simplify_tolerance_um: float) -> list[dict[str, Any]]:
+    """Connected regions of cells >= threshold as polygons in level-0 px, with statistics.
+
+    Boundaries follow cell edges exactly (the union of the cells' squares, holes
+    included), then Douglas-Peucker simplification in um.
+    """
+    import shapely
+    from scipy import ndimage
+    from shapely.geometry import mapping
+
+    finite = np.isfinite(cells)
+    positive = finite & (cells >= threshold)
+    labels, n = ndimage.label(positive, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return []
+    objects = ndimage.find_objects(labels)
+    cell_area_um2 = frame.cell_um**2
+    tol_cells = simplify_tolerance_um / frame.cell_um
+    regions = []
+    for idx, sl in enumerate(objects, start=1):
+        comp = labels[sl] == idx
+        n_cells = int(comp.sum())
+        area_um2 = n_cells * cell_area_um2
+        if area_um2 < min_area_um2:
+            continue
+        vals = cells[sl][comp]
+        rr, cc = np.nonzero(comp)
+        rr = rr + sl[0].start
+        cc = cc + sl[1].start
+        # exact cell-edge outline: the union of the cells' squares (a coverage union is linear-time)
+        boxes = shapely.box(cc - 0.5, rr - 0.5, cc + 0.5, rr + 0.5)
+        geom = shapely.coverage_union_all(boxes)
+        if tol_cells > 0:
+            geom = geom.simplify(tol_cells, preserve_topology=True)
+        geom = shapely.make_valid(geom)
+        # cell-index coordinates (cell c's centre at c) -> level-0 px
+        geom = shapely.transform(geom, lambda xy: np.column_stack(frame.cell_to_l0(xy[:, 1], xy[:, 0])))
+        if geom.is_empty:
+            continue
+        regions.append({
+            "geometry": mapping(geom),
+            "area_mm2": area_um2 / 1e6,
+            "n_cells": n_cells,
+            "mean_probability": float(vals.mean()),
+            "max_probability": float(vals.max()),
+            "bbox_cells": [sl[0].start, sl[1].start, sl[0].stop, sl[1].stop],
+        })
+    regions.sort(key=lambda r: (-r["max_probability"], -r["area_mm2"]))
+    return regions
+
+
+def geojson_collection(regions: list[dict[str, Any]], *, slide_name: str, threshold: float,
+                       class_name: str = "Tumor") -> dict[str, Any]:
+    """A FeatureCollection QuPath imports: one annotation per region, classified, with measurements."""
+    features = []
+    for i, r in enumerate(regions, start=1):
+        measurements = {
+            "mean_probability": r["mean_probability"],
+            "max_probability": r["max_probability"],
+            "area_mm2": r["area_mm2"],
+        }
+        features.append({
+            "type": "Feature",
+            "id": f"{slide_name}-region-{i}",
+            "geometry": r["geometry"],
+            "properties": {
+                "objectType": "annotation",
+                "name": f"tumour region {i} (max {r['max_probability']:.2f})",
+                "classification": {"name": class_name, "color": [200, 0, 0]},
+                "isLocked": False,
+                "measurements": measurements,
+                **measurements,
+            },
+        })
+    return {"type": "FeatureCollection", "features": features,
+            "properties": {"slide": slide_name, "threshold": threshold, "coordinates": "level-0 pixels"}}
+
+
+def write_json_atomic(data: Any, path: str | Path) -> Path:
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=_default))
+    os.replace(tmp, p)
+    return p
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def write_geojson(regions: list[dict[str, Any]], path: str | Path, *, slide_name: str, threshold: float) -> Path:
+    return write_json_atomic(geojson_collection(regions, slide_name=slide_name, threshold=threshold), path)
+
+
+def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame, *, thumb_mpp: float,
+                   threshold: float, title: str, path: str | Path, max_side_px: int = 1600) -> Path:
+    """The heatmap (colour, alpha) over the slide thumbnail, with a colour bar.  Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    th, tw = thumbnail.shape[:2]
+    scale = min(1.0, max_side_px / max(th, tw))
+    ow, oh = max(1, round(tw * scale)), max(1, round(th * scale))
+    base = np.asarray(Image.fromarray(thumbnail).resize((ow, oh), Image.Resampling.BOX))
+    # overlay pixel centre -> store px -> heatmap cell
+    out_mpp = thumb_mpp * tw / ow
+    xs = (np.arange(ow) + 0.5) * out_mpp / frame.px_mpp
+    ys = (np.arange(oh) + 0.5) * out_mpp / frame.px_mpp
+    cc = np.floor((xs - frame.offset_px) / frame.stride_px).astype(np.int64)
+    rr = np.floor((ys - frame.offset_px) / frame.stride_px).astype(np.int64)
+    valid_c = (cc >= 0) & (cc < cells.shape[1])
+    valid_r = (rr >= 0) & (rr < cells.shape[0])
+    img = np.full((oh, ow), np.nan, np.float32)
+    sub = cells[np.clip(rr, 0, cells.shape[0] - 1)][:, np.clip(cc, 0, cells.shape[1] - 1)]
+    img[np.ix_(valid_r, valid_c)] = sub[np.ix_(valid_r, valid_c)]
+
+    dpi = 100
+    fig_w = ow / dpi + 1.6
+    fig_h = oh / dpi + 0.7
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
+    ax = fig.add_axes((0.2 / fig_w, 0.2 / fig_h, ow / dpi / fig_w, oh / dpi / fig_h))
+    ax.imshow(base, interpolation="nearest")
+    masked = np.ma.masked_invalid(img)
+    im = ax.imshow(masked, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, interpolation="nearest")
+    ax.set_axis_off()
+    cax = fig.add_axes(((ow / dpi + 0.35) / fig_w, 0.2 / fig_h + 0.1 * oh / dpi / fig_h, 0.18 / fig_w,
+                        0.8 * oh / dpi / fig_h))
+    cb = fig.colorbar(im, cax=cax)
+    cb.set_label("tumour probability")
+    cb.ax.axhline(threshold, color="cyan", lw=1.5)
+    fig.text(0.2 / fig_w, 1 - 0.35 / fig_h, title, fontsize=8, va="center")
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, p)
+    return p

@@ -1,0 +1,291 @@
+"""Batched inference over the tile store.
+
+Work is cut into *units*: blocks of U x U grid tiles whose pixels span about one
+supertile.  A loader (optionally in worker processes) reads each unit's pixel region
+from the store once; on the device the region is converted to float, cut into patches
+at the grid stride with ``unfold`` (a strided view, no copy on the host), the kept
+tiles are picked, normalised and classified in batches.  Each unit's probabilities
+land in one heatmap chunk buffer, which is written (atomically, by zarr) once all its
+units are done; a rerun skips the heatmap chunks already on disk.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import DeviceError
+from .models import ModelSpec, normalise
+
+__all__ = [
+    "UnitPlan",
+    "plan_units",
+    "select_device",
+    "resolve_precision",
+    "Ensemble",
+    "run_inference",
+    "dihedral_views",
+]
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable CUDA device is an error, never a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device '{name}' requested but this machine has no usable CUDA GPU; use --device cpu or --device auto")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) exist; use cuda:0..{torch.cuda.device_count() - 1}"
+            )
+        return dev
+    raise DeviceError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: plain fp32)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp32":
+        return None
+    if device.type == "cpu" and precision == "fp16":
+        raise DeviceError("fp16 inference is not supported on the CPU; use --precision fp32 or bf16")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """How the tile grid is cut into units and the heatmap into chunks."""
+
+    tiles_per_unit: int  # U: a unit is U x U grid tiles
+    units_per_chunk: int  # K: a heatmap chunk is (K*U) x (K*U) cells
+    n_rows: int
+    n_cols: int
+    tile_size_px: int
+    stride_px: int
+
+    @property
+    def hm_chunk(self) -> int:
+        return self.tiles_per_unit * self.units_per_chunk
+
+    @property
+    def n_chunk_rows(self) -> int:
+        return math.ceil(self.n_rows / self.hm_chunk)
+
+    @property
+    def n_chunk_cols(self) -> int:
+        return math.ceil(self.n_cols / self.hm_chunk)
+
+    def unit_px_box(self, ur: int, uc: int) -> tuple[int, int, int, int]:
+        """Store px (x0, y0, x1, y1) covering every tile of unit (ur, uc) (full-size, may pass the edge)."""
+        u, s, t = self.tiles_per_unit, self.stride_px, self.tile_size_px
+        return (uc * u * s, ur * u * s, uc * u * s + (u - 1) * s + t, ur * u * s + (u - 1) * s + t)
+
+
+def plan_units(*, n_rows: int, n_cols: int, tile_size_px: int, stride_px: int, supertile_px: int,
+               hm_chunk_target: int = 256) -> UnitPlan:
+    u = max(1, supertile_px // stride_px)
+    k = max(1, hm_chunk_target // u)
+    return UnitPlan(u, k, n_rows, n_cols, tile_size_px, stride_px)
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 flips and 90-degree rotations of a (N, C, H, W) batch."""
+    views = []
+    for k in range(4):
+        r = torch.rot90(x, k, dims=(2, 3))
+        views.append(r)
+        views.append(torch.flip(r, dims=(3,)))
+    return views
+
+
+class Ensemble:
+    """One or more models whose positive-class probabilities are averaged."""
+
+    def __init__(self, models: Sequence[torch.nn.Module], specs: Sequence[ModelSpec], device: torch.device,
+                 *, autocast_dtype: torch.dtype | None, tta: bool, compile: bool = False) -> None:
+        self.device = device
+        self.specs = list(specs)
+        self.autocast_dtype = autocast_dtype
+        self.tta = tta
+        self.models = []
+        for m in models:
+            m = m.to(device).eval()
+            if device.type == "cuda":
+                m = m.to(memory_format=torch.channels_last)
+            if compile:
+                m = torch.compile(m)
+            self.models.append(m)
+
+    @torch.inference_mode()
+    def __call__(self, x01: torch.Tensor) -> torch.Tensor:
+        """(N,) float32 probabilities for a (N, 3, H, W) float batch in [0, 1]."""
+        if self.device.type == "cuda":
+            x01 = x01.contiguous(memory_format=torch.channels_last)
+        views = dihedral_views(x01) if self.tta else [x01]
+        total = torch.zeros(x01.shape[0], device=self.device, dtype=torch.float32)
+        for model, spec in zip(self.models, self.specs):
+            for v in views:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                    enabled=self.autocast_dtype is not None):
+                    logits = model(normalise(v, spec))
+                probs = torch.softmax(logits.float() / spec.temperature, dim=1)[:, spec.positive_class]
+                total += probs
+        return total / (len(self.models) * len(views))
+
+
+class _UnitReader(torch.utils.data.IterableDataset):
+    """Yields (unit index, uint8 region (H, W, 3)) for a list of units, split across loader workers."""
+
+    def __init__(self, store_path: str, plan: UnitPlan, units: list[tuple[int, int]]) -> None:
+        self.store_path = store_path
+        self.plan = plan
+        self.units = units
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        from .store import open_tile_store
+
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        store = open_tile_store(self.store_path, mode="r")
+        for i in range(wid, len(self.units), nw):
+            ur, uc = self.units[i]
+            region = store.read_px(px_box=self.plan.unit_px_box(ur, uc))
+            yield i, torch.from_numpy(region)
+
+
+def default_batch_size(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        # ResNet-50 at 96 px in bf16 needs ~2.5 MB of activations per patch; stay well clear
+        return int(max(256, min(4096, free // (8 << 20))))
+    return 128
+
+
+def run_inference(
+    *,
+    store_path: str,
+    plan: UnitPlan,
+    kept_rc: np.ndarray,
+    ensemble: Ensemble,
+    batch_size: int,
+    loader_workers: int,
+    chunk_done: Callable[[int, int], bool],
+    write_chunk: Callable[[int, int, np.ndarray], None],
+    progress: bool = True,
+    desc: str = "inference",
+) -> dict[str, float]:
+    """Classify every kept tile whose heatmap chunk is not yet written.  Returns counters and timings."""
+    from tqdm import tqdm
+
+    hc = plan.hm_chunk
+    u = plan.tiles_per_unit
+    # kept tiles by unit, and units by heatmap chunk
+    kept_rc = np.asarray(kept_rc, np.int64).reshape(-1, 2)
+    unit_r, unit_c = kept_rc[:, 0] // u, kept_rc[:, 1] // u
+    order = np.lexsort((kept_rc[:, 1], kept_rc[:, 0], unit_c, unit_r))
+    kept_rc, unit_r, unit_c = kept_rc[order], unit_r[order], unit_c[order]
+    keys = unit_r * (plan.n_cols // u + 2) + unit_c
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+
+    units: list[tuple[int, int]] = []
+    unit_tiles: list[np.ndarray] = []
+    remaining: dict[tuple[int, int], int] = {}
+    skipped_tiles = 0
+    for a, b in zip(starts, ends):
+        ur, uc = int(unit_r[a]), int(unit_c[a])
+        chunk = (ur * u // hc, uc * u // hc)
+        if chunk_done(*chunk):
+            skipped_tiles += b - a
+            continue
+        units.append((ur, uc))
+        unit_tiles.append(kept_rc[a:b])
+        remaining[chunk] = remaining.get(chunk, 0) + 1
+
+    buffers: dict[tuple[int, int], np.ndarray] = {}
+    device = ensemble.device
+    t, s = plan.tile_size_px, plan.stride_px
+    pin = device.type == "cuda"
+    stats = {"tiles": 0, "tiles_resumed": int(skipped_tiles), "units": len(units), "model_s": 0.0, "wait_s": 0.0}
+    if not units:
+        return stats
+    loader = torch.utils.data.DataLoader(
+        _UnitReader(store_path, plan, units),
+        batch_size=None,
+        num_workers=loader_workers if len(units) > 16 else 0,
+        pin_memory=pin,
+        prefetch_factor=4 if loader_workers and len(units) > 16 else None,
+        multiprocessing_context="spawn" if loader_workers and len(units) > 16 else None,
+        persistent_workers=False,
+    )
+    pending_x: list[torch.Tensor] = []
+    pending_meta: list[tuple[int, np.ndarray]] = []
+    n_pending = 0
+
+    def flush() -> None:
+        nonlocal pending_x, pending_meta, n_pending
+        if not n_pending:
+            return
+        t0 = time.perf_counter()
+        x = torch.cat(pending_x)
+        probs = torch.cat([ensemble(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        probs = probs.cpu().numpy()
+        stats["model_s"] += time.perf_counter() - t0
+        pos = 0
+        for unit_index, tiles in pending_meta:
+            n = len(tiles)
+            _store_unit(unit_index, tiles, probs[pos : pos + n])
+            pos += n
+        pending_x, pending_meta, n_pending = [], [], 0
+
+    def _store_unit(unit_index: int, tiles: np.ndarray, probs: np.ndarray) -> None:
+        ur, uc = units[unit_index]
+        chunk = (ur * u // hc, uc * u // hc)
+        buf = buffers.get(chunk)
+        if buf is None:
+            r0, c0 = chunk[0] * hc, chunk[1] * hc
+            buf = np.full((min(hc, plan.n_rows - r0), min(hc, plan.n_cols - c0)), np.nan, np.float32)
+            buffers[chunk] = buf
+        buf[tiles[:, 0] - chunk[0] * hc, tiles[:, 1] - chunk[1] * hc] = probs
+        stats["tiles"] += len(tiles)
+        remaining[chunk] -= 1
+        if remaining[chunk] == 0:
+            write_chunk(chunk[0], chunk[1], buffers.pop(chunk))
+            bar.update(1)
+
+    bar = tqdm(total=len(remaining), unit="chunk", desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        t_wait = time.perf_counter()
+        for unit_index, region in loader:
+            stats["wait_s"] += time.perf_counter() - t_wait
+            ur, uc = units[unit_index]
+            tiles = unit_tiles[unit_index]
+            region = region.to(device, non_blocking=True)
+            x = region.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)  # (1, 3, H, W)
+            # patches at the stride: (3, nr, nc, t, t) strided view
+            patches = x[0].unfold(1, t, s).unfold(2, t, s)
+            lr = torch.as_tensor(tiles[:, 0] - ur * u, device=device)
+            lc = torch.as_tensor(tiles[:, 1] - uc * u, device=device)
+            sel = patches[:, lr, lc].permute(1, 0, 2, 3).contiguous()  # (k, 3, t, t)
+            pending_x.append(sel)
+            pending_meta.append((unit_index, tiles))
+            n_pending += len(tiles)
+            if n_pending >= batch_size:
+                flush()
+            t_wait = time.perf_counter()
+        flush()
+    finally:
+        bar.close()
+    if buffers:  # every unit of every chunk ran, so nothing may be left unwritten
+        raise RuntimeError(f"heatmap chunks {sorted(buffers)} were left incomplete")
+    return stats

@@ -1,0 +1,236 @@
+"""``predict``: slide -> tile store -> heatmap -> overlay, GeoJSON and summary.
+
+Everything that can be checked before writing (models, device, slide, resolution,
+tissue, an existing result for another slide/model) is checked first, so a failed run
+leaves earlier results untouched.  A rerun after a kill resumes: tiling skips written
+pixel chunks, inference skips written heatmap chunks, and the final outputs are
+rewritten from the (deterministic) heatmap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import Config, runtime_versions
+from .errors import CheckpointError, StoreExistsError
+from .heatmap import (
+    HeatmapFrame,
+    build_pyramid,
+    ome_multiscales,
+    render_overlay,
+    slide_scores,
+    tumour_regions,
+    write_geojson,
+    write_json_atomic,
+)
+from .store import open_tile_store
+from .tiling import STORE_NAME, plan_tiling, prepare_store, slide_id_for, write_grid, write_pixels, write_qc, \
+    default_workers, _check_writable
+
+__all__ = ["LoadedModels", "load_models", "predict_slide", "resolution_config", "OVERLAY_NAME", "GEOJSON_NAME",
+           "SUMMARY_NAME"]
+
+OVERLAY_NAME = "overlay.png"
+GEOJSON_NAME = "tumor.geojson"
+SUMMARY_NAME = "summary.json"
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    names: tuple[str, ...]
+    models: tuple[Any, ...]
+    specs: tuple[Any, ...]
+    sha256: tuple[str, ...]
+
+    @property
+    def spec(self):
+        return self.specs[0]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"model": n, "sha256": h, "spec": s.to_dict()} for n, s, h in zip(self.names, self.specs, self.sha256)]
+
+    @property
+    def identity(self) -> str:
+        return hashlib.sha256("|".join(self.sha256).encode()).hexdigest()[:16]
+
+
+def load_models(names: Sequence[str]) -> LoadedModels:
+    """Load every model of an ensemble; they must agree on input size, resolution and classes."""
+    from .models import load_model
+
+    loaded = [load_model(n) for n in names]
+    specs = [s for _, s, _ in loaded]
+    first = specs[0]
+    for name, s in zip(names[1:], specs[1:]):
+        if (s.patch_size_px, round(s.input_mpp, 4)) != (first.patch_size_px, round(first.input_mpp, 4)):
+            raise CheckpointError(
+                f"{name}: ensemble members must share input size and resolution; it takes {s.patch_size_px} px at "
+                f"{s.input_mpp:g} um/px but {names[0]} takes {first.patch_size_px} px at {first.input_mpp:g} um/px"
+            )
+        if s.class_names[s.positive_class] != first.class_names[first.positive_class]:
+            raise CheckpointError(
+                f"{name}: ensemble members must score the same class; it scores "
+                f"'{s.class_names[s.positive_class]}' but {names[0]} scores '{first.class_names[first.positive_class]}'"
+            )
+    return LoadedModels(tuple(names), tuple(m for m, _, _ in loaded), tuple(specs), tuple(h for _, _, h in loaded))
+
+
+def resolution_config(config: Config, spec, *, target_mpp: float | None, tile_size_px: int | None) -> Config:
+    """Tiling follows the model's input resolution and patch size unless overridden."""
+    return config.replace("tile", target_mpp=target_mpp or spec.input_mpp,
+                          tile_size_px=tile_size_px or spec.patch_size_px)
+
+
+def _inference_identity(models: LoadedModels, config: Config, pixel_identity: str) -> str:
+    shaping = {
+        "models": list(models.sha256),
+        "pixels": pixel_identity,
+        "stride_px": config.tile.stride_px,
+        "min_tissue": config.tile.min_tissue,
+        "tta": config.predict.tta,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def predict_slide(
+    slide_path: str | Path,
+    out_dir: str | Path,
+    config: Config,
+    models: LoadedModels,
+    *,
+    device: Any,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the whole pipeline on one slide; returns the summary written to summary.json."""
+    from .inference import Ensemble, default_batch_size, plan_units, resolve_precision, run_inference
+
+    t_start = time.perf_counter()
+    pc = config.predict
+    out_root = Path(out_dir)
+    _check_writable(out_root)
+    plan = plan_tiling(slide_path, config)
+    slide_id = slide_id_for(plan.slide_path)
+    slide_dir = out_root / slide_id
+    store_path = slide_dir / STORE_NAME
+    inference_id = _inference_identity(models, config, plan.identity)
+
+    # refuse before writing anything if the folder holds another slide's or model's result
+    from .store import store_exists
+
+    same_pixels = store_exists(store_path) and open_tile_store(store_path).meta.get("identity") == plan.identity
+    if store_path.exists() and not overwrite:
+        if store_exists(store_path):
+            existing = open_tile_store(store_path)
+            if same_pixels and existing.has_heatmap():
+                hm = existing.heatmap_meta()
+                if hm.get("identity") != inference_id:
+                    raise StoreExistsError(
+                        f"{store_path}: holds a heatmap made with another model or settings "
+                        f"(models {', '.join(m['model'] for m in hm.get('models', []))}, stride {hm.get('stride_px')} px); "
+                        f"pass --overwrite to replace it or choose another -o/--out"
+                    )
+    timings: dict[str, float] = dict(plan.timings_s)
+    slide_dir.mkdir(parents=True, exist_ok=True)
+    # --overwrite replaces the heatmap; the pixels too only when they were made differently
+    store, _ = prepare_store(plan, store_path, overwrite=overwrite and not same_pixels)
+
+    t = time.perf_counter()
+    workers = config.tile.workers or default_workers()
+    written, resumed, decoded = write_pixels(plan, store, workers=workers, progress=progress)
+    write_grid(plan, store)
+    write_qc(plan, slide_dir / "qc.png")
+    store.update_meta(status="complete")
+    timings["pixels_s"] = time.perf_counter() - t
+
+    # -- inference -------------------------------------------------------------------
+    t = time.perf_counter()
+    grid = plan.grid
+    units = plan_units(n_rows=grid.n_rows, n_cols=grid.n_cols, tile_size_px=grid.tile_size_px,
+                       stride_px=grid.stride_px, supertile_px=plan.geometry.supertile_px,
+                       hm_chunk_target=pc.heatmap_chunk_cells)
+    frame = HeatmapFrame(grid.stride_px, grid.tile_size_px, plan.geometry.effective_mpp, plan.geometry.l0_per_px)
+    if store.has_heatmap() and (overwrite or store.heatmap_meta().get("identity") != inference_id):
+        store.delete_heatmap()
+    if not store.has_heatmap():
+        store.create_heatmap(shape=(grid.n_rows, grid.n_cols), chunk=units.hm_chunk, meta={
+            "identity": inference_id, "status": "in_progress", "models": models.describe(),
+            "stride_px": grid.stride_px, "tile_size_px": grid.tile_size_px, "tta": pc.tta,
+            "cell_definition": "cell (r, c) = the stride x stride px square centred on grid tile (r, c); "
+                               "value = that tile's probability; NaN = no tissue tile",
+            "offset_px": frame.offset_px, "px_mpp": frame.px_mpp, "l0_per_px": frame.l0_per_px,
+        })
+    autocast = resolve_precision(pc.precision, device)
+    ensemble = Ensemble(models.models, models.specs, device, autocast_dtype=autocast, tta=pc.tta, compile=pc.compile)
+    batch_size = pc.batch_size or default_batch_size(device)
+    stats = run_inference(
+        store_path=str(store.path), plan=units, kept_rc=plan.kept_rc, ensemble=ensemble, batch_size=batch_size,
+        loader_workers=pc.loader_workers, chunk_done=store.heatmap_chunk_done, write_chunk=store.write_heatmap_chunk,
+        progress=progress, desc=f"scoring {plan.slide_path.name}",
+    )
+    timings["inference_s"] = time.perf_counter() - t
+
+    # -- outputs ---------------------------------------------------------------------------
+    t = time.perf_counter()
+    n_levels = build_pyramid(store)
+    store.set_heatmap_ome(ome_multiscales(frame, n_levels, name=f"{slide_id} tumour probability"))
+    store.update_heatmap_meta(status="complete", n_levels=n_levels)
+    cells = store.heatmap_level(0)[...]
+    scores = slide_scores(cells, threshold=pc.threshold, top_k=pc.top_k, cell_um=frame.cell_um)
+    regions = tumour_regions(cells, frame, threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
+                             simplify_tolerance_um=pc.simplify_tolerance_um)
+    write_geojson(regions, slide_dir / "tumor.geojson", slide_name=plan.slide_path.name, threshold=pc.threshold)
+    model_label = " + ".join(Path(n).name for n in models.names)
+    title = (f"{plan.slide_path.name}  |  {model_label}  |  {plan.n_tiles} patches {grid.tile_size_px} px "
+             f"@ {frame.px_mpp:.3g} um/px, stride {grid.stride_px}  |  max {scores['max_probability']:.2f}")
+    render_overlay(store.thumbnail(), cells, frame, thumb_mpp=plan.tissue.mask_mpp, threshold=pc.threshold,
+                   title=title, path=slide_dir / OVERLAY_NAME)
+    timings["outputs_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_start
+    summary = {
+        "slide": plan.fingerprint,
+        "slide_id": slide_id,
+        "mpp": store.meta["mpp"],
+        "resolution": {"target_mpp": config.tile.target_mpp, "effective_mpp": frame.px_mpp,
+                       "level": plan.selection.level, "resampled": plan.selection.resample},
+        "scores": scores,
+        "regions": {"n": len(regions), "threshold": pc.threshold,
+                    "top": [{k: r[k] for k in ("area_mm2", "mean_probability", "max_probability")} for r in regions[:5]]},
+        "tiles": {"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,
+                  "grid_shape": [grid.n_rows, grid.n_cols], "scored_this_run": stats["tiles"],
+                  "resumed_tiles": stats["tiles_resumed"], "pixel_chunks_written": written,
+                  "pixel_chunks_resumed": resumed},
+        "heatmap": {"path": f"{STORE_NAME}/heatmap", "levels": n_levels, "cell_um": frame.cell_um,
+                    "offset_px": frame.offset_px},
+        "timings_s": timings,
+        "throughput": {"patches_per_s_inference": stats["tiles"] / timings["inference_s"] if stats["tiles"] else None,
+                       "decoded_mb": decoded / 1e6},
+        "models": models.describe(),
+        "device": _device_description(device),
+        "precision": str(autocast or "fp32").replace("torch.", ""),
+        "batch_size": batch_size,
+        "config": dataclasses.asdict(config),
+        "versions": runtime_versions(),
+        "outputs": {"overlay": OVERLAY_NAME, "geojson": GEOJSON_NAME, "qc": "qc.png", "store": STORE_NAME},
+    }
+    write_json_atomic(summary, slide_dir / SUMMARY_NAME)
+    return summary
+
+
+def _device_description(device: Any) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    d = {"type": device.type, "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        d["name"] = torch.cuda.get_device_name(device)
+    return d
