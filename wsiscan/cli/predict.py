@@ -26,7 +26,7 @@ from .slides import build_config, tiling_options
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model(s).")
 @click.option("--threshold", type=float, default=None, help="Tumour probability threshold for regions and area.")
 @click.option("--target-mpp", type=float, default=None, help="Override the model's input resolution, um/px.")
-@click.option("--loader-workers", type=int, default=None, help="Processes reading the tile store ahead of the model.")
+@click.option("--loader-workers", type=int, default=None, help="Threads reading the tile store ahead of the model.")
 def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_tissue, workers, overwrite, quiet,
             model_names, device, batch_size, precision, tta, compile_, threshold, target_mpp, loader_workers) -> None:
     """Tumour-probability heatmap for each SLIDE.
