@@ -1,0 +1,104 @@
+"""The benchmark scripts run end to end on tiny inputs (they are scripts, loaded by path)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsiscan.config import load_config
+from wsiscan.slide import open_slide
+from wsiscan.tiling import plan_tiling
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SOURCE_NAME = "CMU-1-Small-Region.svs"
+
+pytestmark = pytest.mark.realdata  # the benchmark slide is made from the tissue of a real slide
+
+
+def load_script(name: str):
+    """benchmarks/ is a folder of scripts, not a package."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # worker processes find the script's functions by this name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_slide(shared_slides, tmp_path_factory):
+    make_slide = load_script("make_slide")
+    path = tmp_path_factory.mktemp("bench") / "tiny.tif"
+    info = make_slide.make_benchmark_slide(path, width_px=2048, height_px=2048, seed=1,
+                                           source=shared_slides / SOURCE_NAME, workers=2)
+    return path, info
+
+
+def test_benchmark_slide_is_a_pyramid_at_025_mpp_with_tissue(tiny_slide):
+    path, info = tiny_slide
+    assert info["path"] == str(path) and info["file_size_bytes"] == path.stat().st_size
+    assert not path.with_name(path.name + ".partial").exists()
+    assert 0.2 <= info["tissue_fraction"] <= 0.4 and info["n_islands"] > 0
+    with open_slide(path) as slide:
+        si = slide.info
+        assert si.vendor == "generic-tiff"
+        assert si.mpp is not None and si.mpp.mpp == pytest.approx(0.25, rel=1e-3)
+        assert si.mpp.source == "openslide-properties"
+        assert [lv.dimensions_px for lv in si.levels] == [(2048, 2048), (512, 512), (128, 128), (32, 32)]
+        assert [round(lv.downsample) for lv in si.levels] == [1, 4, 16, 64]
+        thumb = slide.read_thumbnail(mpp=4.0)
+    # glass is light grey, tissue is darker and coloured
+    assert thumb.min() < 150 and (thumb.reshape(-1, 3).mean(axis=1) > 230).mean() > 0.4
+    plan = plan_tiling(path, load_config())
+    assert plan.n_tiles > 0
+
+
+def test_benchmark_slide_is_deterministic_and_can_be_aperio(shared_slides, tmp_path):
+    import openslide  # to compare raw pixels level by level
+
+    make_slide = load_script("make_slide")
+    kwargs = dict(width_px=1536, height_px=1024, seed=5, source=shared_slides / SOURCE_NAME)
+    generic = make_slide.make_benchmark_slide(tmp_path / "a.tif", workers=1, **kwargs)
+    aperio = make_slide.make_benchmark_slide(tmp_path / "b.svs", workers=2, aperio=True, **kwargs)
+    with open_slide(aperio["path"]) as slide:
+        assert slide.info.vendor == "aperio"
+        assert slide.info.mpp.mpp == pytest.approx(0.25, rel=1e-3)
+        assert slide.info.objective_power == 40
+    # same seed: the same pixels, whatever the number of workers or the flavour of TIFF
+    a, b = openslide.OpenSlide(generic["path"]), openslide.OpenSlide(aperio["path"])
+    try:
+        assert a.level_count == b.level_count == 4
+        for level in range(4):
+            size = a.level_dimensions[level]
+            assert np.array_equal(np.asarray(a.read_region((0, 0), level, size)),
+                                  np.asarray(b.read_region((0, 0), level, size))), level
+    finally:
+        a.close()
+        b.close()
+
+
+def test_bench_tile_writes_its_report(tiny_slide, tmp_path):
+    bench_tile = load_script("bench_tile")
+    out = tmp_path / "report.json"
+    rc = bench_tile.main(["--slide", str(tiny_slide[0]), "--out", str(out), "--work-dir", str(tmp_path / "work"),
+                          "--workers", "2", "--naive-max-tiles", "5"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    for key in ("device", "versions", "command", "slide", "tiling", "wsiscan", "naive", "naive_parallel", "ratio"):
+        assert key in report, key
+    assert report["device"]["cores_logical"] >= 1 and report["device"]["cpu_model"]
+    assert report["versions"]["wsiscan"]
+    assert report["slide"]["dimensions_px"] == [2048, 2048] and report["slide"]["mpp"] == pytest.approx(0.25, rel=1e-3)
+    ws, naive = report["wsiscan"], report["naive"]
+    assert ws["n_tiles"] > 0 and ws["tiles_per_s"] > 0 and ws["decoded_mb_per_s"] > 0 and ws["peak_rss_mib"] > 0
+    assert naive["n_tiles"] == ws["n_tiles"] and naive["n_tiles_timed"] == min(5, ws["n_tiles"])
+    assert naive["extrapolated"] == (ws["n_tiles"] > 5) and naive["tiles_per_s"] > 0
+    assert report["naive_parallel"]["workers"] == 2
+    assert report["ratio"]["tiles_per_s_vs_naive"] > 0
+    assert report["ratio"]["tiles_per_s_vs_naive_parallel"] > 0
