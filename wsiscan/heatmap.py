@@ -264,21 +264,28 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
     sub = cells[np.clip(rr, 0, cells.shape[0] - 1)][:, np.clip(cc, 0, cells.shape[1] - 1)]
     img[np.ix_(valid_r, valid_c)] = sub[np.ix_(valid_r, valid_c)]
 
+    import textwrap
+
     dpi = 100
     fig_w = ow / dpi + 1.6
-    fig_h = oh / dpi + 0.7
+    title = "\n".join(textwrap.wrap(title, width=max(30, int(fig_w * dpi / 6.5))))
+    title_h = 0.2 + 0.16 * (title.count("\n") + 1)
+    fig_h = oh / dpi + 0.3 + title_h
     fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
     ax = fig.add_axes((0.2 / fig_w, 0.2 / fig_h, ow / dpi / fig_w, oh / dpi / fig_h))
     ax.imshow(base, interpolation="nearest")
     masked = np.ma.masked_invalid(img)
     im = ax.imshow(masked, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, interpolation="nearest")
+    above = np.where(np.isfinite(img), img >= threshold, False).astype(np.float32)
+    if 0 < above.sum() < above.size:  # outline of the regions exported to GeoJSON
+        ax.contour(above, levels=[0.5], colors=["cyan"], linewidths=0.8)
     ax.set_axis_off()
     cax = fig.add_axes(((ow / dpi + 0.35) / fig_w, 0.2 / fig_h + 0.1 * oh / dpi / fig_h, 0.18 / fig_w,
                         0.8 * oh / dpi / fig_h))
     cb = fig.colorbar(im, cax=cax)
     cb.set_label("tumour probability")
     cb.ax.axhline(threshold, color="cyan", lw=1.5)
-    fig.text(0.2 / fig_w, 1 - 0.35 / fig_h, title, fontsize=8, va="center")
+    fig.text(0.2 / fig_w, 1 - 0.1 / fig_h, title, fontsize=8, va="top")
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=dpi)
