@@ -7,24 +7,7 @@ import os
 import stat
 
 import pytest
-from click.testing import CliRunner
-
-from wsiscan.cli import main
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *needles):
-    assert result.exit_code == 1, (result.exit_code, result.output)
-    err = result.stderr.strip()
-    assert "Traceback" not in result.output
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("wsiscan: error: ")
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+from cli_helpers import assert_one_line_error, run
 
 
 def test_info_prints_levels_and_mpp_source(synthetic_slide):

@@ -13,25 +13,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from click.testing import CliRunner
-
-from wsiscan.cli import main
+from cli_helpers import assert_one_line_error, run
 from wsiscan.config import load_config
 from wsiscan.models import ModelSpec, build_model, save_checkpoint, tiny_expected_proba
 from wsiscan.testing import write_synthetic_slide
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *needles):
-    assert result.exit_code == 1, (result.exit_code, result.output)
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("wsiscan: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 @pytest.fixture(scope="session")
