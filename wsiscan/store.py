@@ -20,6 +20,7 @@ its provenance, geometry, resolved config, versions, timings, status.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,10 +260,18 @@ def create_tile_store(
     thumbnail: np.ndarray,
     tissue_mask: np.ndarray,
 ) -> TileStore:
-    """Create a new, empty store at ``path`` (which must not exist)."""
+    """Create a new, empty store at ``path`` (which must not exist).
+
+    The store is built in a hidden sibling folder and renamed into place, so a kill
+    during creation never leaves a half-made store where a rerun would look for one.
+    """
     p = Path(path)
     if p.exists():
         raise StoreExistsError(f"{p}: already exists; pass --overwrite to replace it")
+    final = p
+    for stale in final.parent.glob(f".{final.name}.creating-*"):  # left by a killed creation
+        shutil.rmtree(stale, ignore_errors=True)
+    p = final.with_name(f".{final.name}.creating-{os.getpid()}")
     group = zarr.open_group(str(p), mode="w-", zarr_format=3)
     group.create_array(
         "pixels",
@@ -283,9 +292,9 @@ def create_tile_store(
                            chunks=(min(1024, tissue_mask.shape[0]), min(1024, tissue_mask.shape[1])),
                            compressors=_codec(5), dimension_names=("y", "x"))
     m[...] = tissue_mask.astype(np.uint8)
-    store = TileStore(p, group)
-    store.update_meta(kind=_KIND, schema_version=SCHEMA_VERSION, **meta)
-    return store
+    TileStore(p, group).update_meta(kind=_KIND, schema_version=SCHEMA_VERSION, **meta)
+    os.replace(p, final)
+    return TileStore(final, zarr.open_group(str(final), mode="r+"))
 
 
 def remove_store(path: str | Path) -> None:
