@@ -163,7 +163,7 @@ def test_predict_resumes_after_kill_9(tiny_ckpt, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("tile:\n  stride_px: 32\n  supertile_px: 192\npredict:\n  heatmap_chunk_cells: 6\n  loader_workers: 0\n")
     cmd = [sys.executable, "-m", "wsiscan", "predict", str(slide.path), "--model", str(tiny_ckpt), "--config", str(cfg),
-           "-q", "--workers", "1"]
+           "-q", "--decode-workers", "1"]
     ref = subprocess.run(cmd + ["-o", str(tmp_path / "ref")], capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"

@@ -5,13 +5,25 @@ tissue, an existing result for another slide/model) is checked first, so a faile
 leaves earlier results untouched.  A rerun after a kill resumes: tiling skips written
 pixel chunks, inference skips written heatmap chunks, and the final outputs are
 rewritten from the (deterministic) heatmap.
+
+``summary.json`` is the commit record of a result: it is removed before a run changes
+anything in the slide's folder and written (atomically) last, so a folder holds a
+finished, consistent result exactly when it holds a ``summary.json``.  The summary
+records the model hash and the config hash; :func:`completed_summary` uses them, with
+the slide's fingerprint, to tell a finished and unchanged result without redoing it.
+
+Inputs (:func:`expand_slide_inputs`): slide paths, glob patterns and CSV lists of
+slides (a ``slide`` or ``path`` column, optional ``slide_mpp`` per slide).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import glob
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import Config, runtime_versions
-from .errors import CheckpointError, StoreExistsError
+from .errors import CheckpointError, ConfigError, StoreExistsError
 from .heatmap import (
     HeatmapFrame,
     build_pyramid,
@@ -35,8 +47,9 @@ from .store import open_tile_store
 from .tiling import STORE_NAME, plan_tiling, prepare_store, slide_id_for, write_grid, write_pixels, write_qc, \
     default_workers, _check_writable
 
-__all__ = ["LoadedModels", "load_models", "predict_slide", "resolution_config", "OVERLAY_NAME", "GEOJSON_NAME",
-           "SUMMARY_NAME"]
+__all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "resolution_config", "slide_config",
+           "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
+           "GEOJSON_NAME", "SUMMARY_NAME"]
 
 OVERLAY_NAME = "overlay.png"
 GEOJSON_NAME = "tumor.geojson"
@@ -87,6 +100,169 @@ def resolution_config(config: Config, spec, *, target_mpp: float | None, tile_si
     """Tiling follows the model's input resolution and patch size unless overridden."""
     return config.replace("tile", target_mpp=target_mpp or spec.input_mpp,
                           tile_size_px=tile_size_px or spec.patch_size_px)
+
+
+# Settings that change how fast a result is made, never the result: left out of the config hash.
+_EXECUTION_ONLY = {"tile": ("workers",), "predict": ("model", "device", "batch_size", "loader_workers", "compile")}
+
+
+def config_hash(config: Config) -> str:
+    """Hash of the resolved configuration that shapes a result.
+
+    Leaves out the decode workers, device, batch size, loader threads and compile flag
+    (they change the speed, not the heatmap) and the model names (results record the
+    models by checkpoint sha256 instead, see :attr:`LoadedModels.identity`).
+    """
+    d = dataclasses.asdict(config)
+    for section, keys in _EXECUTION_ONLY.items():
+        for key in keys:
+            d[section].pop(key, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide to score, with its own base-resolution override (from a CSV list)."""
+
+    path: Path
+    slide_mpp: float | None = None
+
+
+def slide_config(config: Config, job: SlideJob) -> Config:
+    """The configuration for one slide: a per-slide ``slide_mpp`` beats the run's."""
+    return config.replace("slide", slide_mpp=job.slide_mpp)
+
+
+_GLOB_CHARS = frozenset("*?[")
+_PATH_COLUMNS = ("slide", "path")
+
+
+def expand_slide_inputs(items: Sequence[str | Path]) -> list[SlideJob]:
+    """Slides from paths, glob patterns and CSV lists, in order, each file once.
+
+    * ``*.csv``: a header row with a ``slide`` or ``path`` column and an optional
+      ``slide_mpp`` column (empty: read the slide's own); relative paths are relative
+      to the CSV file's folder.
+    * A pattern with ``*``, ``?`` or ``[`` that is not an existing file is expanded
+      (``**`` recurses), sorted; a pattern that matches nothing is kept as given, so
+      the slide's error names it.
+    * Anything else is a slide path.
+    """
+    jobs: list[SlideJob] = []
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if path.suffix.lower() == ".csv" and path.is_file():
+            jobs.extend(_read_slide_list(path))
+        elif not path.exists() and _GLOB_CHARS & set(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            jobs.extend([SlideJob(Path(m)) for m in matches] or [SlideJob(path)])
+        else:
+            jobs.append(SlideJob(path))
+    seen: set[str] = set()
+    unique = []
+    for job in jobs:
+        key = str(job.path.resolve()) if job.path.exists() else str(job.path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(job)
+    return unique
+
+
+def _read_slide_list(path: Path) -> list[SlideJob]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = [(h or "").strip() for h in reader.fieldnames or []]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: cannot read the slide list ({exc}); give a UTF-8 CSV with a 'slide' column") from exc
+    column = next((c for c in _PATH_COLUMNS if c in header), None)
+    if column is None:
+        found = ", ".join(h for h in header if h) or "none"
+        raise ConfigError(
+            f"{path}: a slide list needs a 'slide' or 'path' column (optional: 'slide_mpp'); found columns: {found}"
+        )
+    jobs = []
+    for line, row in enumerate(rows, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        if not row.get(column):
+            if any(row.values()):
+                raise ConfigError(f"{path}: line {line} has no value in column '{column}'; give a slide path")
+            continue  # a blank line
+        slide = Path(row[column]).expanduser()
+        if not slide.is_absolute():
+            slide = path.parent / slide
+        mpp_text = row.get("slide_mpp", "")
+        mpp = None
+        if mpp_text:
+            try:
+                mpp = float(mpp_text)
+            except ValueError:
+                mpp = math.nan
+            if not (math.isfinite(mpp) and mpp > 0):
+                raise ConfigError(
+                    f"{path}: line {line}: slide_mpp must be a positive number in um/px, got {mpp_text!r}; "
+                    f"leave it empty to read the slide's own resolution"
+                )
+        jobs.append(SlideJob(slide, mpp))
+    return jobs
+
+
+def completed_summary(slide_path: str | Path, out_dir: str | Path, config: Config,
+                      models: LoadedModels) -> dict[str, Any] | None:
+    """The summary of a finished result for this slide, models and config; None if there is none.
+
+    Finished: ``OUT/<slide-id>/summary.json`` exists (it is written last) and every
+    output it lists is there.  Unchanged: same model hash, same config hash and the
+    same slide file (size and mtime; when the mtime differs, size and the hash of its
+    first and last MiB).  Reads a few bytes of metadata, never the pixels.
+    """
+    from .slide import slide_fingerprint
+
+    slide_path = Path(slide_path)
+    slide_dir = Path(out_dir) / slide_id_for(slide_path)
+    try:
+        summary = json.loads((slide_dir / SUMMARY_NAME).read_text())
+        st = slide_path.stat()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("model_hash") != models.identity \
+            or summary.get("config_hash") != config_hash(config):
+        return None
+    if not all((slide_dir / name).exists() for name in summary.get("outputs", {}).values()):
+        return None
+    recorded = summary.get("slide") or {}
+    if recorded.get("size_bytes") != st.st_size:
+        return None
+    if recorded.get("mtime_ns") != st.st_mtime_ns:
+        try:
+            if slide_fingerprint(slide_path)["quick_sha256"] != recorded.get("quick_sha256"):
+                return None
+        except OSError:
+            return None
+    return summary
+
+
+def result_record(summary: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a summary that a run manifest records for its slide."""
+    tiles, scores = summary["tiles"], summary["scores"]
+    return {
+        "slide_id": summary["slide_id"],
+        "n_tiles": tiles["n_tiles"],
+        "scored_this_run": tiles["scored_this_run"],
+        "resumed_tiles": tiles["resumed_tiles"],
+        "pixel_chunks_written": tiles["pixel_chunks_written"],
+        "pixel_chunks_resumed": tiles["pixel_chunks_resumed"],
+        "effective_mpp": summary["resolution"]["effective_mpp"],
+        "max_probability": scores["max_probability"],
+        "top_k_mean_probability": scores["top_k_mean_probability"],
+        "tumour_area_mm2": scores["tumour_area_mm2"],
+        "n_regions": summary["regions"]["n"],
+        "timings_s": summary["timings_s"],
+        "model_hash": summary.get("model_hash"),
+        "config_hash": summary.get("config_hash"),
+    }
 
 
 def _inference_identity(models: LoadedModels, config: Config, pixel_identity: str) -> str:
@@ -140,8 +316,13 @@ def predict_slide(
                     )
     timings: dict[str, float] = dict(plan.timings_s)
     slide_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = slide_dir / SUMMARY_NAME
+    if overwrite:  # the old result is about to be replaced: it is no longer a finished one
+        summary_path.unlink(missing_ok=True)
     # --overwrite replaces the heatmap; the pixels too only when they were made differently
     store, _ = prepare_store(plan, store_path, overwrite=overwrite and not same_pixels)
+    # from here on the folder changes: it holds a finished result again only once summary.json is rewritten
+    summary_path.unlink(missing_ok=True)
 
     t = time.perf_counter()
     workers = config.tile.workers or default_workers()
@@ -214,6 +395,8 @@ def predict_slide(
         "throughput": {"patches_per_s_inference": stats["tiles"] / timings["inference_s"] if stats["tiles"] else None,
                        "decoded_mb": decoded / 1e6},
         "models": models.describe(),
+        "model_hash": models.identity,
+        "config_hash": config_hash(config),
         "device": _device_description(device),
         "precision": str(autocast or "fp32").replace("torch.", ""),
         "batch_size": batch_size,
@@ -221,7 +404,7 @@ def predict_slide(
         "versions": runtime_versions(),
         "outputs": {"overlay": OVERLAY_NAME, "geojson": GEOJSON_NAME, "qc": "qc.png", "store": STORE_NAME},
     }
-    write_json_atomic(summary, slide_dir / SUMMARY_NAME)
+    write_json_atomic(summary, summary_path)
     return summary
 
 

@@ -27,53 +27,155 @@ from .slides import build_config, tiling_options
 @click.option("--threshold", type=float, default=None, help="Tumour probability threshold for regions and area.")
 @click.option("--target-mpp", type=float, default=None, help="Override the model's input resolution, um/px.")
 @click.option("--loader-workers", type=int, default=None, help="Threads reading the tile store ahead of the model.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on an existing Dask cluster, one task per slide (e.g. tcp://host:8786).")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="With --workers/--scheduler: how often a slide is given to another worker after its worker "
+                   "died (or an unexpected error); a slide's own error (corrupt file...) is never retried.")
+@click.option("--decode-workers", type=int, default=None,
+              help="Tiling decode processes of a single-process run (default: one per core, at most 8).")
 def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_tissue, workers, overwrite, quiet,
-            model_names, device, batch_size, precision, tta, compile_, threshold, target_mpp, loader_workers) -> None:
+            model_names, device, batch_size, precision, tta, compile_, threshold, target_mpp, loader_workers,
+            scheduler, retries, decode_workers) -> None:
     """Tumour-probability heatmap for each SLIDE.
 
-    Writes OUT/<slide-id>/{store.zarr, overlay.png, tumor.geojson, summary.json, qc.png}
+    SLIDE is a slide file, a glob pattern (quoted: "dir/*.svs") or a CSV list with a
+    `slide` (or `path`) column and an optional `slide_mpp` column.  Writes
+    OUT/<slide-id>/{store.zarr, overlay.png, tumor.geojson, summary.json, qc.png}
     and OUT/manifest.json.  Rerunning a killed run finishes only the missing work.
-    """
-    from ..heatmap import write_json_atomic
-    from ..inference import select_device
-    from ..predict import load_models, predict_slide, resolution_config
 
-    cfg = build_config(config_path, slide_mpp=slide_mpp, stride_px=stride_px, min_tissue=min_tissue, workers=workers)
+    With --workers N (a local Dask cluster) or --scheduler ADDRESS (an existing one)
+    the slides run in parallel, one task per slide; a slide whose worker dies is
+    retried on another, and a rerun skips the slides already finished and unchanged.
+    """
+    from ..inference import select_device
+    from ..predict import expand_slide_inputs, load_models, resolution_config
+
+    if workers is not None and scheduler:
+        raise click.UsageError("--workers starts a local Dask cluster and --scheduler uses an existing one; give one")
+    if workers is not None and workers < 1:
+        raise click.BadParameter(f"must be at least 1, got {workers}", param_hint="--workers")
+    jobs = expand_slide_inputs(slides)
+    if not jobs:
+        raise click.UsageError(f"no slides to score: {', '.join(map(str, slides))} lists none")
+    cfg = build_config(config_path, slide_mpp=slide_mpp, stride_px=stride_px, min_tissue=min_tissue,
+                       workers=decode_workers)
     cfg = cfg.replace("predict", model=tuple(model_names) or None, device=device, batch_size=batch_size,
                       precision=precision, tta=tta, compile=compile_, threshold=threshold,
                       loader_workers=loader_workers)
-    dev = select_device(cfg.predict.device)
+    # the workers of an existing cluster choose their own device; everything else is checked here first
+    dev = select_device(cfg.predict.device) if not scheduler else None
     models = load_models(cfg.predict.model)
     cfg = resolution_config(cfg, models.spec, target_mpp=target_mpp, tile_size_px=tile_size_px)
+    if workers is not None or scheduler:
+        _predict_on_dask(jobs, out_dir, cfg, models, workers=workers, scheduler=scheduler, retries=retries,
+                         overwrite=overwrite)
+    else:
+        _predict_in_turn(jobs, out_dir, cfg, models, dev, overwrite=overwrite, quiet=quiet)
 
-    manifest = {"command": "predict", "models": models.describe(), "slides": []}
+
+for _param in predict.params:  # tiling_options says "decode processes"; for predict it is the Dask cluster
+    if _param.name == "workers":
+        _param.help = ("Score the slides in parallel on a local Dask cluster of N worker processes (one per GPU "
+                       "when CUDA is present, at most N). Without it and --scheduler, one process scores them in turn.")
+
+
+def _slide_line(record: dict) -> str:
+    return (f"{record['slide_id']}: {record['n_tiles']} patches at {record['effective_mpp']:.4g} um/px, "
+            f"max p={record['max_probability']:.3f}, top-k mean {record['top_k_mean_probability']:.3f}, "
+            f"tumour {record['tumour_area_mm2']:.3f} mm2 in {record['n_regions']} regions")
+
+
+def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet: bool) -> None:
+    """Today's single-process run: the slides one after the other, no Dask."""
+    from ..heatmap import write_json_atomic
+    from ..predict import config_hash, predict_slide, result_record, slide_config
+
+    manifest = {"command": "predict", "models": models.describe(), "model_hash": models.identity, "slides": []}
     failed = 0
-    for slide in slides:
+    for job in jobs:
         t0 = time.perf_counter()
-        entry = {"slide": str(slide)}
+        job_cfg = slide_config(cfg, job)
+        entry = {"slide": str(job.path), "slide_mpp": job.slide_mpp, "worker": "local", "attempts": 1,
+                 "model_hash": models.identity, "config_hash": config_hash(job_cfg)}
         try:
-            summary = predict_slide(slide, out_dir, cfg, models, device=dev, overwrite=overwrite, progress=not quiet)
+            summary = predict_slide(job.path, out_dir, job_cfg, models, device=dev, overwrite=overwrite,
+                                    progress=not quiet)
         except WsiscanError as exc:
-            if len(slides) == 1:
+            if len(jobs) == 1:
                 raise
             failed += 1
             echo_err(f"wsiscan: error: {exc}")
-            entry.update(status="failed", error=str(exc), seconds=time.perf_counter() - t0)
+            entry.update(status="failed", error=str(exc), error_type=type(exc).__name__,
+                         seconds=time.perf_counter() - t0)
         else:
-            sc = summary["scores"]
-            entry.update(status="complete", slide_id=summary["slide_id"], seconds=summary["timings_s"]["total_s"],
-                         n_tiles=summary["tiles"]["n_tiles"], max_probability=sc["max_probability"])
-            click.echo(
-                f"{summary['slide_id']}: {summary['tiles']['n_tiles']} patches at {summary['resolution']['effective_mpp']:.4g} um/px, "
-                f"max p={sc['max_probability']:.3f}, top-{sc.get('top_k', 0)} mean {sc['top_k_mean_probability']:.3f}, "
-                f"tumour {sc['tumour_area_mm2']:.3f} mm2 in {summary['regions']['n']} regions, "
-                f"{summary['timings_s']['total_s']:.1f} s -> {Path(out_dir) / summary['slide_id']}"
-            )
+            record = result_record(summary)
+            entry.update(status="complete", **record, seconds=summary["timings_s"]["total_s"])
+            click.echo(f"{_slide_line(record)}, {entry['seconds']:.1f} s -> {Path(out_dir) / record['slide_id']}")
         manifest["slides"].append(entry)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         write_json_atomic(manifest, Path(out_dir) / "manifest.json")
     if failed:
-        echo_err(f"wsiscan: predict: {failed} of {len(slides)} slides failed (see {Path(out_dir) / 'manifest.json'})")
+        echo_err(f"wsiscan: predict: {failed} of {len(jobs)} slides failed (see {Path(out_dir) / 'manifest.json'})")
+        raise click.exceptions.Exit(1)
+
+
+def _predict_on_dask(jobs, out_dir, cfg, models, *, workers, scheduler, retries: int, overwrite: bool) -> None:
+    """The slides as Dask tasks, on a local cluster (--workers) or an existing one (--scheduler)."""
+    import contextlib
+
+    from ..distributed import connect, dashboard_link, plan_local_cluster, predict_many, start_local_cluster
+
+    width = len(str(len(jobs)))
+
+    def report(entry: dict, progress: dict) -> None:
+        step = f"[{progress['done']:>{width}}/{progress['total']}]"
+        if entry["status"] == "failed":
+            echo_err(f"wsiscan: error: {step} {entry['error']}")
+        elif entry["skipped"]:
+            click.echo(f"{step} {entry['slide_id']}: finished and unchanged, skipped -> {Path(out_dir) / entry['slide_id']}")
+        else:
+            retried = f", attempt {entry['attempts']}" if entry["attempts"] > 1 else ""
+            click.echo(f"{step} {_slide_line(entry)}, {entry['seconds']:.1f} s on {entry['worker']}{retried} -> "
+                       f"{Path(out_dir) / entry['slide_id']} | {progress['patches_per_s']:.0f} patches/s")
+
+    with contextlib.ExitStack() as stack:
+
+        def start_client():
+            """Called by predict_many only when some slide needs a task."""
+            if scheduler:
+                try:
+                    client = stack.enter_context(connect(scheduler))
+                except (OSError, TimeoutError) as exc:
+                    echo_err(f"wsiscan: error: cannot reach the Dask scheduler at {scheduler} ({exc}); check the "
+                             f"address, or start a cluster with `dask scheduler` and `dask worker {scheduler}`")
+                    raise click.exceptions.Exit(1) from exc
+            else:
+                client = stack.enter_context(connect(stack.enter_context(start_local_cluster(plan, retries=retries))))
+            n_workers = len(client.scheduler_info().get("workers", {}))
+            link = dashboard_link(client) or "none (install bokeh>=3.1 for the Dask dashboard)"
+            click.echo(f"wsiscan: {len(jobs)} slides on {n_workers} Dask workers ({where}); dashboard: {link}")
+            if n_workers == 0:
+                echo_err("wsiscan: warning: the scheduler has no workers yet; the slides wait until workers connect")
+            return client
+
+        if scheduler:
+            plan, where = None, f"scheduler {scheduler}"
+            worker_device, torch_threads = None, None
+        else:
+            plan = plan_local_cluster(workers, device=cfg.predict.device)
+            where = f"local {plan.kind} cluster" + (f", GPUs {','.join(plan.gpus)}" if plan.gpus else "")
+            worker_device, torch_threads = plan.worker_device, plan.torch_threads
+        manifest = predict_many(jobs, out_dir, cfg, models, client=start_client, overwrite=overwrite,
+                                retries=retries, worker_device=worker_device, torch_threads=torch_threads,
+                                cluster=where, on_result=report)
+    t = manifest["totals"]
+    click.echo(f"wsiscan: predict: {t['complete']} of {t['slides']} slides complete ({t['skipped']} finished earlier "
+               f"and unchanged, {t['retried']} retried), {t['failed']} failed, in {t['elapsed_s']:.1f} s: "
+               f"{t['slides_per_s']:.3g} slides/s, {t['patches_per_s']:.0f} patches/s")
+    if t["failed"]:
+        echo_err(f"wsiscan: predict: {t['failed']} of {t['slides']} slides failed "
+                 f"(see {Path(out_dir) / 'manifest.json'})")
         raise click.exceptions.Exit(1)
 
 
@@ -94,8 +196,8 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path) -> None:
     pc = cfg.predict
     store = open_tile_store(result_dir / "store.zarr", mode="r+")
     hm = store.heatmap_meta()
-    if hm.get("status") != "complete":
-        raise StoreError(f"{result_dir}: has no finished heatmap; run `wsiscan predict` first")
+    if hm.get("status") != "complete" or not (result_dir / "summary.json").exists():
+        raise StoreError(f"{result_dir}: has no finished result (no summary.json); run `wsiscan predict` first")
     frame = HeatmapFrame(hm["stride_px"], hm["tile_size_px"], hm["px_mpp"], hm["l0_per_px"])
     cells = store.heatmap_level(0)[...]
     name = Path(store.meta["slide"]["path"]).name
