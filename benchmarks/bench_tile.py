@@ -14,6 +14,8 @@ run reads them in, so OpenSlide's tile cache helps it as much) and extrapolated.
     python benchmarks/bench_tile.py --slide my.svs --workers 8 --out bench-out/my.json
 
 Writes JSON (device, versions, command, slide, figures, ratios) and prints a table.
+``wsiscan bench`` (wsiscan/bench.py) measures tiling the same way beside the model
+and the whole pipeline; this script adds the parallel naive run and extrapolation notes.
 """
 
 from __future__ import annotations
@@ -196,7 +198,7 @@ def run_benchmark(slide_path: Path, *, work_dir: Path, config_path: Path | None,
         info = slide.info
     warm_page_cache(slide_path)
 
-    # wsiscan: plan + supertile decode in worker processes + grid + QC image, end to end; the fastest of the repeats
+    # wsiscan: plan + supertile decode in worker threads + grid + QC image, end to end; the fastest of the repeats
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=REPO / "bench-out" / "slides", help="where generated slides are kept")
     p.add_argument("--work-dir", type=Path, default=REPO / "bench-out" / "work", help="where wsiscan writes its store")
     p.add_argument("--config", type=Path, default=None, help="wsiscan config YAML (default: packaged defaults)")
-    p.add_argument("--workers", type=int, default=None, help="wsiscan decode workers (default: one per core, at most 8)")
+    p.add_argument("--workers", type=int, default=None, help="wsiscan decode threads (default: one per core, at most 8)")
     p.add_argument("--naive-workers", type=int, default=None,
                    help="processes for the parallel naive run (default: --workers; 0 or 1 skips it)")
     p.add_argument("--naive-max-tiles", type=int, default=2000,

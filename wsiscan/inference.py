@@ -1,10 +1,10 @@
 """Batched inference over the tile store.
 
 Work is cut into *units*: blocks of U x U grid tiles whose pixels span about one
-supertile.  A loader (optionally in worker processes) reads each unit's pixel region
-from the store once; on the device the region is converted to float, cut into patches
-at the grid stride with ``unfold`` (a strided view, no copy on the host), the kept
-tiles are picked, normalised and classified in batches.  Each unit's probabilities
+supertile.  A loader (a pool of threads) reads each unit's pixel region from the store
+once; on the device the region is converted to float, cut into patches at the grid
+stride with ``unfold`` (a strided view, no copy on the host), the kept tiles are picked
+(channels_last) and classified in batches of one fixed size.  Each unit's probabilities
 land in one heatmap chunk buffer, which is written (atomically, by zarr) once all its
 units are done; a rerun skips the heatmap chunks already on disk.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -109,7 +110,13 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 class Ensemble:
-    """One or more models whose positive-class probabilities are averaged."""
+    """One or more models whose positive-class probabilities are averaged.
+
+    Models run channels_last (NHWC) on every device: measured on CPU (oneDNN, fp32)
+    and the layout that bf16 tensor cores want on CUDA (``wsiscan bench``).
+    """
+
+    channels_last = True
 
     def __init__(self, models: Sequence[torch.nn.Module], specs: Sequence[ModelSpec], device: torch.device,
                  *, autocast_dtype: torch.dtype | None, tta: bool, compile: bool = False) -> None:
@@ -119,9 +126,7 @@ class Ensemble:
         self.tta = tta
         self.models = []
         for m in models:
-            m = m.to(device).eval()
-            if device.type == "cuda":
-                m = m.to(memory_format=torch.channels_last)
+            m = m.to(device).eval().to(memory_format=torch.channels_last)
             if compile:
                 m = torch.compile(m)
             self.models.append(m)
@@ -129,8 +134,7 @@ class Ensemble:
     @torch.inference_mode()
     def __call__(self, x01: torch.Tensor) -> torch.Tensor:
         """(N,) float32 probabilities for a (N, 3, H, W) float batch in [0, 1]."""
-        if self.device.type == "cuda":
-            x01 = x01.contiguous(memory_format=torch.channels_last)
+        x01 = x01.contiguous(memory_format=torch.channels_last)  # a no-op for batches cut by run_inference
         views = dihedral_views(x01) if self.tta else [x01]
         total = torch.zeros(x01.shape[0], device=self.device, dtype=torch.float32)
         for model, spec in zip(self.models, self.specs):
@@ -151,7 +155,6 @@ def _read_units(store_path: str, plan: UnitPlan, units: list[tuple[int, int]], *
     share the one open store without the seconds (and hundreds of MB) that starting
     a torch worker process costs.  At most ``2 * threads`` regions wait in memory.
     """
-    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from .store import open_tile_store
@@ -239,25 +242,36 @@ def run_inference(
     if not units:
         return stats
     loader = _read_units(store_path, plan, units, threads=loader_workers, pin=pin)
-    pending_x: list[torch.Tensor] = []
-    pending_meta: list[tuple[int, np.ndarray]] = []
+    # Patches wait in ``pending`` (in unit order) until a full batch is there: the model
+    # only ever sees batches of exactly ``batch_size`` (the last one excepted).  Each new
+    # batch shape makes oneDNN/cuDNN build kernels and the allocator keep blocks of that
+    # size (measured on CPU: 60 batches of random sizes grew RSS by 235 MB, 60 of one
+    # size by 0), and one shape is what CUDA graphs and cudnn.benchmark want.
+    pending: list[torch.Tensor] = []
     n_pending = 0
+    waiting: deque[tuple[int, np.ndarray]] = deque()  # units whose patches are not all scored yet
+    scored: list[np.ndarray] = []  # probabilities of the oldest waiting patches
+    n_scored = 0
 
-    def flush() -> None:
-        nonlocal pending_x, pending_meta, n_pending
-        if not n_pending:
-            return
+    def score(n: int) -> None:
+        """Classify the first ``n`` pending patches and hand the results to the units they complete."""
+        nonlocal pending, n_pending, scored, n_scored
         t0 = time.perf_counter()
-        x = torch.cat(pending_x)
-        probs = torch.cat([ensemble(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-        probs = probs.cpu().numpy()
+        x = torch.cat(pending) if len(pending) > 1 else pending[0]
+        probs = torch.cat([ensemble(x[i : min(i + batch_size, n)]) for i in range(0, n, batch_size)])
+        scored.append(probs.cpu().numpy())
         stats["model_s"] += time.perf_counter() - t0
+        pending = [x[n:]] if n < len(x) else []
+        n_pending -= n
+        n_scored += n
+        done = np.concatenate(scored) if len(scored) > 1 else scored[0]
         pos = 0
-        for unit_index, tiles in pending_meta:
-            n = len(tiles)
-            _store_unit(unit_index, tiles, probs[pos : pos + n])
-            pos += n
-        pending_x, pending_meta, n_pending = [], [], 0
+        while waiting and len(waiting[0][1]) <= n_scored - pos:
+            unit_index, tiles = waiting.popleft()
+            _store_unit(unit_index, tiles, done[pos : pos + len(tiles)])
+            pos += len(tiles)
+        scored = [done[pos:]]
+        n_scored -= pos
 
     def _store_unit(unit_index: int, tiles: np.ndarray, probs: np.ndarray) -> None:
         ur, uc = units[unit_index]
@@ -282,19 +296,21 @@ def run_inference(
             ur, uc = units[unit_index]
             tiles = unit_tiles[unit_index]
             region = region.to(device, non_blocking=True)
-            x = region.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)  # (1, 3, H, W)
+            # (1, 3, H, W) float view of the (H, W, 3) region: channels stay innermost in memory
+            x = region.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
             # patches at the stride: (3, nr, nc, t, t) strided view
             patches = x[0].unfold(1, t, s).unfold(2, t, s)
             lr = torch.as_tensor(tiles[:, 0] - ur * u, device=device)
             lc = torch.as_tensor(tiles[:, 1] - uc * u, device=device)
-            sel = patches[:, lr, lc].permute(1, 0, 2, 3).contiguous()  # (k, 3, t, t)
-            pending_x.append(sel)
-            pending_meta.append((unit_index, tiles))
+            sel = patches[:, lr, lc].permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)  # (k, 3, t, t)
+            pending.append(sel)
+            waiting.append((unit_index, tiles))
             n_pending += len(tiles)
             if n_pending >= batch_size:
-                flush()
+                score(n_pending - n_pending % batch_size)
             t_wait = time.perf_counter()
-        flush()
+        if n_pending:
+            score(n_pending)
     finally:
         bar.close()
     if buffers:  # every unit of every chunk ran, so nothing may be left unwritten

@@ -47,6 +47,7 @@ from . import predict as _predict  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 from . import view as _view  # noqa: E402,F401
+from . import bench as _bench  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,106 @@
+"""`wsiscan bench --smoke`: the report's schema (keys, types, ratios), never the speed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from wsiscan.cli import main
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value) -> bool:
+    return _number(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    out = d / "x.json"
+    result = CliRunner().invoke(main, ["bench", "--smoke", "--device", "cpu", "-q", "--work-dir", str(d / "work"),
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "wrote" in result.output and "end to end, stride 96 px" in result.output
+    return json.loads(out.read_text())
+
+
+def test_report_header(report):
+    assert report["benchmark"] == "wsiscan-bench" and report["schema_version"] == 1 and report["smoke"] is True
+    assert isinstance(report["command"], str) and report["command"]
+    assert report["repeats"] == 1
+    assert report["versions"]["torch"] and report["versions"]["wsiscan"]
+    dev = report["device"]
+    assert dev["type"] == "cpu" and isinstance(dev["name"], str) and dev["name"]
+    assert dev["cores_usable"] >= 1 and dev["cuda"] is None
+    assert _number(report["load_avg_1m"]["start"]) and _number(report["load_avg_1m"]["end"])
+    slide = report["slide"]
+    assert slide["dimensions_px"] == [2048, 1536] and slide["mpp"] == pytest.approx(0.486, rel=1e-3)
+    assert report["options"]["smoke"] is True and report["options"]["device"] == "cpu"
+    assert set(report["section_seconds"]) == {"tiling", "tissue_mask", "model", "end_to_end"}
+    assert isinstance(report["notes"], list) and all(isinstance(n, str) for n in report["notes"])
+
+
+def test_tiling_figures_and_ratios(report):
+    (t,) = report["tiling"]  # one per stride
+    assert t["stride_px"] == 96
+    ws, nv = t["wsiscan"], t["naive"]
+    assert t["n_tiles"] > 0 and ws["decoded_bytes"] > 0 and 0 < t["chunks_needed"] <= t["chunks_total"]
+    for key in ("seconds", "pixels_seconds", "tiles_per_s", "decoded_mb_per_s", "pixels_tiles_per_s",
+                "pixels_decoded_mb_per_s", "peak_rss_mb", "wall_s"):
+        assert _positive(ws[key]), key
+    for key in ("seconds", "seconds_timed", "tiles_per_s", "decoded_mb_per_s", "peak_rss_mb"):
+        assert _positive(nv[key]), key
+    assert nv["n_tiles"] == t["n_tiles"] and nv["extrapolated"] == (nv["n_tiles_timed"] < nv["n_tiles"])
+    assert len(ws["runs_seconds"]) == len(nv["runs_seconds_timed"]) == 1
+    r = t["ratio"]
+    assert r["tiles_per_s_vs_naive"] == pytest.approx(ws["tiles_per_s"] / nv["tiles_per_s"])
+    assert r["pixels_tiles_per_s_vs_naive"] == pytest.approx(ws["pixels_tiles_per_s"] / nv["tiles_per_s"])
+    assert r["decoded_bytes_vs_naive"] == pytest.approx(ws["decoded_bytes"] / nv["decoded_bytes"])
+    assert r["tiles_per_s_vs_before"] is None  # no --compare-src
+    tm = report["tissue_mask"]
+    assert _positive(tm["wsiscan"]["seconds"]) and _positive(tm["naive"]["seconds"])
+    assert tm["wsiscan"]["shape"] == tm["naive"]["shape"]
+    assert tm["ratio"]["speedup_vs_naive"] == pytest.approx(tm["naive"]["seconds"] / tm["wsiscan"]["seconds"])
+
+
+def test_model_figures_and_ratios(report):
+    (m,) = report["model"]
+    assert m["arch"] == "resnet18" and m["batch_size"] == 8 and m["patch_size_px"] == 96
+    ws, nv = m["wsiscan"], m["naive"]
+    assert ws["precision"] == "fp32" and ws["channels_last"] is True  # CPU: fp32, channels_last
+    assert nv["precision"] == "fp32" and nv["channels_last"] is False
+    for run in (ws, nv):
+        assert _positive(run["patches_per_s"]) and run["n_patches"] == 2 * 8
+        assert run["gpu"] is None and run["peak_gpu_memory_mb"] is None  # no CUDA: null, not zero
+    assert m["ratio"]["patches_per_s_vs_naive"] == pytest.approx(ws["patches_per_s"] / nv["patches_per_s"])
+
+
+def test_end_to_end_figures_and_ratios(report):
+    (e,) = report["end_to_end"]
+    assert e["stride_px"] == 96
+    ws, nv = e["wsiscan"], e["naive"]
+    assert ws["n_patches"] == nv["n_patches"] == e["n_patches"] == report["tiling"][0]["n_tiles"]
+    for run in (ws, nv):
+        for key in ("wall_s", "s_per_slide", "patches_per_s", "peak_rss_mb"):
+            assert _positive(run[key]), key
+        assert run["patches_per_s"] == pytest.approx(run["n_patches"] / run["wall_s"])
+        assert run["gpu"] is None and run["gpu_utilisation_mean_percent"] is None and run["peak_gpu_memory_mb"] is None
+    assert set(ws["stage_timings_s"]) >= {"pixels_s", "inference_s", "outputs_s", "total_s"}
+    r = e["ratio"]
+    assert r["speedup_vs_naive"] == pytest.approx(nv["wall_s"] / ws["wall_s"])
+    assert r["peak_rss_vs_naive"] == pytest.approx(ws["peak_rss_mb"] / nv["peak_rss_mb"])
+    assert r["speedup_vs_before"] is None
+    assert report["peak_rss_mb"] == ws["peak_rss_mb"] and report["peak_gpu_memory_mb"] is None
+
+
+def test_bad_options_are_usage_errors(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--smoke", "--repeats", "0"])
+    assert result.exit_code == 2 and "--repeats" in result.output
+    result = CliRunner().invoke(main, ["bench", "--size", "huge"])
+    assert result.exit_code == 2
