@@ -64,7 +64,7 @@ from .predict import (
     result_record,
     slide_config,
 )
-from .tiling import _check_writable, slide_id_for
+from .tiling import check_writable, slide_id_for
 
 __all__ = ["LocalClusterPlan", "ModelPlugin", "plan_local_cluster", "start_local_cluster", "connect",
            "predict_many", "dashboard_link", "ATTEMPTS_DIR", "MANIFEST_NAME"]
@@ -301,7 +301,7 @@ def predict_many(
     ``on_result(entry, progress)`` is called as each slide ends.
     """
     out_root = Path(os.path.abspath(out_dir))
-    _check_writable(out_root)
+    check_writable(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     attempts_root = out_root / ATTEMPTS_DIR / run_id

@@ -45,7 +45,7 @@ from .heatmap import (
 )
 from .store import open_tile_store
 from .tiling import STORE_NAME, plan_tiling, prepare_store, slide_id_for, write_grid, write_pixels, write_qc, \
-    default_workers, _check_writable
+    default_workers, check_writable, make_slide_dir
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
@@ -292,7 +292,7 @@ def predict_slide(
     t_start = time.perf_counter()
     pc = config.predict
     out_root = Path(out_dir)
-    _check_writable(out_root)
+    check_writable(out_root)
     plan = plan_tiling(slide_path, config)
     slide_id = slide_id_for(plan.slide_path)
     slide_dir = out_root / slide_id
@@ -315,7 +315,7 @@ def predict_slide(
                         f"pass --overwrite to replace it or choose another -o/--out"
                     )
     timings: dict[str, float] = dict(plan.timings_s)
-    slide_dir.mkdir(parents=True, exist_ok=True)
+    make_slide_dir(slide_dir)
     summary_path = slide_dir / SUMMARY_NAME
     if overwrite:  # the old result is about to be replaced: it is no longer a finished one
         summary_path.unlink(missing_ok=True)

@@ -34,7 +34,8 @@ from .slide import Slide, open_slide, slide_fingerprint
 from .store import TileStore, create_tile_store, open_tile_store, remove_store, store_exists
 from .tissue import TissueMask, TileScores, detect_tissue, score_tiles
 
-__all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_for", "open_configured_slide"]
+__all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_for", "open_configured_slide",
+           "check_writable", "make_slide_dir"]
 
 STORE_NAME = "store.zarr"
 QC_NAME = "qc.png"
@@ -265,7 +266,8 @@ def default_workers() -> int:
     return max(1, min(8, cores))
 
 
-def _check_writable(out_dir: Path) -> None:
+def check_writable(out_dir: Path) -> None:
+    """Raise :class:`OutputError` unless files can be created in ``out_dir`` (or its nearest existing parent)."""
     probe = out_dir
     while not probe.exists():
         if probe.parent == probe:
@@ -279,6 +281,14 @@ def _check_writable(out_dir: Path) -> None:
     except OSError as exc:
         why = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
         raise OutputError(f"{out_dir}: cannot write into {probe} ({why}); choose another -o/--out") from exc
+
+
+def make_slide_dir(slide_dir: Path) -> None:
+    """Create a slide's output folder, or raise :class:`OutputError` saying why not."""
+    try:
+        slide_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{slide_dir}: cannot create the output folder ({exc.strerror}); choose another -o/--out") from exc
 
 
 def _store_meta(plan: TilingPlan) -> dict[str, Any]:
@@ -467,15 +477,12 @@ def tile_slide(
     """Tile one slide into ``out_dir/<slide-id>/store.zarr`` (resuming a killed run)."""
     t0 = time.perf_counter()
     out_root = Path(out_dir)
-    _check_writable(out_root)
+    check_writable(out_root)
     plan = plan_tiling(slide_path, config)
     slide_id = slide_id_for(plan.slide_path)
     slide_dir = out_root / slide_id
     store_path = slide_dir / STORE_NAME
-    try:
-        slide_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{slide_dir}: cannot create the output folder ({exc.strerror}); choose another -o/--out") from exc
+    make_slide_dir(slide_dir)
     store, _ = prepare_store(plan, store_path, overwrite=overwrite)
     t = time.perf_counter()
     n_workers = workers if workers is not None else (config.tile.workers or default_workers())
