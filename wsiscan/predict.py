@@ -45,7 +45,7 @@ from .heatmap import (
 )
 from .store import open_tile_store
 from .tiling import STORE_NAME, plan_tiling, prepare_store, slide_id_for, write_grid, write_pixels, write_qc, \
-    default_workers, check_writable, make_slide_dir
+    default_workers, check_writable, make_slide_dir, overview_picture
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
@@ -372,7 +372,8 @@ def predict_slide(
     model_label = " + ".join(Path(n).name for n in models.names)
     title = (f"{plan.slide_path.name}  |  {model_label}  |  {plan.n_tiles} patches {grid.tile_size_px} px "
              f"@ {frame.px_mpp:.3g} um/px, stride {grid.stride_px}  |  max {scores['max_probability']:.2f}")
-    render_overlay(store.thumbnail(), cells, frame, thumb_mpp=plan.tissue.mask_mpp, threshold=pc.threshold,
+    picture, picture_mpp = overview_picture(plan)
+    render_overlay(picture, cells, frame, thumb_mpp=picture_mpp, threshold=pc.threshold,
                    title=title, path=slide_dir / OVERLAY_NAME)
     timings["outputs_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start

@@ -442,6 +442,20 @@ def write_grid(plan: TilingPlan, store: TileStore) -> None:
     )
 
 
+def overview_picture(plan: TilingPlan, *, min_side_px: int = 1000) -> tuple[np.ndarray, float]:
+    """The whole slide for pictures people look at, and its um/px.
+
+    The mask thumbnail when it is large enough; for a small slide, a sharper read from
+    the slide (at most ``min_side_px`` on its long side, never finer than level 0).
+    """
+    rows, cols = plan.tissue.mask.shape
+    if max(rows, cols) >= min_side_px:
+        return plan.thumbnail, plan.tissue.mask_mpp
+    finer_mpp = max(plan.tissue.mask_mpp * max(rows, cols) / min_side_px, plan.base_mpp)
+    with open_configured_slide(plan.slide_path, plan.config) as slide:
+        return slide.read_thumbnail(mpp=finer_mpp), finer_mpp
+
+
 def write_qc(plan: TilingPlan, path: Path, *, min_side_px: int = 1000, max_side_px: int = 2000) -> Path:
     """Thumbnail + mask outline + kept tiles, so a person can check the mask at a glance.
 
@@ -452,12 +466,7 @@ def write_qc(plan: TilingPlan, path: Path, *, min_side_px: int = 1000, max_side_
     px = plan.grid.px_origin(plan.kept_rc).astype(np.float64)
     t = plan.grid.tile_size_px
     boxes = np.concatenate([px * scale, (px + t) * scale], axis=1)
-    picture = plan.thumbnail
-    rows, cols = plan.tissue.mask.shape
-    if max(rows, cols) < min_side_px:
-        finer_mpp = max(plan.tissue.mask_mpp * max(rows, cols) / min_side_px, plan.base_mpp)
-        with open_configured_slide(plan.slide_path, plan.config) as slide:
-            picture = slide.read_thumbnail(mpp=finer_mpp)
+    picture, _ = overview_picture(plan, min_side_px=min_side_px)
     title = (f"{plan.slide_path.name}: {plan.n_tiles} tiles of {t} px at {plan.geometry.effective_mpp:.4g} um/px, "
              f"stride {plan.grid.stride_px} px\ngreen: tissue mask outline, blue: kept tiles, pink: not tissue")
     img = render_tissue_qc(picture, plan.tissue.mask, tile_boxes_thumb=boxes, title=title,
