@@ -454,8 +454,8 @@ def _wsiscan_predict(slide: Path, out: Path, ckpt: Path, *, stride_px: int, devi
            "--stride-px", str(stride_px), "--device", device]
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
-    if workers:
-        cmd += ["--workers", str(workers)]
+    if workers:  # `predict --workers` starts a Dask cluster since 232ee83; older trees took it for decoding
+        cmd += [_decode_workers_option(src), str(workers)]
     run = _run_child(cmd, env_src=src, gpu=gpu)
     summary = json.loads((out / slide_id_for(slide) / "summary.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
@@ -463,6 +463,15 @@ def _wsiscan_predict(slide: Path, out: Path, ckpt: Path, *, stride_px: int, devi
             "peak_rss_mb": run["peak_rss_mb"],
             "gpu": gpu.result(), "stage_timings_s": summary["timings_s"], "batch_size": summary.get("batch_size"),
             "precision": summary.get("precision")}
+
+
+def _decode_workers_option(src: Path | None) -> str:
+    """The `wsiscan predict` option for decode workers in the tree that runs (this one or --compare-src)."""
+    cli = (Path(src) / "wsiscan" if src else Path(__file__).parent) / "cli" / "predict.py"
+    try:
+        return "--decode-workers" if "--decode-workers" in cli.read_text() else "--workers"
+    except OSError:
+        return "--decode-workers"
 
 
 def _best(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
