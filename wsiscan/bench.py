@@ -445,13 +445,13 @@ def _wsiscan_tile(slide: Path, out: Path, *, stride_px: int, workers: int | None
             "workers": meta.get("workers"), "peak_rss_mb": run["peak_rss_mb"], "timings_s": tm}
 
 
-def _wsiscan_predict(slide: Path, out: Path, ckpt: Path, *, stride_px: int, device: str, batch_size: int | None,
-                     workers: int | None, src: Path | None, gpu: GpuSampler) -> dict[str, Any]:
+def _wsiscan_predict(slide: Path, out: Path, ckpt: Path, *, stride_px: int, device: str, precision: str,
+                     batch_size: int | None, workers: int | None, src: Path | None, gpu: GpuSampler) -> dict[str, Any]:
     from .tiling import slide_id_for
 
     shutil.rmtree(out, ignore_errors=True)  # a cold run: nothing to resume
     cmd = [sys.executable, "-m", "wsiscan", "predict", str(slide), "-o", str(out), "--model", str(ckpt), "-q",
-           "--stride-px", str(stride_px), "--device", device]
+           "--stride-px", str(stride_px), "--device", device, "--precision", precision]
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
     if workers:  # `predict --workers` starts a Dask cluster since 232ee83; older trees took it for decoding
@@ -673,7 +673,7 @@ def bench_end_to_end(slide: Path, ckpt: Path, stride_px: int, device: Any, opts:
 
     def ours(src: Path | None, name: str) -> Callable[[], dict[str, Any]]:
         return lambda: _wsiscan_predict(slide, work / name, ckpt, stride_px=stride_px, device=dev,
-                                        batch_size=opts.batch_size, workers=opts.workers, src=src,
+                                        precision=opts.precision, batch_size=opts.batch_size, workers=opts.workers, src=src,
                                         gpu=GpuSampler(index, enabled=cuda))
 
     contenders: dict[str, Callable] = {"wsiscan": ours(None, "predict")}
