@@ -144,3 +144,33 @@ def test_score_tiles_fraction_and_max_saturation_footprint():
     assert s.tissue_fraction[3] == pytest.approx(0.5)  # cols 45..55: half tissue
     # footprint of tile 2 (cols 100..110) holds no tissue: the running max must not leak from col 49
     assert s.max_saturation[2] < 0.07 <= s.max_saturation[3]
+
+
+def test_saturation_gray_and_box_sums_equal_the_float_reference():
+    """The memory-lean uint8/int32 paths give exactly the straightforward float results."""
+    from wsiscan.tissue import _box_sums, _gray, _saturation
+
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (61, 47, 3), dtype=np.uint8)
+    rgb[:5, :5] = 0  # max == 0: saturation 0, no division by zero
+    f = rgb.astype(np.float32)
+    mx, mn = f.max(axis=2), f.min(axis=2)
+    expected_sat = np.divide(mx - mn, mx, out=np.zeros_like(mx), where=mx > 0)
+    np.testing.assert_array_equal(_saturation(rgb), expected_sat)
+    np.testing.assert_array_equal(_gray(rgb), f.mean(axis=2))
+
+    mask = rng.random((61, 47)) < 0.3
+    y0 = rng.integers(0, 60, 200)
+    x0 = rng.integers(0, 46, 200)
+    y1 = np.minimum(y0 + rng.integers(1, 20, 200), 61)
+    x1 = np.minimum(x0 + rng.integers(1, 20, 200), 47)
+    brute = [mask[a:b, c:d].sum() for a, b, c, d in zip(y0, y1, x0, x1)]
+    np.testing.assert_array_equal(_box_sums(mask, y0, x0, y1, x1), brute)
+
+
+def test_otsu_with_where_equals_otsu_of_the_selected_values():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0.2, 0.03, 3000), rng.normal(0.7, 0.05, 3000)]).clip(0, 1)
+    values = values.reshape(600, 10).astype(np.float32)  # more rows than one stripe
+    where = rng.random(values.shape) < 0.6
+    assert otsu_threshold(values, where=where) == otsu_threshold(values[where])
