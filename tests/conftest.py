@@ -38,6 +38,17 @@ def shared_slides() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A checkpoint of the deterministic tiny model (``tiny_expected_proba`` predicts its output)."""
+    from wsiscan.models import ModelSpec, build_model, save_checkpoint
+
+    p = tmp_path_factory.mktemp("models") / "tiny.pt"
+    spec = ModelSpec(arch="tiny", name="tiny", input_mpp=0.972, patch_size_px=96)
+    save_checkpoint(p, build_model(spec), spec)
+    return p
+
+
+@pytest.fixture(scope="session")
 def synthetic_slide(tmp_path_factory):
     """4096 x 3072 px at 0.486 um/px (2x finer than PCam's 0.972), two tissue boxes, 2 levels."""
     path = tmp_path_factory.mktemp("slides") / "synthetic.tif"

@@ -25,7 +25,6 @@ distributed = pytest.importorskip("distributed")
 
 from wsiscan.cli import main  # noqa: E402
 from wsiscan.config import load_config  # noqa: E402
-from wsiscan.models import ModelSpec, build_model, save_checkpoint  # noqa: E402
 from wsiscan.predict import SlideJob, expand_slide_inputs, load_models, resolution_config  # noqa: E402
 from wsiscan.testing import write_synthetic_slide  # noqa: E402
 
@@ -40,14 +39,6 @@ def heatmap(out: Path, slide_id: str) -> np.ndarray:
 
 def manifest_by_id(out: Path) -> dict[str, dict]:
     return {e["slide_id"]: e for e in json.loads((out / "manifest.json").read_text())["slides"]}
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    p = tmp_path_factory.mktemp("models") / "tiny.pt"
-    spec = ModelSpec(arch="tiny", name="tiny", input_mpp=0.972, patch_size_px=96)
-    save_checkpoint(p, build_model(spec), spec)
-    return p
 
 
 @pytest.fixture(scope="module")

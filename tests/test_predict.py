@@ -20,14 +20,6 @@ from wsiscan.testing import write_synthetic_slide
 
 
 @pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory):
-    p = tmp_path_factory.mktemp("models") / "tiny.pt"
-    spec = ModelSpec(arch="tiny", name="tiny", input_mpp=0.972, patch_size_px=96)
-    save_checkpoint(p, build_model(spec), spec)
-    return p
-
-
-@pytest.fixture(scope="session")
 def resnet_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     p = tmp_path_factory.mktemp("models") / "resnet18-random.pt"
