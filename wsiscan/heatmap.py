@@ -246,12 +246,13 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
+
+    from .render import resize_box
 
     th, tw = thumbnail.shape[:2]
     scale = min(1.0, max_side_px / max(th, tw))
     ow, oh = max(1, round(tw * scale)), max(1, round(th * scale))
-    base = np.asarray(Image.fromarray(thumbnail).resize((ow, oh), Image.Resampling.BOX))
+    base = resize_box(thumbnail, (ow, oh))
     # overlay pixel centre -> store px -> heatmap cell
     out_mpp = thumb_mpp * tw / ow
     xs = (np.arange(ow) + 0.5) * out_mpp / frame.px_mpp
