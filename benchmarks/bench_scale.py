@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,23 +33,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def device_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0]}
-    try:
-        import torch
+    """wsiscan.bench's device description (the CUDA device when present), load average, torch threads."""
+    import torch
 
-        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-        info["torch_threads"] = torch.get_num_threads()
-    except Exception:  # noqa: BLE001
-        info["cuda"] = None
-    return info
+    from wsiscan.bench import device_info as library_device_info
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {**library_device_info(device), "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+            "torch_threads": torch.get_num_threads()}
 
 
 def versions() -> dict[str, str]:

@@ -26,7 +26,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import platform
 import resource
 import shlex
 import sys
@@ -96,29 +95,11 @@ class PeakRss:
 
 
 def device_info() -> dict[str, Any]:
-    import psutil
+    """wsiscan.bench's device description plus the load average before any work."""
+    from wsiscan.bench import device_info as library_device_info
 
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu_model": model,
-        "cores_logical": os.cpu_count(),
-        "cores_physical": psutil.cpu_count(logical=False),
-        "cores_usable": usable,
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "hostname": platform.node(),
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),  # other work on the machine skews timings
-    }
+    # other work on the machine skews timings
+    return {**library_device_info(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
 
 
 def warm_page_cache(path: Path) -> None:

@@ -224,8 +224,8 @@ class GpuSampler:
 # -- environment --------------------------------------------------------------------------
 
 
-def device_info(device: Any) -> dict[str, Any]:
-    """CPU model, usable cores, memory; the CUDA device's name when ``device`` is CUDA."""
+def device_info(device: Any = None) -> dict[str, Any]:
+    """CPU model, cores, memory; the CUDA device's name when ``device`` is CUDA (default: the CPU)."""
     import psutil
 
     cpu = platform.processor() or platform.machine()
@@ -240,10 +240,12 @@ def device_info(device: Any) -> dict[str, Any]:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
-    info: dict[str, Any] = {"type": device.type, "name": cpu, "cpu_model": cpu, "cores_usable": cores,
+    kind = getattr(device, "type", None) or "cpu"
+    info: dict[str, Any] = {"type": kind, "name": cpu, "cpu_model": cpu, "cores_usable": cores,
+                            "cores_logical": os.cpu_count(), "cores_physical": psutil.cpu_count(logical=False),
                             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "hostname": platform.node(),
                             "cuda": None}
-    if device.type == "cuda":
+    if kind == "cuda":
         import torch
 
         props = torch.cuda.get_device_properties(device)
