@@ -14,7 +14,7 @@ run reads them in, so OpenSlide's tile cache helps it as much) and extrapolated.
     python benchmarks/bench_tile.py --slide my.svs --workers 8 --out bench-out/my.json
 
 Writes JSON (device, versions, command, slide, figures, ratios) and prints a table.
-``wsiscan bench`` (wsiscan/bench.py) measures tiling the same way beside the model
+``wsiscan bench`` (wsiscan/bench/) measures tiling the same way beside the model
 and the whole pipeline; this script adds the parallel naive run and extrapolation notes.
 """
 

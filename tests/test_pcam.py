@@ -83,7 +83,7 @@ def test_gzipped_files_are_decompressed_once(tmp_path):
 
 def test_gzipped_files_in_a_read_only_folder_go_to_the_cache(tmp_path, monkeypatch):
     root = write_pcam_h5(tmp_path / "gz", n_per_split={"train": 4, "valid": 4, "test": 4}, gzipped=True)
-    monkeypatch.setattr(pcam.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(pcam.hdf5.os, "access", lambda path, mode: False)
     ds = pcam.open_split(root, "test", cache_dir=tmp_path / "cache")
     assert ds.x_path == tmp_path / "cache" / "pcam" / "camelyonpatch_level_2_split_test_x.h5"
     assert not pcam.official_path(root, "test", "x").exists()

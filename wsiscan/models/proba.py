@@ -1,0 +1,47 @@
+"""Applying a network: input normalisation, calibrated class probabilities, the tiny model's NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .spec import ModelSpec
+
+
+def normalise(x01: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """Apply ``spec.mean``/``spec.std`` to float RGB in [0, 1], shape (N, 3, H, W).
+
+    Identity when the spec has no normalisation; keeps device and dtype.
+    """
+    if not x01.is_floating_point():
+        raise TypeError(
+            f"normalise expects float RGB scaled to [0, 1], got {x01.dtype}: divide by 255 first"
+        )
+    if spec.mean is None:
+        return x01
+    mean = torch.tensor(spec.mean, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
+def predict_proba(model: nn.Module, spec: ModelSpec, x01: torch.Tensor) -> torch.Tensor:
+    """Probability of ``spec.positive_class`` for each patch, shape (N,), float32.
+
+    ``softmax(model(normalise(x01)) / temperature)``; the softmax runs in float32 even
+    under autocast.  Call it under ``torch.inference_mode()`` with the model in eval().
+    """
+    logits = model(normalise(x01, spec)).float()
+    proba = torch.softmax(logits / spec.temperature, dim=1)
+    return proba[:, spec.positive_class].float()
+
+
+def tiny_expected_proba(patch_uint8_hwc: np.ndarray) -> float:
+    """NumPy float64 reference of the ``tiny`` model's tumour probability for one patch."""
+    patch = np.asarray(patch_uint8_hwc)
+    if patch.ndim != 3 or patch.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB patch, got shape {patch.shape}")
+    x = patch.astype(np.float64) / 255.0
+    h, w = x.shape[:2]
+    m = x[h // 3 : h - h // 3, w // 3 : w - w // 3, :].mean()
+    return float(1.0 / (1.0 + np.exp(-10.0 * (0.5 - m))))
