@@ -104,3 +104,22 @@ def test_bad_options_are_usage_errors(tmp_path):
     assert result.exit_code == 2 and "--repeats" in result.output
     result = CliRunner().invoke(main, ["bench", "--size", "huge"])
     assert result.exit_code == 2
+
+
+def test_compare_src_contender_imports_the_given_tree_even_from_the_repository_root(tmp_path, monkeypatch):
+    """`python -m`/`-c` put the working folder first on sys.path: run from a checkout, a
+    --compare-src contender once silently imported that checkout's wsiscan instead."""
+    import shutil
+    from pathlib import Path
+
+    from wsiscan.bench.runner import check_compare_src
+    from wsiscan.errors import ConfigError
+
+    repo = Path(__file__).resolve().parents[1]
+    before = tmp_path / "before"
+    shutil.copytree(repo / "wsiscan", before / "wsiscan", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(repo)
+    assert check_compare_src(before) == (before / "wsiscan").resolve()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="--compare-src"):
+        check_compare_src(tmp_path / "empty")

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from .environment import device_info, load_avg_1m
 from .inputs import benchmark_slide, make_checkpoint, smoke_slide
 from .options import NOTES, SCHEMA_VERSION, BenchOptions, MiB
-from .runner import _ratio
+from .runner import _ratio, check_compare_src
 from .stages import bench_end_to_end, bench_model, bench_tiling, bench_tissue
 
 
@@ -55,6 +55,7 @@ def run_bench(opts: BenchOptions, *, command: str) -> dict[str, Any]:
                       "file_size_bytes": info.file_size_bytes, "generated": generated},
             "tiling": [], "tissue_mask": None, "model": [], "end_to_end": [],
             "compare_src": str(opts.compare_src) if opts.compare_src else None,
+            "compare_src_package": str(check_compare_src(opts.compare_src)) if opts.compare_src else None,
             "notes": NOTES,
         }
         sections = report["section_seconds"] = {}
@@ -115,7 +116,7 @@ def format_table(r: dict[str, Any]) -> str:
     for t in r.get("tiling") or []:
         lines.append(f"tiling, stride {t['stride_px']} px: {t['n_tiles']} tiles of {t['tile_size_px']} px, level "
                      f"{t['level_read']} ({'resampled' if t['resample'] else 'as-is'}), "
-                     f"{t['chunks_needed']}/{t['chunks_total']} chunks")
+                     f"{t['chunks_needed']}/{t['chunks_total']} chunks, read by {t['wsiscan'].get('reader', '?')}")
         row("  tiles/s (tile_slide end to end)", lambda x: x["tiles_per_s"], t, t["ratio"]["tiles_per_s_vs_naive"], ".0f")
         row("  tiles/s (decode + store only)", lambda x: x.get("pixels_tiles_per_s", x["tiles_per_s"]), t,
             t["ratio"]["pixels_tiles_per_s_vs_naive"], ".0f")

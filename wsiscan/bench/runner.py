@@ -11,13 +11,33 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import ConfigError
 from .sampling import GpuSampler, PeakRss
 
 
-def _run_child(cmd: list[str], *, env_src: Path | None = None, gpu: GpuSampler | None = None) -> dict[str, Any]:
+def _child_env(env_src: Path | None) -> dict[str, str]:
     env = dict(os.environ)
+    # `python -m` and `-c` put the working folder first on sys.path, ahead of PYTHONPATH: run from
+    # a checkout, every contender would import that checkout's wsiscan, --compare-src's too
+    env["PYTHONSAFEPATH"] = "1"
     if env_src is not None:  # another source tree of wsiscan, ahead of the installed one
         env["PYTHONPATH"] = os.pathsep.join([str(env_src), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def check_compare_src(src: Path) -> Path:
+    """The wsiscan package a contender run with ``src`` imports; raises unless it is the one in ``src``."""
+    out = subprocess.run([sys.executable, "-c", "import wsiscan; print(wsiscan.__file__)"], env=_child_env(src),
+                         capture_output=True, text=True, check=False)
+    imported = Path(out.stdout.strip()).resolve() if out.returncode == 0 else None
+    if imported is None or Path(src).resolve() not in imported.parents:
+        raise ConfigError(f"--compare-src {src}: its contender imports {imported or out.stderr.strip()[-300:]}, "
+                         f"not {Path(src) / 'wsiscan'}; give a folder that holds a wsiscan/ package")
+    return imported.parent
+
+
+def _run_child(cmd: list[str], *, env_src: Path | None = None, gpu: GpuSampler | None = None) -> dict[str, Any]:
+    env = _child_env(env_src)
     cpu0 = _children_cpu_s()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -65,7 +85,10 @@ def _wsiscan_tile(slide: Path, out: Path, *, stride_px: int, workers: int | None
     tm, last = meta["timings_s"], meta["last_run"]
     return {"wall_s": run["wall_s"], "cpu_s": run["cpu_s"], "seconds": tm["total_s"], "pixels_seconds": tm["pixels_s"],
             "decoded_bytes": last["decoded_bytes"], "chunks_written": last["chunks_written"],
-            "workers": meta.get("workers"), "peak_rss_mb": run["peak_rss_mb"], "timings_s": tm}
+            "workers": meta.get("workers"), "peak_rss_mb": run["peak_rss_mb"], "timings_s": tm,
+            # stores written before the raw reader existed say nothing: OpenSlide read them
+            "reader": meta.get("pixel_reader", "openslide"),
+            "glass_skipped_bytes": (meta.get("decode") or {}).get("glass_skipped_bytes", 0)}
 
 
 def _wsiscan_predict(slide: Path, out: Path, ckpt: Path, *, stride_px: int, device: str, precision: str,
