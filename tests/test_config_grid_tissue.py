@@ -148,7 +148,7 @@ def test_score_tiles_fraction_and_max_saturation_footprint():
 
 def test_saturation_gray_and_box_sums_equal_the_float_reference():
     """The memory-lean uint8/int32 paths give exactly the straightforward float results."""
-    from wsiscan.tissue import _box_sums, _gray, _saturation
+    from wsiscan.tissue import _gray, _saturation, box_counts, summed_area_table
 
     rng = np.random.default_rng(7)
     rgb = rng.integers(0, 256, (61, 47, 3), dtype=np.uint8)
@@ -165,7 +165,7 @@ def test_saturation_gray_and_box_sums_equal_the_float_reference():
     y1 = np.minimum(y0 + rng.integers(1, 20, 200), 61)
     x1 = np.minimum(x0 + rng.integers(1, 20, 200), 47)
     brute = [mask[a:b, c:d].sum() for a, b, c, d in zip(y0, y1, x0, x1)]
-    np.testing.assert_array_equal(_box_sums(mask, y0, x0, y1, x1), brute)
+    np.testing.assert_array_equal(box_counts(summed_area_table(mask), y0, x0, y1, x1), brute)
 
 
 def test_otsu_with_where_equals_otsu_of_the_selected_values():

@@ -48,8 +48,11 @@ class TileConfig:
     min_tissue: float = 0.5
     workers: int = 0
     compression_level: int = 5
+    reader: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.reader not in ("auto", "openslide"):
+            raise ConfigError(f"tile.reader must be auto or openslide, got {self.reader!r}")
         if self.target_mpp <= 0:
             raise ConfigError(f"tile.target_mpp must be > 0 um/px, got {self.target_mpp}")
         if self.tile_size_px < 8:

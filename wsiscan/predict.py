@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from .config import Config, runtime_versions
 from .errors import CheckpointError, ConfigError, StoreExistsError
 from .heatmap import (
@@ -44,8 +42,8 @@ from .heatmap import (
     write_json_atomic,
 )
 from .store import open_tile_store
-from .tiling import STORE_NAME, plan_tiling, prepare_store, slide_id_for, write_grid, write_pixels, write_qc, \
-    default_workers, check_writable, make_slide_dir, overview_picture
+from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
+    slide_id_for, write_grid, write_pixels, write_qc
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
@@ -291,12 +289,7 @@ def predict_slide(
 
     t_start = time.perf_counter()
     pc = config.predict
-    out_root = Path(out_dir)
-    check_writable(out_root)
-    plan = plan_tiling(slide_path, config)
-    slide_id = slide_id_for(plan.slide_path)
-    slide_dir = out_root / slide_id
-    store_path = slide_dir / STORE_NAME
+    plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config)
     inference_id = _inference_identity(models, config, plan.identity)
 
     # refuse before writing anything if the folder holds another slide's or model's result
@@ -382,7 +375,8 @@ def predict_slide(
         "slide_id": slide_id,
         "mpp": store.meta["mpp"],
         "resolution": {"target_mpp": config.tile.target_mpp, "effective_mpp": frame.px_mpp,
-                       "level": plan.selection.level, "resampled": plan.selection.resample},
+                       "level": plan.selection.level, "resampled": plan.selection.resample,
+                       "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
         "scores": scores,
         "regions": {"n": len(regions), "threshold": pc.threshold,
                     "top": [{k: r[k] for k in ("area_mm2", "mean_probability", "max_probability")} for r in regions[:5]]},

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import multiprocessing as mp
 import os
 import re
@@ -20,7 +19,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,10 @@ from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, select_le
 from .render import render_tissue_qc, save_png_atomic
 from .slide import Slide, open_slide, slide_fingerprint
 from .store import TileStore, create_tile_store, open_tile_store, remove_store, store_exists
-from .tissue import TissueMask, TileScores, detect_tissue, score_tiles
+from .tissue import TissueMask, TileScores, box_counts, detect_tissue, score_tiles, summed_area_table
 
 __all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_for", "open_configured_slide",
-           "check_writable", "make_slide_dir"]
+           "check_writable", "make_slide_dir", "plan_slide_output"]
 
 STORE_NAME = "store.zarr"
 QC_NAME = "qc.png"
@@ -56,7 +55,7 @@ def slide_id_for(path: str | Path) -> str:
 def open_configured_slide(path: str | Path, config: Config) -> Slide:
     sc = config.slide
     return open_slide(path, slide_mpp=sc.slide_mpp, mpp_min=sc.mpp_min, mpp_max=sc.mpp_max,
-                      mpp_xy_max_rel_diff=sc.mpp_xy_max_rel_diff)
+                      mpp_xy_max_rel_diff=sc.mpp_xy_max_rel_diff, reader=config.tile.reader)
 
 
 @dataclass(frozen=True)
@@ -77,6 +76,9 @@ class TilingPlan:
     identity: str  # hash of slide + everything that shapes the pixels
     config: Config
     timings_s: dict[str, float]
+    pixel_reader: str = "openslide"  # which reader decodes the level read (Slide.reader_for)
+    glass_skip: bool = False  # TIFF tiles far from tissue are left white, not decoded (see _glass_tile_keep)
+    lv_tile_layout: tuple[tuple[int, int], tuple[int, int]] | None = None  # raw reads: (tile w, h), (rows, cols)
 
     @property
     def n_tiles(self) -> int:
@@ -102,8 +104,9 @@ class TileResult:
     plan: TilingPlan
 
 
-def _pixel_identity(fingerprint: dict[str, Any], config: Config, selection: LevelSelection, base_mpp: float) -> str:
-    shaping = {
+def _pixel_identity(fingerprint: dict[str, Any], config: Config, selection: LevelSelection, base_mpp: float,
+                    *, reader: str = "openslide", glass_skip: bool = False) -> str:
+    shaping: dict[str, Any] = {
         "slide": {k: fingerprint[k] for k in ("size_bytes", "quick_sha256")},
         "base_mpp": round(base_mpp, 6),
         "effective_mpp": round(selection.effective_mpp, 6),
@@ -113,6 +116,9 @@ def _pixel_identity(fingerprint: dict[str, Any], config: Config, selection: Leve
         "tissue": asdict(config.tissue),
         "compression_level": config.tile.compression_level,
     }
+    if reader != "openslide":  # OpenSlide-read stores keep the identity they had before raw reads existed
+        shaping["reader"] = reader
+        shaping["glass_skip"] = {"margin_px": GLASS_MARGIN_PX} if glass_skip else False
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -122,12 +128,7 @@ def _chunks_needed(geometry: StoreGeometry, tissue: TissueMask, grid: TileGrid, 
     n_r, n_c = geometry.n_chunk_rows, geometry.n_chunk_cols
     rows, cols = tissue.mask.shape
     scale = geometry.effective_mpp / tissue.mask_mpp  # mask px per store px
-    # a summed-area table built in place, in int32 where the sum fits: for a 100,000 px slide
-    # (a 6,250 px mask) int64 temporaries took 1.9 s and 600 MB, this 0.36 s and 150 MB (measured)
-    integral = np.zeros((rows + 1, cols + 1), np.int32 if rows * cols < 2**31 else np.int64)
-    integral[1:, 1:] = tissue.mask
-    np.cumsum(integral, axis=0, out=integral)
-    np.cumsum(integral, axis=1, out=integral)
+    integral = summed_area_table(tissue.mask)
     s, w, h = geometry.supertile_px, geometry.width_px, geometry.height_px
     px_x0 = np.arange(n_c) * s
     px_y0 = np.arange(n_r) * s
@@ -135,9 +136,7 @@ def _chunks_needed(geometry: StoreGeometry, tissue: TissueMask, grid: TileGrid, 
     my0 = np.clip(np.floor((px_y0 - tile_size_px) * scale), 0, rows).astype(np.int64)
     mx1 = np.clip(np.ceil((np.minimum(px_x0 + s, w) + tile_size_px) * scale), 0, cols).astype(np.int64)
     my1 = np.clip(np.ceil((np.minimum(px_y0 + s, h) + tile_size_px) * scale), 0, rows).astype(np.int64)
-    total = (integral[my1[:, None], mx1[None, :]] - integral[my0[:, None], mx1[None, :]]
-             - integral[my1[:, None], mx0[None, :]] + integral[my0[:, None], mx0[None, :]])
-    needed = total > 0
+    needed = box_counts(integral, my0[:, None], mx0[None, :], my1[:, None], mx1[None, :]) > 0
     # every kept tile's chunks, whatever the mask says (min_tissue may be 0)
     if len(kept_rc):
         px = grid.px_origin(kept_rc)
@@ -170,6 +169,10 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
         info = slide.info.to_dict()
         fingerprint = slide_fingerprint(slide.path)
         spath = slide.path
+        pixel_reader = slide.reader_for(selection.level)
+        lv_tile_layout = slide.tile_layout(selection.level)
+    # glass skip needs the raw reader's tile grid, and a tile must have tissue to be kept
+    glass_skip = lv_tile_layout is not None and tc.min_tissue > 0
 
     t = time.perf_counter()
     tissue = detect_tissue(thumbnail, mask_mpp=config.tissue.mask_mpp, config=config.tissue)
@@ -201,12 +204,20 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     kept_scores = TileScores(scores.tissue_fraction[keep], scores.dark_bright_fraction[keep],
                              scores.max_saturation[keep])
     chunks = _chunks_needed(geometry, tissue, grid, kept_rc, tc.tile_size_px)
+    # the plan lives through tiling and inference: keep the mask, drop what only scoring
+    # needed (saturation and dark/bright: 195 MB for a 100,000 px slide), and hand the
+    # freed temporaries of detection back to the OS
+    tissue = replace(tissue, saturation=None, dark_bright=None)
+    del scores, all_rc, rr, cc
+    _release_free_heap()
     timings["tissue_s"] = time.perf_counter() - t
     return TilingPlan(
         slide_path=spath, fingerprint=fingerprint, slide_info=info, base_mpp=mpp.mpp, mpp_source=mpp.source,
         selection=selection, geometry=geometry, grid=grid, thumbnail=thumbnail, tissue=tissue,
         kept_rc=kept_rc, kept_scores=kept_scores, chunks_needed=chunks,
-        identity=_pixel_identity(fingerprint, config, selection, mpp.mpp), config=config, timings_s=timings,
+        identity=_pixel_identity(fingerprint, config, selection, mpp.mpp, reader=pixel_reader, glass_skip=glass_skip),
+        config=config, timings_s=timings, pixel_reader=pixel_reader, glass_skip=glass_skip,
+        lv_tile_layout=lv_tile_layout,
     )
 
 
@@ -232,29 +243,72 @@ def _chunk_runs(todo: list[tuple[int, int]], *, max_len: int) -> list[tuple[int,
     return [(ci, a, b) for ci, a, b in runs]
 
 
+# Glass skip: a TIFF tile of the level read is decoded only when some tile (patch) that could
+# be kept, at any stride, could use one of its pixels: when it lies within one patch plus this
+# margin (store px) of a tissue pixel of the mask.  The margin covers the box filter of a
+# resampled read, whose output px reads the level px under it plus a partial one on each side.
+GLASS_MARGIN_PX = 4
+
+
+def _glass_tile_keep(plan: TilingPlan) -> np.ndarray | None:
+    """(tile rows, cols) bool over the TIFF tiles of the level read: True where a tile must be decoded.
+
+    The rule of :func:`_chunks_needed` (the mask dilated by one patch) at TIFF-tile
+    granularity, plus ``GLASS_MARGIN_PX``: a kept patch has tissue under its footprint
+    (``min_tissue`` > 0), so it lies within one patch of a tissue pixel, whatever the
+    stride; every level px it, or its resampling, reads is in a kept tile.  None when
+    nothing is skipped (OpenSlide reads, or ``min_tissue`` 0, where glass patches are kept).
+    """
+    if not plan.glass_skip or plan.lv_tile_layout is None:
+        return None
+    (tw, th), (n_tr, n_tc) = plan.lv_tile_layout
+    mask = plan.tissue.mask
+    rows, cols = mask.shape
+    scale = plan.geometry.effective_mpp / plan.tissue.mask_mpp  # mask px per store px
+    s = plan.selection.lv_per_px  # level px per store px
+    reach = plan.grid.tile_size_px + GLASS_MARGIN_PX  # store px
+    integral = summed_area_table(mask)
+
+    def mask_range(n: int, tile: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        lv0 = np.arange(n, dtype=np.float64) * tile
+        m0 = np.floor((lv0 / s - reach) * scale)
+        m1 = np.ceil(((lv0 + tile) / s + reach) * scale)
+        return np.clip(m0, 0, limit).astype(np.int64), np.clip(m1, 0, limit).astype(np.int64)
+
+    mx0, mx1 = mask_range(n_tc, tw, cols)
+    my0, my1 = mask_range(n_tr, th, rows)
+    return box_counts(integral, my0[:, None], mx0[None, :], my1[:, None], mx1[None, :]) > 0
+
+
 def _decode_run(ci: int, cj0: int, cj1: int, selection: LevelSelection, geometry: StoreGeometry,
-                slide: Slide | None = None, store: TileStore | None = None) -> tuple[int, int]:
+                slide: Slide | None = None, store: TileStore | None = None,
+                tile_keep: np.ndarray | None = None) -> tuple[int, int, int]:
     """Read, resample and store chunks (ci, cj0) .. (ci, cj1 - 1) with one store write.
 
-    Returns (chunks written, bytes decoded at the level read).  Each chunk file is still
-    written atomically on its own, so a killed run leaves only complete chunks.
+    Returns (chunks written, bytes decoded at the level read, bytes of glass tiles left
+    white instead).  Each chunk file is still written atomically on its own, so a killed
+    run leaves only complete chunks.  In a worker process, the slide, store and
+    ``tile_keep`` are the ones ``_worker_init`` opened.
     """
-    slide = slide or _WORKER["slide"]
+    if slide is None:
+        slide, store, tile_keep = _WORKER["slide"], _WORKER["store"], _WORKER.get("tile_keep")
     store = store or _WORKER["store"]
-    parts, decoded = [], 0
+    parts = []
+    decoded0, skipped0 = sum(slide.decoded_px.values()), slide.skipped_px
     s = selection.lv_per_px
     for cj in range(cj0, cj1):
         x0, y0, x1, y1 = geometry.chunk_box_px(ci, cj)
         box = (x0 * s, y0 * s, x1 * s, y1 * s)
-        parts.append(slide.read_resampled(level=selection.level, lv_box=box, out_size_px=(x1 - x0, y1 - y0)))
-        decoded += (math.ceil(box[2]) - math.floor(box[0])) * (math.ceil(box[3]) - math.floor(box[1])) * 3
+        parts.append(slide.read_resampled(level=selection.level, lv_box=box, out_size_px=(x1 - x0, y1 - y0),
+                                          tile_keep=tile_keep))
     store.write_chunk(ci, cj0, parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
-    return cj1 - cj0, decoded
+    return (cj1 - cj0, (sum(slide.decoded_px.values()) - decoded0) * 3, (slide.skipped_px - skipped0) * 3)
 
 
-def _worker_init(slide_path: str, config: Config, store_path: str) -> None:
+def _worker_init(slide_path: str, config: Config, store_path: str, tile_keep: np.ndarray | None = None) -> None:
     _WORKER["slide"] = open_configured_slide(slide_path, config)
     _WORKER["store"] = open_tile_store(store_path)
+    _WORKER["tile_keep"] = tile_keep
 
 
 def default_workers() -> int:
@@ -283,6 +337,19 @@ def check_writable(out_dir: Path) -> None:
         raise OutputError(f"{out_dir}: cannot write into {probe} ({why}); choose another -o/--out") from exc
 
 
+def plan_slide_output(slide_path: str | Path, out_dir: str | Path, config: Config, *,
+                      stride_px: int | None = None) -> tuple[TilingPlan, str, Path, Path]:
+    """Check that ``out_dir`` is writable, plan the slide; (plan, slide id, slide folder, store path).
+
+    Creates nothing: :func:`make_slide_dir` does, once the caller has checked what is there.
+    """
+    check_writable(Path(out_dir))
+    plan = plan_tiling(slide_path, config, stride_px=stride_px)
+    slide_id = slide_id_for(plan.slide_path)
+    slide_dir = Path(out_dir) / slide_id
+    return plan, slide_id, slide_dir, slide_dir / STORE_NAME
+
+
 def make_slide_dir(slide_dir: Path) -> None:
     """Create a slide's output folder, or raise :class:`OutputError` saying why not."""
     try:
@@ -307,6 +374,8 @@ def _store_meta(plan: TilingPlan) -> dict[str, Any]:
         "tissue_threshold": plan.tissue.threshold,
         "tissue_area_mm2": plan.tissue.tissue_area_um2 / 1e6,
         "chunks_needed": int(plan.chunks_needed.sum()),
+        "pixel_reader": plan.pixel_reader,
+        "glass_skip": plan.glass_skip,
         "config": {"slide": asdict(config.slide), "tile": asdict(config.tile), "tissue": asdict(config.tissue)},
         "versions": runtime_versions(),
     }
@@ -349,7 +418,8 @@ def write_pixels(plan: TilingPlan, store: TileStore, *, workers: int, progress: 
     resumed = len(needed) - len(todo)
     runs = _chunk_runs(todo, max_len=CHUNKS_PER_WRITE)
     n_workers = max(1, min(workers, len(runs)))
-    decoded = 0
+    decoded = skipped = 0
+    tile_keep = _glass_tile_keep(plan)
     bar = tqdm(total=len(todo), unit="chunk", desc=f"tiling {plan.slide_path.name}", disable=not progress,
                leave=False, dynamic_ncols=True)
     sel, geo = plan.selection, plan.geometry
@@ -363,11 +433,12 @@ def write_pixels(plan: TilingPlan, store: TileStore, *, workers: int, progress: 
             slide = local.slide = open_configured_slide(plan.slide_path, plan.config)
             with lock:
                 handles.append(slide)
-        return _decode_run(ci, cj0, cj1, sel, geo, slide, store)
+        return _decode_run(ci, cj0, cj1, sel, geo, slide, store, tile_keep)
 
-    def count(n: int, d: int) -> None:
-        nonlocal decoded
+    def count(n: int, d: int, g: int) -> None:
+        nonlocal decoded, skipped
         decoded += d
+        skipped += g
         bar.update(n)
 
     def drain(futures) -> None:
@@ -382,7 +453,8 @@ def write_pixels(plan: TilingPlan, store: TileStore, *, workers: int, progress: 
             if len(todo) >= PROCESS_MIN_CHUNKS:
                 pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn"),
                                            initializer=_worker_init,
-                                           initargs=(str(plan.slide_path), plan.config, str(store.path)))
+                                           initargs=(str(plan.slide_path), plan.config, str(store.path),
+                                                     tile_keep))
                 submit = lambda run: pool.submit(_decode_run, *run, sel, geo)  # noqa: E731
                 in_flight = 4 * n_workers
             else:
@@ -408,6 +480,12 @@ def write_pixels(plan: TilingPlan, store: TileStore, *, workers: int, progress: 
             slide.close()
     if handles:
         _release_free_heap()
+    store.update_meta(decode={
+        "reader": plan.pixel_reader, "glass_skip": plan.glass_skip, "decoded_bytes": decoded,
+        "glass_skipped_bytes": skipped,
+        # TIFF tiles of the whole level read: within reach of tissue, and in all
+        "lv_tiles_near_tissue": None if tile_keep is None else int(tile_keep.sum()),
+        "lv_tiles_total": None if tile_keep is None else int(tile_keep.size)})
     return len(todo), resumed, decoded
 
 
@@ -485,12 +563,7 @@ def tile_slide(
 ) -> TileResult:
     """Tile one slide into ``out_dir/<slide-id>/store.zarr`` (resuming a killed run)."""
     t0 = time.perf_counter()
-    out_root = Path(out_dir)
-    check_writable(out_root)
-    plan = plan_tiling(slide_path, config)
-    slide_id = slide_id_for(plan.slide_path)
-    slide_dir = out_root / slide_id
-    store_path = slide_dir / STORE_NAME
+    plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config)
     make_slide_dir(slide_dir)
     store, _ = prepare_store(plan, store_path, overwrite=overwrite)
     t = time.perf_counter()

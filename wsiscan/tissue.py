@@ -20,14 +20,15 @@ from .config import TissueConfig
 
 _STRIPE_ROWS = 256  # rows per stripe of the stripe-wise passes over a mask
 
-__all__ = ["TissueMask", "TileScores", "detect_tissue", "score_tiles", "otsu_threshold"]
+__all__ = ["TissueMask", "TileScores", "detect_tissue", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts"]
 
 
 @dataclass(frozen=True)
 class TissueMask:
     mask: np.ndarray  # (rows, cols) bool, True = tissue
-    saturation: np.ndarray  # (rows, cols) float32, blurred HSV saturation in [0, 1]
-    dark_bright: np.ndarray  # (rows, cols) bool, over-dark or over-bright pixel
+    # the two below are needed only by score_tiles; a plan drops them once tiles are scored
+    saturation: np.ndarray | None  # (rows, cols) float32, blurred HSV saturation in [0, 1]
+    dark_bright: np.ndarray | None  # (rows, cols) bool, over-dark or over-bright pixel
     mask_mpp: float  # um per mask pixel
     threshold: float  # saturation threshold used
 
@@ -138,18 +139,23 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
                       mask_mpp=mask_mpp, threshold=float(threshold))
 
 
-def _box_sums(image: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.ndarray:
-    """Sum of a boolean ``image`` over each box [y0, y1) x [x0, x1), exact integers.
+def summed_area_table(mask: np.ndarray) -> np.ndarray:
+    """(rows + 1, cols + 1) counts of True in ``mask`` above and left of each corner.
 
-    The summed-area table is built in place in int32 where the count fits (float64 tables
-    and their temporaries took +750 MB on a 6,250 x 6,250 px mask).
+    Built in place in int32 where the count fits: float64 tables and their temporaries
+    took +750 MB on a 6,250 x 6,250 px mask (a 100,000 px slide), this 150 MB.
     """
-    rows, cols = image.shape
+    rows, cols = mask.shape
     integral = np.zeros((rows + 1, cols + 1), np.int32 if rows * cols < 2**31 else np.int64)
-    integral[1:, 1:] = image
+    integral[1:, 1:] = mask
     np.cumsum(integral, axis=0, out=integral)
     np.cumsum(integral, axis=1, out=integral)
-    return (integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]).astype(np.float64)
+    return integral
+
+
+def box_counts(integral: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """True pixels in each box [y0, y1) x [x0, x1) (index arrays broadcast) from a :func:`summed_area_table`."""
+    return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
 
 
 def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_mpp: float) -> TileScores:
@@ -158,6 +164,8 @@ def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_
     ``px_xy`` (N, 2) holds tile origins in store px at ``px_mpp`` um/px.  Footprints
     are rounded to whole mask pixels (at least one).
     """
+    if tissue.saturation is None or tissue.dark_bright is None:
+        raise ValueError("score_tiles needs the TissueMask returned by detect_tissue (its saturation was dropped)")
     rows, cols = tissue.mask.shape
     scale = px_mpp / tissue.mask_mpp
     px_xy = np.asarray(px_xy, np.float64).reshape(-1, 2)
@@ -166,8 +174,8 @@ def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_
     x1 = np.clip(np.ceil((px_xy[:, 0] + tile_size_px) * scale - 1e-6).astype(np.int64), x0 + 1, cols)
     y1 = np.clip(np.ceil((px_xy[:, 1] + tile_size_px) * scale - 1e-6).astype(np.int64), y0 + 1, rows)
     area = (x1 - x0) * (y1 - y0)
-    tissue_fraction = _box_sums(tissue.mask, y0, x0, y1, x1) / area
-    dark_bright_fraction = _box_sums(tissue.dark_bright, y0, x0, y1, x1) / area
+    tissue_fraction = box_counts(summed_area_table(tissue.mask), y0, x0, y1, x1) / area
+    dark_bright_fraction = box_counts(summed_area_table(tissue.dark_bright), y0, x0, y1, x1) / area
 
     # max saturation under each footprint: a running maximum over the footprint size,
     # sampled at each footprint's top-left corner
