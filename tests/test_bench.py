@@ -42,8 +42,20 @@ def test_report_header(report):
     slide = report["slide"]
     assert slide["dimensions_px"] == [2048, 1536] and slide["mpp"] == pytest.approx(0.486, rel=1e-3)
     assert report["options"]["smoke"] is True and report["options"]["device"] == "cpu"
-    assert set(report["section_seconds"]) == {"tiling", "tissue_mask", "model", "end_to_end"}
+    assert set(report["section_seconds"]) == {"tiling", "decode", "tissue_mask", "model", "end_to_end"}
     assert isinstance(report["notes"], list) and all(isinstance(n, str) for n in report["notes"])
+
+
+def test_decode_figures_compare_openslide_and_raw_tiles(report):
+    dc = report["decode"]
+    assert dc["n_chunks"] >= 1 and dc["openslide"]["reader"] == "openslide"
+    for name in ("openslide", "raw"):
+        assert _positive(dc[name]["seconds"]) and _positive(dc[name]["region_mb_per_s"]), name
+    # the smoke slide is JPEG-tiled and its level is read raw, with the reason absent
+    assert dc["raw"]["reader"] == "tifffile-jpeg" and dc["why_openslide"] is None
+    assert _positive(dc["ratio"]["raw_vs_openslide"])
+    if "raw_glass_skip" in dc:
+        assert dc["raw_glass_skip"]["decoded_mb"] <= dc["raw"]["decoded_mb"]
 
 
 def test_tiling_figures_and_ratios(report):

@@ -43,10 +43,11 @@ def benchmark_slide(size: str, cache_dir: Path, *, seed: int = 0) -> tuple[Path,
 
 
 def smoke_slide(work: Path) -> Path:
-    """A tiny synthetic slide (no real data needed): CI-sized runs."""
+    """A tiny synthetic slide (no real data needed) for CI-sized runs: JPEG tiles, as the
+    benchmark slides have, so the raw tile reader is exercised."""
     from ..testing import write_synthetic_slide
 
-    return write_synthetic_slide(work / "smoke.tif", dimensions_px=(2048, 1536)).path
+    return write_synthetic_slide(work / "smoke.tif", dimensions_px=(2048, 1536), compression="jpeg").path
 
 
 def make_checkpoint(arch: str, path: Path) -> Path:

@@ -53,5 +53,5 @@ class BenchOptions:
     cache_dir: Path = REPO / "bench-out" / "slides"
     work_dir: Path | None = None
     seed: int = 0
-    skip: tuple[str, ...] = ()  # any of tiling, tissue, model, e2e
+    skip: tuple[str, ...] = ()  # any of tiling, decode, tissue, model, e2e
     progress: Callable[[str], None] = field(default=lambda msg: None)

@@ -10,7 +10,7 @@ from .environment import device_info, load_avg_1m
 from .inputs import benchmark_slide, make_checkpoint, smoke_slide
 from .options import NOTES, SCHEMA_VERSION, BenchOptions, MiB
 from .runner import _ratio, check_compare_src
-from .stages import bench_end_to_end, bench_model, bench_tiling, bench_tissue
+from .stages import bench_decode, bench_end_to_end, bench_model, bench_tiling, bench_tissue
 
 
 def run_bench(opts: BenchOptions, *, command: str) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def run_bench(opts: BenchOptions, *, command: str) -> dict[str, Any]:
             "slide": {"path": str(slide), "dimensions_px": list(info.dimensions_px),
                       "mpp": info.mpp.mpp if info.mpp else None, "vendor": info.vendor,
                       "file_size_bytes": info.file_size_bytes, "generated": generated},
-            "tiling": [], "tissue_mask": None, "model": [], "end_to_end": [],
+            "tiling": [], "decode": None, "tissue_mask": None, "model": [], "end_to_end": [],
             "compare_src": str(opts.compare_src) if opts.compare_src else None,
             "compare_src_package": str(check_compare_src(opts.compare_src)) if opts.compare_src else None,
             "notes": NOTES,
@@ -65,6 +65,11 @@ def run_bench(opts: BenchOptions, *, command: str) -> dict[str, Any]:
             for stride in opts.strides_px:
                 report["tiling"].append(bench_tiling(slide, stride, opts, work))
             sections["tiling"] = time.perf_counter() - t
+        if "decode" not in opts.skip:
+            opts.progress("decode: OpenSlide vs raw TIFF tiles ...")
+            t = time.perf_counter()
+            report["decode"] = bench_decode(slide, opts)
+            sections["decode"] = time.perf_counter() - t
         if "tissue" not in opts.skip:
             opts.progress("tissue mask ...")
             t = time.perf_counter()
@@ -124,6 +129,14 @@ def format_table(r: dict[str, Any]) -> str:
             t, _ratio(t["wsiscan"]["pixels_decoded_mb_per_s"], t["naive"]["decoded_mb_per_s"]))
         row("  CPU s of the run, user+sys (least)", lambda x: x.get("cpu_s_min"), t, None, ".2f")
         row("  peak RSS MB", lambda x: x["peak_rss_mb"], t, None, ".0f")
+    dc = r.get("decode")
+    if dc:
+        lines.append(f"decode only, {dc['n_chunks']} supertile chunks, one thread, nothing stored "
+                     f"(columns: OpenSlide, raw tiles, raw + glass skip)")
+        vals = [dc.get(k, {}).get("region_mb_per_s") for k in ("openslide", "raw", "raw_glass_skip")]
+        cells = "".join(f"{v:>12.0f}" if v is not None else f"{'-':>12}" for v in vals)
+        ratio = dc["ratio"]["raw_glass_skip_vs_openslide"]
+        lines.append(f"{'  region MB/s':<44}{cells}{(f'{ratio:>8.2f}x' if ratio else f'{chr(45):>9}')}")
     tm = r.get("tissue_mask")
     if tm:
         row("tissue mask s", lambda x: x["seconds"], tm, tm["ratio"]["speedup_vs_naive"], ".2f")

@@ -83,6 +83,53 @@ def bench_tiling(slide: Path, stride_px: int, opts: BenchOptions, work: Path) ->
     return out
 
 
+DECODE_MAX_CHUNKS = 200  # supertile chunks timed per decode contender (the first needed ones, row-major)
+
+
+def bench_decode(slide: Path, opts: BenchOptions) -> dict[str, Any]:
+    """Reading the needed supertile chunks, nothing stored, in one thread: OpenSlide's
+    ``read_region`` against the raw TIFF tile reader, without and with the glass skip."""
+    from ..config import load_config
+    from ..slide import open_slide
+    from ..tiling import _glass_tile_keep, plan_tiling
+
+    plan = plan_tiling(slide, load_config())
+    sel, geo = plan.selection, plan.geometry
+    chunks = [tuple(map(int, ij)) for ij in np.argwhere(plan.chunks_needed)][:DECODE_MAX_CHUNKS]
+    keep = _glass_tile_keep(plan)
+
+    def contender(reader: str, tile_keep: np.ndarray | None) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            with open_slide(slide, reader=reader) as s:
+                t0 = time.perf_counter()
+                region_bytes = 0
+                for ci, cj in chunks:
+                    x0, y0, x1, y1 = geo.chunk_box_px(ci, cj)
+                    f = sel.lv_per_px
+                    s.read_resampled(level=sel.level, lv_box=(x0 * f, y0 * f, x1 * f, y1 * f),
+                                     out_size_px=(x1 - x0, y1 - y0), tile_keep=tile_keep)
+                    region_bytes += (x1 - x0) * (y1 - y0) * 3
+                dt = time.perf_counter() - t0
+                decoded = sum(s.decoded_px.values()) * 3
+                return {"seconds": dt, "reader": s.reader_for(sel.level), "region_mb_per_s": region_bytes / dt / MB,
+                        "decoded_mb": decoded / MB, "decoded_mb_per_s": decoded / dt / MB,
+                        "chunks_per_s": len(chunks) / dt}
+        return run
+
+    contenders = {"openslide": contender("openslide", None), "raw": contender("auto", None)}
+    if keep is not None:
+        contenders["raw_glass_skip"] = contender("auto", keep)
+    best = _interleave(contenders, opts.repeats, "seconds")
+    with open_slide(slide) as s:
+        why = s.why_openslide(sel.level) or None
+    best.update(n_chunks=len(chunks), chunks_needed=int(plan.chunks_needed.sum()), level_read=sel.level,
+                resample=sel.resample, why_openslide=why)
+    fastest = best.get("raw_glass_skip", best["raw"])
+    best["ratio"] = {"raw_vs_openslide": _ratio(best["openslide"]["seconds"], best["raw"]["seconds"]),
+                     "raw_glass_skip_vs_openslide": _ratio(best["openslide"]["seconds"], fastest["seconds"])}
+    return best
+
+
 def bench_tissue(slide: Path, opts: BenchOptions) -> dict[str, Any]:
     """wsiscan's thumbnail + mask against one read of the whole level + PIL resize + the same mask."""
     from PIL import Image

@@ -45,7 +45,7 @@ def _command_line() -> str:
 @click.option("--compare-src", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Also run `wsiscan tile` and `wsiscan predict` from this source tree (a folder holding the "
                    "wsiscan package, e.g. an older commit's) as a 'before' contender.")
-@click.option("--skip", type=click.Choice(["tiling", "tissue", "model", "e2e"]), multiple=True,
+@click.option("--skip", type=click.Choice(["tiling", "decode", "tissue", "model", "e2e"]), multiple=True,
               help="Leave a section out (repeat).")
 @click.option("--smoke", is_flag=True, help="CI-sized run: a tiny synthetic slide, few patches, one repeat (seconds).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
