@@ -185,10 +185,19 @@ def test_rerun_does_no_work_and_heatmap_command_reexports(synthetic_slide, tiny_
     assert r.exit_code == 0
     summary = json.loads((tmp_path / "synthetic" / "summary.json").read_text())
     assert summary["tiles"]["scored_this_run"] == 0 and summary["tiles"]["pixel_chunks_written"] == 0
+    from PIL import Image
+
+    overlay = tmp_path / "synthetic" / "overlay.png"
+    size_first = Image.open(overlay).size
     r = run("heatmap", tmp_path / "synthetic", "--threshold", "0.3")
     assert r.exit_code == 0, r.output
     gj = json.loads((tmp_path / "synthetic" / "tumor.geojson").read_text())
     assert gj["properties"]["threshold"] == 0.3
+    # the re-export draws on the same sharp overview as predict (a small slide's mask
+    # thumbnail is 498 px wide; the overview stored with the tiles is 1,000)
+    g = zarr.open_group(str(tmp_path / "synthetic" / "store.zarr"), mode="r")
+    assert max(g["overview"].shape[:2]) == 1000 and max(g["thumbnail"].shape[:2]) < 1000
+    assert Image.open(overlay).size == size_first
 
 
 def test_tta_is_invariant_for_the_symmetric_tiny_model(synthetic_slide, tiny_ckpt, tmp_path):

@@ -28,6 +28,7 @@ __all__ = [
     "tumour_regions",
     "write_geojson",
     "render_overlay",
+    "overlay_title",
     "write_json_atomic",
 ]
 
@@ -237,6 +238,15 @@ def _default(value: Any) -> Any:
 
 def write_geojson(regions: list[dict[str, Any]], path: str | Path, *, slide_name: str, threshold: float) -> Path:
     return write_json_atomic(geojson_collection(regions, slide_name=slide_name, threshold=threshold), path)
+
+
+def overlay_title(*, slide_name: str, model_names: list[str], n_tiles: int, tile_size_px: int, px_mpp: float,
+                  stride_px: int, max_probability: float | None) -> str:
+    """The one-line caption of ``overlay.png``: slide, models, patches, resolution, stride, max p."""
+    models = " + ".join(Path(n).name for n in model_names)
+    top = f"{max_probability:.2f}" if max_probability is not None else "-"
+    return (f"{slide_name}  |  {models}  |  {n_tiles} patches {tile_size_px} px @ {px_mpp:.3g} um/px, "
+            f"stride {stride_px}  |  max {top}")
 
 
 def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame, *, thumb_mpp: float,

@@ -35,6 +35,7 @@ from .heatmap import (
     HeatmapFrame,
     build_pyramid,
     ome_multiscales,
+    overlay_title,
     render_overlay,
     slide_scores,
     tumour_regions,
@@ -362,9 +363,9 @@ def predict_slide(
     regions = tumour_regions(cells, frame, threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
                              simplify_tolerance_um=pc.simplify_tolerance_um)
     write_geojson(regions, slide_dir / "tumor.geojson", slide_name=plan.slide_path.name, threshold=pc.threshold)
-    model_label = " + ".join(Path(n).name for n in models.names)
-    title = (f"{plan.slide_path.name}  |  {model_label}  |  {plan.n_tiles} patches {grid.tile_size_px} px "
-             f"@ {frame.px_mpp:.3g} um/px, stride {grid.stride_px}  |  max {scores['max_probability']:.2f}")
+    title = overlay_title(slide_name=plan.slide_path.name, model_names=list(models.names), n_tiles=plan.n_tiles,
+                          tile_size_px=grid.tile_size_px, px_mpp=frame.px_mpp, stride_px=grid.stride_px,
+                          max_probability=scores["max_probability"])
     picture, picture_mpp = overview_picture(plan)
     render_overlay(picture, cells, frame, thumb_mpp=picture_mpp, threshold=pc.threshold,
                    title=title, path=slide_dir / OVERLAY_NAME)

@@ -11,6 +11,9 @@ its provenance, geometry, resolved config, versions, timings, status.
   tissue are written; a written chunk is complete (zarr writes chunks atomically).
 - ``thumbnail`` (rows, cols, 3) uint8 at ``mask_mpp``.
 - ``tissue_mask`` (rows, cols) uint8 at ``mask_mpp``, 1 = tissue.
+- ``overview`` (rows, cols, 3) uint8 at the ``overview_mpp`` attribute: only for a small
+  slide, a sharper whole-slide picture than ``thumbnail`` for overlays (``qc.png``,
+  ``overlay.png``, ``wsiscan heatmap``).
 - ``grids/s{stride}/`` one group per stride: ``rc`` (N, 2) int32 grid row/col,
   ``l0_xy`` (N, 2) int64 level-0 top-left, ``tissue_fraction`` (N,) float32; attributes
   give tile size, stride, grid shape and the tissue cut.
@@ -114,6 +117,14 @@ class TileStore:
     # -- thumbnail and mask ---------------------------------------------------
     def thumbnail(self) -> np.ndarray:
         return self.group["thumbnail"][...]
+
+    def overview(self) -> tuple[np.ndarray, float]:
+        """The whole-slide picture for overlays and its um/px: the sharper ``overview`` of a
+        small slide when the store has one, else the thumbnail at ``mask_mpp``."""
+        if "overview" in self.group:
+            arr = self.group["overview"]
+            return arr[...], float(arr.attrs["overview_mpp"])
+        return self.thumbnail(), float(self.meta["mask_mpp"])
 
     def tissue_mask(self) -> np.ndarray:
         return self.group["tissue_mask"][...].astype(bool)
@@ -262,6 +273,8 @@ def create_tile_store(
     compression_level: int,
     thumbnail: np.ndarray,
     tissue_mask: np.ndarray,
+    overview: np.ndarray | None = None,
+    overview_mpp: float | None = None,
 ) -> TileStore:
     """Create a new, empty store at ``path`` (which must not exist).
 
@@ -295,6 +308,12 @@ def create_tile_store(
                            chunks=(min(1024, tissue_mask.shape[0]), min(1024, tissue_mask.shape[1])),
                            compressors=_codec(5), dimension_names=("y", "x"))
     m[...] = tissue_mask.astype(np.uint8)
+    if overview is not None:
+        o = group.create_array("overview", shape=overview.shape, dtype=np.uint8,
+                               chunks=(min(1024, overview.shape[0]), min(1024, overview.shape[1]), 3),
+                               compressors=_codec(5), dimension_names=("y", "x", "c"),
+                               attributes={"overview_mpp": overview_mpp})
+        o[...] = overview
     TileStore(p, group).update_meta(kind=_KIND, schema_version=SCHEMA_VERSION, **meta)
     os.replace(p, final)
     return TileStore(final, zarr.open_group(str(final), mode="r+"))

@@ -79,6 +79,10 @@ class TilingPlan:
     pixel_reader: str = "openslide"  # which reader decodes the level read (Slide.reader_for)
     glass_skip: bool = False  # TIFF tiles far from tissue are left white, not decoded (see _glass_tile_keep)
     lv_tile_layout: tuple[tuple[int, int], tuple[int, int]] | None = None  # raw reads: (tile w, h), (rows, cols)
+    # the whole slide for pictures people look at (qc.png, overlay.png), and its um/px: the
+    # thumbnail itself, or for a small slide a sharper read (see OVERVIEW_MIN_SIDE_PX)
+    overview: np.ndarray | None = None
+    overview_mpp: float | None = None
 
     @property
     def n_tiles(self) -> int:
@@ -165,6 +169,7 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
         timings["open_s"] = time.perf_counter() - t0
         t = time.perf_counter()
         thumbnail = slide.read_thumbnail(mpp=config.tissue.mask_mpp)
+        overview, overview_mpp = _overview(slide, thumbnail, mask_mpp=config.tissue.mask_mpp, base_mpp=mpp.mpp)
         timings["thumbnail_s"] = time.perf_counter() - t
         info = slide.info.to_dict()
         fingerprint = slide_fingerprint(slide.path)
@@ -217,7 +222,7 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
         kept_rc=kept_rc, kept_scores=kept_scores, chunks_needed=chunks,
         identity=_pixel_identity(fingerprint, config, selection, mpp.mpp, reader=pixel_reader, glass_skip=glass_skip),
         config=config, timings_s=timings, pixel_reader=pixel_reader, glass_skip=glass_skip,
-        lv_tile_layout=lv_tile_layout,
+        lv_tile_layout=lv_tile_layout, overview=overview, overview_mpp=overview_mpp,
     )
 
 
@@ -401,6 +406,7 @@ def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool) -> tup
         store_path, meta=_store_meta(plan), height_px=plan.geometry.height_px, width_px=plan.geometry.width_px,
         supertile_px=plan.geometry.supertile_px, compression_level=plan.config.tile.compression_level,
         thumbnail=plan.thumbnail, tissue_mask=plan.tissue.mask,
+        overview=plan.overview if plan.overview is not plan.thumbnail else None, overview_mpp=plan.overview_mpp,
     )
     return store, False
 
@@ -520,21 +526,27 @@ def write_grid(plan: TilingPlan, store: TileStore) -> None:
     )
 
 
-def overview_picture(plan: TilingPlan, *, min_side_px: int = 1000) -> tuple[np.ndarray, float]:
-    """The whole slide for pictures people look at, and its um/px.
+OVERVIEW_MIN_SIDE_PX = 1000  # long side of the overview picture of a slide whose mask thumbnail is smaller
 
-    The mask thumbnail when it is large enough; for a small slide, a sharper read from
-    the slide (at most ``min_side_px`` on its long side, never finer than level 0).
-    """
-    rows, cols = plan.tissue.mask.shape
-    if max(rows, cols) >= min_side_px:
+
+def _overview(slide: Slide, thumbnail: np.ndarray, *, mask_mpp: float, base_mpp: float) -> tuple[np.ndarray, float]:
+    """The mask thumbnail when its long side reaches ``OVERVIEW_MIN_SIDE_PX``; for a small
+    slide, a sharper read of the whole slide with that long side (never finer than level 0)."""
+    rows, cols = thumbnail.shape[:2]
+    if max(rows, cols) >= OVERVIEW_MIN_SIDE_PX:
+        return thumbnail, mask_mpp
+    finer_mpp = max(mask_mpp * max(rows, cols) / OVERVIEW_MIN_SIDE_PX, base_mpp)
+    return slide.read_thumbnail(mpp=finer_mpp), finer_mpp
+
+
+def overview_picture(plan: TilingPlan) -> tuple[np.ndarray, float]:
+    """The whole slide for pictures people look at, and its um/px (read when the plan was made)."""
+    if plan.overview is None or plan.overview_mpp is None:
         return plan.thumbnail, plan.tissue.mask_mpp
-    finer_mpp = max(plan.tissue.mask_mpp * max(rows, cols) / min_side_px, plan.base_mpp)
-    with open_configured_slide(plan.slide_path, plan.config) as slide:
-        return slide.read_thumbnail(mpp=finer_mpp), finer_mpp
+    return plan.overview, plan.overview_mpp
 
 
-def write_qc(plan: TilingPlan, path: Path, *, min_side_px: int = 1000, max_side_px: int = 2000) -> Path:
+def write_qc(plan: TilingPlan, path: Path, *, max_side_px: int = 2000) -> Path:
     """Thumbnail + mask outline + kept tiles, so a person can check the mask at a glance.
 
     When the mask thumbnail is small (a small slide), a sharper picture is read from
@@ -544,7 +556,7 @@ def write_qc(plan: TilingPlan, path: Path, *, min_side_px: int = 1000, max_side_
     px = plan.grid.px_origin(plan.kept_rc).astype(np.float64)
     t = plan.grid.tile_size_px
     boxes = np.concatenate([px * scale, (px + t) * scale], axis=1)
-    picture, _ = overview_picture(plan, min_side_px=min_side_px)
+    picture, _ = overview_picture(plan)
     title = (f"{plan.slide_path.name}: {plan.n_tiles} tiles of {t} px at {plan.geometry.effective_mpp:.4g} um/px, "
              f"stride {plan.grid.stride_px} px\ngreen: tissue mask outline, blue: kept tiles, pink: not tissue")
     img = render_tissue_qc(picture, plan.tissue.mask, tile_boxes_thumb=boxes, title=title,

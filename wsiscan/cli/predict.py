@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path) -> None:
     """Re-export a finished result (RESULT_DIR = OUT/<slide-id>) without rerunning the model."""
     from ..config import load_config
     from ..errors import StoreError
-    from ..heatmap import HeatmapFrame, render_overlay, tumour_regions, write_geojson
+    from ..heatmap import HeatmapFrame, overlay_title, render_overlay, tumour_regions, write_geojson
     from ..store import open_tile_store
 
     cfg = load_config(config_path).replace("predict", threshold=threshold)
@@ -207,6 +208,12 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path) -> None:
         write_geojson(regions, result_dir / "tumor.geojson", slide_name=name, threshold=pc.threshold)
         click.echo(f"{result_dir / 'tumor.geojson'}: {len(regions)} regions at threshold {pc.threshold:g}")
     if png:
-        render_overlay(store.thumbnail(), cells, frame, thumb_mpp=store.meta["mask_mpp"], threshold=pc.threshold,
-                       title=f"{name}  |  threshold {pc.threshold:g}", path=result_dir / "overlay.png")
+        summary = json.loads((result_dir / "summary.json").read_text())
+        title = overlay_title(slide_name=name, model_names=[m["model"] for m in summary.get("models", [])],
+                              n_tiles=summary["tiles"]["n_tiles"], tile_size_px=frame.tile_size_px,
+                              px_mpp=frame.px_mpp, stride_px=frame.stride_px,
+                              max_probability=summary["scores"]["max_probability"])
+        picture, picture_mpp = store.overview()
+        render_overlay(picture, cells, frame, thumb_mpp=picture_mpp, threshold=pc.threshold,
+                       title=f"{title}  |  threshold {pc.threshold:g}", path=result_dir / "overlay.png")
         click.echo(f"{result_dir / 'overlay.png'}")
