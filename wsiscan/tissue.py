@@ -106,6 +106,69 @@ def _remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
     return keep[labels]
 
 
+def _disk_rows(radius_px: float) -> list[tuple[int, int]]:
+    """(dy, half width) of each row of the digital disk x^2 + y^2 <= radius^2."""
+    r = int(math.ceil(radius_px))
+    return [(dy, int(math.floor(math.sqrt(radius_px**2 - dy * dy)))) for dy in range(-r, r + 1)
+            if dy * dy <= radius_px**2]
+
+
+def _dilate_or_erode_disk(mask: np.ndarray, radius_px: float, *, dilate: bool) -> np.ndarray:
+    """Binary dilation or erosion by a disk, outside the image False (scipy's border_value=0).
+
+    The disk is a union of horizontal segments: one 1-D max (min) filter per distinct
+    segment width, then one OR (AND) per row of the disk, shifted.  The same result as
+    ``ndimage.binary_dilation``/``binary_erosion`` with the disk as structure (tested),
+    in about half the time on a 6,250 x 6,250 px mask.
+    """
+    rows = _disk_rows(radius_px)
+    filt = ndimage.maximum_filter1d if dilate else ndimage.minimum_filter1d
+    u8 = mask.view(np.uint8)
+    lines = {w: filt(u8, size=2 * w + 1, axis=1, mode="constant", cval=0).view(bool) for w in {w for _, w in rows}}
+    n = mask.shape[0]
+    out = np.zeros_like(mask) if dilate else np.ones_like(mask)
+    for dy, w in rows:  # out[y] (op)= lines[w][y + dy], rows outside the image are False
+        line = lines[w]
+        dst, src = (out[: n - dy], line[dy:]) if dy >= 0 else (out[-dy:], line[: n + dy])
+        if dilate:
+            dst |= src
+        else:
+            dst &= src
+            if dy > 0:
+                out[n - dy :] = False
+            elif dy < 0:
+                out[:-dy] = False
+    return out
+
+
+def _close_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """Morphological closing by a disk, padded so that tissue touching the border is not eroded."""
+    r = int(math.ceil(radius_px))
+    padded = np.pad(mask, r, mode="constant")
+    closed = _dilate_or_erode_disk(_dilate_or_erode_disk(padded, radius_px, dilate=True), radius_px, dilate=False)
+    return closed[r:-r, r:-r]
+
+
+def _small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
+    """Holes of ``mask`` (4-connected background parts not touching the border, as
+    ``ndimage.binary_fill_holes`` finds them) smaller than ``min_px`` pixels.
+
+    One labelling of the background gives both the holes and their sizes.
+    """
+    if min_px <= 1 or mask.all():
+        return np.zeros_like(mask)
+    labels, n = ndimage.label(~mask)
+    touches_border = np.zeros(n + 1, bool)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        touches_border[edge] = True
+    sizes = np.zeros(n + 1, np.int64)
+    for r0 in range(0, labels.shape[0], _STRIPE_ROWS):
+        sizes += np.bincount(labels[r0 : r0 + _STRIPE_ROWS].ravel(), minlength=n + 1)
+    small = (sizes < min_px) & ~touches_border
+    small[0] = False
+    return small[labels]
+
+
 def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfig) -> TissueMask:
     """Tissue mask of an RGB uint8 ``thumbnail`` whose pixels are ``mask_mpp`` um wide."""
     sigma_px = config.blur_sigma_um / mask_mpp
@@ -125,16 +188,9 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
 
     radius_px = config.closing_radius_um / mask_mpp
     if radius_px >= 1:
-        r = int(math.ceil(radius_px))
-        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-        disk = xx**2 + yy**2 <= radius_px**2
-        # pad so that closing does not erode tissue touching the border
-        padded = np.pad(mask, r, mode="constant")
-        mask = ndimage.binary_closing(padded, structure=disk)[r:-r, r:-r]
+        mask = _close_disk(mask, radius_px)
     mask = _remove_small(mask, int(config.min_object_area_um2 / mask_mpp**2))
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    small_holes = _remove_small(holes, 1) & ~_remove_small(holes, int(config.min_hole_area_um2 / mask_mpp**2))
-    mask = mask | small_holes
+    mask |= _small_holes(mask, int(config.min_hole_area_um2 / mask_mpp**2))
     return TissueMask(mask=mask, saturation=sat, dark_bright=dark_bright,
                       mask_mpp=mask_mpp, threshold=float(threshold))
 
