@@ -102,3 +102,16 @@ def test_bench_tile_writes_its_report(tiny_slide, tmp_path):
     assert report["naive_parallel"]["workers"] == 2
     assert report["ratio"]["tiles_per_s_vs_naive"] > 0
     assert report["ratio"]["tiles_per_s_vs_naive_parallel"] > 0
+
+
+def test_rss_timeline_samples_main_process_and_children(tmp_path):
+    rss_timeline = load_script("rss_timeline")
+    out = tmp_path / "tl.json"
+    child = "import time; y = bytes(range(256)) * 240_000; time.sleep(1.5)"  # 61 MB, written
+    code = ("import subprocess, sys; x = bytes(range(256)) * 320_000; "  # 82 MB, written
+            f"subprocess.run([sys.executable, '-c', {child!r}]); print('done', flush=True)")
+    assert rss_timeline.main([str(out), "--", sys.executable, "-c", code]) == 0
+    report = json.loads(out.read_text())
+    assert report["rc"] == 0 and report["lines"][-1][1] == "done"
+    assert max(s[1] for s in report["samples"]) >= 75  # the 80 MB held by the main process
+    assert max(s[2] for s in report["samples"]) >= 55  # the child's 60 MB, counted apart
