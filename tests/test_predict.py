@@ -119,6 +119,23 @@ def test_geojson_regions_land_on_high_probability_cells(tmp_path):
     assert regions[0]["mean_probability"] == pytest.approx(0.9)
 
 
+def test_overlay_outlines_exactly_the_regions_exported_to_geojson():
+    """A 1-cell island above the threshold is too small for the GeoJSON, so it gets no outline either."""
+    from wsiscan.heatmap import HeatmapFrame, region_cells, tumour_regions
+
+    cells = np.full((10, 12), 0.1, np.float32)
+    cells[2:5, 3:7] = 0.9  # 12 cells: kept
+    cells[8, 10] = 0.95  # 1 cell: below the minimum area
+    cells[0, 0] = np.nan
+    frame = HeatmapFrame(stride_px=96, tile_size_px=96, px_mpp=0.972, l0_per_px=2.0)
+    min_area = 5 * frame.cell_um**2
+    kept = region_cells(cells, frame, threshold=0.5, min_area_um2=min_area)
+    assert kept.sum() == 12 and kept[2:5, 3:7].all() and not kept[8, 10]
+    regions = tumour_regions(cells, frame, threshold=0.5, min_area_um2=min_area, simplify_tolerance_um=0)
+    assert [r["n_cells"] for r in regions] == [int(kept.sum())]
+    assert region_cells(cells, frame, threshold=0.5, min_area_um2=0).sum() == 13
+
+
 def test_inference_resumes_from_written_heatmap_chunks(synthetic_slide, tiny_ckpt, tmp_path, monkeypatch):
     from wsiscan import store as store_mod
     from wsiscan.predict import load_models, predict_slide

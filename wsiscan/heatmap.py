@@ -26,6 +26,7 @@ __all__ = [
     "ome_multiscales",
     "slide_scores",
     "tumour_regions",
+    "region_cells",
     "write_geojson",
     "render_overlay",
     "overlay_title",
@@ -139,6 +140,26 @@ def slide_scores(cells: np.ndarray, *, threshold: float, top_k: int, cell_um: fl
     }
 
 
+def _label_regions(cells: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
+    """8-connected groups of finite cells >= threshold: the regions of the GeoJSON."""
+    from scipy import ndimage
+
+    positive = np.isfinite(cells) & (cells >= threshold)
+    return ndimage.label(positive, structure=np.ones((3, 3), bool))
+
+
+def region_cells(cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, min_area_um2: float) -> np.ndarray:
+    """(rows, cols) bool: the cells of the regions :func:`tumour_regions` exports (at or
+    above ``threshold``, in a region of at least ``min_area_um2``)."""
+    labels, n = _label_regions(cells, threshold)
+    if n == 0:
+        return np.zeros(cells.shape, bool)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes * frame.cell_um**2 >= min_area_um2
+    keep[0] = False
+    return keep[labels]
+
+
 def tumour_regions(cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, min_area_um2: float,
                    simplify_tolerance_um: float) -> list[dict[str, Any]]:
     """Connected regions of cells >= threshold as polygons in level-0 px, with statistics.
@@ -150,9 +171,7 @@ def tumour_regions(cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, 
     from scipy import ndimage
     from shapely.geometry import mapping
 
-    finite = np.isfinite(cells)
-    positive = finite & (cells >= threshold)
-    labels, n = ndimage.label(positive, structure=np.ones((3, 3), bool))
+    labels, n = _label_regions(cells, threshold)
     if n == 0:
         return []
     objects = ndimage.find_objects(labels)
@@ -250,8 +269,10 @@ def overlay_title(*, slide_name: str, model_names: list[str], n_tiles: int, tile
 
 
 def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame, *, thumb_mpp: float,
-                   threshold: float, title: str, path: str | Path, max_side_px: int = 1600) -> Path:
-    """The heatmap (colour, alpha) over the slide thumbnail, with a colour bar.  Written atomically."""
+                   threshold: float, title: str, path: str | Path, max_side_px: int = 1600,
+                   min_region_area_um2: float = 0.0) -> Path:
+    """The heatmap (colour, alpha) over the slide thumbnail, with a colour bar and the outline
+    of the regions exported to GeoJSON (those of at least ``min_region_area_um2``).  Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,9 +292,10 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
     rr = np.floor((ys - frame.offset_px) / frame.stride_px).astype(np.int64)
     valid_c = (cc >= 0) & (cc < cells.shape[1])
     valid_r = (rr >= 0) & (rr < cells.shape[0])
+    rows, cols = np.clip(rr, 0, cells.shape[0] - 1), np.clip(cc, 0, cells.shape[1] - 1)
+    inside = np.ix_(valid_r, valid_c)
     img = np.full((oh, ow), np.nan, np.float32)
-    sub = cells[np.clip(rr, 0, cells.shape[0] - 1)][:, np.clip(cc, 0, cells.shape[1] - 1)]
-    img[np.ix_(valid_r, valid_c)] = sub[np.ix_(valid_r, valid_c)]
+    img[inside] = cells[rows][:, cols][inside]
 
     import textwrap
 
@@ -287,7 +309,9 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
     ax.imshow(base, interpolation="nearest")
     masked = np.ma.masked_invalid(img)
     im = ax.imshow(masked, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, interpolation="nearest")
-    above = np.where(np.isfinite(img), img >= threshold, False).astype(np.float32)
+    exported = region_cells(cells, frame, threshold=threshold, min_area_um2=min_region_area_um2)
+    above = np.zeros((oh, ow), np.float32)
+    above[inside] = exported[rows][:, cols][inside]
     if 0 < above.sum() < above.size:  # outline of the regions exported to GeoJSON
         ax.contour(above, levels=[0.5], colors=["cyan"], linewidths=0.8)
     ax.set_axis_off()

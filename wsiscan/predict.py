@@ -368,6 +368,7 @@ def predict_slide(
                           max_probability=scores["max_probability"])
     picture, picture_mpp = overview_picture(plan)
     render_overlay(picture, cells, frame, thumb_mpp=picture_mpp, threshold=pc.threshold,
+                   min_region_area_um2=pc.min_region_area_um2,
                    title=title, path=slide_dir / OVERLAY_NAME)
     timings["outputs_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start

@@ -215,5 +215,6 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path) -> None:
                               max_probability=summary["scores"]["max_probability"])
         picture, picture_mpp = store.overview()
         render_overlay(picture, cells, frame, thumb_mpp=picture_mpp, threshold=pc.threshold,
+                       min_region_area_um2=pc.min_region_area_um2,
                        title=f"{title}  |  threshold {pc.threshold:g}", path=result_dir / "overlay.png")
         click.echo(f"{result_dir / 'overlay.png'}")
