@@ -216,3 +216,33 @@ def test_disk_closing_and_small_holes_equal_scipy(radius_px):
         for min_px in (1, 2, 5, 30):
             expected_small = holes & ~_remove_small(holes, min_px) if min_px > 1 else np.zeros_like(mask)
             np.testing.assert_array_equal(_small_holes(mask, min_px), expected_small)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_tissue_in_threaded_stripes_equals_one_call(monkeypatch, threads):
+    """Blur, dark/bright, closing, running maximum and summed-area tables computed in stripes
+    with halos give exactly what one call over the whole image gives."""
+    from scipy import ndimage
+
+    from wsiscan import tissue as tissue_mod
+
+    rng = np.random.default_rng(threads)
+    rows, cols = 1300, 1100  # above the size from which stripes are used
+    blobs = ndimage.gaussian_filter(rng.random((rows, cols)), 12) > 0.5
+    thumb = np.full((rows, cols, 3), 240, np.uint8)
+    thumb[blobs] = rng.integers(90, 200, (int(blobs.sum()), 3), dtype=np.uint8)
+    thumb[rng.random((rows, cols)) < 0.002] = 0  # specks of pen
+    px_xy = np.stack(np.meshgrid(np.arange(0, cols - 24, 8), np.arange(0, rows - 24, 8)), -1).reshape(-1, 2) * 4.0
+    results = {}
+    for n in (1, threads):
+        monkeypatch.setattr(tissue_mod, "_threads", lambda n=n: n)
+        cfg = TissueConfig(closing_radius_um=16.0)
+        t = detect_tissue(thumb, mask_mpp=4.0, config=cfg)
+        s = score_tiles(t, px_xy=px_xy, tile_size_px=96, px_mpp=1.0)
+        results[n] = (t, s, tissue_mod.summed_area_table(t.mask))
+    (t1, s1, i1), (tn, sn, i_n) = results[1], results[threads]
+    assert t1.mask.any() and not t1.mask.all()
+    for a, b in ((t1.mask, tn.mask), (t1.saturation, tn.saturation), (t1.dark_bright, tn.dark_bright), (i1, i_n),
+                 (s1.tissue_fraction, sn.tissue_fraction), (s1.max_saturation, sn.max_saturation)):
+        np.testing.assert_array_equal(a, b)
+    assert t1.threshold == tn.threshold
