@@ -92,16 +92,26 @@ def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -
     threads = _threads()
     if threads == 1 or n < 4 * _STRIPE_ROWS:
         return fn(*arrays)
-    bounds = np.linspace(0, n, min(2 * threads, n // _STRIPE_ROWS) + 1).astype(int)
+    bounds = np.linspace(0, n, min(4 * threads, n // _STRIPE_ROWS) + 1).astype(int)
 
     def part(k: int) -> np.ndarray:
         a, b = int(bounds[k]), int(bounds[k + 1])
         lo, hi = max(0, a - halo), min(n, b + halo)
         return fn(*(x[lo:hi] for x in arrays))[a - lo : b - lo]
 
+    # the first stripe tells the output's type; the others are written into it as they come,
+    # so at most one stripe per thread exists beside the output (no concatenation copy)
+    first = part(0)
+    out = np.empty((n,) + first.shape[1:], first.dtype)
+    out[: bounds[1]] = first
+    del first
+
+    def write(k: int) -> None:
+        out[bounds[k] : bounds[k + 1]] = part(k)
+
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-tissue") as pool:
-        parts = list(pool.map(part, range(len(bounds) - 1)))
-    return np.concatenate(parts, axis=0)
+        list(pool.map(write, range(1, len(bounds) - 1)))
+    return out
 
 
 def _saturation(rgb: np.ndarray) -> np.ndarray:
