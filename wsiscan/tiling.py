@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import re
 import tempfile
 import threading
@@ -31,7 +30,7 @@ from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, select_le
 from .render import render_tissue_qc, save_png_atomic
 from .slide import Slide, open_slide, slide_fingerprint
 from .store import TileStore, create_tile_store, open_tile_store, remove_store, store_exists
-from .tissue import TissueMask, TileScores, box_counts, detect_tissue, score_tiles, summed_area_table
+from .tissue import TissueMask, TileScores, box_counts, detect_tissue, score_tiles, summed_area_table, usable_cores
 
 __all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_for", "open_configured_slide",
            "check_writable", "make_slide_dir", "plan_slide_output"]
@@ -317,12 +316,8 @@ def _worker_init(slide_path: str, config: Config, store_path: str, tile_keep: np
 
 
 def default_workers() -> int:
-    """One per usable core (the process's CPU affinity), at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    """One per usable core (the process's CPU affinity), at most 8: as tissue detection's threads."""
+    return usable_cores()
 
 
 def check_writable(out_dir: Path) -> None:

@@ -23,7 +23,8 @@ from .config import TissueConfig
 
 _STRIPE_ROWS = 256  # rows per stripe of the stripe-wise passes over a mask
 
-__all__ = ["TissueMask", "TileScores", "detect_tissue", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts"]
+__all__ = ["TissueMask", "TileScores", "detect_tissue", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts",
+           "usable_cores"]
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,18 @@ def otsu_threshold(values: np.ndarray, *, bins: int = 256, where: np.ndarray | N
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def _threads() -> int:
+def usable_cores(*, at_most: int = 8) -> int:
+    """Cores this process may run on (its CPU affinity), at most ``at_most``."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    return max(1, min(at_most, cores))
+
+
+def _threads() -> int:
+    """Threads of the striped passes (a function of its own so that tests can set it)."""
+    return usable_cores()
 
 
 def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -> np.ndarray:
