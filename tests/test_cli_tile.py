@@ -18,6 +18,9 @@ def test_info_prints_levels_and_mpp_source(synthetic_slide):
     j = json.loads(run("info", synthetic_slide.path, "--json").output)
     assert j["mpp"]["source"] == "openslide-properties" and len(j["levels"]) == 2
     assert j["levels"][1]["mpp"] == pytest.approx(0.486 * 4)
+    # the synthetic slide is zlib-compressed: OpenSlide reads it, and says why
+    assert all(lv["reader"] == "openslide" and "compression" in lv["why_openslide"] for lv in j["levels"])
+    assert "read by openslide (compression" in r.output
 
 
 def test_tile_writes_store_and_qc(synthetic_slide, tmp_path):
@@ -136,6 +139,15 @@ def test_tcga_jpeg2000_without_mpp(shared_slides, tmp_path):
 
 
 @pytest.mark.realdata
+def test_info_says_which_reader_decodes_each_level(shared_slides):
+    info = json.loads(run("info", shared_slides / "TCGA-CR-7395-01A-01-TS1.svs", "--json").output)
+    assert [lv["reader"] for lv in info["levels"]] == ["tifffile-jpeg2000", "openslide"]
+    assert info["levels"][0]["why_openslide"] is None and "not a whole number" in info["levels"][1]["why_openslide"]
+    info = json.loads(run("info", shared_slides / "CMU-1-Small-Region.svs", "--json").output)
+    assert [lv["reader"] for lv in info["levels"]] == ["tifffile-jpeg"]
+
+
+@pytest.mark.realdata
 @pytest.mark.parametrize("name", ["bone-marrow-jpeg.dcm", "bone-marrow-jpeg2000.dcm", "camelyon-lymph-node-lowres.dcm"])
 def test_dicom_info_works_and_tiling_is_refused(shared_slides, tmp_path, name):
     if not (shared_slides / name).exists():
@@ -144,5 +156,6 @@ def test_dicom_info_works_and_tiling_is_refused(shared_slides, tmp_path, name):
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
     assert info["vendor"] == "dicom" and info["mpp"]["mpp"] > 10
+    assert {lv["reader"] for lv in info["levels"]} == {"openslide"}
     assert_one_line_error(run("tile", shared_slides / name, "-o", tmp_path, "-q"), name, "without upsampling")
     assert not tmp_path.joinpath("out").exists()

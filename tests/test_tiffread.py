@@ -146,10 +146,10 @@ def test_ambiguous_pages_are_not_mapped(tmp_path):
     with tifffile.TiffWriter(path) as tif:
         for _ in range(2):
             tif.write(img, tile=(256, 256), photometric="rgb", compression="jpeg", metadata=None)
-    reader, why = open_raw_reader(path, vendor="generic-tiff", level_dimensions_px=((512, 512),),
+    reader, why, _ = open_raw_reader(path, vendor="generic-tiff", level_dimensions_px=((512, 512),),
                                   level_downsamples=(1.0,))
     assert reader is None and "ambiguous" in why
-    reader, why = open_raw_reader(path, vendor="hamamatsu", level_dimensions_px=((512, 512),),
+    reader, why, _ = open_raw_reader(path, vendor="hamamatsu", level_dimensions_px=((512, 512),),
                                   level_downsamples=(1.0,))
     assert reader is None and "hamamatsu" in why
 

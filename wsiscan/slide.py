@@ -189,12 +189,13 @@ class Slide:
     """An open slide: metadata plus pixel reads.  Not shareable across processes."""
 
     def __init__(self, path: Path, handle: Any, info: SlideInfo, *, raw: RawTiffReader | None = None,
-                 raw_problem: str = "") -> None:
+                 raw_problem: str = "", raw_level_problems: dict[int, str] | None = None) -> None:
         self.path = path
         self._handle = handle
         self.info = info
         self._raw = raw
         self.raw_problem = raw_problem  # why no level is read raw ('' when some are, or when not asked)
+        self._raw_level_problems = raw_level_problems or {}  # level -> why OpenSlide reads it
         # level px decoded so far, per reader ("openslide", "tifffile-jpeg", "tifffile-jpeg2000"),
         # and px of raw-read regions left white because their tiles were marked glass
         self.decoded_px: dict[str, int] = {}
@@ -240,7 +241,8 @@ class Slide:
     def why_openslide(self, level: int) -> str:
         """Why ``level`` is read by OpenSlide rather than raw ('' when it is read raw)."""
         if self._raw is None:
-            return self.raw_problem or "raw reads are off (reader='openslide')"
+            return (self._raw_level_problems.get(level) or self.raw_problem
+                    or "raw reads are off (reader='openslide')")
         return self._raw.why_not(level)
 
     def tile_layout(self, level: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -457,13 +459,13 @@ def open_slide(
     if info.dimensions_px[0] <= 0 or info.dimensions_px[1] <= 0:
         handle.close()
         raise SlideOpenError(f"{p}: the slide has no pixels (level 0 is {info.dimensions_px}); check the file")
-    raw, raw_problem = None, ""
+    raw, raw_problem, raw_level_problems = None, "", {}
     if reader == "auto":
         try:
-            raw, raw_problem = open_raw_reader(
+            raw, raw_problem, raw_level_problems = open_raw_reader(
                 p, vendor=info.vendor, level_dimensions_px=tuple(lv.dimensions_px for lv in levels),
                 level_downsamples=tuple(lv.downsample for lv in levels))
         except BaseException:
             handle.close()
             raise
-    return Slide(p, handle, info, raw=raw, raw_problem=raw_problem)
+    return Slide(p, handle, info, raw=raw, raw_problem=raw_problem, raw_level_problems=raw_level_problems)

@@ -196,18 +196,19 @@ def _level_from_page(page, level: int, vendor: str) -> tuple[TiffLevel | None, s
 
 
 def open_raw_reader(path: str | Path, *, vendor: str, level_dimensions_px: tuple[tuple[int, int], ...],
-                    level_downsamples: tuple[float, ...]) -> tuple[RawTiffReader | None, str]:
+                    level_downsamples: tuple[float, ...]) -> tuple[RawTiffReader | None, str, dict[int, str]]:
     """A reader for the levels of ``path`` that it can read exactly as OpenSlide does.
 
-    Returns (reader, '') or (None, why not).  The reader's ``problems`` say, per level,
-    why that level is left to OpenSlide.
+    Returns (reader, '', problems) or (None, why not, problems); ``problems`` (also the
+    reader's ``problems``) says, per level, why that level is left to OpenSlide (empty when
+    the whole file is).
     """
     if vendor not in RAW_VENDORS:
-        return None, f"OpenSlide vendor {vendor!r} (only {', '.join(RAW_VENDORS)})"
+        return None, f"OpenSlide vendor {vendor!r} (only {', '.join(RAW_VENDORS)})", {}
     try:
         import tifffile
     except ImportError:
-        return None, "tifffile is not installed"
+        return None, "tifffile is not installed", {}
     p = Path(path)
     try:
         with tifffile.TiffFile(p) as tif:
@@ -229,7 +230,7 @@ def open_raw_reader(path: str | Path, *, vendor: str, level_dimensions_px: tuple
                     else:
                         levels[i] = lev
     except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError) as exc:
-        return None, f"tifffile cannot parse the file ({exc})"
+        return None, f"tifffile cannot parse the file ({exc})", {}
     if not levels:
-        return None, "; ".join(f"level {i}: {why}" for i, why in sorted(problems.items()))
-    return RawTiffReader(p, levels, problems), ""
+        return None, "; ".join(f"level {i}: {why}" for i, why in sorted(problems.items())), problems
+    return RawTiffReader(p, levels, problems), "", problems

@@ -32,6 +32,11 @@ def info(slide: Path, as_json: bool, slide_mpp: float | None, properties: bool) 
 
     with open_slide(slide, slide_mpp=slide_mpp) as s:
         data = s.info.to_dict(with_properties=properties)
+        # which reader decodes each level, and why OpenSlide where it is OpenSlide
+        readers = [{"reader": s.reader_for(lv.index), "why_openslide": s.why_openslide(lv.index) or None}
+                   for lv in s.info.levels]
+    for lv, rd in zip(data["levels"], readers):
+        lv.update(rd)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -53,7 +58,9 @@ def info(slide: Path, as_json: bool, slide_mpp: float | None, properties: bool) 
     for lv in data["levels"]:
         w, h = lv["dimensions_px"]
         m = f"{lv['mpp']:.4g} um/px" if lv["mpp"] else "? um/px"
-        lines.append(f"  level {lv['index']}: {w:>7} x {h:<7} px  downsample {lv['downsample']:<8.4g} {m}")
+        why = f" ({lv['why_openslide']})" if lv["why_openslide"] else ""
+        lines.append(f"  level {lv['index']}: {w:>7} x {h:<7} px  downsample {lv['downsample']:<8.4g} {m:<14} "
+                     f"read by {lv['reader']}{why}")
     assoc = data["associated_images"]
     if assoc:
         lines.append("associated:      " + ", ".join(f"{k} ({v[0]}x{v[1]})" for k, v in assoc.items()))
