@@ -29,7 +29,6 @@ import os
 import resource
 import shlex
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,45 +52,6 @@ def load_make_slide():
 
 
 # -- measurement --------------------------------------------------------------------
-
-
-class PeakRss:
-    """Peak resident memory of this process plus all its children (summed), sampled every ``interval_s``."""
-
-    def __init__(self, interval_s: float = 0.02) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.peak_bytes = 0
-        self.start_bytes = 0
-
-    def _sample(self) -> int:
-        import psutil
-
-        total = 0
-        for p in [self._proc, *self._proc.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak_bytes = max(self.peak_bytes, self._sample())
-
-    def __enter__(self) -> "PeakRss":
-        self.start_bytes = self.peak_bytes = self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self._sample())
 
 
 def device_info() -> dict[str, Any]:
@@ -131,6 +91,8 @@ def _naive_read(slide_path: str, l0_xy: np.ndarray, level: int, read_px: int, pa
 
 def run_naive(slide_path: Path, l0_xy: np.ndarray, *, level: int, read_px: int, patch_px: int,
               workers: int) -> dict[str, Any]:
+    from wsiscan.bench import PeakRss
+
     t0 = time.perf_counter()
     with PeakRss() as rss:
         if workers <= 1:
@@ -170,6 +132,7 @@ def _rates(n_tiles: int, seconds: float, decoded_bytes: float, patch_bytes: floa
 
 def run_benchmark(slide_path: Path, *, work_dir: Path, config_path: Path | None, workers: int, naive_workers: int,
                   naive_max_tiles: int, seed: int, repeats: int = 1) -> dict[str, Any]:
+    from wsiscan.bench import PeakRss
     from wsiscan.config import load_config
     from wsiscan.slide import open_slide
     from wsiscan.tiling import tile_slide

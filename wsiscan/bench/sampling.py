@@ -23,6 +23,7 @@ class PeakRss:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.peak_bytes = 0
+        self.start_bytes = 0
 
     def _sample(self) -> int:
         import psutil
@@ -44,13 +45,14 @@ class PeakRss:
             self.peak_bytes = max(self.peak_bytes, self._sample())
 
     def __enter__(self) -> "PeakRss":
-        self.peak_bytes = self._sample()
+        self.start_bytes = self.peak_bytes = self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self._sample())  # a last sample: the end may be the peak
 
     @property
     def peak_mb(self) -> float:
