@@ -125,21 +125,32 @@ def _pixel_identity(fingerprint: dict[str, Any], config: Config, selection: Leve
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _boxes_near_tissue(tissue: TissueMask, *, px_mpp: float, x0_px: np.ndarray, x1_px: np.ndarray,
+                       y0_px: np.ndarray, y1_px: np.ndarray, reach_px: float) -> np.ndarray:
+    """(len(y0_px), len(x0_px)) bool: whether the box [x0, x1) x [y0, y1) (store px at
+    ``px_mpp``), grown by ``reach_px`` on every side, holds a tissue pixel of the mask."""
+    rows, cols = tissue.mask.shape
+    scale = px_mpp / tissue.mask_mpp  # mask px per store px
+
+    def mask_range(a_px: np.ndarray, b_px: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        m0 = np.clip(np.floor((a_px - reach_px) * scale), 0, limit).astype(np.int64)
+        m1 = np.clip(np.ceil((b_px + reach_px) * scale), 0, limit).astype(np.int64)
+        return m0, m1
+
+    mx0, mx1 = mask_range(x0_px, x1_px, cols)
+    my0, my1 = mask_range(y0_px, y1_px, rows)
+    return box_counts(summed_area_table(tissue.mask), my0[:, None], mx0[None, :], my1[:, None], mx1[None, :]) > 0
+
+
 def _chunks_needed(geometry: StoreGeometry, tissue: TissueMask, grid: TileGrid, kept_rc: np.ndarray,
                    tile_size_px: int) -> np.ndarray:
     """Chunks any tile with tissue could touch, at any stride: the mask dilated by one tile."""
     n_r, n_c = geometry.n_chunk_rows, geometry.n_chunk_cols
-    rows, cols = tissue.mask.shape
-    scale = geometry.effective_mpp / tissue.mask_mpp  # mask px per store px
-    integral = summed_area_table(tissue.mask)
     s, w, h = geometry.supertile_px, geometry.width_px, geometry.height_px
     px_x0 = np.arange(n_c) * s
     px_y0 = np.arange(n_r) * s
-    mx0 = np.clip(np.floor((px_x0 - tile_size_px) * scale), 0, cols).astype(np.int64)
-    my0 = np.clip(np.floor((px_y0 - tile_size_px) * scale), 0, rows).astype(np.int64)
-    mx1 = np.clip(np.ceil((np.minimum(px_x0 + s, w) + tile_size_px) * scale), 0, cols).astype(np.int64)
-    my1 = np.clip(np.ceil((np.minimum(px_y0 + s, h) + tile_size_px) * scale), 0, rows).astype(np.int64)
-    needed = box_counts(integral, my0[:, None], mx0[None, :], my1[:, None], mx1[None, :]) > 0
+    needed = _boxes_near_tissue(tissue, px_mpp=geometry.effective_mpp, x0_px=px_x0, x1_px=np.minimum(px_x0 + s, w),
+                                y0_px=px_y0, y1_px=np.minimum(px_y0 + s, h), reach_px=tile_size_px)
     # every kept tile's chunks, whatever the mask says (min_tissue may be 0)
     if len(kept_rc):
         px = grid.px_origin(kept_rc)
@@ -266,22 +277,12 @@ def _glass_tile_keep(plan: TilingPlan) -> np.ndarray | None:
     if not plan.glass_skip or plan.lv_tile_layout is None:
         return None
     (tw, th), (n_tr, n_tc) = plan.lv_tile_layout
-    mask = plan.tissue.mask
-    rows, cols = mask.shape
-    scale = plan.geometry.effective_mpp / plan.tissue.mask_mpp  # mask px per store px
-    s = plan.selection.lv_per_px  # level px per store px
-    reach = plan.grid.tile_size_px + GLASS_MARGIN_PX  # store px
-    integral = summed_area_table(mask)
-
-    def mask_range(n: int, tile: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        lv0 = np.arange(n, dtype=np.float64) * tile
-        m0 = np.floor((lv0 / s - reach) * scale)
-        m1 = np.ceil(((lv0 + tile) / s + reach) * scale)
-        return np.clip(m0, 0, limit).astype(np.int64), np.clip(m1, 0, limit).astype(np.int64)
-
-    mx0, mx1 = mask_range(n_tc, tw, cols)
-    my0, my1 = mask_range(n_tr, th, rows)
-    return box_counts(integral, my0[:, None], mx0[None, :], my1[:, None], mx1[None, :]) > 0
+    lv_per_px = plan.selection.lv_per_px
+    lv_x0 = np.arange(n_tc, dtype=np.float64) * tw
+    lv_y0 = np.arange(n_tr, dtype=np.float64) * th
+    return _boxes_near_tissue(plan.tissue, px_mpp=plan.geometry.effective_mpp, x0_px=lv_x0 / lv_per_px,
+                              x1_px=(lv_x0 + tw) / lv_per_px, y0_px=lv_y0 / lv_per_px, y1_px=(lv_y0 + th) / lv_per_px,
+                              reach_px=plan.grid.tile_size_px + GLASS_MARGIN_PX)
 
 
 def _decode_run(ci: int, cj0: int, cj1: int, selection: LevelSelection, geometry: StoreGeometry,
