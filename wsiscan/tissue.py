@@ -146,16 +146,20 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     return gray
 
 
+def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixels per label 0..n of a label image, counted a stripe at a time: bincount converts
+    its input to int64, which for a whole 6,250 x 6,250 px label image was a +300 MB temporary."""
+    sizes = np.zeros(n + 1, np.int64)
+    for r0 in range(0, labels.shape[0], _STRIPE_ROWS):
+        sizes += np.bincount(labels[r0 : r0 + _STRIPE_ROWS].ravel(), minlength=n + 1)
+    return sizes
+
+
 def _remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
     if min_px <= 1 or not mask.any():
         return mask
     labels, n = ndimage.label(mask)
-    # sizes counted a stripe at a time: bincount converts its input to int64, which for a
-    # whole 6,250 x 6,250 px label image was a +300 MB temporary
-    sizes = np.zeros(n + 1, np.int64)
-    for r0 in range(0, labels.shape[0], _STRIPE_ROWS):
-        sizes += np.bincount(labels[r0 : r0 + _STRIPE_ROWS].ravel(), minlength=n + 1)
-    keep = sizes >= min_px
+    keep = _label_sizes(labels, n) >= min_px
     keep[0] = False
     return keep[labels]
 
@@ -216,10 +220,7 @@ def _small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
     touches_border = np.zeros(n + 1, bool)
     for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
         touches_border[edge] = True
-    sizes = np.zeros(n + 1, np.int64)
-    for r0 in range(0, labels.shape[0], _STRIPE_ROWS):
-        sizes += np.bincount(labels[r0 : r0 + _STRIPE_ROWS].ravel(), minlength=n + 1)
-    small = (sizes < min_px) & ~touches_border
+    small = (_label_sizes(labels, n) < min_px) & ~touches_border
     small[0] = False
     return small[labels]
 
