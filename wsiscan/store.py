@@ -300,23 +300,22 @@ def create_tile_store(
         config={"write_empty_chunks": True},
         dimension_names=("y", "x", "c"),
     )
-    t = group.create_array("thumbnail", shape=thumbnail.shape, dtype=np.uint8,
-                           chunks=(min(1024, thumbnail.shape[0]), min(1024, thumbnail.shape[1]), 3),
-                           compressors=_codec(5), dimension_names=("y", "x", "c"))
-    t[...] = thumbnail
-    m = group.create_array("tissue_mask", shape=tissue_mask.shape, dtype=np.uint8,
-                           chunks=(min(1024, tissue_mask.shape[0]), min(1024, tissue_mask.shape[1])),
-                           compressors=_codec(5), dimension_names=("y", "x"))
-    m[...] = tissue_mask.astype(np.uint8)
+    _write_picture(group, "thumbnail", thumbnail)
+    _write_picture(group, "tissue_mask", tissue_mask.astype(np.uint8))
     if overview is not None:
-        o = group.create_array("overview", shape=overview.shape, dtype=np.uint8,
-                               chunks=(min(1024, overview.shape[0]), min(1024, overview.shape[1]), 3),
-                               compressors=_codec(5), dimension_names=("y", "x", "c"),
-                               attributes={"overview_mpp": overview_mpp})
-        o[...] = overview
+        _write_picture(group, "overview", overview, attributes={"overview_mpp": overview_mpp})
     TileStore(p, group).update_meta(kind=_KIND, schema_version=SCHEMA_VERSION, **meta)
     os.replace(p, final)
     return TileStore(final, zarr.open_group(str(final), mode="r+"))
+
+
+def _write_picture(group: zarr.Group, name: str, data: np.ndarray, *, attributes: dict[str, Any] | None = None) -> None:
+    """A whole-slide picture (rows, cols[, 3]) uint8 in 1,024 px chunks: thumbnail, mask, overview."""
+    dims = ("y", "x", "c")[: data.ndim]
+    chunks = (min(1024, data.shape[0]), min(1024, data.shape[1])) + data.shape[2:]
+    arr = group.create_array(name, shape=data.shape, dtype=np.uint8, chunks=chunks, compressors=_codec(5),
+                             dimension_names=dims, attributes=attributes)
+    arr[...] = data
 
 
 def remove_store(path: str | Path) -> None:
