@@ -135,3 +135,13 @@ def test_compare_src_contender_imports_the_given_tree_even_from_the_repository_r
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="--compare-src"):
         check_compare_src(tmp_path / "empty")
+
+
+def test_compare_src_without_a_wsiscan_package_is_one_line(tmp_path):
+    from cli_helpers import assert_one_line_error, run
+
+    (tmp_path / "empty").mkdir()
+    result = run("bench", "--compare-src", tmp_path / "empty", "--smoke", "-q", "--work-dir", tmp_path / "w",
+                 "-o", tmp_path / "x.json")
+    assert_one_line_error(result, "--compare-src", str(tmp_path / "empty"), "holds a wsiscan/ package")
+    assert not (tmp_path / "x.json").exists()

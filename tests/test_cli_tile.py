@@ -159,3 +159,11 @@ def test_dicom_info_works_and_tiling_is_refused(shared_slides, tmp_path, name):
     assert {lv["reader"] for lv in info["levels"]} == {"openslide"}
     assert_one_line_error(run("tile", shared_slides / name, "-o", tmp_path, "-q"), name, "without upsampling")
     assert not tmp_path.joinpath("out").exists()
+
+
+def test_bad_tile_reader_in_config_is_one_line(synthetic_slide, tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("tile:\n  reader: bogus\n")
+    assert_one_line_error(run("tile", synthetic_slide.path, "--config", cfg, "-o", tmp_path / "out"),
+                          str(cfg), "tile.reader must be auto or openslide", "bogus")
+    assert not (tmp_path / "out").exists()
