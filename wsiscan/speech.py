@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -139,7 +140,8 @@ def play_text(text: str, *, engine: str | None = None) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     # espeak-ng exits 0 even when it cannot open an audio device; it then prints the ALSA/Pulse errors
     if proc.returncode != 0 or any("error" in ln.lower() for ln in lines):
-        why = lines[-1] if lines else f"exit {proc.returncode}"
+        alsa = [re.sub(r"^ALSA lib \S+:\(\S+\) ", "ALSA: ", ln) for ln in lines if ln.startswith("ALSA lib pcm")]
+        why = (alsa or lines or [f"exit {proc.returncode}"])[-1]
         return f"no audio device to play on ({why.strip()})"
     return ""
 

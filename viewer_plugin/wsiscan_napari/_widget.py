@@ -149,14 +149,18 @@ class HeatmapReviewWidget(QWidget):
         self.export_button.clicked.connect(self._ask_export)
         self.screenshot_button = QPushButton("Screenshot…")
         self.screenshot_button.clicked.connect(self._ask_screenshot)
+        self.speak_button = QPushButton("Read aloud")
+        self.speak_button.setToolTip("the spoken summary (espeak-ng), the same words as `predict --speak`")
+        self.speak_button.clicked.connect(self.read_aloud)
         row.addWidget(self.export_button)
         row.addWidget(self.screenshot_button)
+        row.addWidget(self.speak_button)
         layout.addLayout(row)
         layout.addStretch(1)
         self._set_enabled(False)
 
     def _set_enabled(self, on: bool) -> None:
-        for w in (self.slider, self.rank_by, self.table, self.export_button):
+        for w in (self.slider, self.rank_by, self.table, self.export_button, self.speak_button):
             w.setEnabled(on)
 
     # -- binding to the reader's layers ---------------------------------------------------------------
@@ -291,6 +295,17 @@ class HeatmapReviewWidget(QWidget):
     def save_screenshot(self, path: str | Path, *, canvas_only: bool = True) -> Path:
         self.viewer.screenshot(str(path), canvas_only=canvas_only, flash=False)
         return Path(path)
+
+    def read_aloud(self) -> str:
+        """Speak the result's summary in the background; returns the text (shown when there is no engine)."""
+        from wsiscan.speech import find_engine, speak_in_background, stored_text
+
+        text = stored_text(self.result.summary) if self.result is not None else ""
+        if text and find_engine() is None:
+            self.regions_label.setText(f"{text} (install espeak-ng to hear it)")
+        elif text:
+            speak_in_background(text)
+        return text
 
     def _ask_export(self) -> None:
         if self.result is None:

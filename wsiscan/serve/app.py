@@ -135,6 +135,7 @@ class _App:
             "source": view.source,
             "source_note": view.source_note,
             "slide_size_um": list(view.slide_size_um),
+            "heatmap_origin_um": hm.origin_um,
             "heatmap_size_um": list(hm.size_um),
             "l0_mpp": r.l0_mpp,
             "cell_um": r.frame.cell_um,

@@ -1,8 +1,9 @@
 """Deep-zoom tiles for the browser viewer: the slide (from its file or the tile store) and the heatmap.
 
 The viewer's world is micrometres from the slide's top-left corner: OpenSeadragon places
-every tiled image with ``x = y = 0`` and ``width`` = its width in um, so the slide, the
-heatmap and the region outlines line up by construction, whatever their pixel sizes.
+each tiled image at its top-left corner in um (the slide at 0, the heatmap at the corner
+of cell (0, 0)) with its width in um, so the slide, the heatmap and the region outlines
+line up by construction, whatever their pixel sizes.
 
 - :class:`StoreDeepZoom` has the interface of openslide's ``DeepZoomGenerator`` (which
   serves the slide file, see :meth:`wsiscan.slide.Slide.deep_zoom`) over the tile store's
@@ -128,32 +129,30 @@ def colormap_lut(name: str = "inferno") -> np.ndarray:
 
 
 class HeatmapDeepZoom(_DeepZoomGrid):
-    """Deep-zoom tiles (RGBA PNG) of the heatmap over a slide of ``size_um`` (width, height).
+    """Deep-zoom tiles (RGBA PNG) of the heatmap: ``CELL_PX`` x ``CELL_PX`` px per cell at the finest level.
 
-    ``levels`` are the OME-Zarr heatmap levels (level k = 2**k x 2**k level-0 cells,
-    NaN-aware means), read lazily.  The image's px (x, y) covers um
-    ``[x, x + 1) * hm_mpp``; non-tissue (NaN) is transparent.
+    The image starts at the top-left corner of cell (0, 0), ``origin_um`` from the slide's
+    corner on both axes, and spans the cell grid (``size_um``), so cell edges fall on whole
+    px.  ``levels`` are the OME-Zarr heatmap levels (level k holds NaN-aware means of
+    2**k x 2**k level-0 cells), read lazily.  Non-tissue (NaN) is transparent.
     """
 
-    def __init__(self, levels: Sequence[Any], frame: HeatmapFrame, size_um: tuple[float, float], *,
-                 colormap: str = "inferno", tile_size_px: int = HEATMAP_TILE_PX) -> None:
+    def __init__(self, levels: Sequence[Any], frame: HeatmapFrame, *, colormap: str = "inferno",
+                 tile_size_px: int = HEATMAP_TILE_PX) -> None:
         self.frame = frame
-        self.hm_mpp = frame.cell_um / CELL_PX
-        super().__init__(max(1, math.ceil(size_um[0] / self.hm_mpp)), max(1, math.ceil(size_um[1] / self.hm_mpp)),
-                         tile_size_px=tile_size_px, overlap_px=0)
         self.levels = list(levels)
+        n_rows, n_cols = self.levels[0].shape[:2]
+        super().__init__(max(1, n_cols * CELL_PX), max(1, n_rows * CELL_PX), tile_size_px=tile_size_px, overlap_px=0)
+        self.hm_mpp = frame.cell_um / CELL_PX
+        self.origin_um = frame.offset_px * frame.px_mpp
+        self.size_um = (n_cols * frame.cell_um, n_rows * frame.cell_um)
         self.lut = colormap_lut(colormap)
 
-    @property
-    def size_um(self) -> tuple[float, float]:
-        """The image's extent in um (a fraction of a cell wider than the slide's, from rounding up)."""
-        return self.width_px * self.hm_mpp, self.height_px * self.hm_mpp
-
-    def _cell_indices(self, start_px: int, stop_px: int, ds: float, k: int) -> np.ndarray:
-        """Heatmap level-k cell index of each level px centre in [start_px, stop_px) (-1 before the grid)."""
-        um = (np.arange(start_px, stop_px) + 0.5) * ds * self.hm_mpp
-        c0 = np.floor((um / self.frame.px_mpp - self.frame.offset_px) / self.frame.stride_px).astype(np.int64)
-        return np.where(c0 >= 0, c0 >> k, -1)
+    @staticmethod
+    def _cell_indices(start_px: int, stop_px: int, ds: float, k: int) -> np.ndarray:
+        """Heatmap level-k cell index of each level px centre in [start_px, stop_px)."""
+        c0 = np.floor((np.arange(start_px, stop_px) + 0.5) * ds / CELL_PX).astype(np.int64)
+        return c0 >> k
 
     def get_tile(self, level: int, address: tuple[int, int]) -> Image.Image:
         x0, y0, x1, y1 = self.tile_box(level, address)
@@ -162,8 +161,7 @@ class HeatmapDeepZoom(_DeepZoomGrid):
         k = min(max(0, int(math.floor(math.log2(cells_per_px)))) if cells_per_px >= 2 else 0, len(self.levels) - 1)
         array = self.levels[k]
         rows, cols = self._cell_indices(y0, y1, ds, k), self._cell_indices(x0, x1, ds, k)
-        ok_r = (rows >= 0) & (rows < array.shape[0])
-        ok_c = (cols >= 0) & (cols < array.shape[1])
+        ok_r, ok_c = rows < array.shape[0], cols < array.shape[1]
         rgba = np.zeros((y1 - y0, x1 - x0, 4), np.uint8)
         if ok_r.any() and ok_c.any():
             r0, r1 = int(rows[ok_r].min()), int(rows[ok_r].max()) + 1

@@ -87,7 +87,7 @@ def open_view(out_dir: Path, slide_id: str, *, source: str) -> SlideView:
     from ..slide import open_slide
 
     result = open_slide_result(out_dir, slide_id)
-    heatmap = HeatmapDeepZoom(result.store.heatmap_levels(), result.frame, result.size_um, colormap=COLORMAP)
+    heatmap = HeatmapDeepZoom(result.store.heatmap_levels(), result.frame, colormap=COLORMAP)
     note = ""
     if source in ("auto", "openslide"):
         if source == "openslide":

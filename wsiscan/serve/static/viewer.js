@@ -160,7 +160,7 @@
       gestureSettingsMouse: { clickToZoom: false },
       tileSources: [
         { tileSource: info.slide_dzi, x: 0, y: 0, width: info.slide_size_um[0] },
-        { tileSource: info.heatmap_dzi, x: 0, y: 0, width: info.heatmap_size_um[0], opacity: 0.5 },
+        { tileSource: info.heatmap_dzi, x: info.heatmap_origin_um, y: info.heatmap_origin_um, width: info.heatmap_size_um[0], opacity: 0.5 },
       ],
     });
     window.wsiscan.viewer = viewer;
