@@ -335,6 +335,7 @@ def test_patch_page_classifies_an_uploaded_patch(browser, server, tmp_path):
     error = _wait(browser, "return window.wsiscanPatch.error", what="the error")
     assert "notes.txt" in error and "not an image" in error
     assert "not an image" in browser.find_element(By.ID, "patch-message").text
+    assert not browser.find_element(By.ID, "patch-result").is_displayed()  # the earlier result is gone
     _save(browser.get_screenshot_as_png(), tmp_path, "wt15-patch-error.png")
 
 
