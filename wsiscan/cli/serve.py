@@ -23,7 +23,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise OutputError(f"--host {host}: not an address of this machine ({exc.strerror}); use 127.0.0.1, "
                           f"or 0.0.0.0 to listen on every network interface") from exc
     family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without it
+    # every keep-alive response waits ~40 ms (Nagle's algorithm against the browser's delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
