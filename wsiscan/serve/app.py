@@ -58,8 +58,23 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=_SECURITY_HEADERS)
 
 
+_PAGES = {  # page -> (title, body class, scripts); the bodies are static/<page>.body.html
+    "index": ("wsiscan results", "", ("index.js",)),
+    "viewer": ("wsiscan viewer", "viewer", ("openseadragon/openseadragon.min.js", "viewer.js")),
+    "patch": ("wsiscan patch demo", "", ("patch.js",)),
+}
+
+
 def _page(name: str) -> HTMLResponse:
-    return HTMLResponse((STATIC_DIR / name).read_text(encoding="utf-8"), headers=_SECURITY_HEADERS)
+    """A page: the shared shell around static/<name>.body.html, with the page's scripts."""
+    title, body_class, scripts = _PAGES[name]
+    parts = {"{title}": title, "{body_class}": body_class,
+             "{body}": (STATIC_DIR / f"{name}.body.html").read_text(encoding="utf-8"),
+             "{scripts}": "\n".join(f'<script src="/static/{s}"></script>' for s in scripts)}
+    html = (STATIC_DIR / "shell.html").read_text(encoding="utf-8")
+    for key, value in parts.items():  # in this order: a body never holds the later keys
+        html = html.replace(key, value)
+    return HTMLResponse(html, headers=_SECURITY_HEADERS)
 
 
 def _image_response(img: Any, fmt: str) -> Response:
@@ -99,15 +114,15 @@ class _App:
 
     # -- pages ------------------------------------------------------------------------------------
     def index(self, request: Request) -> Response:
-        return _page("index.html")
+        return _page("index")
 
     def viewer(self, request: Request) -> Response:
         if find_slide_dir(self.out_dir, request.path_params["slide_id"]) is None:
             raise HTTPException(404, "no such slide under the results folder")
-        return _page("viewer.html")
+        return _page("viewer")
 
     def patch(self, request: Request) -> Response:
-        return _page("patch.html")
+        return _page("patch")
 
     # -- JSON -------------------------------------------------------------------------------------
     def slides(self, request: Request) -> Response:
