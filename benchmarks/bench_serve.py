@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import shlex
-import socket
 import sys
 import tempfile
 import threading

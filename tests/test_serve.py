@@ -371,6 +371,29 @@ def test_cli_refuses_a_missing_or_empty_folder(tmp_path):
     assert_one_line_error(run("serve", tmp_path / "empty"), "empty", "no wsiscan results", "wsiscan predict")
 
 
+def test_cli_without_the_serve_extra_says_how_to_install_it(out, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed: importing it raises ImportError
+    assert_one_line_error(run("serve", out), "needs the serve extra", 'pip install -e ".[serve]"')
+
+
+def test_concurrent_first_requests_open_the_slide_once(out, monkeypatch):
+    import threading
+
+    from wsiscan.serve import views
+
+    opened = []
+    real = views.open_view
+    monkeypatch.setattr(views, "open_view", lambda *a, **k: opened.append(a[1]) or real(*a, **k))
+    cache = views.ViewCache(out)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("syn-b"))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert opened == ["syn-b"] and len({id(v) for v in got}) == 1
+
+
 def test_cli_refuses_a_port_in_use(out):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -295,6 +295,17 @@ def test_moved_slide_shows_the_store_copy_and_says_why(browser, server, tmp_path
     assert _is_tissue(shot).sum() > 5000  # the store's pixels are drawn
 
 
+def test_missing_slide_with_source_openslide_is_a_clear_message(browser, out):
+    strict = LiveServer(create_app(out, source="openslide"))
+    try:
+        browser.get(f"{strict.url}/slide/syn-moved")
+        message = _wait(browser, "const m = document.getElementById('viewer-message');"
+                                 "return m.className === 'error' ? m.textContent : ''", what="the error message")
+    finally:
+        strict.stop()
+    assert "syn-moved.tif" in message and "not found" in message and "--source store" in message
+
+
 def test_read_aloud_fetches_the_spoken_summary(browser, server):
     if shutil.which("espeak-ng") is None and shutil.which("espeak") is None:
         pytest.skip("espeak-ng is not installed")

@@ -167,3 +167,20 @@ def test_cmu_result_speaks(shared_slides, tmp_path):
     text = summary["speech"]["text"]
     assert text.startswith("Slide CMU-1-Small-Region.") and f"{summary['scores']['max_probability']:.2f}"[:3] in text
     _assert_speech(d / "summary.wav", text)
+
+
+def test_read_aloud_button_says_the_stored_text(monkeypatch, tmp_path):
+    """What the napari panel's "Read aloud" button calls: the stored text, spoken in the background."""
+    import wsiscan.speech as speech
+
+    summary = {"slide_id": "a", "scores": {"max_probability": 0.9, "threshold": 0.5}, "regions": {"n": 1, "top": []},
+               "speech": {"text": "the stored words"}}
+    spoken = []
+    monkeypatch.setattr(speech, "speak_in_background", spoken.append)
+    monkeypatch.setattr(speech, "find_engine", lambda: "/usr/bin/espeak-ng")
+    assert speech.read_summary_aloud(summary) == "" and spoken == ["the stored words"]
+    monkeypatch.setattr(speech, "find_engine", lambda: None)
+    assert speech.read_summary_aloud(summary) == "the stored words (install espeak-ng to hear it)"
+    assert spoken == ["the stored words"]
+    del summary["speech"]
+    assert speech.read_summary_aloud(summary).startswith("Slide a. Tumour suspected.")

@@ -32,6 +32,7 @@ __all__ = [
     "wav_bytes",
     "play_text",
     "speak_in_background",
+    "read_summary_aloud",
     "speak_result",
     "stored_text",
 ]
@@ -151,6 +152,15 @@ def speak_in_background(text: str) -> threading.Thread:
     thread = threading.Thread(target=play_text, args=(text,), daemon=True, name="wsiscan-speak")
     thread.start()
     return thread
+
+
+def read_summary_aloud(summary: Mapping[str, Any]) -> str:
+    """A "Read aloud" button: speak the result's text in the background; '' or what to show instead."""
+    text = stored_text(summary)
+    if find_engine() is None:
+        return f"{text} (install espeak-ng to hear it)"
+    speak_in_background(text)
+    return ""
 
 
 @dataclass(frozen=True)

@@ -149,8 +149,7 @@ class HeatmapReviewWidget(QWidget):
         self.export_button.clicked.connect(self._ask_export)
         self.screenshot_button = QPushButton("Screenshot…")
         self.screenshot_button.clicked.connect(self._ask_screenshot)
-        self.speak_button = QPushButton("Read aloud")
-        self.speak_button.setToolTip("the spoken summary (espeak-ng), the same words as `predict --speak`")
+        self.speak_button = QPushButton("Read aloud")  # the same words as `predict --speak` (espeak-ng)
         self.speak_button.clicked.connect(self.read_aloud)
         row.addWidget(self.export_button)
         row.addWidget(self.screenshot_button)
@@ -296,16 +295,12 @@ class HeatmapReviewWidget(QWidget):
         self.viewer.screenshot(str(path), canvas_only=canvas_only, flash=False)
         return Path(path)
 
-    def read_aloud(self) -> str:
-        """Speak the result's summary in the background; returns the text (shown when there is no engine)."""
-        from wsiscan.speech import find_engine, speak_in_background, stored_text
+    def read_aloud(self) -> None:
+        from wsiscan.speech import read_summary_aloud
 
-        text = stored_text(self.result.summary) if self.result is not None else ""
-        if text and find_engine() is None:
-            self.regions_label.setText(f"{text} (install espeak-ng to hear it)")
-        elif text:
-            speak_in_background(text)
-        return text
+        problem = read_summary_aloud(self.result.summary) if self.result is not None else ""
+        if problem:
+            self.regions_label.setText(problem)
 
     def _ask_export(self) -> None:
         if self.result is None:

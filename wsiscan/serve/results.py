@@ -31,6 +31,8 @@ __all__ = [
     "find_slide_dir",
     "result_file",
     "open_slide_result",
+    "slide_file_problem",
+    "check_slide_file",
 ]
 
 STORE_NAME = "store.zarr"

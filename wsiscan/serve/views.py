@@ -118,6 +118,7 @@ class ViewCache:
         self.out_dir, self.source, self.capacity = out_dir, source, capacity
         self._views: collections.OrderedDict[str, tuple[int, SlideView]] = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._opening: dict[str, threading.Lock] = {}  # one opener per slide: a page asks for many tiles at once
 
     def _stamp(self, slide_id: str) -> int:
         try:
@@ -125,14 +126,27 @@ class ViewCache:
         except OSError:
             return -1
 
-    def get(self, slide_id: str) -> SlideView:
-        stamp = self._stamp(slide_id)
+    def _held(self, slide_id: str, stamp: int) -> SlideView | None:
         with self._lock:
             held = self._views.get(slide_id)
             if held is not None and held[0] == stamp:
                 self._views.move_to_end(slide_id)
                 return held[1]
-        view = open_view(self.out_dir, slide_id, source=self.source)
+            return None
+
+    def get(self, slide_id: str) -> SlideView:
+        stamp = self._stamp(slide_id)
+        view = self._held(slide_id, stamp)
+        if view is not None:
+            return view
+        with self._lock:
+            opening = self._opening.setdefault(slide_id, threading.Lock()) if len(self._opening) < 1024 else \
+                threading.Lock()
+        with opening:
+            view = self._held(slide_id, stamp)  # opened by another request meanwhile
+            if view is not None:
+                return view
+            view = open_view(self.out_dir, slide_id, source=self.source)
         with self._lock:
             # a dropped view is not closed here: another request may still be reading a tile from
             # it; its slide handle closes when the last reference goes
