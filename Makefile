@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,viewer]"
+	$(BIN)/pip install --quiet -e ".[dev,viewer,serve]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -342,6 +342,12 @@ class Slide:
     def associated_image(self, name: str) -> np.ndarray:
         return rgba_to_rgb_white(np.asarray(self._handle.associated_images[name]))
 
+    def deep_zoom(self, *, tile_size_px: int = 254, overlap_px: int = 1) -> Any:
+        """OpenSlide's ``DeepZoomGenerator`` over the whole slide in level-0 px (for ``wsiscan serve``)."""
+        from openslide.deepzoom import DeepZoomGenerator
+
+        return DeepZoomGenerator(self._handle, tile_size=tile_size_px, overlap=overlap_px, limit_bounds=False)
+
 
 def _inside_px(dims_px: tuple[int, int], lv_xy: tuple[int, int], size_px: tuple[int, int]) -> int:
     """How many px of a rectangle lie inside a level of ``dims_px``."""

@@ -149,14 +149,17 @@ class HeatmapReviewWidget(QWidget):
         self.export_button.clicked.connect(self._ask_export)
         self.screenshot_button = QPushButton("Screenshot…")
         self.screenshot_button.clicked.connect(self._ask_screenshot)
+        self.speak_button = QPushButton("Read aloud")  # the same words as `predict --speak` (espeak-ng)
+        self.speak_button.clicked.connect(self.read_aloud)
         row.addWidget(self.export_button)
         row.addWidget(self.screenshot_button)
+        row.addWidget(self.speak_button)
         layout.addLayout(row)
         layout.addStretch(1)
         self._set_enabled(False)
 
     def _set_enabled(self, on: bool) -> None:
-        for w in (self.slider, self.rank_by, self.table, self.export_button):
+        for w in (self.slider, self.rank_by, self.table, self.export_button, self.speak_button):
             w.setEnabled(on)
 
     # -- binding to the reader's layers ---------------------------------------------------------------
@@ -291,6 +294,13 @@ class HeatmapReviewWidget(QWidget):
     def save_screenshot(self, path: str | Path, *, canvas_only: bool = True) -> Path:
         self.viewer.screenshot(str(path), canvas_only=canvas_only, flash=False)
         return Path(path)
+
+    def read_aloud(self) -> None:
+        from wsiscan.speech import read_summary_aloud
+
+        problem = read_summary_aloud(self.result.summary) if self.result is not None else ""
+        if problem:
+            self.regions_label.setText(problem)
 
     def _ask_export(self) -> None:
         if self.result is None:

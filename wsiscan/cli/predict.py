@@ -11,6 +11,7 @@ import click
 from ..errors import WsiscanError
 from . import echo_err, main
 from .slides import build_config, tiling_options
+from .speak import speak_at_end, speak_results, speech_options
 
 
 @main.command()
@@ -35,9 +36,10 @@ from .slides import build_config, tiling_options
                    "died (or an unexpected error); a slide's own error (corrupt file...) is never retried.")
 @click.option("--decode-workers", type=int, default=None,
               help="Tiling decode processes of a single-process run (default: one per core, at most 8).")
+@speech_options
 def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_tissue, workers, overwrite, quiet,
             model_names, device, batch_size, precision, tta, compile_, threshold, target_mpp, loader_workers,
-            scheduler, retries, decode_workers) -> None:
+            scheduler, retries, decode_workers, speak, speak_wav) -> None:
     """Tumour-probability heatmap for each SLIDE.
 
     SLIDE is a slide file, a glob pattern (quoted: "dir/*.svs") or a CSV list with a
@@ -51,6 +53,7 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     """
     from ..inference import select_device
     from ..predict import expand_slide_inputs, load_models, resolution_config
+    from ..tiling import slide_id_for
 
     if workers is not None and scheduler:
         raise click.UsageError("--workers starts a local Dask cluster and --scheduler uses an existing one; give one")
@@ -68,6 +71,7 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     dev = select_device(cfg.predict.device) if not scheduler else None
     models = load_models(cfg.predict.model)
     cfg = resolution_config(cfg, models.spec, target_mpp=target_mpp, tile_size_px=tile_size_px)
+    speak_at_end([Path(out_dir) / slide_id_for(j.path) for j in jobs], play=speak, wav=speak_wav)
     if workers is not None or scheduler:
         _predict_on_dask(jobs, out_dir, cfg, models, workers=workers, scheduler=scheduler, retries=retries,
                          overwrite=overwrite)
@@ -186,7 +190,8 @@ def _predict_on_dask(jobs, out_dir, cfg, models, *, workers, scheduler, retries:
 @click.option("--png/--no-png", default=True, help="Rewrite overlay.png.")
 @click.option("--geojson/--no-geojson", default=True, help="Rewrite tumor.geojson.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
-def heatmap(result_dir: Path, threshold, png, geojson, config_path) -> None:
+@speech_options
+def heatmap(result_dir: Path, threshold, png, geojson, config_path, speak, speak_wav) -> None:
     """Re-export a finished result (RESULT_DIR = OUT/<slide-id>) without rerunning the model."""
     from ..config import load_config
     from ..errors import StoreError
@@ -218,3 +223,5 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path) -> None:
                        min_region_area_um2=pc.min_region_area_um2,
                        title=f"{title}  |  threshold {pc.threshold:g}", path=result_dir / "overlay.png")
         click.echo(f"{result_dir / 'overlay.png'}")
+    speak_results([result_dir], play=speak, wav=speak_wav, threshold=pc.threshold if geojson else None,
+                  regions=regions if geojson else None)

@@ -1,0 +1,256 @@
+"""The results folder ``wsiscan serve`` shows: its slides, their summaries, where their pixels are.
+
+Read-only, and the one place that decides which paths the server may touch:
+
+- a slide id is the name of a folder directly under OUT (not hidden, not a link that
+  leads out of OUT), looked up in a listing of OUT, never joined from the request;
+- a file is one of :data:`RESULT_FILES` inside that folder;
+- a slide file is the one the slide's tile store records (``slide.path``), opened only
+  when its size and quick hash still match the recording.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SlideOpenError, StoreError, WsiscanError
+from ..heatmap import HeatmapFrame
+from ..store import open_tile_store, store_exists
+
+__all__ = [
+    "RESULT_FILES",
+    "SlideEntry",
+    "SlideResult",
+    "list_slides",
+    "find_slide_dir",
+    "result_file",
+    "open_slide_result",
+    "slide_file_problem",
+    "check_slide_file",
+]
+
+STORE_NAME = "store.zarr"
+SUMMARY_NAME = "summary.json"
+MANIFEST_NAME = "manifest.json"
+# the files of a slide folder the server hands out, with their media types
+RESULT_FILES = {
+    "qc.png": "image/png",
+    "overlay.png": "image/png",
+    "tumor.geojson": "application/geo+json",
+    SUMMARY_NAME: "application/json",
+    "summary.wav": "audio/wav",
+}
+
+
+@dataclass(frozen=True)
+class SlideEntry:
+    """One row of the index: a slide folder under OUT, or a slide the manifest records as failed."""
+
+    slide_id: str
+    status: str  # "complete", "in progress" (a store without summary.json) or "failed"
+    error: str  # the manifest's one-line error of a failed slide
+    slide_path: str
+    model: str
+    max_probability: float | None
+    top_k_mean_probability: float | None
+    tumour_area_mm2: float | None
+    tissue_area_mm2: float | None
+    n_regions: int | None
+    n_tiles: int | None
+    threshold: float | None
+    has_viewer: bool  # a store with a heatmap: the viewer can show it
+    files: tuple[str, ...]  # which of RESULT_FILES exist
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"files": list(self.files)}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _slide_dirs(out_dir: Path) -> dict[str, Path]:
+    """slide id -> folder, for every result folder directly under ``out_dir`` that stays inside it."""
+    root = out_dir.resolve()
+    found: dict[str, Path] = {}
+    try:
+        children = sorted(root.iterdir())
+    except OSError:
+        return found
+    for child in children:
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        if child.resolve().parent != root:  # a link out of OUT is not served
+            continue
+        if (child / SUMMARY_NAME).is_file() or store_exists(child / STORE_NAME):
+            found[child.name] = child
+    return found
+
+
+def find_slide_dir(out_dir: Path, slide_id: str) -> Path | None:
+    """The folder of ``slide_id`` under ``out_dir``, or None when OUT has no such result."""
+    return _slide_dirs(out_dir).get(slide_id)
+
+
+def result_file(out_dir: Path, slide_id: str, name: str) -> Path | None:
+    """The path of result file ``name`` of ``slide_id``, or None unless it is one of RESULT_FILES and exists."""
+    slide_dir = find_slide_dir(out_dir, slide_id)
+    if slide_dir is None or name not in RESULT_FILES:
+        return None
+    path = slide_dir / name
+    if not path.is_file() or path.resolve().parent != slide_dir.resolve():
+        return None
+    return path
+
+
+def _entry(slide_id: str, slide_dir: Path | None, failed: dict[str, Any] | None) -> SlideEntry:
+    summary = _read_json(slide_dir / SUMMARY_NAME) if slide_dir is not None else {}
+    scores = summary.get("scores", {})
+    regions = summary.get("regions", {})
+    tiles = summary.get("tiles", {})
+    has_viewer = False
+    if slide_dir is not None and store_exists(slide_dir / STORE_NAME):
+        try:
+            has_viewer = open_tile_store(slide_dir / STORE_NAME, mode="r").has_heatmap()
+        except WsiscanError:
+            has_viewer = False
+    if summary:
+        status, error = "complete", ""
+    elif failed is not None:
+        status, error = "failed", str(failed.get("error", ""))
+    else:
+        status, error = "in progress", ""
+    models = [Path(str(m.get("model", "?"))).name for m in summary.get("models", []) if isinstance(m, dict)]
+    n_regions = regions.get("n")
+    n_tiles = tiles.get("n_tiles")
+    return SlideEntry(
+        slide_id=slide_id,
+        status=status,
+        error=error,
+        slide_path=str(summary.get("slide", {}).get("path", (failed or {}).get("slide", ""))),
+        model=" + ".join(models),
+        max_probability=_number(scores.get("max_probability")),
+        top_k_mean_probability=_number(scores.get("top_k_mean_probability")),
+        tumour_area_mm2=_number(scores.get("tumour_area_mm2")),
+        tissue_area_mm2=_number(scores.get("tissue_area_mm2")),
+        n_regions=int(n_regions) if isinstance(n_regions, int) else None,
+        n_tiles=int(n_tiles) if isinstance(n_tiles, int) else None,
+        threshold=_number(scores.get("threshold")),
+        has_viewer=has_viewer and bool(summary),
+        files=tuple(n for n in RESULT_FILES if slide_dir is not None and (slide_dir / n).is_file()),
+    )
+
+
+def list_slides(out_dir: Path) -> list[SlideEntry]:
+    """Every slide under ``out_dir``: its result folders, and the failed slides of ``manifest.json``."""
+    dirs = _slide_dirs(out_dir)
+    manifest = _read_json(out_dir / MANIFEST_NAME)
+    failed = {}
+    for item in manifest.get("slides", []):
+        if isinstance(item, dict) and item.get("status") == "failed":
+            slide_id = str(item.get("slide_id") or Path(str(item.get("slide", "?"))).stem)
+            failed[slide_id] = item
+    ids = sorted(set(dirs) | set(failed))
+    return [_entry(i, dirs.get(i), failed.get(i)) for i in ids]
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    """One slide's finished result, opened read-only, with what the viewer needs."""
+
+    slide_id: str
+    slide_dir: Path
+    store: Any  # wsiscan.store.TileStore, opened read-only
+    frame: HeatmapFrame
+    summary: dict[str, Any]
+    slide_path: Path  # where predict read the slide (it may have moved since)
+    slide_record: dict[str, Any]  # path, size_bytes, mtime_ns, quick_sha256 as tiling recorded them
+    l0_mpp: float  # um per level-0 px of the slide
+    l0_dimensions_px: tuple[int, int]  # (width, height) of the slide's level 0
+    threshold: float
+    min_region_area_um2: float
+    simplify_tolerance_um: float
+
+    @property
+    def size_um(self) -> tuple[float, float]:
+        w, h = self.l0_dimensions_px
+        return w * self.l0_mpp, h * self.l0_mpp
+
+    def cells(self) -> np.ndarray:
+        """Heatmap level 0, one probability per patch (NaN = not tissue): small, ~1e6 cells at most."""
+        return np.asarray(self.store.heatmap_level(0)[...], np.float32)
+
+
+def open_slide_result(out_dir: Path, slide_id: str) -> SlideResult:
+    """Open the finished result of ``slide_id`` under ``out_dir``; StoreError says what is missing."""
+    slide_dir = find_slide_dir(out_dir, slide_id)
+    if slide_dir is None:
+        raise StoreError(f"{out_dir}: no result for slide {slide_id!r}; the index lists the slides")
+    summary = _read_json(slide_dir / SUMMARY_NAME)
+    if not summary:
+        raise StoreError(f"{slide_dir}: no finished result (no {SUMMARY_NAME}); rerun `wsiscan predict` to finish it")
+    store = open_tile_store(slide_dir / STORE_NAME, mode="r")
+    if not store.has_heatmap():
+        raise StoreError(f"{slide_dir / STORE_NAME}: has no heatmap; rerun `wsiscan predict` for this slide")
+    meta, hm = store.meta, store.heatmap_meta()
+    frame = HeatmapFrame(int(hm["stride_px"]), int(hm["tile_size_px"]), float(hm["px_mpp"]), float(hm["l0_per_px"]))
+    levels = meta.get("slide_info", {}).get("levels") or []
+    if levels:
+        l0_dims = tuple(int(v) for v in levels[0]["dimensions_px"])
+    else:  # the store's own extent, in level-0 px
+        h, w = store.pixels.shape[:2]
+        l0_dims = (round(w * frame.l0_per_px), round(h * frame.l0_per_px))
+    predict_cfg = summary.get("config", {}).get("predict", {})
+    record = dict(meta.get("slide", {}))
+    return SlideResult(
+        slide_id=slide_id,
+        slide_dir=slide_dir,
+        store=store,
+        frame=frame,
+        summary=summary,
+        slide_path=Path(str(record.get("path", ""))),
+        slide_record=record,
+        l0_mpp=frame.px_mpp / frame.l0_per_px,
+        l0_dimensions_px=(int(l0_dims[0]), int(l0_dims[1])),
+        threshold=float(predict_cfg.get("threshold", summary.get("scores", {}).get("threshold", 0.5))),
+        min_region_area_um2=float(predict_cfg.get("min_region_area_um2", 0.0)),
+        simplify_tolerance_um=float(predict_cfg.get("simplify_tolerance_um", 0.0)),
+    )
+
+
+def slide_file_problem(result: SlideResult) -> str:
+    """Why the slide file cannot be read as predict read it ('' when it can): gone or changed."""
+    from ..slide import slide_fingerprint
+
+    path = result.slide_path
+    if not str(path) or not path.is_file():
+        return f"slide file {path} not found (moved or deleted since predict)"
+    try:
+        now = slide_fingerprint(path)
+    except OSError as exc:
+        return f"slide file {path} unreadable ({exc.strerror or exc})"
+    if now.get("quick_sha256") != result.slide_record.get("quick_sha256"):
+        return f"slide file {path} has changed since predict (another file at that path)"
+    return ""
+
+
+def check_slide_file(result: SlideResult) -> None:
+    """Raise SlideOpenError when the slide file is missing or changed."""
+    problem = slide_file_problem(result)
+    if problem:
+        raise SlideOpenError(f"{result.slide_dir}: {problem}; put it back, or serve the tile store's copy "
+                             f"(`wsiscan serve --source store`)")
