@@ -48,6 +48,7 @@ from . import models as _models  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 from . import view as _view  # noqa: E402,F401
 from . import bench as _bench  # noqa: E402,F401
+from . import explain as _explain  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
