@@ -84,8 +84,7 @@ def evaluate_slides(
                            f"or <slide-id>.geojson (QuPath) files")
     slide_dirs, skipped = find_results(results_dir)
     labels = read_slide_labels(labels_csv) if labels_csv is not None else None
-    rows, fp_all, tp_all, n_lesions_all = [], [], [], 0
-    dice_counts = np.zeros(3, np.int64)  # tp, fp, fn cells over all slides
+    plan = []  # everything checkable is checked before any heatmap is read
     for slide_dir in slide_dirs:
         key = slide_key(slide_dir.name)
         ann_path = find_annotation(annotations_dir, slide_dir.name) or next(
@@ -102,6 +101,10 @@ def evaluate_slides(
             raise DatasetError(
                 f"{annotations_dir}: no tumour annotation for tumour slide {slide_dir.name} "
                 f"(expected {slide_dir.name}.xml or .geojson there); lesion-level FROC needs one")
+        plan.append((slide_dir, ann_path, annotation, label))
+    rows, fp_all, tp_all, n_lesions_all = [], [], [], 0
+    dice_counts = np.zeros(3, np.int64)  # tp, fp, fn cells over all slides
+    for slide_dir, ann_path, annotation, label in plan:
         summary = json.loads((slide_dir / "summary.json").read_text())
         slide_threshold = threshold if threshold is not None else float(summary.get("regions", {}).get("threshold", 0.5))
         store, frame = open_heatmap(slide_dir)
