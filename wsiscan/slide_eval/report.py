@@ -197,8 +197,10 @@ def _plot_froc(fps: np.ndarray, sens: np.ndarray, score: float | None, at_rates:
                n_lesions: int, n_slides: int) -> None:
     fig = M._figure((5.5, 4.5))  # noqa: SLF001 - the Agg figure the other metric plots use
     ax = fig.add_subplot(1, 1, 1)
-    order = np.argsort(fps, kind="stable")
-    ax.plot(fps[order], sens[order], color="tab:red", linewidth=2, drawstyle="steps-post", label="FROC")
+    xs = np.geomspace(1 / 8, 16, 400)  # the curve as the score reads it: np.interp of the operating points
+    ax.plot(xs, np.interp(xs, fps[::-1], sens[::-1]), color="tab:red", linewidth=2, label="FROC (interpolated)")
+    shown = fps > 0
+    ax.plot(fps[shown], sens[shown], ".", color="tab:red", alpha=0.5, label="operating points (thresholds)")
     if score is not None:
         ax.plot(FROC_FP_RATES, at_rates, "o", color="black", label=f"score {score:.3f} (mean of these 6)")
     ax.set_xscale("log", base=2)
