@@ -23,7 +23,7 @@ from .attribution import METHODS, Attribution, explain_patches
 from .panels import render_panel
 from .sources import PatchSet, is_result_folder, patches_from_images, patches_from_pcam, patches_from_result
 
-__all__ = ["explain", "load_explain_models", "map_statistics"]
+__all__ = ["explain", "load_explain_models", "map_statistics", "region_panels"]
 
 Log = Callable[[str], None]
 
@@ -138,3 +138,29 @@ def explain(
         write_json_atomic(index, tmp / "index.json")
     log(f"wrote {len(entries)} panel(s) and index.json to {out_dir}")
     return index
+
+
+def region_panels(slide_dir: str | Path, region_geometry, *, top_k: int = 4, methods: Sequence[str] = ("gradcam",),
+                  models=None, device: str = "cpu", ig_steps: int = 16) -> tuple[list[dict], object]:
+    """Panels of the ``top_k`` highest patches inside ``region_geometry`` (a GeoJSON dict or
+    shapely geometry in level-0 px) of a result: what the napari panel shows.
+
+    Returns (one dict per patch: id, probability, heatmap probability, origin, picture as
+    (rows, cols, 3) uint8), and the models used, so a caller can pass them back in.
+    """
+    from shapely.geometry import shape
+
+    slide_dir = Path(slide_dir)
+    region = shape(region_geometry) if isinstance(region_geometry, dict) else region_geometry
+    models = models or load_explain_models((), result_dir=slide_dir)
+    patchset = patches_from_result(slide_dir, top_k=top_k, region_rank=None, input_mpp=models.spec.input_mpp,
+                                   region=region)
+    attribution = explain_patches(list(models.models), list(models.specs), patchset.patches, methods=methods,
+                                  device=device, ig_steps=ig_steps, names=list(models.names))
+    out = []
+    for i, pid in enumerate(patchset.ids):
+        p = float(attribution.probabilities[i])
+        picture = render_panel(patchset.patches[i], {m: attribution.maps[m][i] for m in methods}, probability=p,
+                               title=f"#{i + 1}", titles=attribution.titles, dpi=72)
+        out.append({"id": pid, "probability": p, "origin": patchset.origins[i], "picture": picture})
+    return out, models
