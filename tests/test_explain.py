@@ -258,6 +258,8 @@ def test_explain_result_folder_top_patches_and_region(synthetic_slide, tiny_ckpt
         r = run("explain", slide_dir, "-o", tmp_path / "ex-region", "--top-k", "2", "--region", "1",
                 "--method", "gradcam", "--model", tiny_ckpt)
         assert r.exit_code == 0, r.output
+    r = run("explain", tmp_path / "out", "-o", tmp_path / "ex-bad", "--model", tiny_ckpt)
+    assert_one_line_error(r, "give one slide's folder", slide_dir.name)
     r = run("explain", slide_dir, "-o", tmp_path / "ex-bad", "--region", str(len(regions) + 1))
     assert_one_line_error(r, "tumor.geojson", f"--region {len(regions) + 1}")
     _no_partials(tmp_path / "ex-bad")

@@ -81,6 +81,10 @@ def collect_patches(inputs: Sequence[Path], *, size_px: int, input_mpp: float, s
         folder = folders[0]
         if is_result_folder(folder):
             return patches_from_result(folder, top_k=top_k, region_rank=region, input_mpp=input_mpp)
+        slides = sorted(d.name for d in folder.iterdir() if is_result_folder(d))
+        if slides:
+            raise DatasetError(f"{folder}: a predict output folder of {len(slides)} slide(s); give one slide's "
+                               f"folder, e.g. {folder / slides[0]}")
         return patches_from_pcam(folder, split=split, max_patches=max_patches, log=log)
     return patches_from_images(inputs, size_px=size_px)
 
