@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QScrollArea, QSpinBox, QVBoxLayout, QWidget
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["HotspotExplainPanel"]
 
-REVIEW_NAME = "Heatmap review"
+MIN_PICTURE_HEIGHT_PX = 360  # room for about two patches' panels at the dock's usual width
 
 
 def _pixmap(picture: np.ndarray) -> QPixmap:
@@ -39,6 +39,7 @@ class HotspotExplainPanel(QWidget):
         self.review = review if review is not None else self._find_review()
         self.panels: list[dict] = []
         self._models: dict[str, Any] = {}
+        self._picture: QPixmap | None = None
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
         row.addWidget(QLabel("top patches"))
@@ -55,12 +56,27 @@ class HotspotExplainPanel(QWidget):
         layout.addWidget(self.status)
         self.pictures = QLabel()
         self.pictures.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignHCenter)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(self.pictures)
-        layout.addWidget(scroll, 1)
+        self.pictures.setMinimumWidth(1)  # the label follows the dock's width, not its pixmap's
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setMinimumHeight(MIN_PICTURE_HEIGHT_PX)
+        self.scroll.setWidget(self.pictures)
+        layout.addWidget(self.scroll, 1)
         if self.review is not None:
             self.review.table.currentCellChanged.connect(self._on_row)
+
+    def _show_picture(self) -> None:
+        """The panels scaled to the dock's width (smoothly), so a whole row is always in view."""
+        if self._picture is None:
+            self.pictures.clear()
+            return
+        width = max(self.scroll.viewport().width() - 4, 100)
+        self.pictures.setPixmap(self._picture.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation))
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        QTimer.singleShot(0, self._show_picture)  # after the scroll area's viewport has its new size
 
     def _find_review(self) -> Any:
         docks = getattr(self.viewer.window, "dock_widgets", {})
@@ -91,10 +107,11 @@ class HotspotExplainPanel(QWidget):
         except WsiscanError as exc:
             self.panels = []
             self.status.setText(f"cannot explain: {exc}")
-            self.pictures.clear()
+            self._picture = None
+            self._show_picture()
             return []
-        stacked = np.concatenate([p["picture"] for p in self.panels], axis=0)
-        self.pictures.setPixmap(_pixmap(stacked))
+        self._picture = _pixmap(np.concatenate([p["picture"] for p in self.panels], axis=0))
+        self._show_picture()
         self.status.setText(f"hotspot #{hotspot.rank}: {len(self.panels)} top patch(es), max p "
                             f"{max(p['probability'] for p in self.panels):.3f}")
         return self.panels
