@@ -262,3 +262,34 @@ def test_cli_errors(cohort, tmp_path):
 
     r = run("evaluate-slides", cohort["out"], "--annotations", cohort["ann"], "--threshold", "2")
     assert r.exit_code == 2
+
+
+def test_a_predict_result_against_its_own_regions(synthetic_slide, tiny_ckpt, tmp_path):
+    """End to end on a store `wsiscan predict` wrote: annotated with its own tumor.geojson, the
+    cells at the threshold are the regions' cells (TP) plus those of regions too small for the
+    GeoJSON (FP), and nothing is missed, so Dice = 2 R / (2 R + (A - R)) with A the cells at or
+    above the threshold (summary.json) and R the regions' cells (their area / the cell area)."""
+    out = tmp_path / "out"
+    r = run("predict", synthetic_slide.path, "-o", out, "--model", tiny_ckpt, "-q", "--threshold", "0.5")
+    assert r.exit_code == 0, r.output
+    slide_dir = next(d for d in out.iterdir() if d.is_dir())
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    geojson = json.loads((slide_dir / "tumor.geojson").read_text())
+    assert geojson["features"], "the tiny model found no region on the synthetic slide"
+    (ann / f"{slide_dir.name}.geojson").write_text(json.dumps(geojson))
+    r = run("evaluate-slides", out, "--annotations", ann, "-o", tmp_path / "eval")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    summary = json.loads((slide_dir / "summary.json").read_text())
+    cell_mm2 = summary["heatmap"]["cell_um"] ** 2 / 1e6
+    above = summary["scores"]["n_cells_above_threshold"]
+    in_regions = round(sum(f["properties"]["area_mm2"] for f in geojson["features"]) / cell_mm2)
+    c = m["cell_level"]
+    assert (c["tp_cells"], c["fp_cells"], c["fn_cells"]) == (in_regions, above - in_regions, 0)
+    assert c["dice"] == pytest.approx(2 * in_regions / (2 * in_regions + above - in_regions))
+    assert m["slide_level"]["auc_max_probability"] is None  # one slide, one class
+    assert m["froc"]["n_lesions"] + m["froc"]["n_itc"] >= 1
+    with open(tmp_path / "eval" / "slides.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert float(rows[0]["max_probability"]) == pytest.approx(summary["scores"]["max_probability"])
