@@ -315,3 +315,20 @@ def test_evaluate_positional_cli(kaggle_folder, tiny_ckpt, tmp_path):
             "--no-progress", "--workers", "0")
     assert_one_line_error(r, "at least 1 tumour")
     assert not out2.exists()
+
+
+def test_explain_official_hdf5_folder(tiny_ckpt, tmp_path):
+    from wsiscan import pcam
+    from wsiscan.testing_pcam import write_pcam_h5
+
+    data = write_pcam_h5(tmp_path / "pcam", n_per_split={"train": 4, "valid": 4, "test": 6}, seed=2)
+    out = tmp_path / "ex"
+    r = run("explain", data, "--model", tiny_ckpt, "-o", out, "--split", "valid", "--max-patches", "3",
+            "--method", "ig", "--ig-steps", "4")
+    assert r.exit_code == 0, r.output
+    index = json.loads((out / "index.json").read_text())
+    ds = pcam.open_split(data, "valid")
+    assert index["source"]["layout"] == "official" and index["source"]["split"] == "valid"
+    assert [p["label"] for p in index["patches"]] == ds.labels[:3].tolist()
+    for i, p in enumerate(index["patches"]):
+        assert p["probability"] == pytest.approx(tiny_expected_proba(ds.read_batch([i])[0]), abs=1e-5)
