@@ -79,7 +79,9 @@ def train(model: torch.nn.Module, *, centre_only: bool, steps: int, lr: float, s
 def mark_model():
     """A small CNN (the smallcnn architecture, narrower) that finds the mark anywhere."""
     spec = ModelSpec(arch="smallcnn", name="mark-cnn")
-    model = train(SmallCNN(2, widths=(8, 16, 16, 16)), centre_only=False, steps=120, lr=3e-3, seed=0)
+    # 200 steps: trained 5 times (seeds 0, 3, 8, 9, 10) every curve's minimum was >= 0.97; at 120
+    # steps one seed in six had not converged (training is not bit-reproducible across processes)
+    model = train(SmallCNN(2, widths=(8, 16, 16, 16)), centre_only=False, steps=200, lr=3e-3, seed=0)
     x, y = marked_batch(np.random.default_rng(99), 64, centre_only=False)
     probs = explain_patches([model], [spec], x, methods=("gradcam",)).probabilities
     assert ((probs >= 0.5) == y).mean() >= 0.95, "the mark model did not learn"
@@ -168,7 +170,7 @@ def test_positional_curve_peaks_at_the_centre_for_a_centre_reader(centre_model):
     r = positional_check([model], [spec], x, labels, step_px=16)
     curve = np.asarray(r["mean_probability"])
     assert r["offsets_px"] == [-32, -16, 0, 16, 32] and curve.shape == (5, 5)
-    assert np.unravel_index(np.argmax(curve), curve.shape) == (2, 2)
+    assert curve[2, 2] >= curve.max() - 1e-3  # the peak (it saturates near 1, so ties are allowed)
     corners = [curve[0, 0], curve[0, 4], curve[4, 0], curve[4, 4]]
     assert curve[2, 2] > 0.8 and max(corners) < 0.2, curve.round(2)
     # it reads the centre: the AUC falls to chance without it and stays without the context
