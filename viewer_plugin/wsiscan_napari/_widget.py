@@ -328,6 +328,9 @@ def open_review(viewer: "napari.viewer.Viewer", path: str | Path, *, source: str
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     widget = HeatmapReviewWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Heatmap review", area="right")
+    from ._explain_widget import HotspotExplainPanel  # the hotspot's Grad-CAM panels, beside the review panel
+
+    viewer.window.add_dock_widget(HotspotExplainPanel(viewer, review=widget), name="Grad-CAM of hotspot", area="right")
     viewer.canvas.overlays.scale_bar.visible = True
     if threshold is not None:
         widget.set_threshold(threshold)

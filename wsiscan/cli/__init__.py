@@ -49,6 +49,7 @@ from . import train as _train  # noqa: E402,F401
 from . import view as _view  # noqa: E402,F401
 from . import bench as _bench  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
+from . import explain as _explain  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -97,10 +97,24 @@ def train_command(ctx: click.Context, config_path, data_dir, out_dir, resume, pr
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--progress/--no-progress", default=True)
+@click.option("--positional", is_flag=True,
+              help="Also the positional-bias check: positional.png and 'positional' in metrics.json.")
+@click.option("--positional-step-px", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Grid step of the moved centre's positions.")
+@click.option("--positional-max-patches", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Tumour and normal patches (each) the positional check uses.")
 def evaluate_command(model_ref, data_dir, split, tta, out_dir, split_file, batch_size, threshold, device, workers,
-                     progress) -> None:
-    """Score a model on a PCam split: metrics.json, roc.png, reliability.png."""
+                     progress, positional, positional_step_px, positional_max_patches) -> None:
+    """Score a model on a PCam split: metrics.json, roc.png, reliability.png (with --positional also positional.png)."""
     from .. import train
+
+    positional_result = None
+    if positional:  # computed first: a split it cannot use fails before anything is written
+        from ..explain.positional import run_positional_check
+
+        positional_result = run_positional_check(model_ref, data_dir, split, split_file=split_file,
+                                                 step_px=positional_step_px, max_patches=positional_max_patches,
+                                                 tta=tta, device=device, batch_size=batch_size, log=echo_err)
 
     if out_dir is None:
         as_path = Path(model_ref)
@@ -119,6 +133,15 @@ def evaluate_command(model_ref, data_dir, split, tta, out_dir, split_file, batch
         f"F1 {_fmt(m['f1'])}, ECE {_fmt(m['ece'])}; tn={tn} fp={fp} fn={fn} tp={tp}"
     )
     click.echo(f"wrote {out_dir}/metrics.json, roc.png, reliability.png, predictions.csv")
+    if positional_result is not None:
+        from ..explain.positional import write_positional
+
+        write_positional(out_dir, positional_result)
+        r = positional_result
+        click.echo(f"positional: mean p at centre {_fmt(r['mean_probability_at_centre'])}, off centre "
+                   f"{_fmt(r['mean_probability_off_centre'])}; AUC {_fmt(r['auc'])}, centre replaced "
+                   f"{_fmt(r['auc_centre_replaced'])}, context replaced {_fmt(r['auc_context_replaced'])}; "
+                   f"wrote {out_dir}/positional.png")
 
 
 def _fmt(value) -> str:

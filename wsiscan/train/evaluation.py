@@ -14,7 +14,24 @@ from .. import pcam
 from ..models import load_model
 from .engine import Log, evaluate, make_loader, resolve_device, silent, versions, write_json
 
-__all__ = ["evaluate_model"]
+__all__ = ["evaluate_model", "open_eval_split"]
+
+
+def open_eval_split(model_ref: str, spec, data_dir: Path, split: str, *, split_file: str | Path | None = None,
+                    log: Log = silent) -> tuple[pcam.PatchDataset, str | Path | None]:
+    """The split a model is evaluated on, and the split file used: for a Kaggle folder
+    ``split_file``, else the ``split.csv`` next to the checkpoint, else the split drawn
+    again with the checkpoint's seed and ratios (the one ``wsiscan train`` made)."""
+    config = spec.provenance.get("config", {}) if isinstance(spec.provenance, dict) else {}
+    if split_file is None and Path(model_ref).is_file() and (Path(model_ref).parent / "split.csv").is_file():
+        split_file = Path(model_ref).parent / "split.csv"
+    ratios = tuple(config.get("split_ratios", (0.8, 0.1, 0.1)))
+    seed = int(config.get("seed", 0))
+    dataset = pcam.open_split(Path(data_dir), split, split_file=Path(split_file) if split_file else None,
+                              ratios=ratios, seed=seed, log=log)
+    if dataset.layout == "kaggle" and split != "all" and split_file is None:
+        log(f"note: no split file; drew the stratified {':'.join(f'{r:g}' for r in ratios)} split with seed {seed}")
+    return dataset, split_file
 
 
 def evaluate_model(
@@ -43,15 +60,7 @@ def evaluate_model(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     torch_device = resolve_device(device)
     model, spec, sha256 = load_model(model_ref, map_location=torch_device)
-    config = spec.provenance.get("config", {}) if isinstance(spec.provenance, dict) else {}
-    if split_file is None and Path(model_ref).is_file() and (Path(model_ref).parent / "split.csv").is_file():
-        split_file = Path(model_ref).parent / "split.csv"
-    ratios = tuple(config.get("split_ratios", (0.8, 0.1, 0.1)))
-    seed = int(config.get("seed", 0))
-    dataset = pcam.open_split(data_dir, split, split_file=Path(split_file) if split_file else None,
-                              ratios=ratios, seed=seed, log=log)
-    if dataset.layout == "kaggle" and split != "all" and split_file is None:
-        log(f"note: no split file; drew the stratified {':'.join(f'{r:g}' for r in ratios)} split with seed {seed}")
+    dataset, split_file = open_eval_split(model_ref, spec, data_dir, split, split_file=split_file, log=log)
     if abs(spec.input_mpp - pcam.PCAM_MPP) / pcam.PCAM_MPP > 0.05:
         log(f"note: the model expects {spec.input_mpp} um/px, PCam patches are {pcam.PCAM_MPP} um/px")
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator().manual_seed(0),
