@@ -2,7 +2,12 @@
 
 The mask is HSV saturation above an Otsu threshold (never below a floor), with
 over-dark and over-bright pixels removed, then closed, cleaned of small islands and
-filled in small holes, all with sizes in um and um^2.  Per tile, three numbers are
+filled in small holes, all with sizes in um and um^2.
+
+Pen ink (blue, green, red, black marker) is found first by colour rules in HSV, as
+histolab's pen filters and HistoQC's pen-marking module do (:func:`detect_ink`), and
+left out of the pixels the Otsu threshold is chosen from, so a thumbnail ringed with
+ink cannot move the threshold; ink pixels are then removed from the final mask.  Per tile, three numbers are
 measured on the thumbnail under the tile's footprint: the tissue fraction, the
 fraction of over-dark/over-bright pixels and the maximum saturation of the blurred
 thumbnail (PCam's own rule keeps a patch when it reaches 0.07).
@@ -23,7 +28,7 @@ from .config import TissueConfig
 
 _STRIPE_ROWS = 256  # rows per stripe of the stripe-wise passes over a mask
 
-__all__ = ["TissueMask", "TileScores", "detect_tissue", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts",
+__all__ = ["TissueMask", "TileScores", "detect_tissue", "detect_ink", "keep_tiles", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts",
            "usable_cores"]
 
 
@@ -35,10 +40,15 @@ class TissueMask:
     dark_bright: np.ndarray | None  # (rows, cols) bool, over-dark or over-bright pixel
     mask_mpp: float  # um per mask pixel
     threshold: float  # saturation threshold used
+    ink: np.ndarray | None = None  # (rows, cols) bool, pen ink found (never tissue); None: filter off
 
     @property
     def tissue_area_um2(self) -> float:
         return float(self.mask.sum()) * self.mask_mpp**2
+
+    @property
+    def ink_area_um2(self) -> float:
+        return 0.0 if self.ink is None else float(self.ink.sum()) * self.mask_mpp**2
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,43 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     return gray
 
 
+def _hue_deg(rgb: np.ndarray, value: np.ndarray, chroma: np.ndarray) -> np.ndarray:
+    """HSV hue in degrees [0, 360) of an RGB uint8 image, given its max and max - min (float32)."""
+    r, g, b = (rgb[..., k].astype(np.float32) for k in range(3))
+    c = np.where(chroma > 0, chroma, 1.0)
+    hue = np.where(value == r, ((g - b) / c) % 6.0, np.where(value == g, (b - r) / c + 2.0, (r - g) / c + 4.0))
+    return (hue * 60.0).astype(np.float32)
+
+
+# Pen ink colour rules on the thumbnail (HSV: hue in degrees, saturation and value in [0, 1]).
+# H&E is pink to purple (hue ~250-350 deg: eosin ~300-345, haematoxylin ~250-300, measured on
+# CMU-1 and TCGA-CR-7395 thumbnails); marker ink is blue, green, red or black.  A pixel is ink when:
+INK_BLUE = (175.0, 245.0, 0.25)  # hue from, hue to, min saturation: blue and cyan marker
+INK_GREEN = (65.0, 175.0, 0.15)  # green marker (H&E never has green hues)
+INK_RED = (352.0, 20.0, 0.55)  # hue wraps through 0: saturated red marker (eosin is pinker and paler)
+INK_BLACK = (0.30, 0.40)  # black marker: max channel below 0.30 and saturation below 0.40 (dense
+# nuclei are as dark but purple: saturation 0.5-0.7 on CMU-1); pure-black scanner padding is not ink
+INK_MIN_AREA_UM2 = 4000.0  # an ink blob smaller than this is a speck of dye or debris, not a pen stroke
+INK_MARGIN_UM = 8.0  # ink grows by this much: the anti-aliased, paler rim of a stroke is ink too
+
+
+def detect_ink(rgb: np.ndarray) -> np.ndarray:
+    """(rows, cols) bool: pixels of an RGB uint8 image that are pen ink by colour (before the margin)."""
+    mx = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
+    mn = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
+    chroma = mx - mn
+    sat = np.divide(chroma, mx, out=np.zeros_like(mx), where=mx > 0)
+    hue = _hue_deg(rgb, mx, chroma)
+    ink = np.zeros(rgb.shape[:2], bool)
+    for lo, hi, min_sat in (INK_BLUE, INK_GREEN):
+        ink |= (hue >= lo) & (hue < hi) & (sat >= min_sat)
+    lo, hi, min_sat = INK_RED
+    ink |= ((hue >= lo) | (hue < hi)) & (sat >= min_sat)
+    max_value, max_sat = INK_BLACK
+    ink |= (mx < max_value * 255.0) & (sat < max_sat) & (mx > 0)
+    return ink
+
+
 def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
     """Pixels per label 0..n of a label image, counted a stripe at a time: bincount converts
     its input to int64, which for a whole 6,250 x 6,250 px label image was a +300 MB temporary."""
@@ -237,7 +284,14 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
         return (gray < config.dark_threshold) | (gray > config.bright_threshold)
 
     dark_bright = _stripewise(dark_or_bright, thumbnail, halo=0)
-    usable = ~dark_bright
+    ink = None
+    if config.ink_filter:
+        ink = _remove_small(_stripewise(detect_ink, thumbnail, halo=0), int(INK_MIN_AREA_UM2 / mask_mpp**2))
+        margin_px = INK_MARGIN_UM / mask_mpp
+        if margin_px >= 1 and ink.any():
+            ink = _stripewise(lambda m: _dilate_or_erode_disk(m, margin_px, dilate=True), ink,
+                              halo=int(math.ceil(margin_px)))
+    usable = ~dark_bright if ink is None else ~(dark_bright | ink)
 
     otsu = otsu_threshold(sat, where=usable) if usable.any() else 1.0
     threshold = max(otsu, config.min_saturation)
@@ -250,8 +304,11 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
         mask = _close_disk(mask, radius_px)
     mask = _remove_small(mask, int(config.min_object_area_um2 / mask_mpp**2))
     mask |= _small_holes(mask, int(config.min_hole_area_um2 / mask_mpp**2))
+    if ink is not None:  # closing and hole filling may have bridged a stroke: ink is never tissue
+        mask &= ~ink
+        mask = _remove_small(mask, int(config.min_object_area_um2 / mask_mpp**2))
     return TissueMask(mask=mask, saturation=sat, dark_bright=dark_bright,
-                      mask_mpp=mask_mpp, threshold=float(threshold))
+                      mask_mpp=mask_mpp, threshold=float(threshold), ink=ink)
 
 
 def summed_area_table(mask: np.ndarray) -> np.ndarray:
@@ -291,6 +348,27 @@ def summed_area_table(mask: np.ndarray) -> np.ndarray:
 def box_counts(integral: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.ndarray:
     """True pixels in each box [y0, y1) x [x0, x1) (index arrays broadcast) from a :func:`summed_area_table`."""
     return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+
+
+def keep_tiles(scores: TileScores, *, min_tissue: float, max_dark_bright_fraction: float,
+               min_max_saturation: float) -> np.ndarray:
+    """(N,) bool: the tiles to score.  The keep rule.
+
+    A tile is kept when its footprint holds any tissue of the mask (``tissue_fraction``
+    > 0, measured on footprints rounded outward to whole mask pixels) and at least
+    ``min_tissue`` of it; so with ``min_tissue`` 0 (the default) every tissue pixel lies
+    in a kept tile of a grid that covers the slide (see ``grid.tile_coverage``).  PCam's
+    rule (the blurred footprint's maximum saturation reaches ``min_max_saturation``)
+    and the over-dark/over-bright rule drop a tile only when it also has less tissue than
+    the dark/bright part allows: a border tile that is mostly glass is still scored.
+    """
+    tf = scores.tissue_fraction
+    keep = (tf > 0) & (tf >= min_tissue) & (scores.max_saturation >= min_max_saturation)
+    mostly_dark_bright = scores.dark_bright_fraction > max_dark_bright_fraction
+    # dark/bright pixels are never tissue in the mask (before closing), so a tile whose
+    # tissue could not fit beside its dark/bright part is a fold, dust or blown-out tile
+    keep &= ~(mostly_dark_bright & (tf + scores.dark_bright_fraction > 1.0 + 1e-6))
+    return keep
 
 
 def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_mpp: float) -> TileScores:
