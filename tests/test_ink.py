@@ -1,0 +1,134 @@
+"""Pen ink on real tissue: drawn strokes of blue, green, red and black marker over tissue and
+over glass (CMU-1-Small-Region read through wsiscan.slide), and a thumbnail ringed with ink.
+
+Targets (issue 12): >= 95 % of ink pixels excluded from the mask and >= 95 % of the tissue
+pixels kept; the clean slide keeps its mask exactly (the ink filter finds nothing on it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from wsiscan.config import load_config
+from wsiscan.render import resize_box
+from wsiscan.tissue import detect_tissue
+
+pytestmark = pytest.mark.realdata
+
+MASK_MPP = 4.0
+DRAW_MPP = 1.0  # strokes are drawn at 1 um/px, then box-averaged to the mask's 4 um/px (anti-aliased rims)
+GLASS = (243, 243, 243)
+# marker colours as they scan (multiplied onto what lies under them: ink is translucent)
+INKS = {"blue": (35, 70, 175), "green": (40, 150, 80), "red": (205, 30, 45), "black": (28, 28, 32)}
+
+
+def _config(ink_filter: bool = True):
+    cfg = load_config().tissue
+    return type(cfg)(**{**cfg.__dict__, "ink_filter": ink_filter})
+
+
+@pytest.fixture(scope="module")
+def cmu_1um(shared_slides) -> np.ndarray:
+    from wsiscan.slide import open_slide
+
+    with open_slide(shared_slides / "CMU-1-Small-Region.svs") as slide:
+        return slide.read_thumbnail(mpp=DRAW_MPP)
+
+
+def _draw(rgb: np.ndarray, strokes: list[tuple[str, list[tuple[float, float]], int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Multiply each stroke's ink onto ``rgb``; (inked image, ink coverage in [0, 1]) at the same size."""
+    h, w = rgb.shape[:2]
+    out = rgb.astype(np.float32)
+    cover = np.zeros((h, w), np.float32)
+    for colour, points, width_px in strokes:
+        layer = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(layer).line(points, fill=255, width=width_px, joint="curve")
+        a = np.asarray(layer, np.float32)[..., None] / 255.0
+        out = out * (1 - a) + out * (np.array(INKS[colour], np.float32) / 255.0) * a
+        cover = np.maximum(cover, a[..., 0])
+    return out.clip(0, 255).astype(np.uint8), cover
+
+
+def _to_mask_res(rgb: np.ndarray, cover: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thumbnail, ink pixels (mostly covered), any ink) at MASK_MPP."""
+    f = int(MASK_MPP / DRAW_MPP)
+    h, w = (rgb.shape[0] // f) * f, (rgb.shape[1] // f) * f
+    thumb = resize_box(np.ascontiguousarray(rgb[:h, :w]), (w // f, h // f))
+    c = cover[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    return thumb, c > 0.5, c > 0
+
+
+def _scores(thumb, ink_truth, any_ink, clean_mask):
+    tissue = detect_tissue(thumb, mask_mpp=MASK_MPP, config=_config())
+    ink_excluded = 1 - (tissue.mask & ink_truth).sum() / ink_truth.sum()
+    truth = clean_mask & ~any_ink
+    tissue_kept = (tissue.mask & truth).sum() / truth.sum()
+    return tissue, ink_excluded, tissue_kept
+
+
+def _crop_clean(cmu_1um):
+    f = int(MASK_MPP / DRAW_MPP)
+    h, w = (cmu_1um.shape[0] // f) * f, (cmu_1um.shape[1] // f) * f
+    thumb = resize_box(np.ascontiguousarray(cmu_1um[:h, :w]), (w // f, h // f))
+    return detect_tissue(thumb, mask_mpp=MASK_MPP, config=_config(False)).mask
+
+
+@pytest.mark.parametrize("colour", list(INKS))
+def test_strokes_over_tissue_and_glass(cmu_1um, colour):
+    h, w = cmu_1um.shape[:2]
+    # one stroke across the tissue (its middle), one on the glass at the right, one wavy line
+    strokes = [
+        (colour, [(0.15 * w, 0.30 * h), (0.55 * w, 0.55 * h), (0.35 * w, 0.85 * h)], 60),
+        (colour, [(0.80 * w, 0.05 * h), (0.95 * w, 0.45 * h)], 80),
+        (colour, [(0.05 * w + 40 * k, 0.12 * h + (30 if k % 2 else 0)) for k in range(20)], 40),
+    ]
+    inked, cover = _draw(cmu_1um, strokes)
+    thumb, ink_truth, any_ink = _to_mask_res(inked, cover)
+    clean = _crop_clean(cmu_1um)
+    assert (clean & ink_truth).sum() > 500, "the fixture must put ink over tissue"
+    tissue, ink_excluded, tissue_kept = _scores(thumb, ink_truth, any_ink, clean)
+    assert ink_excluded >= 0.95, f"{colour}: only {ink_excluded:.1%} of ink pixels excluded"
+    assert tissue_kept >= 0.95, f"{colour}: only {tissue_kept:.1%} of tissue pixels kept"
+    assert tissue.ink_area_um2 >= ink_truth.sum() * MASK_MPP**2 * 0.95
+
+
+def test_thumbnail_ringed_with_ink(cmu_1um):
+    """CMU tissue in the middle of a glass slide ringed with blue and green pen: without the
+    filter Otsu's threshold falls between ink and tissue; with it, ink cannot move it."""
+    h, w = cmu_1um.shape[:2]
+    big = np.empty((h + 800, w + 1600, 3), np.uint8)
+    big[...] = GLASS
+    big[400 : 400 + h, 800 : 800 + w] = cmu_1um
+    H, W = big.shape[:2]
+    ring = [(W / 2 + 0.47 * W * np.cos(t), H / 2 + 0.47 * H * np.sin(t)) for t in np.linspace(0, np.pi, 60)]
+    ring2 = [(W / 2 + 0.47 * W * np.cos(t), H / 2 + 0.47 * H * np.sin(t)) for t in np.linspace(np.pi, 2 * np.pi, 60)]
+    inked, cover = _draw(big, [("green", ring, 120), ("blue", ring2, 120)])
+    thumb, ink_truth, any_ink = _to_mask_res(inked, cover)
+    clean_big = np.zeros(thumb.shape[:2], bool)
+    f = int(MASK_MPP / DRAW_MPP)
+    clean = _crop_clean(cmu_1um)
+    clean_big[400 // f : 400 // f + clean.shape[0], 800 // f : 800 // f + clean.shape[1]] = clean
+    unfiltered = detect_tissue(thumb, mask_mpp=MASK_MPP, config=_config(False))
+    tissue, ink_excluded, tissue_kept = _scores(thumb, ink_truth, any_ink, clean_big)
+    assert ink_excluded >= 0.95 and tissue_kept >= 0.95, (ink_excluded, tissue_kept)
+    # the threshold is the clean tissue's, not one between ink and tissue
+    clean_thr = detect_tissue(resize_box(np.ascontiguousarray(big[: (H // f) * f, : (W // f) * f]),
+                                         (W // f, H // f)), mask_mpp=MASK_MPP, config=_config()).threshold
+    assert abs(tissue.threshold - clean_thr) < 0.02, (tissue.threshold, clean_thr, unfiltered.threshold)
+
+
+@pytest.mark.parametrize("name,slide_mpp", [("CMU-1-Small-Region.svs", None), ("TCGA-CR-7395-01A-01-TS1.svs", 0.25)])
+def test_clean_slides_keep_their_mask(shared_slides, name, slide_mpp):
+    """No ink on the clean real slides: the mask is the one without the filter (within 1 %;
+    measured: identical), and its area is today's on main (CMU 0.614 mm2, TCGA 0.630 mm2)."""
+    from wsiscan.slide import open_slide
+
+    with open_slide(shared_slides / name, slide_mpp=slide_mpp) as slide:
+        thumb = slide.read_thumbnail(mpp=MASK_MPP)
+    on = detect_tissue(thumb, mask_mpp=MASK_MPP, config=_config())
+    off = detect_tissue(thumb, mask_mpp=MASK_MPP, config=_config(False))
+    assert abs(on.tissue_area_um2 / off.tissue_area_um2 - 1) <= 0.01
+    main_area_um2 = {"CMU-1-Small-Region.svs": 614128.0, "TCGA-CR-7395-01A-01-TS1.svs": 629776.0}[name]
+    assert abs(on.tissue_area_um2 / main_area_um2 - 1) <= 0.01
