@@ -103,8 +103,8 @@ class PredictConfig:
     tta: bool = False
     threshold: float = 0.5
     top_k: int = 10
-    min_region_area_um2: float = 10000.0
-    simplify_tolerance_um: float = 20.0
+    min_region_area_um2: float = 0.0
+    simplify_tolerance_um: float = 0.0
     heatmap_chunk_cells: int = 256
 
     def __post_init__(self) -> None:

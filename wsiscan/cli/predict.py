@@ -187,34 +187,53 @@ def _predict_on_dask(jobs, out_dir, cfg, models, *, workers, scheduler, retries:
 @click.option("--geojson/--no-geojson", default=True, help="Rewrite tumor.geojson.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
 def heatmap(result_dir: Path, threshold, png, geojson, config_path) -> None:
-    """Re-export a finished result (RESULT_DIR = OUT/<slide-id>) without rerunning the model."""
+    """Re-export a finished result (RESULT_DIR = OUT/<slide-id>) without rerunning the model.
+
+    Every threshold-dependent figure of summary.json (scores, regions, areas) is rewritten
+    at the new threshold, atomically and after the exports, and summary.json's `exports`
+    says at which threshold each of tumor.geojson and overlay.png was last written.
+    """
     from ..config import load_config
     from ..errors import StoreError
-    from ..heatmap import HeatmapFrame, overlay_title, render_overlay, tumour_regions, write_geojson
+    from ..heatmap import HeatmapFrame
+    from ..results import threshold_outputs, update_summary_atomic
     from ..store import open_tile_store
 
-    cfg = load_config(config_path).replace("predict", threshold=threshold)
-    pc = cfg.predict
+    summary_path = result_dir / "summary.json"
     store = open_tile_store(result_dir / "store.zarr", mode="r+")
     hm = store.heatmap_meta()
-    if hm.get("status") != "complete" or not (result_dir / "summary.json").exists():
+    if hm.get("status") != "complete" or not summary_path.exists():
         raise StoreError(f"{result_dir}: has no finished result (no summary.json); run `wsiscan predict` first")
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{summary_path}: cannot be read ({exc}); rerun `wsiscan predict` on the slide") from exc
+    # the run's own region settings, unless --config gives others
+    cfg = load_config(config_path)
+    if config_path is None and isinstance(summary.get("config", {}).get("predict"), dict):
+        run = summary["config"]["predict"]
+        cfg = cfg.replace("predict", **{k: run[k] for k in ("threshold", "top_k", "min_region_area_um2",
+                                                            "simplify_tolerance_um") if k in run})
+    pc = cfg.replace("predict", threshold=threshold).predict
     frame = HeatmapFrame(hm["stride_px"], hm["tile_size_px"], hm["px_mpp"], hm["l0_per_px"])
     cells = store.heatmap_level(0)[...]
     name = Path(store.meta["slide"]["path"]).name
+    picture, picture_mpp = store.overview() if png else (None, 1.0)
+    areas = summary.get("areas") or {}
+    outs = threshold_outputs(result_dir, cells, frame, threshold=pc.threshold, top_k=pc.top_k,
+                             min_region_area_um2=pc.min_region_area_um2,
+                             simplify_tolerance_um=pc.simplify_tolerance_um, slide_name=name,
+                             models=summary.get("models", []), n_tiles=summary["tiles"]["n_tiles"],
+                             picture=picture, picture_mpp=picture_mpp,
+                             tissue={k: areas.get(k) for k in ("tissue_area_mm2", "ink_area_mm2",
+                                                               "scored_tissue_fraction")},
+                             write_geojson_file=geojson)
+    exports = dict(summary.get("exports") or {})
     if geojson:
-        regions = tumour_regions(cells, frame, threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
-                                 simplify_tolerance_um=pc.simplify_tolerance_um)
-        write_geojson(regions, result_dir / "tumor.geojson", slide_name=name, threshold=pc.threshold)
-        click.echo(f"{result_dir / 'tumor.geojson'}: {len(regions)} regions at threshold {pc.threshold:g}")
+        exports["tumor.geojson"] = {"threshold": pc.threshold}
+        click.echo(f"{result_dir / 'tumor.geojson'}: {outs['regions']['n']} regions at threshold {pc.threshold:g}")
     if png:
-        summary = json.loads((result_dir / "summary.json").read_text())
-        title = overlay_title(slide_name=name, model_names=[m["model"] for m in summary.get("models", [])],
-                              n_tiles=summary["tiles"]["n_tiles"], tile_size_px=frame.tile_size_px,
-                              px_mpp=frame.px_mpp, stride_px=frame.stride_px,
-                              max_probability=summary["scores"]["max_probability"])
-        picture, picture_mpp = store.overview()
-        render_overlay(picture, cells, frame, thumb_mpp=picture_mpp, threshold=pc.threshold,
-                       min_region_area_um2=pc.min_region_area_um2,
-                       title=f"{title}  |  threshold {pc.threshold:g}", path=result_dir / "overlay.png")
+        exports["overlay.png"] = {"threshold": pc.threshold}
         click.echo(f"{result_dir / 'overlay.png'}")
+    update_summary_atomic(summary_path, {**outs, "exports": exports})
+    click.echo(f"{summary_path}: scores, regions and areas at threshold {pc.threshold:g}")
