@@ -88,17 +88,33 @@ def _slide_line(record: dict) -> str:
 
 
 def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet: bool) -> None:
-    """Today's single-process run: the slides one after the other, no Dask."""
-    from ..heatmap import write_json_atomic
-    from ..predict import config_hash, predict_slide, result_record, slide_config
+    """Today's single-process run: the slides one after the other, no Dask.
 
-    manifest = {"command": "predict", "models": models.describe(), "model_hash": models.identity, "slides": []}
+    Issue 12: the manifest has every documented top-level field (run_id, versions,
+    started/finished, totals) and each slide's absolute path, and is merged into the
+    OUT/manifest.json already there (manifest.write_manifest_merged) after each slide.
+    """
+    import os
+
+    from ..config import runtime_versions
+    from ..manifest import new_run_id, run_totals, write_manifest_merged
+    from ..predict import config_hash, predict_slide, result_record, slide_config
+    from ..tiling import slide_id_for
+
+    t_run = time.perf_counter()
+    manifest = {"command": "predict", "run_id": new_run_id(), "cluster": None, "scheduler": None, "dashboard": None,
+                "n_workers": 1, "retries": 0, "models": models.describe(), "model_hash": models.identity,
+                "config_hash": config_hash(cfg), "versions": runtime_versions(), "started": time.time(),
+                "finished": None, "slides": []}
     failed = 0
     for job in jobs:
         t0 = time.perf_counter()
+        started = time.time()
         job_cfg = slide_config(cfg, job)
-        entry = {"slide": str(job.path), "slide_mpp": job.slide_mpp, "worker": "local", "attempts": 1,
-                 "model_hash": models.identity, "config_hash": config_hash(job_cfg)}
+        entry = {"slide": os.path.abspath(job.path), "slide_id": slide_id_for(job.path), "slide_mpp": job.slide_mpp,
+                 "skipped": False, "error": None, "worker": "local", "attempts": 1, "retries": 0,
+                 "workers": ["local"], "started": started, "model_hash": models.identity,
+                 "config_hash": config_hash(job_cfg)}
         try:
             summary = predict_slide(job.path, out_dir, job_cfg, models, device=dev, overwrite=overwrite,
                                     progress=not quiet)
@@ -108,14 +124,17 @@ def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet:
             failed += 1
             echo_err(f"wsiscan: error: {exc}")
             entry.update(status="failed", error=str(exc), error_type=type(exc).__name__,
-                         seconds=time.perf_counter() - t0)
+                         seconds=time.perf_counter() - t0, finished=time.time())
         else:
             record = result_record(summary)
-            entry.update(status="complete", **record, seconds=summary["timings_s"]["total_s"])
+            entry.update(status="complete", **record, seconds=summary["timings_s"]["total_s"], finished=time.time())
             click.echo(f"{_slide_line(record)}, {entry['seconds']:.1f} s -> {Path(out_dir) / record['slide_id']}")
         manifest["slides"].append(entry)
+        manifest["totals"] = run_totals(manifest["slides"], elapsed_s=time.perf_counter() - t_run)
+        if job is jobs[-1]:
+            manifest["finished"] = time.time()
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(manifest, Path(out_dir) / "manifest.json")
+        write_manifest_merged(out_dir, manifest)
     if failed:
         echo_err(f"wsiscan: predict: {failed} of {len(jobs)} slides failed (see {Path(out_dir) / 'manifest.json'})")
         raise click.exceptions.Exit(1)
