@@ -218,6 +218,12 @@ def test_threshold_hotspot_and_export(viewer, result_dir, tmp_path):
         assert w.table.rowCount() == len(w.hotspots) == len(w.regions)
         texts = [w.summary_form.itemAt(i).widget().text() for i in range(w.summary_form.count())]
         assert f"{summary['scores']['max_probability']:.3f}" in texts
+        # issue 12: the summary's area names, the colour legend, the smoke-model mark
+        assert {"tissue area (mask):", "scored area (scored tiles):", "tumour area (cells p ≥ 0.50):",
+                "region area (p ≥ 0.50):"} <= set(texts)
+        assert w.smoke_label.isVisibleTo(w) == L.is_smoke_result(summary)
+        assert "cyan" in w.legend_label.text()
+        assert "region area" in w.regions_label.text() and "tumour area" in w.regions_label.text()
 
         # move the slider: the debounced update thresholds live
         area_05 = sum(r["area_mm2"] for r in w.regions)
