@@ -22,6 +22,7 @@ __all__ = [
     "TileGrid",
     "build_grid",
     "tile_coverage",
+    "grid_border",
 ]
 
 
@@ -172,6 +173,12 @@ def build_grid(*, width_px: int, height_px: int, tile_size_px: int, stride_px: i
     """
     return TileGrid(tile_size_px, stride_px, _grid_count(height_px, tile_size_px, stride_px, pad_px),
                     _grid_count(width_px, tile_size_px, stride_px, pad_px))
+
+
+def grid_border(grid: TileGrid, rc: np.ndarray) -> np.ndarray:
+    """(N,) bool: whether each grid (row, col) lies in the grid's first or last row or column."""
+    rc = np.asarray(rc).reshape(-1, 2)
+    return (rc[:, 0] == 0) | (rc[:, 1] == 0) | (rc[:, 0] == grid.n_rows - 1) | (rc[:, 1] == grid.n_cols - 1)
 
 
 def tile_coverage(mask_shape: tuple[int, int], *, mask_mpp: float, px_mpp: float, px_xy: np.ndarray,

@@ -315,7 +315,7 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
     dpi = 100
     fig_w = ow / dpi + 1.6
     font_pt = 11
-    wrap = max(30, int(fig_w * dpi / (font_pt * 0.62)))
+    wrap = max(30, int((fig_w - 0.4) * 72 / (font_pt * 0.62)))  # characters per line (DejaVu Sans ~0.6 em)
     title = "\n".join(textwrap.wrap(title, width=wrap))
     n_lines = title.count("\n") + 1
     mark_lines = "\n".join(textwrap.wrap(mark, width=wrap)) if mark else ""

@@ -26,12 +26,13 @@ import numpy as np
 
 from .config import Config, runtime_versions
 from .errors import NoTissueError, OutputError, StoreExistsError
-from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, select_level, store_geometry, tile_coverage
+from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, grid_border, select_level, store_geometry, \
+    tile_coverage
 from .render import render_tissue_qc, save_png_atomic
 from .slide import Slide, open_slide, slide_fingerprint
 from .store import TileStore, create_tile_store, open_tile_store, remove_store, store_exists
-from .tissue import TissueMask, TileScores, box_counts, detect_tissue, keep_tiles, score_tiles, summed_area_table, \
-    usable_cores
+from .tissue import TissueMask, TileScores, box_counts, cell_tissue_fractions, detect_tissue, keep_tiles, score_tiles, \
+    summed_area_table, usable_cores
 
 __all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_for", "open_configured_slide",
            "check_writable", "make_slide_dir", "plan_slide_output"]
@@ -215,8 +216,13 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     scores = score_tiles(tissue, px_xy=grid.px_origin(all_rc), tile_size_px=tc.tile_size_px,
                          px_mpp=selection.effective_mpp)
     cfg = config.tissue
+    # issue 12: the keep rule lives in tissue.py (a tile's heatmap cell has tissue, or on the grid's border its footprint)
     keep = keep_tiles(scores, min_tissue=tc.min_tissue, max_dark_bright_fraction=cfg.max_dark_bright_fraction,
-                      min_max_saturation=cfg.pcam_min_max_saturation)  # issue 12: the keep rule lives in tissue.py
+                      min_max_saturation=cfg.pcam_min_max_saturation,
+                      cell_tissue_fraction=cell_tissue_fractions(tissue, px_xy=grid.px_origin(all_rc),
+                                                                 tile_size_px=tc.tile_size_px, stride_px=stride,
+                                                                 px_mpp=selection.effective_mpp),
+                      on_grid_border=grid_border(grid, all_rc))
     if not keep.any():
         raise NoTissueError(
             f"{spath}: no tissue found (saturation threshold {tissue.threshold:.3f}, "

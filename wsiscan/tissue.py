@@ -28,7 +28,7 @@ from .config import TissueConfig
 
 _STRIPE_ROWS = 256  # rows per stripe of the stripe-wise passes over a mask
 
-__all__ = ["TissueMask", "TileScores", "detect_tissue", "detect_ink", "keep_tiles", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts",
+__all__ = ["TissueMask", "TileScores", "detect_tissue", "detect_ink", "keep_tiles", "cell_tissue_fractions", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts",
            "usable_cores"]
 
 
@@ -366,24 +366,60 @@ def box_counts(integral: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndar
 
 
 def keep_tiles(scores: TileScores, *, min_tissue: float, max_dark_bright_fraction: float,
-               min_max_saturation: float) -> np.ndarray:
+               min_max_saturation: float, cell_tissue_fraction: np.ndarray | None = None,
+               on_grid_border: np.ndarray | None = None) -> np.ndarray:
     """(N,) bool: the tiles to score.  The keep rule.
 
-    A tile is kept when its footprint holds any tissue of the mask (``tissue_fraction``
-    > 0, measured on footprints rounded outward to whole mask pixels) and at least
-    ``min_tissue`` of it; so with ``min_tissue`` 0 (the default) every tissue pixel lies
-    in a kept tile of a grid that covers the slide (see ``grid.tile_coverage``).  PCam's
+    A tile is kept when it has tissue of the mask (measured on boxes rounded outward to
+    whole mask pixels) and at least ``min_tissue`` of its footprint is tissue.  "Has
+    tissue": its heatmap cell (the stride x stride square centred on it,
+    ``cell_tissue_fraction``) holds tissue, or, for a tile on the grid's border
+    (``on_grid_border``), its footprint does (the strips of (tile - stride) / 2 px along
+    the slide's edges lie in no cell).  Without cell fractions, the footprint decides.
+    The cells tile the slide, and a cell lies inside its tile, so with ``min_tissue`` 0 (the
+    default) every tissue pixel lies in a kept tile of a grid that covers the slide (see
+    ``grid.tile_coverage``); at stride 32 this is PCam's own rule (a label describes the
+    centre 32 x 32 px), at stride 96 cell and footprint are the same.  PCam's
     rule (the blurred footprint's maximum saturation reaches ``min_max_saturation``)
     and the over-dark/over-bright rule drop a tile only when it also has less tissue than
     the dark/bright part allows: a border tile that is mostly glass is still scored.
     """
     tf = scores.tissue_fraction
-    keep = (tf > 0) & (tf >= min_tissue) & (scores.max_saturation >= min_max_saturation)
+    has_tissue = tf > 0
+    if cell_tissue_fraction is not None:
+        border = on_grid_border if on_grid_border is not None else np.zeros(len(tf), bool)
+        has_tissue = (cell_tissue_fraction > 0) | (border & has_tissue)
+    keep = has_tissue & (tf >= min_tissue) & (scores.max_saturation >= min_max_saturation)
     mostly_dark_bright = scores.dark_bright_fraction > max_dark_bright_fraction
     # dark/bright pixels are never tissue in the mask (before closing), so a tile whose
     # tissue could not fit beside its dark/bright part is a fold, dust or blown-out tile
     keep &= ~(mostly_dark_bright & (tf + scores.dark_bright_fraction > 1.0 + 1e-6))
     return keep
+
+
+def _box_fractions(mask: np.ndarray, *, px_xy: np.ndarray, size_px: float,
+                   scale: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Fraction of True in each box of side ``size_px`` (store px) at origins ``px_xy`` (N, 2),
+    rounded outward to whole mask pixels (at least one; ``scale`` mask px per store px);
+    and the boxes' top-left mask pixels (y0, x0)."""
+    rows, cols = mask.shape
+    px_xy = np.asarray(px_xy, np.float64).reshape(-1, 2)
+    x0 = np.clip(np.floor(px_xy[:, 0] * scale + 1e-6).astype(np.int64), 0, cols - 1)
+    y0 = np.clip(np.floor(px_xy[:, 1] * scale + 1e-6).astype(np.int64), 0, rows - 1)
+    x1 = np.clip(np.ceil((px_xy[:, 0] + size_px) * scale - 1e-6).astype(np.int64), x0 + 1, cols)
+    y1 = np.clip(np.ceil((px_xy[:, 1] + size_px) * scale - 1e-6).astype(np.int64), y0 + 1, rows)
+    area = (x1 - x0) * (y1 - y0)
+    return box_counts(summed_area_table(mask), y0, x0, y1, x1) / area, (y0, x0)
+
+
+def cell_tissue_fractions(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, stride_px: int,
+                          px_mpp: float) -> np.ndarray:
+    """(N,) float32: tissue fraction of each tile's heatmap cell, the ``stride_px`` square
+    centred on the tile at store-px origin ``px_xy`` (see :func:`keep_tiles`)."""
+    offset_px = (tile_size_px - stride_px) / 2.0
+    frac, _ = _box_fractions(tissue.mask, px_xy=np.asarray(px_xy, np.float64) + offset_px, size_px=stride_px,
+                             scale=px_mpp / tissue.mask_mpp)
+    return frac.astype(np.float32)
 
 
 def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_mpp: float) -> TileScores:
@@ -394,16 +430,9 @@ def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_
     """
     if tissue.saturation is None or tissue.dark_bright is None:
         raise ValueError("score_tiles needs the TissueMask returned by detect_tissue (its saturation was dropped)")
-    rows, cols = tissue.mask.shape
     scale = px_mpp / tissue.mask_mpp
-    px_xy = np.asarray(px_xy, np.float64).reshape(-1, 2)
-    x0 = np.clip(np.floor(px_xy[:, 0] * scale + 1e-6).astype(np.int64), 0, cols - 1)
-    y0 = np.clip(np.floor(px_xy[:, 1] * scale + 1e-6).astype(np.int64), 0, rows - 1)
-    x1 = np.clip(np.ceil((px_xy[:, 0] + tile_size_px) * scale - 1e-6).astype(np.int64), x0 + 1, cols)
-    y1 = np.clip(np.ceil((px_xy[:, 1] + tile_size_px) * scale - 1e-6).astype(np.int64), y0 + 1, rows)
-    area = (x1 - x0) * (y1 - y0)
-    tissue_fraction = box_counts(summed_area_table(tissue.mask), y0, x0, y1, x1) / area
-    dark_bright_fraction = box_counts(summed_area_table(tissue.dark_bright), y0, x0, y1, x1) / area
+    tissue_fraction, (y0, x0) = _box_fractions(tissue.mask, px_xy=px_xy, size_px=tile_size_px, scale=scale)
+    dark_bright_fraction, _ = _box_fractions(tissue.dark_bright, px_xy=px_xy, size_px=tile_size_px, scale=scale)
 
     # max saturation under each footprint: a running maximum over the footprint size,
     # sampled at each footprint's top-left corner
