@@ -132,3 +132,44 @@ def test_clean_slides_keep_their_mask(shared_slides, name, slide_mpp):
     assert abs(on.tissue_area_um2 / off.tissue_area_um2 - 1) <= 0.01
     main_area_um2 = {"CMU-1-Small-Region.svs": 614128.0, "TCGA-CR-7395-01A-01-TS1.svs": 629776.0}[name]
     assert abs(on.tissue_area_um2 / main_area_um2 - 1) <= 0.01
+
+
+def test_cli_tile_records_ink_and_paints_it_in_qc(cmu_1um, tmp_path):
+    """Through `wsiscan tile`: a slide (1 um/px) with a blue stroke across tissue and a green one
+    on glass; the ink area is recorded in the store, no tile is kept on the glass stroke, and
+    qc.png paints the ink yellow."""
+    import tifffile
+    from PIL import Image
+
+    from cli_helpers import run
+    from wsiscan.store import open_tile_store
+
+    h, w = cmu_1um.shape[:2]
+    inked, cover = _draw(cmu_1um, [("blue", [(0.15 * w, 0.30 * h), (0.55 * w, 0.55 * h)], 60),
+                                   ("green", [(0.85 * w, 0.05 * h), (0.95 * w, 0.45 * h)], 80)])
+    path = tmp_path / "inked.tif"
+    res = 1e4 / DRAW_MPP
+    tifffile.imwrite(path, inked, tile=(256, 256), photometric="rgb", compression="zlib",
+                     resolution=(res, res), resolutionunit="CENTIMETER", metadata=None)
+    r = run("tile", path, "-o", tmp_path / "out", "-q")
+    assert r.exit_code == 0, r.output
+    store = open_tile_store(tmp_path / "out" / "inked" / "store.zarr", mode="r")
+    ink_mm2 = store.meta["ink_area_mm2"]
+    drawn_mm2 = (cover > 0.5).sum() * DRAW_MPP**2 / 1e6
+    assert 0.9 * drawn_mm2 <= ink_mm2 <= 1.5 * drawn_mm2, (ink_mm2, drawn_mm2)
+    # ink never adds a tile: every kept tile is one the clean slide keeps too
+    clean = tmp_path / "clean.tif"
+    tifffile.imwrite(clean, cmu_1um, tile=(256, 256), photometric="rgb", compression="zlib",
+                     resolution=(res, res), resolutionunit="CENTIMETER", metadata=None)
+    assert run("tile", clean, "-o", tmp_path / "out", "-q").exit_code == 0
+    clean_rc = {tuple(rc) for rc in open_tile_store(tmp_path / "out" / "clean" / "store.zarr", mode="r").grid(96).rc}
+    inked_rc = {tuple(int(v) for v in rc) for rc in store.grid(96).rc}
+    clean_rc = {tuple(int(v) for v in rc) for rc in clean_rc}
+    # ink adds no tile on its own: the few extra ones are next to tissue tiles (glass enclosed by
+    # tissue and a stroke is filled like any small hole, at most tissue.min_hole_area_um2 each)
+    extra = inked_rc - clean_rc
+    assert len(extra) <= 0.05 * len(clean_rc) and len(inked_rc) >= 0.9 * len(clean_rc)
+    assert all(any((r + dr, c + dc) in clean_rc for dr in (-1, 0, 1) for dc in (-1, 0, 1)) for r, c in extra)
+    qc = np.asarray(Image.open(tmp_path / "out" / "inked" / "qc.png").convert("RGB")).astype(int)
+    yellow = (qc[..., 0] > 150) & (qc[..., 1] > 120) & (qc[..., 2] < 90)
+    assert yellow.sum() > 2000
