@@ -87,11 +87,19 @@ def test_simplified_polygons_are_what_every_picture_draws():
 
 
 def test_heatmap_threshold_updates_summary_and_exports_agree(synthetic_slide, tiny_ckpt, tmp_path):
-    assert run("predict", synthetic_slide.path, "-o", tmp_path, "--model", tiny_ckpt, "-q").exit_code == 0
+    r0 = run("predict", synthetic_slide.path, "-o", tmp_path, "--model", tiny_ckpt, "-q")
+    assert r0.exit_code == 0 and "NOT A TUMOUR CLASSIFIER" in r0.stderr
     d = tmp_path / "synthetic"
+    from PIL import Image
+
+    top = np.asarray(Image.open(d / "overlay.png").convert("RGB"))[:40].astype(int)  # the red mark above the caption
+    assert ((top[..., 0] > 150) & (top[..., 1] < 60) & (top[..., 2] < 60)).sum() > 200
     before = json.loads((d / "summary.json").read_text())
     assert set(SUMMARY_AREA_KEYS) <= set(before["areas"])
     assert before["areas"]["scored_tissue_fraction"] >= 0.99 and before["smoke_model"] is True
+    gj = json.loads((d / "tumor.geojson").read_text())
+    assert "NOT A TUMOUR CLASSIFIER" in gj["properties"]["warning"]
+    assert all(f["properties"]["name"].startswith("[smoke test, not a tumour classifier]") for f in gj["features"])
     for t in (0.3, 0.7):
         r = run("heatmap", d, "--threshold", t)
         assert r.exit_code == 0, r.output

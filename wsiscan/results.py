@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .heatmap import HeatmapFrame, overlay_title, render_overlay, slide_scores, tumour_regions, write_geojson, \
+from .heatmap import HeatmapFrame, geojson_collection, overlay_title, render_overlay, slide_scores, tumour_regions, \
     write_json_atomic
 from .render import SMOKE_MODEL_MARK
 
@@ -78,15 +78,21 @@ def threshold_outputs(slide_dir: Path, cells: np.ndarray, frame: HeatmapFrame, *
     scores = slide_scores(cells, threshold=threshold, top_k=top_k, cell_um=frame.cell_um)
     regions = tumour_regions(cells, frame, threshold=threshold, min_area_um2=min_region_area_um2,
                              simplify_tolerance_um=simplify_tolerance_um)
+    smoke = is_smoke_model(models)
     if write_geojson_file:
-        write_geojson(regions, slide_dir / geojson_name, slide_name=slide_name, threshold=threshold)
+        collection = geojson_collection(regions, slide_name=slide_name, threshold=threshold)
+        if smoke:  # QuPath shows the names: each says what made it
+            collection["properties"]["warning"] = SMOKE_MODEL_MARK
+            for feature in collection["features"]:
+                feature["properties"]["name"] = f"[smoke test, not a tumour classifier] {feature['properties']['name']}"
+        write_json_atomic(collection, slide_dir / geojson_name)
     if overlay_name is not None and picture is not None:
         title = overlay_title(slide_name=slide_name, model_names=[m["model"] for m in models], n_tiles=n_tiles,
                               tile_size_px=frame.tile_size_px, px_mpp=frame.px_mpp, stride_px=frame.stride_px,
                               max_probability=scores["max_probability"], threshold=threshold, n_regions=len(regions))
         render_overlay(picture, cells, frame, thumb_mpp=picture_mpp, threshold=threshold, title=title,
                        path=slide_dir / overlay_name, regions=regions,
-                       mark=SMOKE_MODEL_MARK if is_smoke_model(models) else None)
+                       mark=SMOKE_MODEL_MARK if smoke else None)
     areas = area_summary(cells, frame, regions, threshold=threshold, tissue_area_mm2=tissue.get("tissue_area_mm2"),
                          ink_area_mm2=tissue.get("ink_area_mm2"),
                          scored_tissue_fraction=tissue.get("scored_tissue_fraction"))
@@ -97,7 +103,7 @@ def threshold_outputs(slide_dir: Path, cells: np.ndarray, frame: HeatmapFrame, *
                     "top": [{k: r[k] for k in ("area_mm2", "mean_probability", "max_probability")}
                             for r in regions[:5]]},
         "areas": areas,
-        "smoke_model": is_smoke_model(models),
+        "smoke_model": smoke,
     }
 
 
