@@ -113,6 +113,11 @@ def test_thumbnail_ringed_with_ink(cmu_1um):
     unfiltered = detect_tissue(thumb, mask_mpp=MASK_MPP, config=_config(False))
     tissue, ink_excluded, tissue_kept = _scores(thumb, ink_truth, any_ink, clean_big)
     assert ink_excluded >= 0.95 and tissue_kept >= 0.95, (ink_excluded, tissue_kept)
+    # nothing along the ring is taken for tissue (ink's saturation must not bleed onto the glass)
+    from scipy import ndimage
+
+    far = tissue.mask & ~ndimage.binary_dilation(clean_big, iterations=5)
+    assert far.sum() <= 0.005 * tissue.mask.sum(), far.sum()
     # the threshold is the clean tissue's, not one between ink and tissue
     clean_thr = detect_tissue(resize_box(np.ascontiguousarray(big[: (H // f) * f, : (W // f) * f]),
                                          (W // f, H // f)), mask_mpp=MASK_MPP, config=_config()).threshold

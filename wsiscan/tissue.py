@@ -282,7 +282,16 @@ def _small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
 def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfig) -> TissueMask:
     """Tissue mask of an RGB uint8 ``thumbnail`` whose pixels are ``mask_mpp`` um wide."""
     sigma_px = config.blur_sigma_um / mask_mpp
+    ink = None
+    if config.ink_filter:
+        ink = _remove_small(_stripewise(detect_ink, thumbnail, halo=0), int(INK_MIN_AREA_UM2 / mask_mpp**2))
+        margin_px = INK_MARGIN_UM / mask_mpp
+        if margin_px >= 1 and ink.any():
+            ink = _stripewise(lambda m: _dilate_or_erode_disk(m, margin_px, dilate=True), ink,
+                              halo=int(math.ceil(margin_px)))
     sat = _stripewise(_saturation, thumbnail, halo=0)
+    if ink is not None and ink.any():  # ink's saturation must not bleed through the blur onto the glass beside it
+        sat[ink] = 0.0
     if sigma_px > 0.3:  # scipy's kernel reaches int(4 sigma + 0.5) px (truncate=4)
         sat = _stripewise(lambda x: ndimage.gaussian_filter(x, sigma_px), sat, halo=int(4.0 * sigma_px + 0.5) + 1)
 
@@ -291,13 +300,6 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
         return (gray < config.dark_threshold) | (gray > config.bright_threshold)
 
     dark_bright = _stripewise(dark_or_bright, thumbnail, halo=0)
-    ink = None
-    if config.ink_filter:
-        ink = _remove_small(_stripewise(detect_ink, thumbnail, halo=0), int(INK_MIN_AREA_UM2 / mask_mpp**2))
-        margin_px = INK_MARGIN_UM / mask_mpp
-        if margin_px >= 1 and ink.any():
-            ink = _stripewise(lambda m: _dilate_or_erode_disk(m, margin_px, dilate=True), ink,
-                              halo=int(math.ceil(margin_px)))
     usable = ~dark_bright if ink is None else ~(dark_bright | ink)
 
     otsu = otsu_threshold(sat, where=usable) if usable.any() else 1.0
