@@ -27,7 +27,7 @@ from .heatmap import HeatmapFrame, geojson_collection, overlay_title, render_ove
     write_json_atomic
 from .render import SMOKE_MODEL_MARK
 
-__all__ = ["is_smoke_model", "area_summary", "threshold_outputs", "update_summary_atomic", "SUMMARY_AREA_KEYS"]
+__all__ = ["is_smoke_model", "area_summary", "threshold_outputs", "write_region_geojson", "update_summary_atomic", "SUMMARY_AREA_KEYS"]
 
 SUMMARY_AREA_KEYS = ("tissue_area_mm2", "ink_area_mm2", "scored_area_mm2", "scored_tissue_fraction",
                      "tumour_area_mm2", "region_area_mm2", "dropped_area_mm2")
@@ -64,6 +64,19 @@ def area_summary(cells: np.ndarray, frame: HeatmapFrame, regions: list[dict[str,
     }
 
 
+def write_region_geojson(regions: list[dict[str, Any]], path: str | Path, *, slide_name: str, threshold: float,
+                         smoke: bool) -> Path:
+    """tumor.geojson (heatmap.geojson_collection, written atomically); for the smoke-test
+    model (``smoke``) the collection carries a ``warning`` and each region's name says so
+    (QuPath shows the names).  predict, ``heatmap`` and the napari export all write through here."""
+    collection = geojson_collection(regions, slide_name=slide_name, threshold=threshold)
+    if smoke:
+        collection["properties"]["warning"] = SMOKE_MODEL_MARK
+        for feature in collection["features"]:
+            feature["properties"]["name"] = f"[smoke test, not a tumour classifier] {feature['properties']['name']}"
+    return write_json_atomic(collection, path)
+
+
 def threshold_outputs(slide_dir: Path, cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, top_k: int,
                       min_region_area_um2: float, simplify_tolerance_um: float, slide_name: str,
                       models: list[dict[str, Any]], n_tiles: int, picture: np.ndarray | None, picture_mpp: float,
@@ -80,12 +93,8 @@ def threshold_outputs(slide_dir: Path, cells: np.ndarray, frame: HeatmapFrame, *
                              simplify_tolerance_um=simplify_tolerance_um)
     smoke = is_smoke_model(models)
     if write_geojson_file:
-        collection = geojson_collection(regions, slide_name=slide_name, threshold=threshold)
-        if smoke:  # QuPath shows the names: each says what made it
-            collection["properties"]["warning"] = SMOKE_MODEL_MARK
-            for feature in collection["features"]:
-                feature["properties"]["name"] = f"[smoke test, not a tumour classifier] {feature['properties']['name']}"
-        write_json_atomic(collection, slide_dir / geojson_name)
+        write_region_geojson(regions, slide_dir / geojson_name, slide_name=slide_name, threshold=threshold,
+                             smoke=smoke)
     if overlay_name is not None and picture is not None:
         title = overlay_title(slide_name=slide_name, model_names=[m["model"] for m in models], n_tiles=n_tiles,
                               tile_size_px=frame.tile_size_px, px_mpp=frame.px_mpp, stride_px=frame.stride_px,

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from wsiscan.errors import StoreError, WsiscanError
-from wsiscan.heatmap import HeatmapFrame, tumour_regions, write_geojson
+from wsiscan.heatmap import HeatmapFrame, tumour_regions
 from wsiscan.store import open_tile_store, store_exists
 
 __all__ = [
@@ -427,8 +427,11 @@ def view_for_bbox(bbox_um: tuple[float, float, float, float], canvas_px: tuple[i
 # -- export ------------------------------------------------------------------------------------------------
 def export_geojson(result: WsiscanResult, regions: list[dict[str, Any]], path: str | Path, *,
                    threshold: float) -> Path:
-    """The regions as predict's QuPath GeoJSON (same writer, same schema)."""
-    return write_geojson(regions, path, slide_name=result.slide_name, threshold=float(threshold))
+    """The regions as predict's QuPath GeoJSON (same writer, same schema, the same smoke-model mark)."""
+    from wsiscan.results import write_region_geojson
+
+    return write_region_geojson(regions, path, slide_name=result.slide_name, threshold=float(threshold),
+                                smoke=is_smoke_result(result.summary))
 
 
 def read_geojson_geometries(path: str | Path) -> list[Any]:

@@ -67,17 +67,18 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     # the workers of an existing cluster choose their own device; everything else is checked here first
     dev = select_device(cfg.predict.device) if not scheduler else None
     models = load_models(cfg.predict.model)
-    from ..render import SMOKE_MODEL_MARK
-    from ..results import is_smoke_model
-
-    if is_smoke_model(models.describe()):  # issue 12: everything the smoke model makes says so
-        echo_err(f"wsiscan: warning: {SMOKE_MODEL_MARK}; its heatmaps mark dark patch centres, not tumour")
     cfg = resolution_config(cfg, models.spec, target_mpp=target_mpp, tile_size_px=tile_size_px)
     if workers is not None or scheduler:
         _predict_on_dask(jobs, out_dir, cfg, models, workers=workers, scheduler=scheduler, retries=retries,
                          overwrite=overwrite)
     else:
         _predict_in_turn(jobs, out_dir, cfg, models, dev, overwrite=overwrite, quiet=quiet)
+    from ..render import SMOKE_MODEL_MARK
+    from ..results import is_smoke_model
+
+    if is_smoke_model(models.describe()):  # issue 12: everything the smoke model makes says so (after success:
+        # an error stays the one line on stderr)
+        echo_err(f"wsiscan: warning: {SMOKE_MODEL_MARK}; its heatmaps mark dark patch centres, not tumour")
 
 
 for _param in predict.params:  # tiling_options says "decode processes"; for predict it is the Dask cluster
