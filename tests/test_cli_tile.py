@@ -6,6 +6,7 @@ import json
 import os
 import stat
 
+import numpy as np
 import pytest
 from cli_helpers import assert_one_line_error, run
 
@@ -117,15 +118,19 @@ def test_cmu_small_region_tiles_from_level_0_downsampled_2x(shared_slides, tmp_p
     sel = r.plan.selection
     assert sel.level == 0 and sel.resample and sel.lv_per_px == pytest.approx(0.972 / 0.499)
     # 2220 x 2967 px at 0.499 -> about 1139 x 1523 px at 0.972: at most 11 x 15 = 165 tiles; tissue covers ~half
-    assert 40 <= r.n_tiles <= 120
+    assert 40 <= r.n_tiles <= 130
     import zarr
 
     g = zarr.open_group(str(r.store_path), mode="r")
     px = g["pixels"]
-    # tiles lie on tissue: stained pixels, not glass
+    # tiles lie on tissue: every one holds stained pixels (the keep rule is "any tissue in the
+    # tile's cell", issue 12, so a border tile may be mostly glass), most are mostly stained
+    means = []
     for x, y in r.plan.grid.px_origin(r.plan.kept_rc)[:: max(1, r.n_tiles // 10)]:
         patch = px[y : y + 96, x : x + 96].astype(float)
-        assert patch.mean() < 225, "a kept tile is mostly glass"
+        assert (patch.mean(axis=-1) < 215).mean() > 0.01, "a kept tile is all glass"
+        means.append(patch.mean())
+    assert np.median(means) < 225
 
 
 @pytest.mark.realdata

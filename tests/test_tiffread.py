@@ -220,10 +220,13 @@ def test_glass_skip_keeps_every_kept_patch_identical(tmp_path, mpp, downsamples)
             assert np.array_equal(a, b)
 
 
-def test_glass_skip_is_off_when_glass_patches_are_kept(jpeg_slide):
+def test_glass_skip_is_on_at_any_min_tissue(jpeg_slide):
+    """Glass-only patches are never kept (issue 12's keep rule: any tissue), so glass tiles
+    may be skipped whatever --min-tissue says, 0 included."""
     plan = plan_tiling(jpeg_slide.path, load_config().replace("tile", min_tissue=0.0))
-    assert plan.pixel_reader == "tifffile-jpeg" and not plan.glass_skip
-    assert tiling._glass_tile_keep(plan) is None
+    assert plan.pixel_reader == "tifffile-jpeg" and plan.glass_skip
+    keep = tiling._glass_tile_keep(plan)
+    assert keep is not None and 0 < keep.sum() < keep.size
 
 
 def test_glass_skip_in_worker_processes(tmp_path, monkeypatch):

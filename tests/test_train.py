@@ -178,7 +178,9 @@ def test_training_learns_and_beats_shuffled_labels(data, tmp_path):
     # best.pt is a plain wsiscan checkpoint with calibration, provenance and metrics
     model, spec = load_checkpoint(tmp_path / "real" / "best.pt")
     assert spec.arch == "logreg" and spec.patch_size_px == 96 and spec.input_mpp == pytest.approx(0.972)
-    assert spec.temperature == pytest.approx(result.temperature) and spec.temperature != 1.0
+    # 96 validation patches are too few to trust a temperature (issue 12's guard): T = 1, said why
+    assert spec.temperature == pytest.approx(result.temperature) == 1.0
+    assert spec.metrics["calibration_warning"].startswith("calibration skipped: 96 validation patches")
     assert spec.mean == train.IMAGENET_MEAN and spec.std == train.IMAGENET_STD
     assert spec.provenance["seed"] == 0 and spec.provenance["data"]["layout"] == "official"
     assert spec.provenance["versions"]["torch"] == torch.__version__

@@ -45,7 +45,7 @@ class TileConfig:
     stride_px: int = 96
     mpp_tolerance: float = 0.05
     supertile_px: int = 768
-    min_tissue: float = 0.5
+    min_tissue: float = 0.0
     workers: int = 0
     compression_level: int = 5
     reader: str = "auto"
@@ -85,6 +85,7 @@ class TissueConfig:
     closing_radius_um: float = 16.0
     min_object_area_um2: float = 20000.0
     min_hole_area_um2: float = 20000.0
+    ink_filter: bool = True
 
     def __post_init__(self) -> None:
         if self.mask_mpp <= 0:
@@ -102,8 +103,8 @@ class PredictConfig:
     tta: bool = False
     threshold: float = 0.5
     top_k: int = 10
-    min_region_area_um2: float = 10000.0
-    simplify_tolerance_um: float = 20.0
+    min_region_area_um2: float = 0.0
+    simplify_tolerance_um: float = 0.0
     heatmap_chunk_cells: int = 256
 
     def __post_init__(self) -> None:

@@ -55,6 +55,7 @@ from distributed import Client, KilledWorker, WorkerPlugin
 from .config import Config, runtime_versions
 from .errors import CheckpointError, WsiscanError
 from .heatmap import write_json_atomic
+from .manifest import write_manifest_merged
 from .predict import (
     LoadedModels,
     SlideJob,
@@ -355,7 +356,7 @@ def predict_many(
         now = time.perf_counter()
         if force or now - last_write[0] >= _MANIFEST_EVERY_S:
             manifest["totals"] = _totals(entries, progress)
-            write_json_atomic(manifest, out_root / MANIFEST_NAME)
+            write_manifest_merged(out_root, manifest)  # issue 12: merged into OUT's manifest by slide
             last_write[0] = now
 
     for entry in entries:  # skipped and refused slides are done already

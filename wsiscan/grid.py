@@ -21,6 +21,8 @@ __all__ = [
     "store_geometry",
     "TileGrid",
     "build_grid",
+    "tile_coverage",
+    "grid_border",
 ]
 
 
@@ -74,9 +76,19 @@ class StoreGeometry:
 
     effective_mpp: float
     l0_per_px: float  # level-0 px per store px
-    width_px: int
+    width_px: int  # the slide, plus ``pad_px`` of glass on the right and bottom
     height_px: int
     supertile_px: int
+    pad_px: int = 0  # glass (white) past the slide's right and bottom edges, so the last tiles fit
+
+    @property
+    def slide_width_px(self) -> int:
+        """Width of the slide itself in store px (without the glass padding)."""
+        return self.width_px - self.pad_px
+
+    @property
+    def slide_height_px(self) -> int:
+        return self.height_px - self.pad_px
 
     @property
     def n_chunk_rows(self) -> int:
@@ -93,20 +105,25 @@ class StoreGeometry:
 
 
 def store_geometry(
-    *, l0_dimensions_px: tuple[int, int], base_mpp: float, selection: LevelSelection, supertile_px: int
+    *, l0_dimensions_px: tuple[int, int], base_mpp: float, selection: LevelSelection, supertile_px: int,
+    pad_px: int = 0,
 ) -> StoreGeometry:
+    """The store frame: the slide at the effective resolution, plus ``pad_px`` of glass past
+    its right and bottom edges (one tile's worth lets the last partial row and column of
+    tiles be scored, see :func:`build_grid`); the padding reads as white, like glass."""
     l0_per_px = selection.effective_mpp / base_mpp
     width = int(math.floor(l0_dimensions_px[0] / l0_per_px + 1e-6))
     height = int(math.floor(l0_dimensions_px[1] / l0_per_px + 1e-6))
-    return StoreGeometry(selection.effective_mpp, l0_per_px, width, height, supertile_px)
+    return StoreGeometry(selection.effective_mpp, l0_per_px, width + pad_px, height + pad_px, supertile_px, pad_px)
 
 
 @dataclass(frozen=True)
 class TileGrid:
     """Tiles of ``tile_size_px`` every ``stride_px`` over a ``width_px`` x ``height_px`` frame.
 
-    Tile (r, c) has its top-left corner at store px (c * stride, r * stride).  Tiles
-    lie entirely inside the frame.  Order is row-major (deterministic).
+    Tile (r, c) has its top-left corner at store px (c * stride, r * stride).  The grid
+    covers the whole slide: the last row and column reach past its bottom and right
+    edges into the store's glass padding (see :func:`build_grid`).  Order is row-major.
     """
 
     tile_size_px: int
@@ -134,7 +151,56 @@ class TileGrid:
         return (self.tile_size_px - self.stride_px) / 2.0
 
 
-def build_grid(*, width_px: int, height_px: int, tile_size_px: int, stride_px: int) -> TileGrid:
-    n_cols = (width_px - tile_size_px) // stride_px + 1 if width_px >= tile_size_px else 0
-    n_rows = (height_px - tile_size_px) // stride_px + 1 if height_px >= tile_size_px else 0
-    return TileGrid(tile_size_px, stride_px, max(n_rows, 0), max(n_cols, 0))
+def _grid_count(size_px: int, tile_size_px: int, stride_px: int, pad_px: int) -> int:
+    """Tiles along one axis: enough to reach the slide's last pixel (the last tile may hang
+    past the edge into at most ``pad_px`` of glass); none when the slide is under one tile."""
+    if size_px < tile_size_px:
+        return 0
+    n = -(-(size_px - tile_size_px) // stride_px) + 1  # ceil: the last tile reaches the edge
+    while n > 1 and (n - 1) * stride_px + tile_size_px > size_px + pad_px:
+        n -= 1  # not enough glass padding for the last one: it stays inside the frame
+    return n
+
+
+def build_grid(*, width_px: int, height_px: int, tile_size_px: int, stride_px: int, pad_px: int = 0) -> TileGrid:
+    """The tile grid over a slide of ``width_px`` x ``height_px`` store px.
+
+    With ``pad_px`` >= ``tile_size_px`` of glass past the right and bottom edges (as
+    :func:`store_geometry` adds it), the last partial row and column are scored: their
+    tiles are padded with glass, as the peers do (hs2p, TIAToolbox).  With no padding,
+    tiles lie entirely inside the slide and up to ``stride_px`` - 1 px at the right and
+    bottom are in no tile.
+    """
+    return TileGrid(tile_size_px, stride_px, _grid_count(height_px, tile_size_px, stride_px, pad_px),
+                    _grid_count(width_px, tile_size_px, stride_px, pad_px))
+
+
+def grid_border(grid: TileGrid, rc: np.ndarray) -> np.ndarray:
+    """(N,) bool: whether each grid (row, col) lies in the grid's first or last row or column."""
+    rc = np.asarray(rc).reshape(-1, 2)
+    return (rc[:, 0] == 0) | (rc[:, 1] == 0) | (rc[:, 0] == grid.n_rows - 1) | (rc[:, 1] == grid.n_cols - 1)
+
+
+def tile_coverage(mask_shape: tuple[int, int], *, mask_mpp: float, px_mpp: float, px_xy: np.ndarray,
+                  tile_size_px: int) -> np.ndarray:
+    """(rows, cols) bool over a mask at ``mask_mpp``: whether each mask pixel's centre lies
+    inside one of the tiles at store-px origins ``px_xy`` (N, 2) (x, y) of ``px_mpp``.
+
+    A difference image and two cumulative sums: linear in the mask and the tiles.
+    """
+    rows, cols = mask_shape
+    scale = px_mpp / mask_mpp  # mask px per store px
+    px_xy = np.asarray(px_xy, np.float64).reshape(-1, 2)
+    # pixel j's centre (j + 0.5) / scale lies in [x0, x0 + t)  <=>  j in [ceil(x0 s - 0.5), ceil((x0 + t) s - 0.5))
+    x0 = np.clip(np.ceil(px_xy[:, 0] * scale - 0.5 - 1e-9), 0, cols).astype(np.int64)
+    x1 = np.clip(np.ceil((px_xy[:, 0] + tile_size_px) * scale - 0.5 - 1e-9), 0, cols).astype(np.int64)
+    y0 = np.clip(np.ceil(px_xy[:, 1] * scale - 0.5 - 1e-9), 0, rows).astype(np.int64)
+    y1 = np.clip(np.ceil((px_xy[:, 1] + tile_size_px) * scale - 0.5 - 1e-9), 0, rows).astype(np.int64)
+    diff = np.zeros((rows + 1, cols + 1), np.int32)
+    np.add.at(diff, (y0, x0), 1)
+    np.add.at(diff, (y0, x1), -1)
+    np.add.at(diff, (y1, x0), -1)
+    np.add.at(diff, (y1, x1), 1)
+    np.cumsum(diff, axis=0, out=diff)
+    np.cumsum(diff, axis=1, out=diff)
+    return diff[:rows, :cols] > 0

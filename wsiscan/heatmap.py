@@ -123,7 +123,7 @@ def slide_scores(cells: np.ndarray, *, threshold: float, top_k: int, cell_um: fl
     values = cells[np.isfinite(cells)]
     if values.size == 0:
         return {"n_cells": 0, "max_probability": None, "top_k_mean_probability": None,
-                "tumour_area_mm2": 0.0, "tissue_area_mm2": 0.0}
+                "n_cells_above_threshold": 0, "threshold": threshold, "tumour_area_mm2": 0.0, "scored_area_mm2": 0.0}
     k = min(top_k, values.size)
     top = np.partition(values, values.size - k)[values.size - k :]
     n_pos = int((values >= threshold).sum())
@@ -135,8 +135,10 @@ def slide_scores(cells: np.ndarray, *, threshold: float, top_k: int, cell_um: fl
         "mean_probability": float(values.mean()),
         "n_cells_above_threshold": n_pos,
         "threshold": threshold,
+        # issue 12's names: tumour area = cells >= threshold, scored area = cells of scored tiles
+        # (the tissue mask's own area is the summary's areas.tissue_area_mm2)
         "tumour_area_mm2": n_pos * cell_um**2 / 1e6,
-        "tissue_area_mm2": values.size * cell_um**2 / 1e6,
+        "scored_area_mm2": values.size * cell_um**2 / 1e6,
     }
 
 
@@ -165,7 +167,10 @@ def tumour_regions(cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, 
     """Connected regions of cells >= threshold as polygons in level-0 px, with statistics.
 
     Boundaries follow cell edges exactly (the union of the cells' squares, holes
-    included), then Douglas-Peucker simplification in um.
+    included), then Douglas-Peucker simplification in um when ``simplify_tolerance_um`` > 0
+    (default 0: none).  ``area_mm2`` is the exported polygon's area (with no
+    simplification, exactly its cells' area, ``cells_area_mm2``).  Everything that draws
+    regions (tumor.geojson, overlay.png, the napari outlines) draws these polygons.
     """
     import shapely
     from scipy import ndimage
@@ -195,12 +200,14 @@ def tumour_regions(cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, 
             geom = geom.simplify(tol_cells, preserve_topology=True)
         geom = shapely.make_valid(geom)
         # cell-index coordinates (cell c's centre at c) -> level-0 px
-        geom = shapely.transform(geom, lambda xy: np.column_stack(frame.cell_to_l0(xy[:, 1], xy[:, 0])))
         if geom.is_empty:
             continue
+        polygon_area_um2 = geom.area * cell_area_um2  # in cell units: one cell is 1 x 1
+        geom = shapely.transform(geom, lambda xy: np.column_stack(frame.cell_to_l0(xy[:, 1], xy[:, 0])))
         regions.append({
             "geometry": mapping(geom),
-            "area_mm2": area_um2 / 1e6,
+            "area_mm2": polygon_area_um2 / 1e6,
+            "cells_area_mm2": area_um2 / 1e6,
             "n_cells": n_cells,
             "mean_probability": float(vals.mean()),
             "max_probability": float(vals.max()),
@@ -260,19 +267,25 @@ def write_geojson(regions: list[dict[str, Any]], path: str | Path, *, slide_name
 
 
 def overlay_title(*, slide_name: str, model_names: list[str], n_tiles: int, tile_size_px: int, px_mpp: float,
-                  stride_px: int, max_probability: float | None) -> str:
-    """The one-line caption of ``overlay.png``: slide, models, patches, resolution, stride, max p."""
-    models = " + ".join(Path(n).name for n in model_names)
+                  stride_px: int, max_probability: float | None, threshold: float | None = None,
+                  n_regions: int | None = None) -> str:
+    """The caption of ``overlay.png``: slide, models, patches, resolution, stride, max p, threshold."""
+    models = " + ".join(n if n.count("/") == 1 and not Path(n).exists() else Path(n).name for n in model_names)
     top = f"{max_probability:.2f}" if max_probability is not None else "-"
-    return (f"{slide_name}  |  {models}  |  {n_tiles} patches {tile_size_px} px @ {px_mpp:.3g} um/px, "
-            f"stride {stride_px}  |  max {top}")
+    thr = "" if threshold is None else (f"  |  cyan outlines: {n_regions} regions of p >= {threshold:g}"
+                                         if n_regions is not None else f"  |  threshold {threshold:g}")
+    return (f"{slide_name}  |  model {models}  |  {n_tiles} patches {tile_size_px} px @ {px_mpp:.3g} um/px, "
+            f"stride {stride_px}  |  max p {top}{thr}")
 
 
 def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame, *, thumb_mpp: float,
                    threshold: float, title: str, path: str | Path, max_side_px: int = 1600,
-                   min_region_area_um2: float = 0.0) -> Path:
-    """The heatmap (colour, alpha) over the slide thumbnail, with a colour bar and the outline
-    of the regions exported to GeoJSON (those of at least ``min_region_area_um2``).  Written atomically."""
+                   min_region_area_um2: float = 0.0, regions: list[dict[str, Any]] | None = None,
+                   mark: str | None = None) -> Path:
+    """The heatmap (colour, alpha) over the slide thumbnail, with a colour bar, a scale bar,
+    the caption ``title`` (``mark`` above it in red) and the outlines of ``regions`` (the
+    polygons :func:`tumour_regions` exports to GeoJSON, drawn as they are; when None they
+    are made here with ``min_region_area_um2`` and no simplification).  Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,29 +314,70 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
 
     dpi = 100
     fig_w = ow / dpi + 1.6
-    title = "\n".join(textwrap.wrap(title, width=max(30, int(fig_w * dpi / 6.5))))
-    title_h = 0.2 + 0.16 * (title.count("\n") + 1)
+    font_pt = 11
+    wrap = max(30, int((fig_w - 0.4) * 72 / (font_pt * 0.62)))  # characters per line (DejaVu Sans ~0.6 em)
+    title = "\n".join(textwrap.wrap(title, width=wrap))
+    n_lines = title.count("\n") + 1
+    mark_lines = "\n".join(textwrap.wrap(mark, width=wrap)) if mark else ""
+    n_lines += mark_lines.count("\n") + 1 if mark else 0
+    title_h = 0.25 + font_pt * 1.35 / 72 * n_lines
     fig_h = oh / dpi + 0.3 + title_h
     fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
     ax = fig.add_axes((0.2 / fig_w, 0.2 / fig_h, ow / dpi / fig_w, oh / dpi / fig_h))
     ax.imshow(base, interpolation="nearest")
     masked = np.ma.masked_invalid(img)
     im = ax.imshow(masked, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, interpolation="nearest")
-    exported = region_cells(cells, frame, threshold=threshold, min_area_um2=min_region_area_um2)
-    above = np.zeros((oh, ow), np.float32)
-    above[inside] = exported[rows][:, cols][inside]
-    if 0 < above.sum() < above.size:  # outline of the regions exported to GeoJSON
-        ax.contour(above, levels=[0.5], colors=["cyan"], linewidths=0.8)
+    if regions is None:
+        regions = tumour_regions(cells, frame, threshold=threshold, min_area_um2=min_region_area_um2,
+                                 simplify_tolerance_um=0.0)
+    l0_per_out = out_mpp / frame.px_mpp * frame.l0_per_px  # level-0 px per overlay px
+    for ring in _rings(regions):  # the exported polygons themselves, level-0 px -> overlay px
+        xy = np.asarray(ring, np.float64) / l0_per_out - 0.5
+        ax.plot(xy[:, 0], xy[:, 1], color="cyan", linewidth=1.0)
+    ax.set_xlim(-0.5, ow - 0.5)
+    ax.set_ylim(oh - 0.5, -0.5)
+    _scale_bar(ax, ow=ow, oh=oh, um_per_px=out_mpp)
     ax.set_axis_off()
     cax = fig.add_axes(((ow / dpi + 0.35) / fig_w, 0.2 / fig_h + 0.1 * oh / dpi / fig_h, 0.18 / fig_w,
                         0.8 * oh / dpi / fig_h))
     cb = fig.colorbar(im, cax=cax)
     cb.set_label("tumour probability")
     cb.ax.axhline(threshold, color="cyan", lw=1.5)
-    fig.text(0.2 / fig_w, 1 - 0.1 / fig_h, title, fontsize=8, va="top")
+    top = 1 - 0.1 / fig_h
+    if mark:
+        fig.text(0.2 / fig_w, top, mark_lines, fontsize=font_pt, va="top", color="#c00000", fontweight="bold")
+        top -= font_pt * 1.35 / 72 * (mark_lines.count("\n") + 1) / fig_h
+    fig.text(0.2 / fig_w, top, title, fontsize=font_pt, va="top")
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, p)
     return p
+
+
+def _rings(regions: list[dict[str, Any]]) -> list[list[list[float]]]:
+    """Every ring (outlines and holes) of the regions' GeoJSON geometries."""
+    rings = []
+    for r in regions:
+        g = r["geometry"]
+        polys = [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"] if g["type"] == "MultiPolygon" else []
+        for poly in polys:
+            rings.extend(list(ring) for ring in poly)
+    return rings
+
+
+def _scale_bar(ax: Any, *, ow: int, oh: int, um_per_px: float) -> None:
+    """A round-length scale bar in the bottom-left corner of an image axis, on a white box."""
+    from matplotlib.patches import Rectangle
+
+    from .render import scale_bar_um
+
+    length_um = scale_bar_um(ow * um_per_px)
+    bar_px = length_um / um_per_px
+    label = f"{length_um:g} um" if length_um < 1000 else f"{length_um / 1000:g} mm"
+    x0, y1 = 0.03 * ow, oh - 0.03 * oh
+    ax.add_patch(Rectangle((x0 - 6, y1 - 0.075 * oh), max(bar_px, 0.12 * ow) + 12, 0.075 * oh + 6,
+                           facecolor="white", edgecolor="none", alpha=0.85))
+    ax.plot([x0, x0 + bar_px], [y1 - 4, y1 - 4], color="black", linewidth=3, solid_capstyle="butt")
+    ax.text(x0, y1 - 12, label, fontsize=10, va="bottom", ha="left", color="black")

@@ -31,20 +31,11 @@ from typing import Any, Sequence
 
 from .config import Config, runtime_versions
 from .errors import CheckpointError, ConfigError, StoreExistsError
-from .heatmap import (
-    HeatmapFrame,
-    build_pyramid,
-    ome_multiscales,
-    overlay_title,
-    render_overlay,
-    slide_scores,
-    tumour_regions,
-    write_geojson,
-    write_json_atomic,
-)
+from .heatmap import HeatmapFrame, build_pyramid, ome_multiscales, write_json_atomic
 from .store import open_tile_store
 from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
     slide_id_for, write_grid, write_pixels, write_qc
+from .results import threshold_outputs  # issue 12
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
@@ -359,17 +350,14 @@ def predict_slide(
     store.set_heatmap_ome(ome_multiscales(frame, n_levels, name=f"{slide_id} tumour probability"))
     store.update_heatmap_meta(status="complete", n_levels=n_levels)
     cells = store.heatmap_level(0)[...]
-    scores = slide_scores(cells, threshold=pc.threshold, top_k=pc.top_k, cell_um=frame.cell_um)
-    regions = tumour_regions(cells, frame, threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
-                             simplify_tolerance_um=pc.simplify_tolerance_um)
-    write_geojson(regions, slide_dir / "tumor.geojson", slide_name=plan.slide_path.name, threshold=pc.threshold)
-    title = overlay_title(slide_name=plan.slide_path.name, model_names=list(models.names), n_tiles=plan.n_tiles,
-                          tile_size_px=grid.tile_size_px, px_mpp=frame.px_mpp, stride_px=grid.stride_px,
-                          max_probability=scores["max_probability"])
+    # issue 12: every threshold-dependent output and figure in one call (results.threshold_outputs)
     picture, picture_mpp = overview_picture(plan)
-    render_overlay(picture, cells, frame, thumb_mpp=picture_mpp, threshold=pc.threshold,
-                   min_region_area_um2=pc.min_region_area_um2,
-                   title=title, path=slide_dir / OVERLAY_NAME)
+    outs = threshold_outputs(slide_dir, cells, frame, threshold=pc.threshold, top_k=pc.top_k,
+                             min_region_area_um2=pc.min_region_area_um2,
+                             simplify_tolerance_um=pc.simplify_tolerance_um, slide_name=plan.slide_path.name,
+                             models=models.describe(), n_tiles=plan.n_tiles, picture=picture,
+                             picture_mpp=picture_mpp, tissue=tissue_figures(plan),
+                             geojson_name=GEOJSON_NAME, overlay_name=OVERLAY_NAME)
     timings["outputs_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary = {
@@ -379,9 +367,8 @@ def predict_slide(
         "resolution": {"target_mpp": config.tile.target_mpp, "effective_mpp": frame.px_mpp,
                        "level": plan.selection.level, "resampled": plan.selection.resample,
                        "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
-        "scores": scores,
-        "regions": {"n": len(regions), "threshold": pc.threshold,
-                    "top": [{k: r[k] for k in ("area_mm2", "mean_probability", "max_probability")} for r in regions[:5]]},
+        **outs,  # issue 12: scores, regions, areas, smoke_model
+        "exports": {GEOJSON_NAME: {"threshold": pc.threshold}, OVERLAY_NAME: {"threshold": pc.threshold}},
         "tiles": {"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,
                   "grid_shape": [grid.n_rows, grid.n_cols], "scored_this_run": stats["tiles"],
                   "resumed_tiles": stats["tiles_resumed"], "pixel_chunks_written": written,
@@ -403,6 +390,12 @@ def predict_slide(
     }
     write_json_atomic(summary, summary_path)
     return summary
+
+
+def tissue_figures(plan) -> dict[str, Any]:
+    """Issue 12: the threshold-independent areas of a plan (tissue mask, pen ink, scored share)."""
+    return {"tissue_area_mm2": plan.tissue.tissue_area_um2 / 1e6, "ink_area_mm2": plan.tissue.ink_area_um2 / 1e6,
+            "scored_tissue_fraction": plan.scored_tissue_fraction}
 
 
 def _device_description(device: Any) -> dict[str, Any]:

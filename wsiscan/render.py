@@ -6,10 +6,85 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-__all__ = ["render_tissue_qc", "save_png_atomic", "fit_size", "resize_box"]
+__all__ = ["render_tissue_qc", "save_png_atomic", "fit_size", "resize_box", "scale_bar_um", "caption_font",
+           "add_caption", "draw_scale_bar", "SMOKE_MODEL_MARK", "QC_COLOURS"]
+
+# what each colour of qc.png means (RGB)
+QC_COLOURS = {"mask outline": (0, 200, 0), "scored tiles": (40, 90, 220), "pen ink": (255, 200, 0),
+              "unscored tissue": (230, 0, 0), "not tissue": (255, 200, 200)}
+SMOKE_MODEL_MARK = "NOT A TUMOUR CLASSIFIER: wsiscan/tiny is a smoke-test model"
+
+
+def scale_bar_um(width_um: float) -> float:
+    """A round length (1, 2 or 5 x 10^k um) of about a fifth of ``width_um``."""
+    target = max(width_um / 5.0, 1e-3)
+    k = 10.0 ** np.floor(np.log10(target))
+    return float(max(m * k for m in (1.0, 2.0, 5.0) if m * k <= target))
+
+
+def caption_font(size_px: int) -> ImageFont.ImageFont:
+    """A scalable font of ``size_px`` (Pillow's own; its bitmap fallback where FreeType is absent)."""
+    try:
+        return ImageFont.load_default(size=size_px)
+    except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType
+        return ImageFont.load_default()
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width_px: int) -> list[str]:
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}" if line else word
+            if line and draw.textlength(trial, font=font) > width_px:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
+def add_caption(img: Image.Image, text: str, *, mark: str | None = None) -> Image.Image:
+    """``img`` under a caption wrapped to its width, in a font that scales with it (>= 14 px);
+    ``mark`` (e.g. :data:`SMOKE_MODEL_MARK`) first, in red."""
+    size_px = max(14, round(img.width / 70))
+    font = caption_font(size_px)
+    probe = ImageDraw.Draw(img)
+    width_px = max(200, img.width - 8)
+    lines = [(ln, (0, 0, 0)) for ln in _wrap(probe, text, font, width_px)]
+    if mark:
+        lines = [(ln, (200, 0, 0)) for ln in _wrap(probe, mark, font, width_px)] + lines
+    step = round(size_px * 1.3)
+    top = step * len(lines) + 8
+    canvas = Image.new("RGB", (max(img.width, 200), img.height + top), (255, 255, 255))
+    canvas.paste(img, (0, top))
+    draw = ImageDraw.Draw(canvas)
+    for k, (line, colour) in enumerate(lines):
+        draw.text((4, 4 + step * k), line, fill=colour, font=font)
+    return canvas
+
+
+def draw_scale_bar(img: Image.Image, *, um_per_px: float) -> Image.Image:
+    """A scale bar (a round length in um, labelled) in the bottom-left corner, on a white box."""
+    length_um = scale_bar_um(img.width * um_per_px)
+    bar_px = max(1, round(length_um / um_per_px))
+    size_px = max(12, round(img.width / 80))
+    font = caption_font(size_px)
+    label = f"{length_um:g} um" if length_um < 1000 else f"{length_um / 1000:g} mm"
+    draw = ImageDraw.Draw(img)
+    text_w = draw.textlength(label, font=font)
+    thick = max(3, size_px // 4)
+    x0, pad = 10, 6
+    y1 = img.height - 10
+    box = (x0 - pad, y1 - thick - size_px - 3 * pad, x0 + max(bar_px, text_w) + pad, y1 + pad // 2)
+    draw.rectangle(box, fill=(255, 255, 255))
+    draw.rectangle((x0, y1 - thick, x0 + bar_px, y1), fill=(0, 0, 0))
+    draw.text((x0, y1 - thick - size_px - pad), label, fill=(0, 0, 0), font=font)
+    return img
 
 
 def fit_size(width: int, height: int, max_side_px: int) -> tuple[int, int, float]:
@@ -54,10 +129,15 @@ def render_tissue_qc(
     tile_boxes_thumb: np.ndarray,
     title: str,
     max_side_px: int = 2000,
+    mask_mpp: float | None = None,
+    ink: np.ndarray | None = None,
+    unscored: np.ndarray | None = None,
 ) -> Image.Image:
-    """Thumbnail with the tissue mask outlined (green) and the kept tiles drawn (blue).
+    """Thumbnail with the tissue mask outlined (green) and the kept tiles drawn (blue);
+    pen ink (``ink``, mask-sized bool) filled yellow and tissue in no scored tile
+    (``unscored``) filled red, a scale bar when ``mask_mpp`` is given, the caption on top.
 
-    ``tile_boxes_thumb`` is (N, 4) x0, y0, x1, y1 in thumbnail pixels.
+    ``tile_boxes_thumb`` is (N, 4) x0, y0, x1, y1 in mask (thumbnail) pixels.
     """
     h, w = mask.shape
     ow, oh, scale = fit_size(w, h, max_side_px)
@@ -81,13 +161,12 @@ def render_tissue_qc(
             draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(40, 90, 220))
     edge = small_mask & ~ndimage.binary_erosion(small_mask, iterations=max(1, round(ow / 800)))
     out = np.asarray(img).copy()
-    out[edge] = (0, 200, 0)
+    for layer, name in ((ink, "pen ink"), (unscored, "unscored tissue")):
+        if layer is not None and layer.any():  # filled half-opaque, so what lies under it still shows
+            small = np.asarray(Image.fromarray(layer.astype(np.uint8) * 255).resize((ow, oh), Image.Resampling.BOX)) > 0
+            out[small] = (out[small] * 0.35 + np.array(QC_COLOURS[name]) * 0.65).astype(np.uint8)
+    out[edge] = QC_COLOURS["mask outline"]
     img = Image.fromarray(out)
-    draw = ImageDraw.Draw(img)
-    lines = title.split("\n")
-    canvas = Image.new("RGB", (ow, oh + 14 * len(lines) + 6), (255, 255, 255))
-    canvas.paste(img, (0, 14 * len(lines) + 6))
-    draw = ImageDraw.Draw(canvas)
-    for k, line in enumerate(lines):
-        draw.text((4, 3 + 14 * k), line, fill=(0, 0, 0))
-    return canvas
+    if mask_mpp is not None:
+        img = draw_scale_bar(img, um_per_px=mask_mpp * w / ow)
+    return add_caption(img, title)

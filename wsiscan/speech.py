@@ -68,12 +68,18 @@ def spoken_summary(summary: Mapping[str, Any], *, threshold: float | None = None
     """
     scores = summary.get("scores", {})
     slide = str(summary.get("slide_id") or Path(str(summary.get("slide", {}).get("path", "slide"))).stem)
-    t = float(threshold if threshold is not None else scores.get("threshold", 0.5))
+    top = summary.get("regions", {})
+    areas = summary.get("areas", {})
+    if threshold is None:
+        threshold = top.get("threshold", scores.get("threshold", 0.5))
+    t = float(threshold)
     if regions is not None:
         n = len(regions)
         area_mm2 = float(sum(float(r["area_mm2"]) for r in regions))
+    elif isinstance(areas, Mapping) and areas.get("region_area_mm2") is not None:
+        n = int(top.get("n", 0))
+        area_mm2 = float(areas["region_area_mm2"])  # the exported polygons (results.area_summary)
     else:
-        top = summary.get("regions", {})
         n = int(top.get("n", 0))
         listed = top.get("top", [])
         area_mm2 = float(sum(float(r.get("area_mm2", 0.0)) for r in listed)) if len(listed) == n else float(

@@ -26,11 +26,13 @@ import numpy as np
 
 from .config import Config, runtime_versions
 from .errors import NoTissueError, OutputError, StoreExistsError
-from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, select_level, store_geometry
+from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, grid_border, select_level, store_geometry, \
+    tile_coverage
 from .render import render_tissue_qc, save_png_atomic
 from .slide import Slide, open_slide, slide_fingerprint
 from .store import TileStore, create_tile_store, open_tile_store, remove_store, store_exists
-from .tissue import TissueMask, TileScores, box_counts, detect_tissue, score_tiles, summed_area_table, usable_cores
+from .tissue import TissueMask, TileScores, box_counts, cell_tissue_fractions, detect_tissue, keep_tiles, score_tiles, \
+    summed_area_table, usable_cores
 
 __all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_for", "open_configured_slide",
            "check_writable", "make_slide_dir", "plan_slide_output"]
@@ -82,6 +84,16 @@ class TilingPlan:
     # thumbnail itself, or for a small slide a sharper read (see OVERVIEW_MIN_SIDE_PX)
     overview: np.ndarray | None = None
     overview_mpp: float | None = None
+    # issue 12: tissue pixels of the mask whose centre lies in no kept tile (shown in qc.png)
+    unscored_tissue: np.ndarray | None = None
+
+    @property
+    def scored_tissue_fraction(self) -> float:
+        """Share of the tissue mask's pixels whose centre lies in a kept (scored) tile."""
+        total = int(self.tissue.mask.sum())
+        if total == 0 or self.unscored_tissue is None:
+            return 1.0 if total == 0 else float("nan")
+        return 1.0 - int(self.unscored_tissue.sum()) / total
 
     @property
     def n_tiles(self) -> int:
@@ -175,7 +187,8 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
         selection = select_level(requested_mpp=tc.target_mpp, level_mpps=level_mpps,
                                  tolerance=tc.mpp_tolerance, source=str(slide.path))
         geometry = store_geometry(l0_dimensions_px=slide.info.dimensions_px, base_mpp=mpp.mpp,
-                                  selection=selection, supertile_px=tc.supertile_px)
+                                  selection=selection, supertile_px=tc.supertile_px,
+                                  pad_px=tc.tile_size_px)  # issue 12: glass for the last partial tiles
         timings["open_s"] = time.perf_counter() - t0
         t = time.perf_counter()
         thumbnail = slide.read_thumbnail(mpp=config.tissue.mask_mpp)
@@ -187,12 +200,12 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
         pixel_reader = slide.reader_for(selection.level)
         lv_tile_layout = slide.tile_layout(selection.level)
     # glass skip needs the raw reader's tile grid, and a tile must have tissue to be kept
-    glass_skip = lv_tile_layout is not None and tc.min_tissue > 0
+    glass_skip = lv_tile_layout is not None  # issue 12: glass-only tiles are never kept (keep_tiles)
 
     t = time.perf_counter()
     tissue = detect_tissue(thumbnail, mask_mpp=config.tissue.mask_mpp, config=config.tissue)
-    grid = build_grid(width_px=geometry.width_px, height_px=geometry.height_px,
-                      tile_size_px=tc.tile_size_px, stride_px=stride)
+    grid = build_grid(width_px=geometry.slide_width_px, height_px=geometry.slide_height_px,
+                      tile_size_px=tc.tile_size_px, stride_px=stride, pad_px=geometry.pad_px)
     if grid.n_tiles == 0:
         raise NoTissueError(
             f"{spath}: the slide is smaller than one {tc.tile_size_px} px tile at {selection.effective_mpp:.4g} um/px "
@@ -203,22 +216,27 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     scores = score_tiles(tissue, px_xy=grid.px_origin(all_rc), tile_size_px=tc.tile_size_px,
                          px_mpp=selection.effective_mpp)
     cfg = config.tissue
-    keep = (
-        (scores.tissue_fraction >= tc.min_tissue)
-        & (scores.tissue_fraction > 0 if tc.min_tissue > 0 else True)
-        & (scores.dark_bright_fraction <= cfg.max_dark_bright_fraction)
-        & (scores.max_saturation >= cfg.pcam_min_max_saturation)
-    )
+    # issue 12: the keep rule lives in tissue.py (a tile's heatmap cell has tissue, or on the grid's border its footprint)
+    keep = keep_tiles(scores, min_tissue=tc.min_tissue, max_dark_bright_fraction=cfg.max_dark_bright_fraction,
+                      min_max_saturation=cfg.pcam_min_max_saturation,
+                      cell_tissue_fraction=cell_tissue_fractions(tissue, px_xy=grid.px_origin(all_rc),
+                                                                 tile_size_px=tc.tile_size_px, stride_px=stride,
+                                                                 px_mpp=selection.effective_mpp),
+                      on_grid_border=grid_border(grid, all_rc))
     if not keep.any():
         raise NoTissueError(
             f"{spath}: no tissue found (saturation threshold {tissue.threshold:.3f}, "
-            f"{tissue.mask.mean():.1%} of the thumbnail above it, 0 of {grid.n_tiles} tiles with >= "
-            f"{tc.min_tissue:.0%} tissue); check the slide, or lower --min-tissue / tissue.min_saturation"
+            f"{tissue.mask.mean():.1%} of the thumbnail above it, 0 of {grid.n_tiles} tiles with tissue"
+            f"{f' (>= {tc.min_tissue:.0%})' if tc.min_tissue > 0 else ''}); check the slide, or lower --min-tissue / "
+            f"tissue.min_saturation"
         )
     kept_rc = all_rc[keep]
     kept_scores = TileScores(scores.tissue_fraction[keep], scores.dark_bright_fraction[keep],
                              scores.max_saturation[keep])
     chunks = _chunks_needed(geometry, tissue, grid, kept_rc, tc.tile_size_px)
+    unscored = tissue.mask & ~tile_coverage(tissue.mask.shape, mask_mpp=tissue.mask_mpp,  # issue 12
+                                            px_mpp=selection.effective_mpp, px_xy=grid.px_origin(kept_rc),
+                                            tile_size_px=tc.tile_size_px)
     # the plan lives through tiling and inference: keep the mask, drop what only scoring
     # needed (saturation and dark/bright: 195 MB for a 100,000 px slide), and hand the
     # freed temporaries of detection back to the OS
@@ -232,7 +250,7 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
         kept_rc=kept_rc, kept_scores=kept_scores, chunks_needed=chunks,
         identity=_pixel_identity(fingerprint, config, selection, mpp.mpp, reader=pixel_reader, glass_skip=glass_skip),
         config=config, timings_s=timings, pixel_reader=pixel_reader, glass_skip=glass_skip,
-        lv_tile_layout=lv_tile_layout, overview=overview, overview_mpp=overview_mpp,
+        lv_tile_layout=lv_tile_layout, overview=overview, overview_mpp=overview_mpp, unscored_tissue=unscored,
     )
 
 
@@ -374,6 +392,7 @@ def _store_meta(plan: TilingPlan) -> dict[str, Any]:
         "mask_mpp": plan.tissue.mask_mpp,
         "tissue_threshold": plan.tissue.threshold,
         "tissue_area_mm2": plan.tissue.tissue_area_um2 / 1e6,
+        "ink_area_mm2": plan.tissue.ink_area_um2 / 1e6,  # issue 12
         "chunks_needed": int(plan.chunks_needed.sum()),
         "pixel_reader": plan.pixel_reader,
         "glass_skip": plan.glass_skip,
@@ -518,7 +537,8 @@ def write_grid(plan: TilingPlan, store: TileStore) -> None:
         tissue_fraction=plan.kept_scores.tissue_fraction,
         attrs={"min_tissue": plan.config.tile.min_tissue, "px_mpp": plan.geometry.effective_mpp,
                "l0_per_px": plan.geometry.l0_per_px,
-               "hm_offset_px": plan.grid.hm_offset_px},
+               "hm_offset_px": plan.grid.hm_offset_px,
+               "scored_tissue_fraction": plan.scored_tissue_fraction},  # issue 12
     )
 
 
@@ -553,10 +573,15 @@ def write_qc(plan: TilingPlan, path: Path, *, max_side_px: int = 2000) -> Path:
     t = plan.grid.tile_size_px
     boxes = np.concatenate([px * scale, (px + t) * scale], axis=1)
     picture, _ = overview_picture(plan)
-    title = (f"{plan.slide_path.name}: {plan.n_tiles} tiles of {t} px at {plan.geometry.effective_mpp:.4g} um/px, "
-             f"stride {plan.grid.stride_px} px\ngreen: tissue mask outline, blue: kept tiles, pink: not tissue")
-    img = render_tissue_qc(picture, plan.tissue.mask, tile_boxes_thumb=boxes, title=title,
-                           max_side_px=max_side_px)
+    # issue 12: ink and unscored tissue in colours of their own, areas in the caption, a scale bar
+    tissue = plan.tissue
+    title = (f"{plan.slide_path.name}: {plan.n_tiles} scored tiles of {t} px at {plan.geometry.effective_mpp:.4g} "
+             f"um/px, stride {plan.grid.stride_px} px. Tissue {tissue.tissue_area_um2 / 1e6:.3f} mm2, "
+             f"{plan.scored_tissue_fraction:.1%} of it in scored tiles; pen ink {tissue.ink_area_um2 / 1e6:.3f} mm2.\n"
+             f"green: tissue mask outline, blue: scored tiles, yellow: pen ink (not tissue), "
+             f"red: tissue in no scored tile, pink tint: not tissue")
+    img = render_tissue_qc(picture, tissue.mask, tile_boxes_thumb=boxes, title=title, max_side_px=max_side_px,
+                           mask_mpp=tissue.mask_mpp, ink=tissue.ink, unscored=plan.unscored_tissue)
     return save_png_atomic(img, path)
 
 

@@ -2,7 +2,12 @@
 
 The mask is HSV saturation above an Otsu threshold (never below a floor), with
 over-dark and over-bright pixels removed, then closed, cleaned of small islands and
-filled in small holes, all with sizes in um and um^2.  Per tile, three numbers are
+filled in small holes, all with sizes in um and um^2.
+
+Pen ink (blue, green, red, black marker) is found first by colour rules in HSV, as
+histolab's pen filters and HistoQC's pen-marking module do (:func:`detect_ink`), and
+left out of the pixels the Otsu threshold is chosen from, so a thumbnail ringed with
+ink cannot move the threshold; ink pixels are then removed from the final mask.  Per tile, three numbers are
 measured on the thumbnail under the tile's footprint: the tissue fraction, the
 fraction of over-dark/over-bright pixels and the maximum saturation of the blurred
 thumbnail (PCam's own rule keeps a patch when it reaches 0.07).
@@ -23,7 +28,7 @@ from .config import TissueConfig
 
 _STRIPE_ROWS = 256  # rows per stripe of the stripe-wise passes over a mask
 
-__all__ = ["TissueMask", "TileScores", "detect_tissue", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts",
+__all__ = ["TissueMask", "TileScores", "detect_tissue", "detect_ink", "keep_tiles", "cell_tissue_fractions", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts",
            "usable_cores"]
 
 
@@ -35,10 +40,15 @@ class TissueMask:
     dark_bright: np.ndarray | None  # (rows, cols) bool, over-dark or over-bright pixel
     mask_mpp: float  # um per mask pixel
     threshold: float  # saturation threshold used
+    ink: np.ndarray | None = None  # (rows, cols) bool, pen ink found (never tissue); None: filter off
 
     @property
     def tissue_area_um2(self) -> float:
         return float(self.mask.sum()) * self.mask_mpp**2
+
+    @property
+    def ink_area_um2(self) -> float:
+        return 0.0 if self.ink is None else float(self.ink.sum()) * self.mask_mpp**2
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,48 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     return gray
 
 
+def _hue_deg(rgb: np.ndarray, value: np.ndarray, chroma: np.ndarray) -> np.ndarray:
+    """HSV hue in degrees [0, 360) of an RGB uint8 image, given its max and max - min (float32)."""
+    r, g, b = (rgb[..., k].astype(np.float32) for k in range(3))
+    c = np.where(chroma > 0, chroma, 1.0)
+    hue = np.where(value == r, ((g - b) / c) % 6.0, np.where(value == g, (b - r) / c + 2.0, (r - g) / c + 4.0))
+    return (hue * 60.0).astype(np.float32)
+
+
+# Pen ink colour rules on the thumbnail (HSV: hue in degrees, saturation and value in [0, 1]).
+# H&E is pink to purple (hue ~250-350 deg: eosin ~300-345, haematoxylin ~250-300, measured on
+# CMU-1 and TCGA-CR-7395 thumbnails); marker ink is blue, green, red or black.  A pixel is ink when:
+INK_BLUE = (175.0, 245.0, 0.25)  # hue from, hue to, min saturation: blue and cyan marker
+INK_GREEN = (65.0, 175.0, 0.15)  # green marker (H&E never has green hues)
+INK_RED = (352.0, 20.0, 0.55)  # hue wraps through 0: saturated red marker (eosin is pinker and paler)
+INK_DEEP_RED = (335.0, 0.80)  # red marker over haematoxylin turns crimson: hue from 335, saturation
+# above any H&E pixel's (99.9th percentile 0.72 on CMU-1, 0.78 on TCGA-CR-7395)
+INK_BLACK = (0.30, 0.40, 0.12)  # black marker: max channel below 0.30 and saturation below 0.40 (dense
+# nuclei are as dark but purple: saturation 0.5-0.7, max channel >= 0.16 on CMU-1), or max channel
+# below 0.12 whatever the saturation (black ink over tissue); pure-black scanner padding is not ink
+INK_MIN_AREA_UM2 = 4000.0  # an ink blob smaller than this is a speck of dye or debris, not a pen stroke
+INK_MARGIN_UM = 4.0  # ink grows by this much: the anti-aliased, paler rim of a stroke is ink too
+
+
+def detect_ink(rgb: np.ndarray) -> np.ndarray:
+    """(rows, cols) bool: pixels of an RGB uint8 image that are pen ink by colour (before the margin)."""
+    mx = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
+    mn = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
+    chroma = mx - mn
+    sat = np.divide(chroma, mx, out=np.zeros_like(mx), where=mx > 0)
+    hue = _hue_deg(rgb, mx, chroma)
+    ink = np.zeros(rgb.shape[:2], bool)
+    for lo, hi, min_sat in (INK_BLUE, INK_GREEN):
+        ink |= (hue >= lo) & (hue < hi) & (sat >= min_sat)
+    lo, hi, min_sat = INK_RED
+    ink |= ((hue >= lo) | (hue < hi)) & (sat >= min_sat)
+    lo, min_sat = INK_DEEP_RED
+    ink |= ((hue >= lo) | (hue < hi)) & (sat >= min_sat)
+    max_value, max_sat, black_value = INK_BLACK
+    ink |= ((mx < max_value * 255.0) & (sat < max_sat) | (mx < black_value * 255.0)) & (mx > 0)
+    return ink
+
+
 def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
     """Pixels per label 0..n of a label image, counted a stripe at a time: bincount converts
     its input to int64, which for a whole 6,250 x 6,250 px label image was a +300 MB temporary."""
@@ -155,13 +207,15 @@ def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
     return sizes
 
 
-def _remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
+def _remove_small(mask: np.ndarray, min_px: int, *, count: np.ndarray | None = None) -> np.ndarray:
+    """``mask`` without its (4-)connected parts of fewer than ``min_px`` pixels; with ``count``,
+    a part's size is its number of ``count`` pixels, and only those are returned."""
     if min_px <= 1 or not mask.any():
-        return mask
+        return mask if count is None else mask & count
     labels, n = ndimage.label(mask)
-    keep = _label_sizes(labels, n) >= min_px
+    keep = _label_sizes(labels if count is None else np.where(count, labels, 0), n) >= min_px
     keep[0] = False
-    return keep[labels]
+    return keep[labels] if count is None else keep[labels] & count
 
 
 def _disk_rows(radius_px: float) -> list[tuple[int, int]]:
@@ -228,7 +282,16 @@ def _small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
 def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfig) -> TissueMask:
     """Tissue mask of an RGB uint8 ``thumbnail`` whose pixels are ``mask_mpp`` um wide."""
     sigma_px = config.blur_sigma_um / mask_mpp
+    ink = None
+    if config.ink_filter:
+        ink = _remove_small(_stripewise(detect_ink, thumbnail, halo=0), int(INK_MIN_AREA_UM2 / mask_mpp**2))
+        margin_px = INK_MARGIN_UM / mask_mpp
+        if margin_px >= 1 and ink.any():
+            ink = _stripewise(lambda m: _dilate_or_erode_disk(m, margin_px, dilate=True), ink,
+                              halo=int(math.ceil(margin_px)))
     sat = _stripewise(_saturation, thumbnail, halo=0)
+    if ink is not None and ink.any():  # ink's saturation must not bleed through the blur onto the glass beside it
+        sat[ink] = 0.0
     if sigma_px > 0.3:  # scipy's kernel reaches int(4 sigma + 0.5) px (truncate=4)
         sat = _stripewise(lambda x: ndimage.gaussian_filter(x, sigma_px), sat, halo=int(4.0 * sigma_px + 0.5) + 1)
 
@@ -237,7 +300,7 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
         return (gray < config.dark_threshold) | (gray > config.bright_threshold)
 
     dark_bright = _stripewise(dark_or_bright, thumbnail, halo=0)
-    usable = ~dark_bright
+    usable = ~dark_bright if ink is None else ~(dark_bright | ink)
 
     otsu = otsu_threshold(sat, where=usable) if usable.any() else 1.0
     threshold = max(otsu, config.min_saturation)
@@ -248,10 +311,21 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
     radius_px = config.closing_radius_um / mask_mpp
     if radius_px >= 1:
         mask = _close_disk(mask, radius_px)
-    mask = _remove_small(mask, int(config.min_object_area_um2 / mask_mpp**2))
-    mask |= _small_holes(mask, int(config.min_hole_area_um2 / mask_mpp**2))
+    min_object_px = int(config.min_object_area_um2 / mask_mpp**2)
+    min_hole_px = int(config.min_hole_area_um2 / mask_mpp**2)
+    if ink is None or not ink.any():
+        mask = _remove_small(mask, min_object_px)
+        mask |= _small_holes(mask, min_hole_px)
+    else:
+        # a stroke across tissue must neither cut it into islands that then count as small
+        # nor open its holes: sizes and holes are those of tissue + ink, then ink is removed
+        # (it is never tissue, even where the closing bridged it)
+        joined = mask | ink
+        mask = _remove_small(joined, min_object_px, count=mask)
+        mask |= _small_holes(joined, min_hole_px)
+        mask &= ~ink
     return TissueMask(mask=mask, saturation=sat, dark_bright=dark_bright,
-                      mask_mpp=mask_mpp, threshold=float(threshold))
+                      mask_mpp=mask_mpp, threshold=float(threshold), ink=ink)
 
 
 def summed_area_table(mask: np.ndarray) -> np.ndarray:
@@ -293,6 +367,63 @@ def box_counts(integral: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndar
     return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
 
 
+def keep_tiles(scores: TileScores, *, min_tissue: float, max_dark_bright_fraction: float,
+               min_max_saturation: float, cell_tissue_fraction: np.ndarray | None = None,
+               on_grid_border: np.ndarray | None = None) -> np.ndarray:
+    """(N,) bool: the tiles to score.  The keep rule.
+
+    A tile is kept when it has tissue of the mask (measured on boxes rounded outward to
+    whole mask pixels) and at least ``min_tissue`` of its footprint is tissue.  "Has
+    tissue": its heatmap cell (the stride x stride square centred on it,
+    ``cell_tissue_fraction``) holds tissue, or, for a tile on the grid's border
+    (``on_grid_border``), its footprint does (the strips of (tile - stride) / 2 px along
+    the slide's edges lie in no cell).  Without cell fractions, the footprint decides.
+    The cells tile the slide, and a cell lies inside its tile, so with ``min_tissue`` 0 (the
+    default) every tissue pixel lies in a kept tile of a grid that covers the slide (see
+    ``grid.tile_coverage``); at stride 32 this is PCam's own rule (a label describes the
+    centre 32 x 32 px), at stride 96 cell and footprint are the same.  PCam's
+    rule (the blurred footprint's maximum saturation reaches ``min_max_saturation``)
+    and the over-dark/over-bright rule drop a tile only when it also has less tissue than
+    the dark/bright part allows: a border tile that is mostly glass is still scored.
+    """
+    tf = scores.tissue_fraction
+    has_tissue = tf > 0
+    if cell_tissue_fraction is not None:
+        border = on_grid_border if on_grid_border is not None else np.zeros(len(tf), bool)
+        has_tissue = (cell_tissue_fraction > 0) | (border & has_tissue)
+    keep = has_tissue & (tf >= min_tissue) & (scores.max_saturation >= min_max_saturation)
+    mostly_dark_bright = scores.dark_bright_fraction > max_dark_bright_fraction
+    # dark/bright pixels are never tissue in the mask (before closing), so a tile whose
+    # tissue could not fit beside its dark/bright part is a fold, dust or blown-out tile
+    keep &= ~(mostly_dark_bright & (tf + scores.dark_bright_fraction > 1.0 + 1e-6))
+    return keep
+
+
+def _box_fractions(mask: np.ndarray, *, px_xy: np.ndarray, size_px: float,
+                   scale: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Fraction of True in each box of side ``size_px`` (store px) at origins ``px_xy`` (N, 2),
+    rounded outward to whole mask pixels (at least one; ``scale`` mask px per store px);
+    and the boxes' top-left mask pixels (y0, x0)."""
+    rows, cols = mask.shape
+    px_xy = np.asarray(px_xy, np.float64).reshape(-1, 2)
+    x0 = np.clip(np.floor(px_xy[:, 0] * scale + 1e-6).astype(np.int64), 0, cols - 1)
+    y0 = np.clip(np.floor(px_xy[:, 1] * scale + 1e-6).astype(np.int64), 0, rows - 1)
+    x1 = np.clip(np.ceil((px_xy[:, 0] + size_px) * scale - 1e-6).astype(np.int64), x0 + 1, cols)
+    y1 = np.clip(np.ceil((px_xy[:, 1] + size_px) * scale - 1e-6).astype(np.int64), y0 + 1, rows)
+    area = (x1 - x0) * (y1 - y0)
+    return box_counts(summed_area_table(mask), y0, x0, y1, x1) / area, (y0, x0)
+
+
+def cell_tissue_fractions(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, stride_px: int,
+                          px_mpp: float) -> np.ndarray:
+    """(N,) float32: tissue fraction of each tile's heatmap cell, the ``stride_px`` square
+    centred on the tile at store-px origin ``px_xy`` (see :func:`keep_tiles`)."""
+    offset_px = (tile_size_px - stride_px) / 2.0
+    frac, _ = _box_fractions(tissue.mask, px_xy=np.asarray(px_xy, np.float64) + offset_px, size_px=stride_px,
+                             scale=px_mpp / tissue.mask_mpp)
+    return frac.astype(np.float32)
+
+
 def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_mpp: float) -> TileScores:
     """Measure each tile's footprint on the mask.
 
@@ -301,16 +432,9 @@ def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_
     """
     if tissue.saturation is None or tissue.dark_bright is None:
         raise ValueError("score_tiles needs the TissueMask returned by detect_tissue (its saturation was dropped)")
-    rows, cols = tissue.mask.shape
     scale = px_mpp / tissue.mask_mpp
-    px_xy = np.asarray(px_xy, np.float64).reshape(-1, 2)
-    x0 = np.clip(np.floor(px_xy[:, 0] * scale + 1e-6).astype(np.int64), 0, cols - 1)
-    y0 = np.clip(np.floor(px_xy[:, 1] * scale + 1e-6).astype(np.int64), 0, rows - 1)
-    x1 = np.clip(np.ceil((px_xy[:, 0] + tile_size_px) * scale - 1e-6).astype(np.int64), x0 + 1, cols)
-    y1 = np.clip(np.ceil((px_xy[:, 1] + tile_size_px) * scale - 1e-6).astype(np.int64), y0 + 1, rows)
-    area = (x1 - x0) * (y1 - y0)
-    tissue_fraction = box_counts(summed_area_table(tissue.mask), y0, x0, y1, x1) / area
-    dark_bright_fraction = box_counts(summed_area_table(tissue.dark_bright), y0, x0, y1, x1) / area
+    tissue_fraction, (y0, x0) = _box_fractions(tissue.mask, px_xy=px_xy, size_px=tile_size_px, scale=scale)
+    dark_bright_fraction, _ = _box_fractions(tissue.dark_bright, px_xy=px_xy, size_px=tile_size_px, scale=scale)
 
     # max saturation under each footprint: a running maximum over the footprint size,
     # sampled at each footprint's top-left corner

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from wsiscan.errors import StoreError, WsiscanError
-from wsiscan.heatmap import HeatmapFrame, tumour_regions, write_geojson
+from wsiscan.heatmap import HeatmapFrame, tumour_regions
 from wsiscan.store import open_tile_store, store_exists
 
 __all__ = [
@@ -427,8 +427,11 @@ def view_for_bbox(bbox_um: tuple[float, float, float, float], canvas_px: tuple[i
 # -- export ------------------------------------------------------------------------------------------------
 def export_geojson(result: WsiscanResult, regions: list[dict[str, Any]], path: str | Path, *,
                    threshold: float) -> Path:
-    """The regions as predict's QuPath GeoJSON (same writer, same schema)."""
-    return write_geojson(regions, path, slide_name=result.slide_name, threshold=float(threshold))
+    """The regions as predict's QuPath GeoJSON (same writer, same schema, the same smoke-model mark)."""
+    from wsiscan.results import write_region_geojson
+
+    return write_region_geojson(regions, path, slide_name=result.slide_name, threshold=float(threshold),
+                                smoke=is_smoke_result(result.summary))
 
 
 def read_geojson_geometries(path: str | Path) -> list[Any]:
@@ -449,23 +452,53 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, value) pairs of the per-slide numbers in summary.json, for display."""
+    """(label, value) pairs of the per-slide numbers in summary.json, for display.
+
+    Areas use summary.json's names (issue 12): tissue area = the mask, scored area = the
+    cells of the scored tiles, tumour area = cells >= threshold, region area = the exported
+    polygons (older summaries without an ``areas`` block show what they have).
+    """
     if not summary:
         return [("summary", "summary.json missing")]
     scores = summary.get("scores", {})
+    areas = summary.get("areas", {})
     tiles = summary.get("tiles", {})
     res = summary.get("resolution", {})
     models = ", ".join(Path(m.get("model", "?")).name for m in summary.get("models", [])) or "-"
+    thr = _fmt(areas.get("threshold", scores.get("threshold")), ".2f")
     rows = [
         ("slide", summary.get("slide_id", "-")),
         ("model", models),
         ("max probability", _fmt(scores.get("max_probability"))),
         (f"top-{scores.get('top_k', 'k')} mean", _fmt(scores.get("top_k_mean_probability"))),
         ("mean probability", _fmt(scores.get("mean_probability"))),
-        (f"tumour area (p >= {_fmt(scores.get('threshold'), '.2f')})", f"{_fmt(scores.get('tumour_area_mm2'))} mm²"),
-        ("tissue area", f"{_fmt(scores.get('tissue_area_mm2'))} mm²"),
-        ("regions", _fmt(summary.get("regions", {}).get("n"), "d")),
-        ("patches", f"{_fmt(tiles.get('n_tiles'), 'd')} × {tiles.get('tile_size_px', '?')} px, "
-                    f"stride {tiles.get('stride_px', '?')} @ {_fmt(res.get('effective_mpp'), '.3g')} µm/px"),
+        ("tissue area (mask)", f"{_fmt(areas.get('tissue_area_mm2'))} mm²"),
+        ("scored area (scored tiles)", f"{_fmt(areas.get('scored_area_mm2', scores.get('scored_area_mm2')))} mm²"
+                                       + (f", {areas['scored_tissue_fraction']:.1%} of the tissue"
+                                          if isinstance(areas.get("scored_tissue_fraction"), float) else "")),
+        (f"tumour area (cells p ≥ {thr})", f"{_fmt(areas.get('tumour_area_mm2', scores.get('tumour_area_mm2')))} mm²"),
+        (f"region area (p ≥ {thr})", f"{_fmt(areas.get('region_area_mm2'))} mm² in "
+                                     f"{_fmt(summary.get('regions', {}).get('n'), 'd')} regions"),
     ]
+    if areas.get("n_dropped_cells"):
+        rows.append(("dropped (small regions)", f"{_fmt(areas.get('dropped_area_mm2'))} mm², "
+                                                f"{areas['n_dropped_cells']} cells"))
+    if areas.get("ink_area_mm2"):
+        rows.append(("pen ink (not tissue)", f"{_fmt(areas.get('ink_area_mm2'))} mm²"))
+    rows.append(("patches", f"{_fmt(tiles.get('n_tiles'), 'd')} × {tiles.get('tile_size_px', '?')} px, "
+                            f"stride {tiles.get('stride_px', '?')} @ {_fmt(res.get('effective_mpp'), '.3g')} µm/px"))
     return rows
+
+
+def is_smoke_result(summary: dict[str, Any]) -> bool:
+    """Whether a result was made with the smoke-test ``tiny`` model (not a tumour classifier)."""
+    return bool(summary.get("smoke_model")) or any(
+        (m.get("spec") or {}).get("arch") == "tiny" for m in summary.get("models", []) if isinstance(m, dict))
+
+
+def legend_rgb(width_px: int = 200, height_px: int = 14) -> np.ndarray:
+    """(height, width, 3) uint8: the heatmap's colour map from p = 0 (left) to 1 (right)."""
+    from matplotlib import colormaps
+
+    ramp = colormaps[HEATMAP_COLORMAP](np.linspace(0.0, 1.0, width_px))[:, :3]
+    return np.ascontiguousarray(np.broadcast_to((ramp * 255).astype(np.uint8), (height_px, width_px, 3)))

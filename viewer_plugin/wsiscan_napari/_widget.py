@@ -34,6 +34,8 @@ from ._layers import (
     Hotspot,
     WsiscanResult,
     export_geojson,
+    is_smoke_result,
+    legend_rgb,
     open_result,
     rank_hotspots,
     region_rings_um,
@@ -103,6 +105,13 @@ class HeatmapReviewWidget(QWidget):
         self.source_label = QLabel("open a wsiscan result: File > Open Folder… (OUT/<slide-id>)")
         self.source_label.setWordWrap(True)
         layout.addWidget(self.source_label)
+        self.smoke_label = QLabel("<b>NOT A TUMOUR CLASSIFIER</b>: this result was made with the smoke-test "
+                                  "model wsiscan/tiny")
+        self.smoke_label.setWordWrap(True)
+        self.smoke_label.setStyleSheet("color: white; background: #c00000; padding: 4px;")
+        self.smoke_label.setVisible(False)
+        layout.addWidget(self.smoke_label)
+        layout.addWidget(self._legend())
 
         box = QGroupBox("Threshold")
         row = QHBoxLayout(box)
@@ -158,6 +167,28 @@ class HeatmapReviewWidget(QWidget):
         layout.addStretch(1)
         self._set_enabled(False)
 
+    def _legend(self) -> QWidget:
+        """The colour legend: the heatmap's colour map from p = 0 to 1, and what cyan outlines are."""
+        from qtpy.QtGui import QImage, QPixmap
+
+        box = QGroupBox("Legend")
+        col = QVBoxLayout(box)
+        rgb = legend_rgb(200, 14)
+        self._legend_rgb = rgb  # QImage does not own its buffer
+        image = QImage(rgb.data, rgb.shape[1], rgb.shape[0], 3 * rgb.shape[1], QImage.Format.Format_RGB888)
+        ramp = QLabel()
+        ramp.setPixmap(QPixmap.fromImage(image))
+        row = QHBoxLayout()
+        row.addWidget(QLabel("p = 0"))
+        row.addWidget(ramp)
+        row.addWidget(QLabel("1"))
+        col.addLayout(row)
+        self.legend_label = QLabel("colour: tumour probability of each patch (transparent: not scored); "
+                                   "<span style='color:#00b8d4'><b>cyan</b></span> outline: regions of p ≥ threshold")
+        self.legend_label.setWordWrap(True)
+        col.addWidget(self.legend_label)
+        return box
+
     def _set_enabled(self, on: bool) -> None:
         for w in (self.slider, self.rank_by, self.table, self.export_button, self.speak_button):
             w.setEnabled(on)
@@ -202,6 +233,7 @@ class HeatmapReviewWidget(QWidget):
             self.summary_form.removeRow(0)
         for label, value in summary_rows(self.result.summary):
             self.summary_form.addRow(f"{label}:", QLabel(value))
+        self.smoke_label.setVisible(is_smoke_result(self.result.summary))
         self._set_enabled(True)
         self.set_threshold(self.result.threshold)
 
@@ -220,8 +252,12 @@ class HeatmapReviewWidget(QWidget):
         if self.result is None or self.cells is None:
             return
         self.regions = threshold_regions(self.result, self.cells, self.threshold)
+        # the summary's names (issue 12): region area = the outlined polygons, tumour area = cells >= threshold
         area = sum(r["area_mm2"] for r in self.regions)
-        self.regions_label.setText(f"{len(self.regions)} region(s), {area:.3f} mm² at p ≥ {self.threshold:.2f}")
+        finite = np.isfinite(self.cells)
+        tumour_mm2 = int((finite & (self.cells >= self.threshold)).sum()) * self.result.frame.cell_um**2 / 1e6
+        self.regions_label.setText(f"p ≥ {self.threshold:.2f}: {len(self.regions)} region(s), region area "
+                                   f"{area:.3f} mm², tumour area {tumour_mm2:.3f} mm²")
         self._draw_regions()
         self._refresh_hotspots()
 

@@ -77,6 +77,12 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
                          overwrite=overwrite)
     else:
         _predict_in_turn(jobs, out_dir, cfg, models, dev, overwrite=overwrite, quiet=quiet)
+    from ..render import SMOKE_MODEL_MARK
+    from ..results import is_smoke_model
+
+    if is_smoke_model(models.describe()):  # issue 12: everything the smoke model makes says so (after success:
+        # an error stays the one line on stderr)
+        echo_err(f"wsiscan: warning: {SMOKE_MODEL_MARK}; its heatmaps mark dark patch centres, not tumour")
 
 
 for _param in predict.params:  # tiling_options says "decode processes"; for predict it is the Dask cluster
@@ -92,17 +98,33 @@ def _slide_line(record: dict) -> str:
 
 
 def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet: bool) -> None:
-    """Today's single-process run: the slides one after the other, no Dask."""
-    from ..heatmap import write_json_atomic
-    from ..predict import config_hash, predict_slide, result_record, slide_config
+    """Today's single-process run: the slides one after the other, no Dask.
 
-    manifest = {"command": "predict", "models": models.describe(), "model_hash": models.identity, "slides": []}
+    Issue 12: the manifest has every documented top-level field (run_id, versions,
+    started/finished, totals) and each slide's absolute path, and is merged into the
+    OUT/manifest.json already there (manifest.write_manifest_merged) after each slide.
+    """
+    import os
+
+    from ..config import runtime_versions
+    from ..manifest import new_run_id, run_totals, write_manifest_merged
+    from ..predict import config_hash, predict_slide, result_record, slide_config
+    from ..tiling import slide_id_for
+
+    t_run = time.perf_counter()
+    manifest = {"command": "predict", "run_id": new_run_id(), "cluster": None, "scheduler": None, "dashboard": None,
+                "n_workers": 1, "retries": 0, "models": models.describe(), "model_hash": models.identity,
+                "config_hash": config_hash(cfg), "versions": runtime_versions(), "started": time.time(),
+                "finished": None, "slides": []}
     failed = 0
     for job in jobs:
         t0 = time.perf_counter()
+        started = time.time()
         job_cfg = slide_config(cfg, job)
-        entry = {"slide": str(job.path), "slide_mpp": job.slide_mpp, "worker": "local", "attempts": 1,
-                 "model_hash": models.identity, "config_hash": config_hash(job_cfg)}
+        entry = {"slide": os.path.abspath(job.path), "slide_id": slide_id_for(job.path), "slide_mpp": job.slide_mpp,
+                 "skipped": False, "error": None, "worker": "local", "attempts": 1, "retries": 0,
+                 "workers": ["local"], "started": started, "model_hash": models.identity,
+                 "config_hash": config_hash(job_cfg)}
         try:
             summary = predict_slide(job.path, out_dir, job_cfg, models, device=dev, overwrite=overwrite,
                                     progress=not quiet)
@@ -112,14 +134,17 @@ def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet:
             failed += 1
             echo_err(f"wsiscan: error: {exc}")
             entry.update(status="failed", error=str(exc), error_type=type(exc).__name__,
-                         seconds=time.perf_counter() - t0)
+                         seconds=time.perf_counter() - t0, finished=time.time())
         else:
             record = result_record(summary)
-            entry.update(status="complete", **record, seconds=summary["timings_s"]["total_s"])
+            entry.update(status="complete", **record, seconds=summary["timings_s"]["total_s"], finished=time.time())
             click.echo(f"{_slide_line(record)}, {entry['seconds']:.1f} s -> {Path(out_dir) / record['slide_id']}")
         manifest["slides"].append(entry)
+        manifest["totals"] = run_totals(manifest["slides"], elapsed_s=time.perf_counter() - t_run)
+        if job is jobs[-1]:
+            manifest["finished"] = time.time()
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(manifest, Path(out_dir) / "manifest.json")
+        write_manifest_merged(out_dir, manifest)
     if failed:
         echo_err(f"wsiscan: predict: {failed} of {len(jobs)} slides failed (see {Path(out_dir) / 'manifest.json'})")
         raise click.exceptions.Exit(1)
@@ -192,36 +217,55 @@ def _predict_on_dask(jobs, out_dir, cfg, models, *, workers, scheduler, retries:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
 @speech_options
 def heatmap(result_dir: Path, threshold, png, geojson, config_path, speak, speak_wav) -> None:
-    """Re-export a finished result (RESULT_DIR = OUT/<slide-id>) without rerunning the model."""
+    """Re-export a finished result (RESULT_DIR = OUT/<slide-id>) without rerunning the model.
+
+    Every threshold-dependent figure of summary.json (scores, regions, areas) is rewritten
+    at the new threshold, atomically and after the exports, and summary.json's `exports`
+    says at which threshold each of tumor.geojson and overlay.png was last written.
+    """
     from ..config import load_config
     from ..errors import StoreError
-    from ..heatmap import HeatmapFrame, overlay_title, render_overlay, tumour_regions, write_geojson
+    from ..heatmap import HeatmapFrame
+    from ..results import threshold_outputs, update_summary_atomic
     from ..store import open_tile_store
 
-    cfg = load_config(config_path).replace("predict", threshold=threshold)
-    pc = cfg.predict
+    summary_path = result_dir / "summary.json"
     store = open_tile_store(result_dir / "store.zarr", mode="r+")
     hm = store.heatmap_meta()
-    if hm.get("status") != "complete" or not (result_dir / "summary.json").exists():
+    if hm.get("status") != "complete" or not summary_path.exists():
         raise StoreError(f"{result_dir}: has no finished result (no summary.json); run `wsiscan predict` first")
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{summary_path}: cannot be read ({exc}); rerun `wsiscan predict` on the slide") from exc
+    # the run's own region settings, unless --config gives others
+    cfg = load_config(config_path)
+    if config_path is None and isinstance(summary.get("config", {}).get("predict"), dict):
+        run = summary["config"]["predict"]
+        cfg = cfg.replace("predict", **{k: run[k] for k in ("threshold", "top_k", "min_region_area_um2",
+                                                            "simplify_tolerance_um") if k in run})
+    pc = cfg.replace("predict", threshold=threshold).predict
     frame = HeatmapFrame(hm["stride_px"], hm["tile_size_px"], hm["px_mpp"], hm["l0_per_px"])
     cells = store.heatmap_level(0)[...]
     name = Path(store.meta["slide"]["path"]).name
+    picture, picture_mpp = store.overview() if png else (None, 1.0)
+    areas = summary.get("areas") or {}
+    outs = threshold_outputs(result_dir, cells, frame, threshold=pc.threshold, top_k=pc.top_k,
+                             min_region_area_um2=pc.min_region_area_um2,
+                             simplify_tolerance_um=pc.simplify_tolerance_um, slide_name=name,
+                             models=summary.get("models", []), n_tiles=summary["tiles"]["n_tiles"],
+                             picture=picture, picture_mpp=picture_mpp,
+                             tissue={k: areas.get(k) for k in ("tissue_area_mm2", "ink_area_mm2",
+                                                               "scored_tissue_fraction")},
+                             write_geojson_file=geojson)
+    exports = dict(summary.get("exports") or {})
     if geojson:
-        regions = tumour_regions(cells, frame, threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
-                                 simplify_tolerance_um=pc.simplify_tolerance_um)
-        write_geojson(regions, result_dir / "tumor.geojson", slide_name=name, threshold=pc.threshold)
-        click.echo(f"{result_dir / 'tumor.geojson'}: {len(regions)} regions at threshold {pc.threshold:g}")
+        exports["tumor.geojson"] = {"threshold": pc.threshold}
+        click.echo(f"{result_dir / 'tumor.geojson'}: {outs['regions']['n']} regions at threshold {pc.threshold:g}")
     if png:
-        summary = json.loads((result_dir / "summary.json").read_text())
-        title = overlay_title(slide_name=name, model_names=[m["model"] for m in summary.get("models", [])],
-                              n_tiles=summary["tiles"]["n_tiles"], tile_size_px=frame.tile_size_px,
-                              px_mpp=frame.px_mpp, stride_px=frame.stride_px,
-                              max_probability=summary["scores"]["max_probability"])
-        picture, picture_mpp = store.overview()
-        render_overlay(picture, cells, frame, thumb_mpp=picture_mpp, threshold=pc.threshold,
-                       min_region_area_um2=pc.min_region_area_um2,
-                       title=f"{title}  |  threshold {pc.threshold:g}", path=result_dir / "overlay.png")
+        exports["overlay.png"] = {"threshold": pc.threshold}
         click.echo(f"{result_dir / 'overlay.png'}")
-    speak_results([result_dir], play=speak, wav=speak_wav, threshold=pc.threshold if geojson else None,
-                  regions=regions if geojson else None)
+    update_summary_atomic(summary_path, {**outs, "exports": exports})
+    click.echo(f"{summary_path}: scores, regions and areas at threshold {pc.threshold:g}")
+    # summary.json now holds this threshold's figures, so the spoken text is made from it
+    speak_results([result_dir], play=speak, wav=speak_wav)

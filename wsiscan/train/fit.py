@@ -280,7 +280,10 @@ def _calibrate(cfg: TrainConfig, best_path: Path, val_ds: pcam.PatchDataset, dev
                          workers=cfg.workers, device=device)
     val = evaluate(model, spec, loader, device=device, precision=cfg.precision, ece_bins=cfg.ece_bins,
                    channels_last=cfg.channels_last, progress=progress, desc="calibrate")
-    temperature = M.fit_temperature(val.logits, val.labels) if cfg.calibrate else 1.0
+    # guarded (issue 12): fitted only on a large enough validation set, kept only when it lowers ECE
+    guard = M.guarded_temperature(val.logits, val.labels, positive_class=spec.positive_class, n_bins=cfg.ece_bins) \
+        if cfg.calibrate else None
+    temperature = guard.temperature if guard else 1.0
     probs = M.softmax(val.logits, temperature)[:, spec.positive_class]
     calibrated = {**M.compute_metrics(probs, val.labels, n_bins=cfg.ece_bins),
                   "loss": M.nll(val.logits, val.labels, temperature)}
@@ -293,10 +296,15 @@ def _calibrate(cfg: TrainConfig, best_path: Path, val_ds: pcam.PatchDataset, dev
         "ece_after": calibrated["ece"],
         "val": val.metrics,
         "val_calibrated": calibrated,
+        "fitted_temperature": guard.fitted_temperature if guard else None,
+        "calibration_warning": guard.warning if guard else None,
+        "min_calibration_patches": M.MIN_CALIBRATION_PATCHES,
     }
     save_checkpoint(best_path, model, dataclasses.replace(spec, temperature=temperature, metrics=summary))
     write_json(best_path.with_name("metrics.json"), summary)
-    if cfg.calibrate:
+    if guard is not None and guard.warning:
+        log(f"wsiscan: warning: {guard.warning}")
+    elif cfg.calibrate:
         log(f"temperature {temperature:.3f} fitted on {len(val.labels)} validation patches: "
             f"ECE {val.metrics['ece']:.4f} -> {calibrated['ece']:.4f}")
     return summary
