@@ -144,6 +144,7 @@ class _App:
         r = view.result
         hm = view.heatmap_tiles
         scores = r.summary.get("scores", {})
+        areas = r.summary.get("areas") if isinstance(r.summary.get("areas"), dict) else {}
         return JSONResponse({
             "slide_id": r.slide_id,
             "slide_path": str(r.slide_path),
@@ -156,8 +157,9 @@ class _App:
             "cell_um": r.frame.cell_um,
             "threshold": r.threshold,
             "legend": legend_stops(),
-            "scores": {k: scores.get(k) for k in ("max_probability", "top_k_mean_probability", "tumour_area_mm2",
-                                                   "tissue_area_mm2")},
+            "scores": {**{k: scores.get(k) for k in ("max_probability", "top_k_mean_probability")},
+                       **{k: areas.get(k, scores.get(k)) for k in ("tissue_area_mm2", "scored_area_mm2",
+                                                                    "tumour_area_mm2", "region_area_mm2")}},
             "n_regions": r.summary.get("regions", {}).get("n"),
             "speech_text": stored_text(r.summary),
             "slide_dzi": f"/dzi/{r.slide_id}/slide.dzi",

@@ -134,6 +134,7 @@ def _entry(slide_id: str, slide_dir: Path | None, failed: dict[str, Any] | None)
         status, error = "failed", str(failed.get("error", ""))
     else:
         status, error = "in progress", ""
+    areas = summary.get("areas") if isinstance(summary.get("areas"), dict) else {}  # results.area_summary
     models = [Path(str(m.get("model", "?"))).name for m in summary.get("models", []) if isinstance(m, dict)]
     n_regions = regions.get("n")
     n_tiles = tiles.get("n_tiles")
@@ -145,8 +146,8 @@ def _entry(slide_id: str, slide_dir: Path | None, failed: dict[str, Any] | None)
         model=" + ".join(models),
         max_probability=_number(scores.get("max_probability")),
         top_k_mean_probability=_number(scores.get("top_k_mean_probability")),
-        tumour_area_mm2=_number(scores.get("tumour_area_mm2")),
-        tissue_area_mm2=_number(scores.get("tissue_area_mm2")),
+        tumour_area_mm2=_number(areas.get("tumour_area_mm2", scores.get("tumour_area_mm2"))),
+        tissue_area_mm2=_number(areas.get("tissue_area_mm2", scores.get("tissue_area_mm2"))),
         n_regions=int(n_regions) if isinstance(n_regions, int) else None,
         n_tiles=int(n_tiles) if isinstance(n_tiles, int) else None,
         threshold=_number(scores.get("threshold")),

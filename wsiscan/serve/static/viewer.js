@@ -129,7 +129,8 @@
     if (info.source !== "openslide") { note.hidden = false; note.textContent = `Showing the tile store's copy: ${info.source_note}.`; }
     const s = info.scores;
     const rows = [["max probability", fmt(s.max_probability)], ["top-k mean", fmt(s.top_k_mean_probability)],
-      ["tumour area", `${fmt(s.tumour_area_mm2)} mm²`], ["tissue area", `${fmt(s.tissue_area_mm2)} mm²`],
+      ["tissue area (mask)", `${fmt(s.tissue_area_mm2)} mm²`], ["scored area (scored tiles)", `${fmt(s.scored_area_mm2)} mm²`],
+      ["tumour area (cells ≥ threshold)", `${fmt(s.tumour_area_mm2)} mm²`], ["region area (outlines)", `${fmt(s.region_area_mm2)} mm²`],
       ["regions (predict)", info.n_regions ?? "–"], ["resolution", `${fmt(info.l0_mpp, 3)} µm/px`],
       ["heatmap cell", `${fmt(info.cell_um, 1)} µm`], ["pixels from", info.source === "openslide" ? "slide file" : "tile store"]];
     $("figures").replaceChildren(...rows.flatMap(([k, v]) => {
