@@ -5,6 +5,7 @@ Results come from the real ``wsiscan predict --model wsiscan/tiny`` (see test_se
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -317,7 +318,7 @@ def _patch(size_px: int, value: int, seed: int = 0) -> np.ndarray:
 
 def test_patch_demo_classifies_with_the_chosen_model(client):
     models = client.get("/api/models").json()
-    assert "wsiscan/tiny" in [m["name"] for m in models["models"]] and models["gradcam"] is False
+    assert "wsiscan/tiny" in [m["name"] for m in models["models"]] and models["gradcam"] is True
     for size_px, value in ((96, 60), (96, 200), (250, 90)):
         rgb = _patch(size_px, value)
         r = client.post("/api/classify", data={"model": "wsiscan/tiny"},
@@ -328,7 +329,11 @@ def test_patch_demo_classifies_with_the_chosen_model(client):
         assert j["probability"] == pytest.approx(want, abs=1e-5)
         assert j["class"] == ("tumor" if want >= 0.5 else "normal")
         assert j["resized"] == (size_px != 96) and j["input_size_px"] == [size_px, size_px]
-        assert j["gradcam_png_base64"] is None and "wsiscan explain" in j["gradcam_note"]
+        # the tiny model reads only the centre third of the patch: its map (saliency, through
+        # wsiscan.explain) is bright there and dark elsewhere
+        cam = np.asarray(Image.open(io.BytesIO(base64.b64decode(j["gradcam_png_base64"]))).convert("L"), float)
+        assert cam.shape == (96, 96) and j["gradcam_note"] == ""
+        assert cam[36:60, 36:60].mean() > cam[:28].mean() + 60
     assert client.get("/patch").status_code == 200
 
 

@@ -163,7 +163,7 @@ def explain_patches(
             notes.setdefault(m, "")
             notes[m] = "; ".join(filter(None, [notes[m], f"{name}: {what}"]))
         for start in range(0, n, batch_size):
-            x01 = torch.from_numpy(patches[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
+            x01 = torch.from_numpy(patches[start : start + batch_size].copy()).to(device).permute(0, 3, 1, 2).float() / 255.0
             member = {m: torch.zeros(len(x01), size_px, size_px, device=device) for m in methods}
             for i in views:
                 v = dihedral(x01, i).contiguous()

@@ -76,20 +76,17 @@ def explain_available() -> bool:
     return importlib.util.find_spec("wsiscan.explain") is not None
 
 
-def _gradcam_png(model: Any, spec: Any, x01: Any) -> bytes | None:
-    """Grad-CAM of the positive class as a PNG, through ``wsiscan.explain`` once it exists (None until then).
-
-    The hook expects ``wsiscan.explain.gradcam(model, spec, x01) -> (H, W) float in [0, 1]``.
-    """
+def _gradcam_png(model: Any, spec: Any, patch_uint8: np.ndarray) -> bytes | None:
+    """Grad-CAM of the positive class (``wsiscan.explain``) of one (H, W, 3) uint8 patch, as an inferno PNG."""
     if not explain_available():
         return None
     from PIL import Image
 
-    from .. import explain  # type: ignore[attr-defined]  # optional module, checked above
+    from ..explain.attribution import explain_patches
     from .deepzoom import colormap_lut
 
-    heat = np.clip(np.asarray(explain.gradcam(model, spec, x01), np.float32), 0.0, 1.0)
-
+    att = explain_patches([model], [spec], patch_uint8[None], methods=("gradcam",))
+    heat = np.clip(np.asarray(att.maps["gradcam"][0], np.float32), 0.0, 1.0)
     buf = io.BytesIO()
     Image.fromarray(colormap_lut("inferno")[np.round(heat * 255).astype(np.uint8)][..., :3]).save(buf, "PNG")
     return buf.getvalue()
@@ -167,7 +164,8 @@ class PatchModels:
             proba = torch.softmax(logits / spec.temperature, dim=1)[0].numpy()
         best = int(np.argmax(proba))
         h, w = rgb.shape[:2]
-        gradcam = _gradcam_png(model, spec, x01) if explain_available() else None
+        with self._lock:
+            gradcam = _gradcam_png(model, spec, patch) if explain_available() else None
         return {
             "model": model_name,
             "class": spec.class_names[best],
