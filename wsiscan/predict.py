@@ -34,12 +34,12 @@ from .errors import CheckpointError, ConfigError, StoreExistsError
 from .heatmap import (
     HeatmapFrame,
     build_pyramid,
+    export_regions,
     ome_multiscales,
     overlay_title,
     render_overlay,
+    scored_cells,
     slide_scores,
-    tumour_regions,
-    write_geojson,
     write_json_atomic,
 )
 from .store import open_tile_store
@@ -86,6 +86,11 @@ def load_models(names: Sequence[str]) -> LoadedModels:
             raise CheckpointError(
                 f"{name}: ensemble members must share input size and resolution; it takes {s.patch_size_px} px at "
                 f"{s.input_mpp:g} um/px but {names[0]} takes {first.patch_size_px} px at {first.input_mpp:g} um/px"
+            )
+        if max(s.num_classes, first.num_classes) > 2 and s.class_names != first.class_names:
+            raise CheckpointError(
+                f"{name}: ensemble members of more than 2 classes must have the same classes; it has "
+                f"{', '.join(s.class_names)} but {names[0]} has {', '.join(first.class_names)}"
             )
         if s.class_names[s.positive_class] != first.class_names[first.positive_class]:
             raise CheckpointError(
@@ -335,8 +340,12 @@ def predict_slide(
     frame = HeatmapFrame(grid.stride_px, grid.tile_size_px, plan.geometry.effective_mpp, plan.geometry.l0_per_px)
     if store.has_heatmap() and (overwrite or store.heatmap_meta().get("identity") != inference_id):
         store.delete_heatmap()
+    spec = models.spec
+    class_axis = {"class_names": list(spec.class_names), "positive_class": spec.positive_class} \
+        if spec.num_classes > 2 else {}  # more than 2 classes: one heatmap channel per class
     if not store.has_heatmap():
-        store.create_heatmap(shape=(grid.n_rows, grid.n_cols), chunk=units.hm_chunk, meta={
+        store.create_heatmap(shape=(*([spec.num_classes] if class_axis else []), grid.n_rows, grid.n_cols),
+                             chunk=units.hm_chunk, meta={**class_axis,
             "identity": inference_id, "status": "in_progress", "models": models.describe(),
             "stride_px": grid.stride_px, "tile_size_px": grid.tile_size_px, "tta": pc.tta,
             "cell_definition": "cell (r, c) = the stride x stride px square centred on grid tile (r, c); "
@@ -356,13 +365,14 @@ def predict_slide(
     # -- outputs ---------------------------------------------------------------------------
     t = time.perf_counter()
     n_levels = build_pyramid(store)
-    store.set_heatmap_ome(ome_multiscales(frame, n_levels, name=f"{slide_id} tumour probability"))
+    store.set_heatmap_ome(ome_multiscales(frame, n_levels, name=f"{slide_id} tumour probability",
+                                          class_names=tuple(class_axis["class_names"]) if class_axis else None))
     store.update_heatmap_meta(status="complete", n_levels=n_levels)
-    cells = store.heatmap_level(0)[...]
+    cells = scored_cells(store)
     scores = slide_scores(cells, threshold=pc.threshold, top_k=pc.top_k, cell_um=frame.cell_um)
-    regions = tumour_regions(cells, frame, threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
+    regions = export_regions(store, frame, slide_dir / "tumor.geojson", slide_name=plan.slide_path.name,
+                             threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
                              simplify_tolerance_um=pc.simplify_tolerance_um)
-    write_geojson(regions, slide_dir / "tumor.geojson", slide_name=plan.slide_path.name, threshold=pc.threshold)
     title = overlay_title(slide_name=plan.slide_path.name, model_names=list(models.names), n_tiles=plan.n_tiles,
                           tile_size_px=grid.tile_size_px, px_mpp=frame.px_mpp, stride_px=grid.stride_px,
                           max_probability=scores["max_probability"])
@@ -380,6 +390,7 @@ def predict_slide(
                        "level": plan.selection.level, "resampled": plan.selection.resample,
                        "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
         "scores": scores,
+        **({"classes": _class_summary(store, regions, pc, frame.cell_um)} if class_axis else {}),
         "regions": {"n": len(regions), "threshold": pc.threshold,
                     "top": [{k: r[k] for k in ("area_mm2", "mean_probability", "max_probability")} for r in regions[:5]]},
         "tiles": {"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,
@@ -403,6 +414,17 @@ def predict_slide(
     }
     write_json_atomic(summary, summary_path)
     return summary
+
+
+def _class_summary(store: Any, regions: list[dict[str, Any]], pc: Any, cell_um: float) -> dict[str, Any]:
+    """Per class of a multi-class heatmap: its scores and its number of regions."""
+    meta = store.heatmap_meta()
+    names = meta["class_names"]
+    per_class = {}
+    for k, name in enumerate(names):
+        scores = slide_scores(store.heatmap_level(0)[k], threshold=pc.threshold, top_k=pc.top_k, cell_um=cell_um)
+        per_class[name] = {**scores, "n_regions": sum(r.get("class_name") == name for r in regions)}
+    return {"names": names, "positive_class": names[meta["positive_class"]], "per_class": per_class}
 
 
 def _device_description(device: Any) -> dict[str, Any]:

@@ -190,7 +190,7 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path) -> None:
     """Re-export a finished result (RESULT_DIR = OUT/<slide-id>) without rerunning the model."""
     from ..config import load_config
     from ..errors import StoreError
-    from ..heatmap import HeatmapFrame, overlay_title, render_overlay, tumour_regions, write_geojson
+    from ..heatmap import HeatmapFrame, export_regions, overlay_title, render_overlay, scored_cells
     from ..store import open_tile_store
 
     cfg = load_config(config_path).replace("predict", threshold=threshold)
@@ -200,12 +200,11 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path) -> None:
     if hm.get("status") != "complete" or not (result_dir / "summary.json").exists():
         raise StoreError(f"{result_dir}: has no finished result (no summary.json); run `wsiscan predict` first")
     frame = HeatmapFrame(hm["stride_px"], hm["tile_size_px"], hm["px_mpp"], hm["l0_per_px"])
-    cells = store.heatmap_level(0)[...]
+    cells = scored_cells(store)
     name = Path(store.meta["slide"]["path"]).name
     if geojson:
-        regions = tumour_regions(cells, frame, threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
-                                 simplify_tolerance_um=pc.simplify_tolerance_um)
-        write_geojson(regions, result_dir / "tumor.geojson", slide_name=name, threshold=pc.threshold)
+        regions = export_regions(store, frame, result_dir / "tumor.geojson", slide_name=name, threshold=pc.threshold,
+                                 min_area_um2=pc.min_region_area_um2, simplify_tolerance_um=pc.simplify_tolerance_um)
         click.echo(f"{result_dir / 'tumor.geojson'}: {len(regions)} regions at threshold {pc.threshold:g}")
     if png:
         summary = json.loads((result_dir / "summary.json").read_text())
