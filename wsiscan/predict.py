@@ -423,6 +423,7 @@ def _class_summary(store: Any, regions: list[dict[str, Any]], pc: Any, cell_um: 
     per_class = {}
     for k, name in enumerate(names):
         scores = slide_scores(store.heatmap_level(0)[k], threshold=pc.threshold, top_k=pc.top_k, cell_um=cell_um)
+        scores["area_above_threshold_mm2"] = scores.pop("tumour_area_mm2")
         per_class[name] = {**scores, "n_regions": sum(r.get("class_name") == name for r in regions)}
     return {"names": names, "positive_class": names[meta["positive_class"]], "per_class": per_class}
 
