@@ -83,6 +83,14 @@ def test_class_axis_names_and_regions_per_class(folder_result):
     for level, ds in enumerate(ome["multiscales"][0]["datasets"]):
         assert g[f"heatmap/{ds['path']}"].shape[0] == 3 and len(ds["coordinateTransformations"][0]["scale"]) == 3
     assert g["heatmap"].attrs["wsiscan"]["class_names"] == WSINFER_CONFIG["class_names"]
+    # a generic OME-Zarr reader sees a channel axis and the class names
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    node = list(Reader(parse_url(str(result / "store.zarr" / "heatmap")))())[0]
+    assert [a["name"] for a in node.metadata["axes"]] == ["c", "y", "x"]
+    assert node.metadata["channel_names"] == WSINFER_CONFIG["class_names"]
+    np.testing.assert_array_equal(np.asarray(node.data[0]), g["heatmap/0"][...])
     summary = json.loads((result / "summary.json").read_text())
     assert summary["classes"]["names"] == WSINFER_CONFIG["class_names"]
     assert summary["classes"]["positive_class"] == "tumor"  # named so in config.json

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from ..errors import CheckpointError
-from .spec import _REGISTERED, _RESNETS, ARCHITECTURES, TORCHSCRIPT_ARCH, ModelSpec, known_architectures
+from .spec import _REGISTERED, _RESNETS, ARCHITECTURES, EXTERNAL_ARCH, TORCHSCRIPT_ARCH, ModelSpec, known_architectures
 
 ModelFactory = Callable[[ModelSpec], nn.Module]
 
@@ -82,7 +82,7 @@ def register_model(name: str, factory: ModelFactory | None = None, *, replace: b
     in this process (register it again in every process that loads such a
     checkpoint).  A built-in name, or a registered one without ``replace``, is refused.
     """
-    if not isinstance(name, str) or not name or name.startswith("timm:") or name == TORCHSCRIPT_ARCH \
+    if not isinstance(name, str) or not name or name.startswith("timm:") or name in (TORCHSCRIPT_ARCH, EXTERNAL_ARCH) \
             or name in ARCHITECTURES:
         raise ValueError(f"cannot register arch {name!r}: choose a new name (built-in: {', '.join(ARCHITECTURES)})")
 
@@ -104,7 +104,7 @@ def unregister_model(name: str) -> None:
 
 def list_architectures() -> list[str]:
     """Built-in and registered arch names (``timm:<name>`` is accepted besides these)."""
-    return [a for a in known_architectures() if a != TORCHSCRIPT_ARCH]
+    return [a for a in known_architectures() if a not in (TORCHSCRIPT_ARCH, EXTERNAL_ARCH)]
 
 
 def _timm_model(spec: ModelSpec) -> nn.Module:
@@ -133,10 +133,10 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return model
     if spec.arch.startswith("timm:"):
         return _timm_model(spec)
-    if spec.arch == TORCHSCRIPT_ARCH:
+    if spec.arch in (TORCHSCRIPT_ARCH, EXTERNAL_ARCH):
         raise CheckpointError(
-            "a 'torchscript' model has no architecture to build: load it from its WSInfer folder "
-            "(config.json + torchscript_model.pt) with wsiscan.models.load_model"
+            f"arch {spec.arch!r} has no architecture to build: a 'torchscript' model loads from its WSInfer "
+            "folder (config.json + torchscript_model.pt), an 'external' one is the callable given to wsiscan.predict"
         )
     if spec.arch in _RESNETS:
         return getattr(torchvision.models, spec.arch)(weights=None, num_classes=n)

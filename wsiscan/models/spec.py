@@ -14,16 +14,18 @@ _RESNETS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "r
 # ``timm:<name>`` names a timm network (optional extra), ``torchscript`` a WSInfer model.
 ARCHITECTURES: tuple[str, ...] = (*_RESNETS, "smallcnn", "logreg", "tiny")
 TORCHSCRIPT_ARCH = "torchscript"
+EXTERNAL_ARCH = "external"  # a network not built from its spec: a callable given to wsiscan.predict
 _REGISTERED: dict[str, Any] = {}  # name -> factory(spec) -> nn.Module, filled by register_model
 
 
 def known_architectures() -> tuple[str, ...]:
-    """Every arch a spec may name now: built-in, registered, and ``torchscript``."""
-    return (*ARCHITECTURES, *_REGISTERED, TORCHSCRIPT_ARCH)
+    """Every arch a spec may name now: built-in, registered, ``torchscript`` and ``external``."""
+    return (*ARCHITECTURES, *_REGISTERED, TORCHSCRIPT_ARCH, EXTERNAL_ARCH)
 
 
 def _arch_problem(arch: object) -> str | None:
-    if isinstance(arch, str) and (arch in ARCHITECTURES or arch in _REGISTERED or arch == TORCHSCRIPT_ARCH):
+    if isinstance(arch, str) and (arch in ARCHITECTURES or arch in _REGISTERED or arch in (TORCHSCRIPT_ARCH,
+                                                                                           EXTERNAL_ARCH)):
         return None
     if isinstance(arch, str) and arch.startswith("timm:") and len(arch) > 5:
         return None
