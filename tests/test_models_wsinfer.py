@@ -174,3 +174,18 @@ def test_models_info_describes_a_wsinfer_folder(tmp_path):
     from wsiscan.models.wsinfer import wsinfer_sha256
 
     assert data["sha256"] == wsinfer_sha256(folder)
+
+
+def test_bad_zoo_registry_file_is_one_line(tmp_path):
+    (tmp_path / "zoo.json").write_text('{"models": {"x": {"description": "no repo"}}}')
+    assert_one_line_error(run("models", "list"), str(tmp_path / "zoo.json"), "hf_repo_id", "fix or remove it")
+
+
+def test_uncached_zoo_model_offline(tmp_path):
+    r = run("models", "info", "wsinfer/lung-tumor-resnet34.tcga-luad", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["cached"] is False and data["registry"]["kind"] == "wsinfer"
+    assert data["registry"]["source"] == "hf://kaczmarj/lung-tumor-resnet34.tcga-luad/torchscript_model.pt"
+    assert_one_line_error(run("predict", tmp_path / "s.tif", "--model", "lung-tumor-resnet34.tcga-luad"),
+                          "kaczmarj/lung-tumor-resnet34.tcga-luad", "HF_HUB_OFFLINE is set", "hf download")

@@ -190,11 +190,14 @@ def looked_in(entry: RegistryEntry) -> str:
 def download_source(entry: RegistryEntry, filename: str, *, force: bool) -> Path:
     """``hf_hub_download`` into the standard cache; :class:`OfflineError` in one line when impossible."""
     where = f"{entry.hf_repo_id}/{filename}" + (f" at {entry.revision}" if entry.revision else "")
-    hint = (f"`hf download {entry.hf_repo_id} {filename}` (or `wsiscan models pull {entry.name}`) on a connected "
+    what = entry.hf_repo_id if entry.kind == "wsinfer" else f"{entry.hf_repo_id} {filename}"  # a WSInfer repo: all
+    hint = (f"`hf download {what}` (or `wsiscan models pull {entry.name}`) on a connected "
             "machine and copy its ~/.cache/huggingface over (or set HF_HOME)")
     if entry.tiatoolbox_file:
         hint += f", put {entry.tiatoolbox_file} in {tiatoolbox_models_dir()}, or run " \
                 f"`wsiscan models pull {entry.name} --from FILE`"
+    elif entry.kind == "wsinfer":
+        hint += f", or run `wsiscan models pull {entry.name} --from FOLDER` (config.json + torchscript_model.pt)"
     try:
         import huggingface_hub
     except ImportError as exc:
