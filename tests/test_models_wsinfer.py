@@ -189,3 +189,16 @@ def test_uncached_zoo_model_offline(tmp_path):
     assert data["registry"]["source"] == "hf://kaczmarj/lung-tumor-resnet34.tcga-luad/torchscript_model.pt"
     assert_one_line_error(run("predict", tmp_path / "s.tif", "--model", "lung-tumor-resnet34.tcga-luad"),
                           "kaczmarj/lung-tumor-resnet34.tcga-luad", "HF_HUB_OFFLINE is set", "hf download")
+
+
+def test_rerun_resumes_every_multiclass_chunk(folder_result, synthetic_slide, tmp_path):
+    folder, result = folder_result
+    before = zarr.open_group(str(result / "store.zarr"), mode="r")["heatmap/0"][...]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WSISCAN_HOME", str(tmp_path / "home"))
+        r = run("predict", synthetic_slide.path, "-o", result.parent, "--model", folder, "-q", "--device", "cpu",
+                "--threshold", "0.4", "--stride-px", 64)
+    assert r.exit_code == 0, r.output
+    tiles = json.loads((result / "summary.json").read_text())["tiles"]
+    assert tiles["scored_this_run"] == 0 and tiles["resumed_tiles"] == tiles["n_tiles"] > 0
+    np.testing.assert_array_equal(zarr.open_group(str(result / "store.zarr"), mode="r")["heatmap/0"][...], before)

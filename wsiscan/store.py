@@ -225,8 +225,10 @@ class TileStore:
         return out
 
     def heatmap_chunk_done(self, ci: int, cj: int) -> bool:
-        lead = ("0",) * (self.heatmap_level(0).ndim - 2)  # the one chunk along a class axis
-        return self.path.joinpath(HEATMAP, "0", "c", *lead, str(ci), str(cj)).exists()
+        # chunk files: c/ci/cj for (y, x), c/0/ci/cj for (c, y, x) (one chunk along c); in either
+        # layout the other's path is missing or a folder, so no metadata needs reading
+        base = self.path / HEATMAP / "0" / "c"
+        return (base / str(ci) / str(cj)).is_file() or (base / "0" / str(ci) / str(cj)).is_file()
 
     def write_heatmap_chunk(self, ci: int, cj: int, data: np.ndarray) -> None:
         a = self.heatmap_level(0)

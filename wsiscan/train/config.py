@@ -73,7 +73,7 @@ class TrainConfig:
         def bad(key: str, expected: str) -> ConfigError:
             return ConfigError(f"train.{key} must be {expected}, got {getattr(self, key)!r}")
 
-        if self.arch not in _trainable() and not self.arch.startswith("timm:"):
+        if self.arch not in _trainable() and not (isinstance(self.arch, str) and self.arch.startswith("timm:")):
             raise bad("arch", f"one of {', '.join(_trainable())} (or timm:<name>)")
         if self.strategy not in ("finetune", "linear"):
             raise bad("strategy", "finetune (all layers) or linear (head only)")
