@@ -340,6 +340,11 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
     return p
 
 
+# QuPath colours of the classes of a multi-class model's regions, in class order
+_CLASS_COLOURS = ([31, 119, 180], [214, 39, 40], [44, 160, 44], [255, 127, 14], [148, 103, 189], [140, 86, 75],
+                  [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207])
+
+
 def heatmap_class_names(store: TileStore) -> tuple[str, ...] | None:
     """The class of each channel of a multi-class heatmap (c, y, x); None for one channel (2 classes)."""
     names = store.heatmap_meta().get("class_names")
@@ -374,6 +379,7 @@ def export_regions(store: TileStore, frame: HeatmapFrame, path: str | Path, *, s
         regions += [{**r, "class_name": name} for r in found]
         for f in geojson_collection(found, slide_name=slide_name, threshold=threshold, class_name=name)["features"]:
             f["id"] = f"{f['id']}-{name}"
+            f["properties"]["classification"]["color"] = _CLASS_COLOURS[k % len(_CLASS_COLOURS)]
             f["properties"]["name"] = f"{name} " + f["properties"]["name"].split(" ", 1)[1]
             features.append(f)
     collection = {"type": "FeatureCollection", "features": features,
