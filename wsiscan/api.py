@@ -12,12 +12,17 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
 from .config import Config, load_config
 from .errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from .predict import LoadedModels
+    from .result import Result
+    from .tiling import TilingPlan
 
 __all__ = ["Patch", "plan_slide", "iter_patches", "score_patches", "as_models", "score_slide", "Scorer"]
 
@@ -37,7 +42,7 @@ class Patch:
 
 def plan_slide(slide_path: str | os.PathLike, *, config: Config | None = None, target_mpp: float | None = None,
                tile_size_px: int | None = None, stride_px: int | None = None, slide_mpp: float | None = None,
-               model: Any = None) -> Any:
+               model: Any = None) -> TilingPlan:
     """Resolution, level, tissue and the grid of kept patches of a slide; nothing is written.
 
     Returns a :class:`wsiscan.tiling.TilingPlan`: ``grid`` (tile size and stride in px
@@ -55,7 +60,7 @@ def plan_slide(slide_path: str | os.PathLike, *, config: Config | None = None, t
     return plan_tiling(slide_path, cfg)
 
 
-def iter_patches(plan: Any, *, rc: np.ndarray | None = None) -> Iterator[Patch]:
+def iter_patches(plan: TilingPlan, *, rc: np.ndarray | None = None) -> Iterator[Patch]:
     """The plan's kept patches (or those at ``rc``, (N, 2) rows/cols), read from the slide one at a time.
 
     Pixels are read and resampled to the plan's um/px as tiling does (area averaging),
@@ -149,7 +154,7 @@ def _module_sha256(model: Any) -> str:
     return digest.hexdigest()
 
 
-def as_models(model: Any, spec: Any = None) -> Any:
+def as_models(model: Any, spec: Any = None) -> LoadedModels:
     """What :func:`score_slide` runs (a ``LoadedModels``) from a registry name, checkpoint path or
     WSInfer folder (or a list of them: an ensemble), a network with its ``spec``, or a
     probability callable with its ``spec``."""
@@ -178,7 +183,7 @@ def as_models(model: Any, spec: Any = None) -> Any:
 def score_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, *, model: Any = "tiatoolbox/resnet18-pcam",
             spec: Any = None, config: Config | None = None, device: str = "auto", overwrite: bool = False,
             progress: bool = False, target_mpp: float | None = None, tile_size_px: int | None = None,
-            **predict_options: Any) -> Any:
+            **predict_options: Any) -> Result:
     """Run ``wsiscan predict`` on one slide into ``out_dir/<slide-id>/`` and open the result.
 
     ``model``: see :func:`as_models`.  ``predict_options`` set keys of the ``predict``

@@ -8,7 +8,10 @@ A wsiscan checkpoint is ONE file written with :func:`torch.save`::
 It carries its :class:`ModelSpec` (architecture, class names, positive class, patch
 size, input resolution, normalisation, calibration temperature, provenance, metrics),
 so a checkpoint file is all that inference needs.  Files are read with
-``torch.load(weights_only=True)``: no pickled Python objects are ever executed.
+``torch.load(weights_only=True)``: no pickled Python objects are ever executed.  WSInfer
+models are TorchScript, loaded with ``torch.jit.load``: that runs the TorchScript program
+in the file (interpreted by TorchScript, not pickled Python), so trust its source as you
+would any program's (:mod:`.wsinfer`).
 
 The registry names published weights: the TIAToolbox PatchCamelyon ResNets, which
 :func:`pull_model` finds in the standard Hugging Face cache, TIAToolbox's folder or a
