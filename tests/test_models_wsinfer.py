@@ -202,3 +202,13 @@ def test_rerun_resumes_every_multiclass_chunk(folder_result, synthetic_slide, tm
     tiles = json.loads((result / "summary.json").read_text())["tiles"]
     assert tiles["scored_this_run"] == 0 and tiles["resumed_tiles"] == tiles["n_tiles"] > 0
     np.testing.assert_array_equal(zarr.open_group(str(result / "store.zarr"), mode="r")["heatmap/0"][...], before)
+
+
+def test_pull_from_the_wrong_kind_of_copy(tmp_path):
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"x")
+    assert_one_line_error(run("models", "pull", "wsinfer/lung-tumor-resnet34.tcga-luad", "--from", weights),
+                          "is a WSInfer model; give its folder with config.json and torchscript_model.pt")
+    folder = write_wsinfer_folder(tmp_path / "m")
+    assert_one_line_error(run("models", "pull", "tiatoolbox/resnet18-pcam", "--from", folder),
+                          "is a folder", "resnet18-pcam.pth")

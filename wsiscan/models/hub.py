@@ -225,7 +225,8 @@ def locate_source(entry: RegistryEntry, filename: str | None = None, *, force: b
     filename = filename or entry.hf_filename
     if from_file is not None:
         if not from_file.is_file():
-            raise CheckpointError(f"--from {from_file}: no such file; give the path of the model file")
+            what = "is a folder" if from_file.is_dir() else "no such file"
+            raise CheckpointError(f"--from {from_file}: {what}; give the path of the model file ({entry.hf_filename})")
         return verify_source(from_file, entry, f"--from {from_file}")
     local = [] if force else _local_sources(entry, filename)
     if local:  # the first found is the one used: a pinned hash it fails is refused, not skipped
