@@ -20,6 +20,8 @@ from wsiscan.errors import CheckpointError, OfflineError, UnknownModelError, Wsi
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own model cache and never touches the network."""
     monkeypatch.setenv("WSISCAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TIATOOLBOX_HOME", str(tmp_path / "tia"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
 
@@ -333,7 +335,7 @@ def test_resolve_unknown_name_lists_registered():
     with pytest.raises(UnknownModelError) as info:
         M.resolve_model("resnet18-pcam")
     message = str(info.value)
-    assert "neither an existing checkpoint file nor a registered model" in message
+    assert "neither an existing checkpoint file, a WSInfer model folder nor a registered model" in message
     assert "tiatoolbox/resnet18-pcam, tiatoolbox/resnet34-pcam" in message
     assert "did you mean 'tiatoolbox/resnet18-pcam'" in message
     assert isinstance(info.value, KeyError)
@@ -353,35 +355,30 @@ def test_resolve_registry_name_offline_says_what_to_do():
     message = str(info.value)
     assert "wsiscan models pull tiatoolbox/resnet18-pcam" in message
     assert "--model" in message
-    assert str(M.cache_dir()) in message
+    assert str(M.hf_cache_dir()) in message and str(M.tiatoolbox_models_dir()) in message
     assert "\n" not in message
     assert isinstance(info.value, ConnectionError)
 
 
 def _fake_hub(tmp_path: Path, monkeypatch, arch: str = "resnet18"):
-    """Serve a TIAToolbox-layout .pth from disk instead of the Hub."""
-    import huggingface_hub
+    """A TIAToolbox-layout .pth in the standard Hugging Face cache, as `hf download` leaves it."""
+    from hub_cache import fill_hf_cache
 
     tia = _randomised_tia_model(arch)
-    source = tmp_path / "hub" / f"{arch}-pcam.pth"
-    source.parent.mkdir()
-    torch.save(tia.state_dict(), source)
-    calls = []
+    import io
 
-    def fake_hf_hub_download(repo_id, filename, **kwargs):
-        calls.append((repo_id, filename, kwargs))
-        return str(source)
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
-    return tia, source, calls
+    buf = io.BytesIO()
+    torch.save(tia.state_dict(), buf)
+    snapshot = fill_hf_cache(tmp_path / "hf" / "hub", "TIACentre/TIAToolbox_pretrained_weights",
+                             {"resnet18-pcam.pth": buf.getvalue(), "resnet34-pcam.pth": buf.getvalue()})
+    return tia, snapshot / f"{arch}-pcam.pth"
 
 
 def test_pull_converts_records_provenance_and_caches(tmp_path, monkeypatch):
-    tia, source, calls = _fake_hub(tmp_path, monkeypatch)
+    tia, source = _fake_hub(tmp_path, monkeypatch)
     path = M.pull_model("tiatoolbox/resnet18-pcam")
-    assert calls and calls[0][:2] == ("TIACentre/TIAToolbox_pretrained_weights", "resnet18-pcam.pth")
-    assert path == M.cache_dir() / "tiatoolbox--resnet18-pcam.pt"
-    assert sorted(p.name for p in M.cache_dir().iterdir()) == ["tiatoolbox--resnet18-pcam.pt"]
+    assert path.parent == M.cache_dir() and path.name.startswith("tiatoolbox--resnet18-pcam--")
+    assert sorted(p.name for p in M.cache_dir().iterdir()) == [path.name]
     assert M.resolve_model("tiatoolbox/resnet18-pcam") == path
     model, spec, sha = M.load_model("tiatoolbox/resnet18-pcam")
     assert sha == M.file_sha256(path)
@@ -394,17 +391,13 @@ def test_pull_converts_records_provenance_and_caches(tmp_path, monkeypatch):
     x01 = torch.rand(4, 3, 96, 96)
     with torch.inference_mode():
         assert torch.allclose(M.predict_proba(model, spec, x01), tia(x01)[:, 1], atol=1e-5)
-    # cached: a second pull does not download again; --force does
-    assert M.pull_model("tiatoolbox/resnet18-pcam") == path and len(calls) == 1
-    M.pull_model("tiatoolbox/resnet18-pcam", force=True)
-    assert len(calls) == 2 and calls[1][2]["force_download"] is True
 
 
 def test_pull_rejects_weights_of_another_architecture(tmp_path, monkeypatch):
-    _fake_hub(tmp_path, monkeypatch, arch="resnet18")
+    _fake_hub(tmp_path, monkeypatch, arch="resnet18")  # resnet18 weights under resnet34's name too
     with pytest.raises(CheckpointError, match="does not convert"):
         M.pull_model("tiatoolbox/resnet34-pcam")
-    assert not M.cached_checkpoint_path("tiatoolbox/resnet34-pcam").exists()
+    assert M.find_cached_checkpoint("tiatoolbox/resnet34-pcam") is None
 
 
 def test_pull_unknown_name():
@@ -490,10 +483,10 @@ def test_cli_models_pull_with_fake_hub(tmp_path, monkeypatch):
     _fake_hub(tmp_path, monkeypatch)
     result = _cli("models", "pull", "tiatoolbox/resnet18-pcam")
     assert result.exit_code == 0, result.output
-    assert "tiatoolbox--resnet18-pcam.pt" in result.output
+    assert "tiatoolbox--resnet18-pcam--" in result.output and "from Hugging Face cache" in result.output
     listing = _cli("models", "list", "--json").output
     cached = {m["name"]: m["cached"] for m in json.loads(listing)["models"]}
-    assert cached["tiatoolbox/resnet18-pcam"] is True and cached["tiatoolbox/resnet34-pcam"] is False
+    assert cached["tiatoolbox/resnet18-pcam"] is True and cached["tiatoolbox/resnet50-pcam"] is False
 
 
 def test_errors_are_wsiscan_errors():

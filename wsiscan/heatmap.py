@@ -69,49 +69,60 @@ def build_pyramid(store: TileStore, *, min_side: int = 64, block: int = 1024) ->
     """Levels 1.. of the heatmap, each the NaN-aware 2x2 mean of the one below, block by block."""
     level = 0
     src = store.heatmap_level(0)
-    chunk = src.chunks[0]
-    while max(src.shape) > min_side:
-        h, w = math.ceil(src.shape[0] / 2), math.ceil(src.shape[1] / 2)
-        dst = store.create_heatmap_level(level + 1, shape=(h, w), chunk=chunk)
+    chunk = src.chunks[-1]
+    lead = tuple(src.shape[:-2])  # a class axis, per class independently
+    while max(src.shape[-2:]) > min_side:
+        h, w = math.ceil(src.shape[-2] / 2), math.ceil(src.shape[-1] / 2)
+        dst = store.create_heatmap_level(level + 1, shape=(*lead, h, w), chunk=chunk)
         for y in range(0, h, block):
             for x in range(0, w, block):
-                part = src[2 * y : 2 * min(y + block, h), 2 * x : 2 * min(x + block, w)]
-                ph, pw = part.shape
-                padded = np.full((ph + ph % 2, pw + pw % 2), np.nan, np.float32)
-                padded[:ph, :pw] = part
-                view = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2)
-                count = np.sum(~np.isnan(view), axis=(1, 3))
-                total = np.nansum(view, axis=(1, 3))
+                part = src[..., 2 * y : 2 * min(y + block, h), 2 * x : 2 * min(x + block, w)]
+                ph, pw = part.shape[-2:]
+                padded = np.full((*lead, ph + ph % 2, pw + pw % 2), np.nan, np.float32)
+                padded[..., :ph, :pw] = part
+                view = padded.reshape(*lead, padded.shape[-2] // 2, 2, padded.shape[-1] // 2, 2)
+                count = np.sum(~np.isnan(view), axis=(-3, -1))
+                total = np.nansum(view, axis=(-3, -1))
                 out = np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
                 if np.isfinite(out).any():
-                    dst[y : y + out.shape[0], x : x + out.shape[1]] = out
+                    dst[..., y : y + out.shape[-2], x : x + out.shape[-1]] = out
         src = dst
         level += 1
     return level + 1
 
 
-def ome_multiscales(frame: HeatmapFrame, n_levels: int, *, name: str) -> dict[str, Any]:
-    """NGFF 0.5 ``ome`` attributes: axes in micrometres, scale and translation per level."""
+def ome_multiscales(frame: HeatmapFrame, n_levels: int, *, name: str,
+                    class_names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """NGFF 0.5 ``ome`` attributes: axes in micrometres, scale and translation per level.
+
+    With ``class_names`` (a model of more than 2 classes) the arrays are (c, y, x): a
+    ``c`` channel axis first, one channel per class, named in ``omero.channels``.
+    """
+    c_scale, c_shift, c_axis = ([1.0], [0.0], [{"name": "c", "type": "channel"}]) if class_names else ([], [], [])
     datasets = []
     for k in range(n_levels):
         scale, translation = frame.level_transform_um(k)
         datasets.append({
             "path": str(k),
             "coordinateTransformations": [
-                {"type": "scale", "scale": [scale, scale]},
-                {"type": "translation", "translation": [translation, translation]},
+                {"type": "scale", "scale": [*c_scale, scale, scale]},
+                {"type": "translation", "translation": [*c_shift, translation, translation]},
             ],
         })
-    return {
+    ome: dict[str, Any] = {
         "version": "0.5",
         "multiscales": [{
             "name": name,
-            "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
+            "axes": [*c_axis, {"name": "y", "type": "space", "unit": "micrometer"},
                      {"name": "x", "type": "space", "unit": "micrometer"}],
             "datasets": datasets,
             "type": "mean of 2x2, NaN-aware",
         }],
     }
+    if class_names:
+        ome["omero"] = {"channels": [{"label": n, "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}}
+                                     for n in class_names]}
+    return ome
 
 
 def _read_level0(store: TileStore) -> np.ndarray:
@@ -381,3 +392,50 @@ def _scale_bar(ax: Any, *, ow: int, oh: int, um_per_px: float) -> None:
                            facecolor="white", edgecolor="none", alpha=0.85))
     ax.plot([x0, x0 + bar_px], [y1 - 4, y1 - 4], color="black", linewidth=3, solid_capstyle="butt")
     ax.text(x0, y1 - 12, label, fontsize=10, va="bottom", ha="left", color="black")
+
+
+# QuPath colours of the classes of a multi-class model's regions, in class order
+_CLASS_COLOURS = ([31, 119, 180], [214, 39, 40], [44, 160, 44], [255, 127, 14], [148, 103, 189], [140, 86, 75],
+                  [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207])
+
+
+def heatmap_class_names(store: TileStore) -> tuple[str, ...] | None:
+    """The class of each channel of a multi-class heatmap (c, y, x); None for one channel (2 classes)."""
+    names = store.heatmap_meta().get("class_names")
+    return tuple(names) if names else None
+
+
+def scored_cells(store: TileStore) -> np.ndarray:
+    """Level 0 of the scored (positive) class: the whole heatmap for 2 classes, its channel for more."""
+    level0 = store.heatmap_level(0)
+    if level0.ndim == 2:
+        return level0[...]
+    return level0[int(store.heatmap_meta()["positive_class"])]
+
+
+def export_class_regions(store: TileStore, frame: HeatmapFrame, path: str | Path, *, slide_name: str,
+                         threshold: float, min_area_um2: float, simplify_tolerance_um: float) -> list[dict[str, Any]]:
+    """Regions of every class of a multi-class heatmap (c, y, x), written as one GeoJSON.
+
+    Each region carries ``class_name`` and each feature is classified with it in QuPath.
+    Returns the regions written.  A 2-class result's regions come from
+    :func:`wsiscan.results.threshold_outputs` instead.
+    """
+    names = heatmap_class_names(store)
+    if names is None:
+        raise ValueError("export_class_regions needs a multi-class heatmap (one with class_names)")
+    features, regions = [], []
+    for k, name in enumerate(names):
+        found = tumour_regions(store.heatmap_level(0)[k], frame, threshold=threshold, min_area_um2=min_area_um2,
+                               simplify_tolerance_um=simplify_tolerance_um)
+        regions += [{**r, "class_name": name} for r in found]
+        for f in geojson_collection(found, slide_name=slide_name, threshold=threshold, class_name=name)["features"]:
+            f["id"] = f"{f['id']}-{name}"
+            f["properties"]["classification"]["color"] = _CLASS_COLOURS[k % len(_CLASS_COLOURS)]
+            f["properties"]["name"] = f"{name} " + f["properties"]["name"].split(" ", 1)[1]
+            features.append(f)
+    collection = {"type": "FeatureCollection", "features": features,
+                  "properties": {"slide": slide_name, "threshold": threshold, "coordinates": "level-0 pixels",
+                                 "classes": list(names)}}
+    write_json_atomic(collection, path)
+    return regions

@@ -124,6 +124,8 @@ class Ensemble:
         self.specs = list(specs)
         self.autocast_dtype = autocast_dtype
         self.tta = tta
+        # more than 2 classes: every class's probability (N, C); else the positive class's (N,)
+        self.n_channels = self.specs[0].num_classes if self.specs[0].num_classes > 2 else 0
         self.models = []
         for m in models:
             m = m.to(device).eval().to(memory_format=torch.channels_last)
@@ -133,17 +135,18 @@ class Ensemble:
 
     @torch.inference_mode()
     def __call__(self, x01: torch.Tensor) -> torch.Tensor:
-        """(N,) float32 probabilities for a (N, 3, H, W) float batch in [0, 1]."""
+        """(N,) float32 probabilities ((N, C) for more than 2 classes) for a (N, 3, H, W) float batch in [0, 1]."""
         x01 = x01.contiguous(memory_format=torch.channels_last)  # a no-op for batches cut by run_inference
         views = dihedral_views(x01) if self.tta else [x01]
-        total = torch.zeros(x01.shape[0], device=self.device, dtype=torch.float32)
+        shape = (x01.shape[0], self.n_channels) if self.n_channels else (x01.shape[0],)
+        total = torch.zeros(shape, device=self.device, dtype=torch.float32)
         for model, spec in zip(self.models, self.specs):
             for v in views:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
                     logits = model(normalise(v, spec))
-                probs = torch.softmax(logits.float() / spec.temperature, dim=1)[:, spec.positive_class]
-                total += probs
+                probs = torch.softmax(logits.float() / spec.temperature, dim=1)
+                total += probs if self.n_channels else probs[:, spec.positive_class]
         return total / (len(self.models) * len(views))
 
 
@@ -279,9 +282,14 @@ def run_inference(
         buf = buffers.get(chunk)
         if buf is None:
             r0, c0 = chunk[0] * hc, chunk[1] * hc
-            buf = np.full((min(hc, plan.n_rows - r0), min(hc, plan.n_cols - c0)), np.nan, np.float32)
+            lead = (ensemble.n_channels,) if ensemble.n_channels else ()
+            buf = np.full((*lead, min(hc, plan.n_rows - r0), min(hc, plan.n_cols - c0)), np.nan, np.float32)
             buffers[chunk] = buf
-        buf[tiles[:, 0] - chunk[0] * hc, tiles[:, 1] - chunk[1] * hc] = probs
+        rows, cols = tiles[:, 0] - chunk[0] * hc, tiles[:, 1] - chunk[1] * hc
+        if ensemble.n_channels:
+            buf[:, rows, cols] = probs.T
+        else:
+            buf[rows, cols] = probs
         stats["tiles"] += len(tiles)
         remaining[chunk] -= 1
         if remaining[chunk] == 0:

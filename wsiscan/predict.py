@@ -31,7 +31,15 @@ from typing import Any, Sequence
 
 from .config import Config, runtime_versions
 from .errors import CheckpointError, ConfigError, StoreExistsError
-from .heatmap import HeatmapFrame, build_pyramid, ome_multiscales, write_json_atomic
+from .heatmap import (
+    HeatmapFrame,
+    build_pyramid,
+    export_class_regions,
+    ome_multiscales,
+    scored_cells,
+    slide_scores,
+    write_json_atomic,
+)
 from .store import open_tile_store
 from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
     slide_id_for, write_grid, write_pixels, write_qc
@@ -77,6 +85,11 @@ def load_models(names: Sequence[str]) -> LoadedModels:
             raise CheckpointError(
                 f"{name}: ensemble members must share input size and resolution; it takes {s.patch_size_px} px at "
                 f"{s.input_mpp:g} um/px but {names[0]} takes {first.patch_size_px} px at {first.input_mpp:g} um/px"
+            )
+        if max(s.num_classes, first.num_classes) > 2 and s.class_names != first.class_names:
+            raise CheckpointError(
+                f"{name}: ensemble members of more than 2 classes must have the same classes; it has "
+                f"{', '.join(s.class_names)} but {names[0]} has {', '.join(first.class_names)}"
             )
         if s.class_names[s.positive_class] != first.class_names[first.positive_class]:
             raise CheckpointError(
@@ -326,8 +339,12 @@ def predict_slide(
     frame = HeatmapFrame(grid.stride_px, grid.tile_size_px, plan.geometry.effective_mpp, plan.geometry.l0_per_px)
     if store.has_heatmap() and (overwrite or store.heatmap_meta().get("identity") != inference_id):
         store.delete_heatmap()
+    spec = models.spec
+    class_axis = {"class_names": list(spec.class_names), "positive_class": spec.positive_class} \
+        if spec.num_classes > 2 else {}  # more than 2 classes: one heatmap channel per class
     if not store.has_heatmap():
-        store.create_heatmap(shape=(grid.n_rows, grid.n_cols), chunk=units.hm_chunk, meta={
+        store.create_heatmap(shape=(*([spec.num_classes] if class_axis else []), grid.n_rows, grid.n_cols),
+                             chunk=units.hm_chunk, meta={**class_axis,
             "identity": inference_id, "status": "in_progress", "models": models.describe(),
             "stride_px": grid.stride_px, "tile_size_px": grid.tile_size_px, "tta": pc.tta,
             "cell_definition": "cell (r, c) = the stride x stride px square centred on grid tile (r, c); "
@@ -347,17 +364,23 @@ def predict_slide(
     # -- outputs ---------------------------------------------------------------------------
     t = time.perf_counter()
     n_levels = build_pyramid(store)
-    store.set_heatmap_ome(ome_multiscales(frame, n_levels, name=f"{slide_id} tumour probability"))
+    store.set_heatmap_ome(ome_multiscales(frame, n_levels, name=f"{slide_id} tumour probability",
+                                          class_names=tuple(class_axis["class_names"]) if class_axis else None))
     store.update_heatmap_meta(status="complete", n_levels=n_levels)
-    cells = store.heatmap_level(0)[...]
-    # issue 12: every threshold-dependent output and figure in one call (results.threshold_outputs)
+    cells = scored_cells(store)  # the positive class's channel of a multi-class heatmap
+    # every threshold-dependent output and figure in one call (results.threshold_outputs); a
+    # multi-class model's tumor.geojson holds the regions of every class (export_class_regions)
     picture, picture_mpp = overview_picture(plan)
     outs = threshold_outputs(slide_dir, cells, frame, threshold=pc.threshold, top_k=pc.top_k,
                              min_region_area_um2=pc.min_region_area_um2,
                              simplify_tolerance_um=pc.simplify_tolerance_um, slide_name=plan.slide_path.name,
                              models=models.describe(), n_tiles=plan.n_tiles, picture=picture,
                              picture_mpp=picture_mpp, tissue=tissue_figures(plan),
-                             geojson_name=GEOJSON_NAME, overlay_name=OVERLAY_NAME)
+                             geojson_name=GEOJSON_NAME, overlay_name=OVERLAY_NAME,
+                             write_geojson_file=class_axis is None)
+    class_regions = export_class_regions(store, frame, slide_dir / GEOJSON_NAME, slide_name=plan.slide_path.name,
+                                         threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
+                                         simplify_tolerance_um=pc.simplify_tolerance_um) if class_axis else []
     timings["outputs_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary = {
@@ -369,6 +392,7 @@ def predict_slide(
                        "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
         **outs,  # issue 12: scores, regions, areas, smoke_model
         "exports": {GEOJSON_NAME: {"threshold": pc.threshold}, OVERLAY_NAME: {"threshold": pc.threshold}},
+        **({"classes": _class_summary(store, class_regions, pc, frame.cell_um)} if class_axis else {}),
         "tiles": {"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,
                   "grid_shape": [grid.n_rows, grid.n_cols], "scored_this_run": stats["tiles"],
                   "resumed_tiles": stats["tiles_resumed"], "pixel_chunks_written": written,
@@ -393,9 +417,21 @@ def predict_slide(
 
 
 def tissue_figures(plan) -> dict[str, Any]:
-    """Issue 12: the threshold-independent areas of a plan (tissue mask, pen ink, scored share)."""
+    """The threshold-independent areas of a plan (tissue mask, pen ink, scored share)."""
     return {"tissue_area_mm2": plan.tissue.tissue_area_um2 / 1e6, "ink_area_mm2": plan.tissue.ink_area_um2 / 1e6,
             "scored_tissue_fraction": plan.scored_tissue_fraction}
+
+
+def _class_summary(store: Any, regions: list[dict[str, Any]], pc: Any, cell_um: float) -> dict[str, Any]:
+    """Per class of a multi-class heatmap: its scores and its number of regions."""
+    meta = store.heatmap_meta()
+    names = meta["class_names"]
+    per_class = {}
+    for k, name in enumerate(names):
+        scores = slide_scores(store.heatmap_level(0)[k], threshold=pc.threshold, top_k=pc.top_k, cell_um=cell_um)
+        scores["area_above_threshold_mm2"] = scores.pop("tumour_area_mm2")
+        per_class[name] = {**scores, "n_regions": sum(r.get("class_name") == name for r in regions)}
+    return {"names": names, "positive_class": names[meta["positive_class"]], "per_class": per_class}
 
 
 def _device_description(device: Any) -> dict[str, Any]:

@@ -193,21 +193,24 @@ class TileStore:
         if self.has_heatmap():
             del self.group[HEATMAP]
 
-    def create_heatmap(self, *, shape: tuple[int, int], chunk: int, meta: dict[str, Any]) -> None:
-        """An empty level 0 of cells (NaN = not scored), chunked (chunk, chunk)."""
+    def create_heatmap(self, *, shape: tuple[int, ...], chunk: int, meta: dict[str, Any]) -> None:
+        """An empty level 0 of cells (NaN = not scored), chunked (chunk, chunk); shape (c, y, x)
+        for a model of more than 2 classes (one channel per class, all in each chunk)."""
         g = self.group.create_group(HEATMAP)
         g.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
         self.create_heatmap_level(0, shape=shape, chunk=chunk)
 
-    def create_heatmap_level(self, level: int, *, shape: tuple[int, int], chunk: int) -> zarr.Array:
+    def create_heatmap_level(self, level: int, *, shape: tuple[int, ...], chunk: int) -> zarr.Array:
         g = self.group[HEATMAP]
         if str(level) in g:
             del g[str(level)]
+        lead = tuple(shape[:-2])  # (n_classes,) for a multi-class heatmap, else ()
         return g.create_array(
-            str(level), shape=shape, dtype=np.float32, chunks=(min(chunk, max(shape[0], 1)), min(chunk, max(shape[1], 1))),
+            str(level), shape=shape, dtype=np.float32,
+            chunks=(*lead, min(chunk, max(shape[-2], 1)), min(chunk, max(shape[-1], 1))),
             compressors=_codec(5), fill_value=float("nan"),
             chunk_key_encoding={"name": "default", "separator": "/"},
-            config={"write_empty_chunks": True}, dimension_names=("y", "x"),
+            config={"write_empty_chunks": True}, dimension_names=(*("c" * len(lead)), "y", "x"),
         )
 
     def heatmap_level(self, level: int) -> zarr.Array:
@@ -222,12 +225,15 @@ class TileStore:
         return out
 
     def heatmap_chunk_done(self, ci: int, cj: int) -> bool:
-        return (self.path / HEATMAP / "0" / "c" / str(ci) / str(cj)).exists()
+        # chunk files: c/ci/cj for (y, x), c/0/ci/cj for (c, y, x) (one chunk along c); in either
+        # layout the other's path is missing or a folder, so no metadata needs reading
+        base = self.path / HEATMAP / "0" / "c"
+        return (base / str(ci) / str(cj)).is_file() or (base / "0" / str(ci) / str(cj)).is_file()
 
     def write_heatmap_chunk(self, ci: int, cj: int, data: np.ndarray) -> None:
         a = self.heatmap_level(0)
-        c = a.chunks[0]
-        a[ci * c : ci * c + data.shape[0], cj * c : cj * c + data.shape[1]] = data
+        c = a.chunks[-1]
+        a[..., ci * c : ci * c + data.shape[-2], cj * c : cj * c + data.shape[-1]] = data
 
 
 def _json_default(value: Any) -> Any:

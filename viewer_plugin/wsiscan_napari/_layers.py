@@ -1,7 +1,7 @@
 """Pure functions behind the plugin: a ``wsiscan predict`` result -> layer data, regions, hotspots.
 
 No napari and no Qt here, so everything is testable without a viewer.  Results are read
-only through :mod:`wsiscan.store` (and the slide itself through :mod:`wsiscan.slide`).
+only through wsiscan's public API (:func:`wsiscan.open_result`, :class:`wsiscan.Result`).
 
 Frames.  The viewer's world frame is micrometres from the slide's top-left corner,
 arrays as (rows, cols) so world points are (y_um, x_um).  A napari image places the
@@ -9,8 +9,11 @@ centre of its element (0, 0) at ``translate``, so:
 
 - the slide at ``mpp`` um/px has ``scale = (mpp, mpp)``, ``translate = (mpp / 2, mpp / 2)``;
 - the heatmap uses the OME-Zarr transform the store records (translation = centre of
-  cell (0, 0), see :meth:`wsiscan.heatmap.HeatmapFrame.level_transform_um`);
+  cell (0, 0), see :meth:`wsiscan.Heatmap`'s ``origin_um``);
 - GeoJSON regions are in level-0 px (corner-based), so ``um = l0 * l0_mpp``.
+
+A model of more than 2 classes gives one heatmap layer per class: the scored class's is
+the ``heatmap`` layer the review panel follows, the others are ``class-heatmap`` layers.
 """
 
 from __future__ import annotations
@@ -26,9 +29,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from wsiscan.errors import StoreError, WsiscanError
-from wsiscan.heatmap import HeatmapFrame, tumour_regions
-from wsiscan.store import open_tile_store, store_exists
+import wsiscan
+from wsiscan import StoreError, find_result, open_result
 
 __all__ = [
     "STORE_NAME",
@@ -42,6 +44,7 @@ __all__ = [
     "open_pixel_pyramid",
     "pyramid_arrays",
     "heatmap_layer",
+    "class_layers",
     "slide_layer",
     "layer_data",
     "threshold_regions",
@@ -59,92 +62,9 @@ CHUNK_PX = 512  # side of one lazily read block of the slide pyramid
 MIN_LEVEL_SIDE_PX = 512  # the pyramid's coarsest level is no larger than this
 HEATMAP_COLORMAP = "inferno"
 HEATMAP_OPACITY = 0.5
+CLASS_COLORMAPS = ("magma", "viridis", "cividis", "plasma", "twilight", "turbo")  # the other classes' layers
 
-
-# -- finding and opening a result ------------------------------------------------------------------
-def find_result(path: str | Path) -> Path | None:
-    """The slide folder of a ``wsiscan predict`` result at ``path``, or None.
-
-    Accepts ``OUT/<slide-id>``, ``OUT`` holding exactly one such folder, or the
-    ``store.zarr`` itself.  The store must open and hold a heatmap.  Never raises.
-    """
-    try:
-        p = Path(path)
-        if not p.is_dir():
-            return None
-        if p.name == STORE_NAME and store_exists(p):
-            p = p.parent
-        if not store_exists(p / STORE_NAME):
-            found = [d for d in sorted(p.iterdir()) if d.is_dir() and store_exists(d / STORE_NAME)]
-            if len(found) != 1:
-                return None
-            p = found[0]
-        store = open_tile_store(p / STORE_NAME, mode="r")
-        if not store.has_heatmap() or not store.heatmap_levels():
-            return None
-        return p
-    except (WsiscanError, OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-@dataclass(frozen=True)
-class WsiscanResult:
-    """One slide's result folder, opened read-only."""
-
-    slide_dir: Path
-    store: Any  # wsiscan.store.TileStore
-    frame: HeatmapFrame
-    summary: dict[str, Any]
-    slide_path: Path  # where predict read the slide (it may have moved since)
-    l0_mpp: float  # um per level-0 px of the slide
-    threshold: float  # predict's threshold
-    min_region_area_um2: float
-    simplify_tolerance_um: float
-
-    @property
-    def slide_id(self) -> str:
-        return self.slide_dir.name
-
-    @property
-    def slide_name(self) -> str:
-        """The name predict writes into the GeoJSON (the slide file's name)."""
-        return self.slide_path.name
-
-    def cells(self) -> np.ndarray:
-        """Heatmap level 0: one probability per patch, NaN = not tissue (small: ~1e6 cells for 1e5 px)."""
-        return np.asarray(self.store.heatmap_level(0)[...], np.float32)
-
-
-def open_result(path: str | Path) -> WsiscanResult:
-    """Open the result at ``path`` (see :func:`find_result`); raises StoreError when it is none."""
-    slide_dir = find_result(path)
-    if slide_dir is None:
-        raise StoreError(
-            f"{path}: not a wsiscan result (expected OUT/<slide-id>/{STORE_NAME} with a heatmap, "
-            f"as written by `wsiscan predict SLIDE -o OUT`)"
-        )
-    store = open_tile_store(slide_dir / STORE_NAME, mode="r")
-    meta, hm = store.meta, store.heatmap_meta()
-    frame = HeatmapFrame(int(hm["stride_px"]), int(hm["tile_size_px"]), float(hm["px_mpp"]), float(hm["l0_per_px"]))
-    summary: dict[str, Any] = {}
-    summary_path = slide_dir / SUMMARY_NAME
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, ValueError):
-            summary = {}
-    predict_cfg = summary.get("config", {}).get("predict", {})
-    return WsiscanResult(
-        slide_dir=slide_dir,
-        store=store,
-        frame=frame,
-        summary=summary,
-        slide_path=Path(meta.get("slide", {}).get("path", slide_dir.name)),
-        l0_mpp=frame.px_mpp / frame.l0_per_px,
-        threshold=float(predict_cfg.get("threshold", summary.get("regions", {}).get("threshold", 0.5))),
-        min_region_area_um2=float(predict_cfg.get("min_region_area_um2", 0.0)),
-        simplify_tolerance_um=float(predict_cfg.get("simplify_tolerance_um", 0.0)),
-    )
+WsiscanResult = wsiscan.Result  # one slide's result folder, opened read-only
 
 
 # -- the slide as a lazy pyramid -------------------------------------------------------------------
@@ -254,44 +174,30 @@ def _read_array_box(arr: np.ndarray, xy: tuple[int, int], size_px: tuple[int, in
 
 def _openslide_pyramid(result: WsiscanResult) -> tuple[PixelPyramid | None, str]:
     """The slide file at native resolution, when it is still where predict read it and unchanged."""
-    from wsiscan.slide import open_slide, slide_fingerprint
-
-    recorded = result.store.meta.get("slide", {})
-    path = result.slide_path
-    if not path.is_file():
-        return None, f"slide file {path} not found"
-    try:
-        if slide_fingerprint(path).get("quick_sha256") != recorded.get("quick_sha256"):
-            return None, f"slide file {path} has changed since predict"
-        slide = open_slide(path)
-    except (WsiscanError, OSError) as exc:
-        return None, f"slide file {path} unreadable ({exc})"
+    slide, why = result.open_slide()
+    if slide is None:
+        return None, why
     native = tuple(NativeLevel(lv.downsample, lv.dimensions_px) for lv in slide.info.levels)
 
     def read_native(j: int, xy: tuple[int, int], size_px: tuple[int, int]) -> np.ndarray:
         return slide.read_level(level=j, lv_xy=xy, size_px=size_px)
 
-    desc = f"{path.name} via OpenSlide, {len(native)} level(s), {result.l0_mpp:.3g} um/px"
+    desc = f"{result.slide_path.name} via OpenSlide, {len(native)} level(s), {result.l0_mpp:.3g} um/px"
     return PixelPyramid("openslide", result.l0_mpp, native, read_native, desc), ""
 
 
 def _store_pyramid(result: WsiscanResult, why: str) -> PixelPyramid:
     """The tile store's copy of the slide (at the model's mpp; glass away from tissue), plus its thumbnail."""
-    store = result.store
-    h, w = store.pixels.shape[:2]
-    meta = store.meta
-    native = [NativeLevel(1.0, (w, h))]
-    thumb: list[np.ndarray] = []  # loaded on first use
-    mask_mpp = meta.get("mask_mpp")
-    if "thumbnail" in store.group and mask_mpp:
-        th, tw = store.group["thumbnail"].shape[:2]
-        native.append(NativeLevel(float(mask_mpp) / result.frame.px_mpp, (tw, th)))
+    native = [NativeLevel(1.0, result.store_size_px)]
+    thumb: list[np.ndarray] = []  # the store's small whole-slide picture, a coarser level
+    if result.thumbnail_mpp:
+        thumb.append(result.thumbnail())
+        th, tw = thumb[0].shape[:2]
+        native.append(NativeLevel(result.thumbnail_mpp / result.frame.px_mpp, (tw, th)))
 
     def read_native(j: int, xy: tuple[int, int], size_px: tuple[int, int]) -> np.ndarray:
         if j == 0:
-            return store.read_px(px_box=(xy[0], xy[1], xy[0] + size_px[0], xy[1] + size_px[1]))
-        if not thumb:
-            thumb.append(store.thumbnail())
+            return result.read_store_px((xy[0], xy[1], xy[0] + size_px[0], xy[1] + size_px[1]))
         return _read_array_box(thumb[0], xy, size_px)
 
     desc = f"tile store copy at {result.frame.px_mpp:.3g} um/px ({why})"
@@ -329,12 +235,15 @@ def slide_layer(result: WsiscanResult, pyramid: PixelPyramid, *, chunk_px: int =
     return pyramid_arrays(pyramid, chunk_px=chunk_px), kwargs, "image"
 
 
-def heatmap_layer(result: WsiscanResult) -> tuple[np.ndarray, dict, str]:
-    """Level 0 of the heatmap (one value per patch: small) with its OME-Zarr placement in um."""
-    scale, translation = result.frame.level_transform_um(0)
-    kwargs = {
-        "name": f"{result.slide_id} tumour probability",
-        "colormap": HEATMAP_COLORMAP,
+def _heatmap_kwargs(result: WsiscanResult, heatmap: wsiscan.Heatmap, *, name: str, role: str,
+                    colormap: str, visible: bool, class_name: str | None = None) -> dict:
+    scale, translation = heatmap.cell_um, heatmap.origin_um
+    meta = {"role": role, "slide_dir": str(result.slide_dir)}
+    if class_name is not None:
+        meta["class_name"] = class_name
+    return {
+        "name": name,
+        "colormap": colormap,
         "contrast_limits": (0.0, 1.0),
         "opacity": HEATMAP_OPACITY,
         "blending": "translucent",
@@ -342,23 +251,45 @@ def heatmap_layer(result: WsiscanResult) -> tuple[np.ndarray, dict, str]:
         "scale": (scale, scale),
         "translate": (translation, translation),
         "units": ("um", "um"),
-        "metadata": {"wsiscan": {"role": "heatmap", "slide_dir": str(result.slide_dir)}},
+        "visible": visible,
+        "metadata": {"wsiscan": meta},
     }
-    return result.cells(), kwargs, "image"
+
+
+def heatmap_layer(result: WsiscanResult) -> tuple[np.ndarray, dict, str]:
+    """Level 0 of the scored class (one value per patch: small) with its OME-Zarr placement in um."""
+    heatmap = result.heatmap(0)
+    name = f"{result.slide_id} tumour probability" if heatmap.class_names is None \
+        else f"{result.slide_id} {heatmap.scored_class} probability"
+    kwargs = _heatmap_kwargs(result, heatmap, name=name, role="heatmap", colormap=HEATMAP_COLORMAP, visible=True,
+                             class_name=None if heatmap.class_names is None else heatmap.scored_class)
+    return heatmap.scored(), kwargs, "image"
+
+
+def class_layers(result: WsiscanResult) -> list[tuple[np.ndarray, dict, str]]:
+    """One layer per class other than the scored one (none for a 2-class model), hidden at first."""
+    heatmap = result.heatmap(0)
+    if heatmap.class_names is None:
+        return []
+    others = [n for n in heatmap.class_names if n != heatmap.scored_class]
+    return [(heatmap.channel(n),
+             _heatmap_kwargs(result, heatmap, name=f"{result.slide_id} {n} probability", role="class-heatmap",
+                             colormap=CLASS_COLORMAPS[i % len(CLASS_COLORMAPS)], visible=False, class_name=n),
+             "image") for i, n in enumerate(others)]
 
 
 def layer_data(path: str | Path, *, source: str = "auto") -> list[tuple[Any, dict, str]]:
-    """napari layer data tuples for the result at ``path``: the slide pyramid, then the heatmap."""
+    """napari layer data tuples for the result at ``path``: the slide pyramid, the other classes'
+    heatmaps (more than 2 classes), then the scored class's heatmap on top."""
     result = open_result(path)
     pyramid = open_pixel_pyramid(result, source=source)
-    return [slide_layer(result, pyramid), heatmap_layer(result)]
+    return [slide_layer(result, pyramid), *class_layers(result), heatmap_layer(result)]
 
 
 # -- threshold -> regions -> shapes and hotspots ------------------------------------------------------
 def threshold_regions(result: WsiscanResult, cells: np.ndarray, threshold: float) -> list[dict[str, Any]]:
     """Regions at ``threshold`` exactly as predict makes them (same minimum area and simplification)."""
-    return tumour_regions(cells, result.frame, threshold=float(threshold), min_area_um2=result.min_region_area_um2,
-                          simplify_tolerance_um=result.simplify_tolerance_um)
+    return result.regions_at(threshold, cells)
 
 
 def _polygons(geometry: dict[str, Any]) -> list[list[Sequence[Sequence[float]]]]:
@@ -427,11 +358,8 @@ def view_for_bbox(bbox_um: tuple[float, float, float, float], canvas_px: tuple[i
 # -- export ------------------------------------------------------------------------------------------------
 def export_geojson(result: WsiscanResult, regions: list[dict[str, Any]], path: str | Path, *,
                    threshold: float) -> Path:
-    """The regions as predict's QuPath GeoJSON (same writer, same schema, the same smoke-model mark)."""
-    from wsiscan.results import write_region_geojson
-
-    return write_region_geojson(regions, path, slide_name=result.slide_name, threshold=float(threshold),
-                                smoke=is_smoke_result(result.summary))
+    """The regions as predict's QuPath GeoJSON (same writer, same schema)."""
+    return result.write_regions(regions, path, threshold=threshold)
 
 
 def read_geojson_geometries(path: str | Path) -> list[Any]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ._layers import find_result, layer_data
+from wsiscan import find_result
+
+from ._layers import layer_data
 
 __all__ = ["get_reader", "read_result"]
 
@@ -25,7 +27,7 @@ def get_reader(path: str | Path | list) -> Callable[[Any], list] | None:
 
 
 def read_result(path: str | Path | list) -> list[tuple[Any, dict, str]]:
-    """The slide (lazy multiscale, um) and the heatmap (um) of the result at ``path``."""
+    """The slide (lazy multiscale, um) and the heatmap (um; one layer per class for more than 2) at ``path``."""
     if isinstance(path, (list, tuple)):
         path = path[0]
     return layer_data(path)

@@ -18,24 +18,46 @@ def models_group() -> None:
 @models_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def list_cmd(as_json: bool) -> None:
-    """List the registered models and whether each is in the local cache."""
-    from ..models import cache_dir, cached_checkpoint_path, list_models
+    """List the registered models and whether each is on this machine already."""
+    from ..models import cache_dir, list_models
+    from ..models import local_copy
 
     rows = []
     for entry in list_models():
-        path = cached_checkpoint_path(entry.name)
-        rows.append({**entry.to_dict(), "cached": path.is_file(), "cache_path": str(path)})
+        local = local_copy(entry.name)
+        rows.append({**entry.to_dict(), "cached": local is not None,
+                     "cache_path": str(local[1]) if local else None, "source": local[0] if local else None})
     if as_json:
         click.echo(json.dumps({"cache_dir": str(cache_dir()), "models": rows}, indent=2))
         return
     width = max(len(r["name"]) for r in rows)
-    click.echo(f"{'NAME':<{width}}  {'ARCH':<9}  {'PATCH':>6}  {'MPP':>5}  {'CACHED':<6}  DESCRIPTION")
+    click.echo(f"{'NAME':<{width}}  {'ARCH':<11}  {'PATCH':>6}  {'MPP':>5}  {'LOCAL':<6}  DESCRIPTION")
     for r in rows:
+        patch, mpp = (f"{r['patch_size_px']:>4}px", f"{r['input_mpp']:>5.3g}") if r["patch_size_px"] else \
+            (f"{'cfg':>6}", f"{'cfg':>5}")
         click.echo(
-            f"{r['name']:<{width}}  {r['arch']:<9}  {r['patch_size_px']:>4}px  {r['input_mpp']:>5.3g}  "
+            f"{r['name']:<{width}}  {r['arch'][:11]:<11}  {patch}  {mpp}  "
             f"{'yes' if r['cached'] else 'no':<6}  {r['description']}"
         )
-    click.echo(f"cache: {cache_dir()}  (fetch with `wsiscan models pull NAME`)")
+    from ..models import hf_cache_dir, tiatoolbox_models_dir
+
+    click.echo(f"cache: {cache_dir()}; also read: Hugging Face cache {hf_cache_dir()}, TIAToolbox folder "
+               f"{tiatoolbox_models_dir()}  (fetch with `wsiscan models pull NAME`)")
+
+
+def _local_only(call):
+    """Run ``call`` with downloads switched off (HF_HUB_OFFLINE=1), restoring the environment."""
+    import os
+
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return call()
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
 
 
 @models_group.command("info")
@@ -47,22 +69,17 @@ def info_cmd(name_or_path: str, as_json: bool) -> None:
     A registered model that is not cached yet is described from the registry,
     without downloading it.
     """
-    from ..models import (
-        cached_checkpoint_path,
-        file_sha256,
-        get_registry_entry,
-        list_models,
-        load_checkpoint,
-    )
+    from ..errors import OfflineError
+    from ..models import fetch_model, file_sha256, get_registry_entry, load_model, registry_name
 
-    registered = {e.name for e in list_models()}
+    key = registry_name(name_or_path)
     path = Path(name_or_path).expanduser()
-    if not path.is_file() and name_or_path in registered:
-        cached = cached_checkpoint_path(name_or_path)
-        if not cached.is_file():
-            entry = get_registry_entry(name_or_path)
-            data = {"name": entry.name, "cached": False, "cache_path": str(cached),
-                    "registry": entry.to_dict()}
+    if not path.exists() and key is not None:
+        try:
+            path = _local_only(lambda: fetch_model(key)).path
+        except OfflineError:
+            entry = get_registry_entry(key)
+            data = {"name": entry.name, "cached": False, "cache_path": None, "registry": entry.to_dict()}
             if as_json:
                 click.echo(json.dumps(data, indent=2))
                 return
@@ -71,20 +88,14 @@ def info_cmd(name_or_path: str, as_json: bool) -> None:
                       for k, v in entry.to_dict().items() if k != "name"]
             click.echo("\n".join(lines))
             return
-        path = cached
-    elif not path.is_file():
-        from ..models import resolve_model
-
-        path = resolve_model(name_or_path)  # raises the one-line UnknownModelError
-
-    model, spec = load_checkpoint(path)
+    model, spec, sha256 = load_model(path)  # a missing name raises the one-line UnknownModelError
     n_params = sum(p.numel() for p in model.parameters())
     data = {
         "path": str(path),
-        "sha256": file_sha256(path),
-        "size_bytes": path.stat().st_size,
+        "sha256": sha256 if path.is_dir() else file_sha256(path),
+        "size_bytes": sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size,
         "parameters": n_params,
-        "cached": name_or_path in registered,
+        "cached": key is not None,
         "spec": spec.to_dict(),
     }
     if as_json:
@@ -97,7 +108,8 @@ def info_cmd(name_or_path: str, as_json: bool) -> None:
         f"name:           {spec.name or '(unnamed)'}",
         f"arch:           {spec.arch}  ({n_params:,} parameters)",
         f"classes:        {', '.join(spec.class_names)}  (positive: {spec.positive_class} = {spec.positive_class_name})",
-        f"patch:          {spec.patch_size_px} px at {spec.input_mpp:g} um/px",
+        f"patch:          {spec.patch_size_px} px at {spec.input_mpp:g} um/px"
+        + (f", resized to {spec.input_size_px} px" if spec.input_size_px else ""),
         f"normalisation:  {norm}",
         f"temperature:    {spec.temperature:g}",
     ]
@@ -112,14 +124,22 @@ def info_cmd(name_or_path: str, as_json: bool) -> None:
 
 @models_group.command("pull")
 @click.argument("name")
-@click.option("--force", is_flag=True, help="Download and convert again even if cached.")
-def pull_cmd(name: str, force: bool) -> None:
-    """Download a registered model into the local cache (needs network).
+@click.option("--force", is_flag=True, help="Ignore local copies: download and convert again.")
+@click.option("--from", "from_file", type=click.Path(path_type=Path), default=None,
+              help="Register a copy brought by hand (a .pth file, or a WSInfer model folder) under NAME.")
+def pull_cmd(name: str, force: bool, from_file: Path | None) -> None:
+    """Make a registered model ready to run, and say where it came from.
 
-    On a machine without network, run this on a connected one and copy the file it
-    prints into the same cache folder ($WSISCAN_HOME/models or ~/.cache/wsiscan/models).
+    Looks in the Hugging Face cache (HF_HOME), TIAToolbox's folder (TIATOOLBOX_HOME)
+    and wsiscan's cache, then downloads into the Hugging Face cache unless
+    HF_HUB_OFFLINE is set.  Every source's sha256 is checked against the registry's pin.
     """
-    from ..models import file_sha256, pull_model
+    from ..models import fetch_model
 
-    path = pull_model(name, force=force)
-    click.echo(f"{name}: {path}  (sha256 {file_sha256(path)})")
+    pulled = fetch_model(name, force=force, from_file=from_file)
+    if pulled.source_path is not None:
+        rev = f" @ {pulled.revision}" if pulled.revision else ""
+        click.echo(f"{pulled.name}: from {pulled.origin} {pulled.source_path}{rev} (sha256 {pulled.source_sha256})")
+    else:
+        click.echo(f"{pulled.name}: from {pulled.origin}")
+    click.echo(f"{pulled.name}: ready at {pulled.path}")

@@ -225,7 +225,7 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path, speak, speak
     """
     from ..config import load_config
     from ..errors import StoreError
-    from ..heatmap import HeatmapFrame
+    from ..heatmap import HeatmapFrame, export_class_regions, heatmap_class_names, scored_cells
     from ..results import threshold_outputs, update_summary_atomic
     from ..store import open_tile_store
 
@@ -246,7 +246,8 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path, speak, speak
                                                             "simplify_tolerance_um") if k in run})
     pc = cfg.replace("predict", threshold=threshold).predict
     frame = HeatmapFrame(hm["stride_px"], hm["tile_size_px"], hm["px_mpp"], hm["l0_per_px"])
-    cells = store.heatmap_level(0)[...]
+    cells = scored_cells(store)
+    class_names = heatmap_class_names(store)
     name = Path(store.meta["slide"]["path"]).name
     picture, picture_mpp = store.overview() if png else (None, 1.0)
     areas = summary.get("areas") or {}
@@ -257,11 +258,16 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path, speak, speak
                              picture=picture, picture_mpp=picture_mpp,
                              tissue={k: areas.get(k) for k in ("tissue_area_mm2", "ink_area_mm2",
                                                                "scored_tissue_fraction")},
-                             write_geojson_file=geojson)
+                             write_geojson_file=geojson and class_names is None)
     exports = dict(summary.get("exports") or {})
     if geojson:
         exports["tumor.geojson"] = {"threshold": pc.threshold}
-        click.echo(f"{result_dir / 'tumor.geojson'}: {outs['regions']['n']} regions at threshold {pc.threshold:g}")
+        n_regions = outs["regions"]["n"]
+        if class_names is not None:
+            n_regions = len(export_class_regions(store, frame, result_dir / "tumor.geojson", slide_name=name,
+                                                 threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
+                                                 simplify_tolerance_um=pc.simplify_tolerance_um))
+        click.echo(f"{result_dir / 'tumor.geojson'}: {n_regions} regions at threshold {pc.threshold:g}")
     if png:
         exports["overlay.png"] = {"threshold": pc.threshold}
         click.echo(f"{result_dir / 'overlay.png'}")

@@ -40,7 +40,7 @@ def view(ctx: click.Context, out_dir: Path, threshold: float | None, source: str
     "Heatmap review" panel: threshold with live outlines, hotspots, summary, GeoJSON export.
     """
     try:
-        from wsiscan_napari._layers import open_result  # numpy and wsiscan only
+        from .. import open_result  # the public API: numpy and wsiscan only
 
         result = open_result(out_dir)  # StoreError (exit 1) when OUT_DIR holds no result
         import napari

@@ -8,18 +8,32 @@ A wsiscan checkpoint is ONE file written with :func:`torch.save`::
 It carries its :class:`ModelSpec` (architecture, class names, positive class, patch
 size, input resolution, normalisation, calibration temperature, provenance, metrics),
 so a checkpoint file is all that inference needs.  Files are read with
-``torch.load(weights_only=True)``: no pickled Python objects are ever executed.
+``torch.load(weights_only=True)``: no pickled Python objects are ever executed.  WSInfer
+models are TorchScript, loaded with ``torch.jit.load``: that runs the TorchScript program
+in the file (interpreted by TorchScript, not pickled Python), so trust its source as you
+would any program's (:mod:`.wsinfer`).
 
-The registry names published weights (the TIAToolbox PatchCamelyon ResNets) that
-:func:`pull_model` downloads from the Hugging Face Hub, converts to torchvision layout
-and stores in :func:`cache_dir`.  :func:`resolve_model` turns a registry name or a path
-into a checkpoint file, and says in one line what to do when that is impossible (no
-network, unknown name).
+The registry names published weights: the TIAToolbox PatchCamelyon ResNets, which
+:func:`pull_model` finds in the standard Hugging Face cache, TIAToolbox's folder or a
+file given by hand (else downloads into the Hugging Face cache), verifies against a
+pinned SHA-256, converts to torchvision layout and stores in :func:`cache_dir`; and
+WSInfer's zoo, whose TorchScript folders run as they are (:mod:`.wsinfer`).
+:func:`resolve_model` turns a registry name, a checkpoint path or a WSInfer folder into
+what :func:`load_model` loads, and says in one line what to do when that is impossible.
+:func:`register_model` adds your own architectures (any ``nn.Module`` factory).
 
 This package imports torch and torchvision; it never imports click or zarr.
 """
 
-from .architectures import PixelLogReg, SmallCNN, TinyModel, build_model
+from .architectures import (
+    PixelLogReg,
+    SmallCNN,
+    TinyModel,
+    build_model,
+    list_architectures,
+    register_model,
+    unregister_model,
+)
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_FORMAT_VERSION,
@@ -29,11 +43,23 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .convert import convert_tiatoolbox_state_dict, tiatoolbox_spec
-from .hub import pull_model
-from .proba import normalise, predict_proba, tiny_expected_proba
-from .registry import RegistryEntry, cache_dir, cached_checkpoint_path, get_registry_entry, list_models
+from .hub import hf_cache_dir, tiatoolbox_models_dir
+from .proba import normalise, predict_class_proba, predict_proba, tiny_expected_proba
+from .pull import PulledModel, fetch_model, local_copy, pull_model
+from .registry import (
+    RegistryEntry,
+    cache_dir,
+    cached_checkpoint_path,
+    find_cached_checkpoint,
+    get_registry_entry,
+    list_models,
+    register_weights,
+    registry_name,
+    wsinfer_registry_path,
+)
 from .resolve import load_model, resolve_model
 from .spec import ARCHITECTURES, ModelSpec
+from .wsinfer import is_wsinfer_folder, load_wsinfer_folder, wsinfer_spec
 
 __all__ = [
     "ARCHITECTURES",
@@ -44,6 +70,22 @@ __all__ = [
     "build_model",
     "normalise",
     "predict_proba",
+    "predict_class_proba",
+    "register_model",
+    "unregister_model",
+    "list_architectures",
+    "register_weights",
+    "registry_name",
+    "find_cached_checkpoint",
+    "fetch_model",
+    "local_copy",
+    "PulledModel",
+    "hf_cache_dir",
+    "tiatoolbox_models_dir",
+    "wsinfer_registry_path",
+    "is_wsinfer_folder",
+    "load_wsinfer_folder",
+    "wsinfer_spec",
     "save_checkpoint",
     "read_checkpoint",
     "load_checkpoint",

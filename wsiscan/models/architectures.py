@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torchvision
 from torch import nn
 
 from ..errors import CheckpointError
-from .spec import _RESNETS, ARCHITECTURES, ModelSpec
+from .spec import _REGISTERED, _RESNETS, ARCHITECTURES, EXTERNAL_ARCH, TORCHSCRIPT_ARCH, ModelSpec, known_architectures
+
+ModelFactory = Callable[[ModelSpec], nn.Module]
 
 
 class SmallCNN(nn.Module):
@@ -68,9 +72,72 @@ class TinyModel(nn.Module):
         return torch.stack([torch.zeros_like(z), z], dim=1)
 
 
+def register_model(name: str, factory: ModelFactory | None = None, *, replace: bool = False):
+    """Make ``ModelSpec(arch=name)`` build ``factory(spec)``: any ``nn.Module`` giving
+    ``spec.num_classes`` logits for a float (N, 3, H, W) batch.
+
+    Usable as ``register_model("mine", factory)`` or as a decorator
+    (``@register_model("mine")``), as torchvision's ``register_model``.  Once
+    registered, the name works in checkpoints, ``predict``, ``train`` and ``evaluate``
+    in this process (register it again in every process that loads such a
+    checkpoint).  A built-in name, or a registered one without ``replace``, is refused.
+    """
+    if not isinstance(name, str) or not name or name.startswith("timm:") or name in (TORCHSCRIPT_ARCH, EXTERNAL_ARCH) \
+            or name in ARCHITECTURES:
+        raise ValueError(f"cannot register arch {name!r}: choose a new name (built-in: {', '.join(ARCHITECTURES)})")
+
+    def add(fn: ModelFactory) -> ModelFactory:
+        if not callable(fn):
+            raise TypeError(f"register_model({name!r}): the factory must be callable, got {type(fn).__name__}")
+        if name in _REGISTERED and not replace and _REGISTERED[name] is not fn:
+            raise ValueError(f"arch {name!r} is registered already; pass replace=True to change it")
+        _REGISTERED[name] = fn
+        return fn
+
+    return add if factory is None else add(factory)
+
+
+def unregister_model(name: str) -> None:
+    """Forget a registered arch (tests, notebooks)."""
+    _REGISTERED.pop(name, None)
+
+
+def list_architectures() -> list[str]:
+    """Built-in and registered arch names (``timm:<name>`` is accepted besides these)."""
+    return [a for a in known_architectures() if a not in (TORCHSCRIPT_ARCH, EXTERNAL_ARCH)]
+
+
+def _timm_model(spec: ModelSpec) -> nn.Module:
+    try:
+        import timm
+    except ImportError as exc:
+        raise CheckpointError(
+            f"arch {spec.arch!r} needs timm, which is not installed: pip install 'wsiscan[timm]'"
+        ) from exc
+    name = spec.arch[len("timm:"):]
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=spec.num_classes)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise CheckpointError(f"arch {spec.arch!r}: {exc}; see timm.list_models()") from exc
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
     """A randomly initialised network for ``spec.arch`` with ``spec.num_classes`` logits."""
     n = len(spec.class_names)
+    if spec.arch in _REGISTERED:
+        model = _REGISTERED[spec.arch](spec)
+        if not isinstance(model, nn.Module):
+            raise CheckpointError(
+                f"the factory registered for arch {spec.arch!r} returned a {type(model).__name__}, not an nn.Module"
+            )
+        return model
+    if spec.arch.startswith("timm:"):
+        return _timm_model(spec)
+    if spec.arch in (TORCHSCRIPT_ARCH, EXTERNAL_ARCH):
+        raise CheckpointError(
+            f"arch {spec.arch!r} has no architecture to build: a 'torchscript' model loads from its WSInfer "
+            "folder (config.json + torchscript_model.pt), an 'external' one is the callable given to wsiscan.predict"
+        )
     if spec.arch in _RESNETS:
         return getattr(torchvision.models, spec.arch)(weights=None, num_classes=n)
     if spec.arch == "smallcnn":

@@ -1,35 +1,65 @@
-"""Pulling registered models from the Hugging Face Hub into the cache, and the error saying what to do offline."""
+"""Where a registered model's source file comes from: the Hugging Face cache, a download, TIAToolbox's folder.
+
+Sources, in the order they are tried (:func:`locate_source`):
+
+1. a file given with ``wsiscan models pull NAME --from FILE``;
+2. the standard Hugging Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+   ``~/.cache/huggingface/hub``), as ``hf download`` or any huggingface_hub program fills
+   it, at the entry's pinned revision (else ``refs/main``);
+3. TIAToolbox's download folder, ``$TIATOOLBOX_HOME/models`` (default ``~/.tiatoolbox/models``);
+4. a download with ``hf_hub_download`` into that same standard cache, unless
+   ``HF_HUB_OFFLINE`` is set or the Hub cannot be reached.
+
+Every source is checked the same way (:func:`verify_source`): its SHA-256 against the
+entry's pin.  Environment variables are read when called, never at import.
+"""
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import socket
-import tempfile
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 
-from ..errors import CheckpointError, OfflineError, OutputError
-from .architectures import build_model
-from .checkpoint import _LOAD_ERRORS, file_sha256, save_checkpoint
-from .convert import convert_tiatoolbox_state_dict, tiatoolbox_spec
-from .registry import RegistryEntry, cache_dir, cached_checkpoint_path, get_registry_entry
-from .spec import ModelSpec, _one_line
+from ..errors import CheckpointError, OfflineError
+from .checkpoint import _LOAD_ERRORS, file_sha256
+from .registry import RegistryEntry
+from .spec import _one_line
 
 
-def _offline_message(name: str, reason: str | None = None) -> str:
-    target = cached_checkpoint_path(name)
-    what = ("cannot be downloaded here (no network)" if reason is None
-            else f"could not be downloaded ({reason})")
-    return (
-        f"model '{name}' is not in the local cache ({cache_dir()}) and {what}: run "
-        f"`wsiscan models pull {name}` on a connected machine and copy {target.name} into "
-        f"{cache_dir()}, or pass --model PATH to a checkpoint"
-    )
+@dataclass(frozen=True)
+class SourceFile:
+    """A model's source file as found: where (``origin``, for people), its hash and Hub revision."""
+
+    path: Path
+    origin: str  # "--from FILE", "Hugging Face cache", "download", "TIAToolbox folder"
+    sha256: str
+    revision: str | None = None  # the Hub commit the file belongs to, when known
+
+
+def hf_cache_dir() -> Path:
+    """The standard Hugging Face hub cache, read from the environment now."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def tiatoolbox_models_dir() -> Path:
+    """TIAToolbox's model folder: ``$TIATOOLBOX_HOME/models``, default ``~/.tiatoolbox/models``."""
+    home = os.environ.get("TIATOOLBOX_HOME")
+    return (Path(home).expanduser() if home else Path.home() / ".tiatoolbox") / "models"
+
+
+def _snapshot_revision(path: Path) -> str | None:
+    parts = path.parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
 
 
 def _env_true(name: str) -> bool:
@@ -91,32 +121,6 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def _download(entry: RegistryEntry, dest_dir: Path, *, force: bool) -> Path:
-    try:
-        import huggingface_hub
-    except ImportError as exc:
-        raise OfflineError(
-            f"{_offline_message(entry.name, 'huggingface_hub is not installed')} "
-            "(or `pip install huggingface_hub`)"
-        ) from exc
-    offline = _hub_offline() or not _hub_reachable()
-    errors = _network_errors()
-    try:
-        local = huggingface_hub.hf_hub_download(
-            repo_id=entry.hf_repo_id,
-            filename=entry.hf_filename,
-            local_dir=dest_dir,
-            force_download=force,
-            local_files_only=offline,
-        )
-    except errors as exc:
-        if offline or type(exc).__name__ in {"LocalEntryNotFoundError", "OfflineModeIsEnabled"}:
-            raise OfflineError(_offline_message(entry.name)) from exc
-        reason = f"{type(exc).__name__}: {_one_line(exc, 120)}"
-        raise OfflineError(_offline_message(entry.name, reason)) from exc
-    return Path(local)
-
-
 def _load_foreign_weights(path: Path, what: str) -> Any:
     try:
         with open(path, "rb") as f:
@@ -137,73 +141,98 @@ def _wsiscan_version() -> str:
         return "unknown"
 
 
-def pull_model(name: str, *, force: bool = False) -> Path:
-    """Fetch a registered model into :func:`cache_dir` as a wsiscan checkpoint.
 
-    Hub weights are downloaded with ``huggingface_hub.hf_hub_download`` (honouring
-    ``HF_HUB_OFFLINE``), their SHA-256 recorded in ``spec.provenance``, converted to
-    torchvision layout and saved.  Returns the cached file; an existing one is kept
-    unless ``force``.  No network raises :class:`OfflineError` saying what to do.
-    """
-    entry = get_registry_entry(name)
-    target = cached_checkpoint_path(name)
-    if target.is_file() and not force:
-        return target
-    if entry.source.startswith("builtin:"):
-        spec = ModelSpec(
-            arch=entry.arch, class_names=entry.class_names, positive_class=entry.positive_class,
-            patch_size_px=entry.patch_size_px, input_mpp=entry.input_mpp, name=entry.name,
-            provenance={"source": entry.source, "wsiscan_version": _wsiscan_version()},
-        )
-        save_checkpoint(target, build_model(spec), spec)
-        return target
-    if not entry.source.startswith("hf://"):  # pragma: no cover - registry is static
-        raise CheckpointError(f"registry entry {name!r} has an unsupported source {entry.source!r}")
-
+def verify_source(path: Path, entry: RegistryEntry, origin: str, revision: str | None = None) -> SourceFile:
+    """Hash ``path`` and refuse it (one line) when the entry pins another SHA-256."""
     try:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        tmp_ctx = tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-")
+        sha = file_sha256(path)
     except OSError as exc:
-        raise OutputError(
-            f"cannot create the model cache {cache_dir()}: {exc.strerror or exc}; "
-            "set WSISCAN_HOME to a writable folder"
-        ) from exc
-    with tmp_ctx as tmp:
-        source_file = _download(entry, Path(tmp), force=force)
-        source_sha256 = file_sha256(source_file)
-        raw = _load_foreign_weights(source_file, f"downloaded file for '{name}'")
-        try:
-            state_dict = convert_tiatoolbox_state_dict(raw, entry.arch)
-        except CheckpointError as exc:
-            raise CheckpointError(
-                f"downloaded file {entry.source} (sha256 {source_sha256[:12]}...) for '{name}' "
-                f"does not convert: {exc}"
-            ) from exc
-    base = tiatoolbox_spec(entry.arch)
-    num_classes = int(state_dict["fc.weight"].shape[0])
-    if num_classes != base.num_classes:
+        raise CheckpointError(f"cannot read {path} ({origin}) for '{entry.name}': {exc.strerror or exc}") from exc
+    if entry.sha256 and sha != entry.sha256.lower():
         raise CheckpointError(
-            f"downloaded file {entry.source} for '{name}' has {num_classes} classes; "
-            f"expected {base.num_classes} ({', '.join(base.class_names)})"
+            f"{path} ({origin}) has sha256 {sha}, but '{entry.name}' is pinned to {entry.sha256}: it is "
+            "another file or a damaged copy; remove it and pull again, or bring the file the registry names"
         )
-    spec = replace(
-        base,
-        name=entry.name,
-        provenance={
-            **base.provenance,
-            "source": entry.source,
-            "hf_repo_id": entry.hf_repo_id,
-            "hf_filename": entry.hf_filename,
-            "source_sha256": source_sha256,
-            "downloaded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "converted_by": "wsiscan.models.convert_tiatoolbox_state_dict",
-            "licence": entry.licence,
-            "wsiscan_version": _wsiscan_version(),
-            "torch_version": torch.__version__,
-            "torchvision_version": torchvision.__version__,
-        },
-    )
-    model = build_model(spec)
-    model.load_state_dict(state_dict, strict=True)
-    save_checkpoint(target, model, spec)
-    return target
+    return SourceFile(Path(path), origin, sha, revision)
+
+
+def _hub_file(entry: RegistryEntry, filename: str) -> Path | None:
+    """The file in the standard HF cache (no network), or None."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        return None
+    found = huggingface_hub.try_to_load_from_cache(entry.hf_repo_id, filename, cache_dir=hf_cache_dir(),
+                                                   revision=entry.revision)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+def _local_sources(entry: RegistryEntry, filename: str) -> list[tuple[Path, str, str | None]]:
+    out = []
+    hub = _hub_file(entry, filename)
+    if hub is not None:
+        out.append((hub, "Hugging Face cache", _snapshot_revision(hub)))
+    if entry.tiatoolbox_file and filename == entry.hf_filename:
+        tia = tiatoolbox_models_dir() / entry.tiatoolbox_file
+        if tia.is_file():
+            out.append((tia, "TIAToolbox folder", None))
+    return out
+
+
+def looked_in(entry: RegistryEntry) -> str:
+    """Where a source was looked for, for an error message."""
+    places = [f"the Hugging Face cache {hf_cache_dir()}"]
+    if entry.tiatoolbox_file:
+        places.append(f"TIAToolbox's folder {tiatoolbox_models_dir()}")
+    return " and ".join(places)
+
+
+def download_source(entry: RegistryEntry, filename: str, *, force: bool) -> Path:
+    """``hf_hub_download`` into the standard cache; :class:`OfflineError` in one line when impossible."""
+    where = f"{entry.hf_repo_id}/{filename}" + (f" at {entry.revision}" if entry.revision else "")
+    what = entry.hf_repo_id if entry.kind == "wsinfer" else f"{entry.hf_repo_id} {filename}"  # a WSInfer repo: all
+    hint = (f"`hf download {what}` (or `wsiscan models pull {entry.name}`) on a connected "
+            "machine and copy its ~/.cache/huggingface over (or set HF_HOME)")
+    if entry.tiatoolbox_file:
+        hint += f", put {entry.tiatoolbox_file} in {tiatoolbox_models_dir()}, or run " \
+                f"`wsiscan models pull {entry.name} --from FILE`"
+    elif entry.kind == "wsinfer":
+        hint += f", or run `wsiscan models pull {entry.name} --from FOLDER` (config.json + torchscript_model.pt)"
+    try:
+        import huggingface_hub
+    except ImportError as exc:
+        raise OfflineError(f"model '{entry.name}' ({where}) is not in {looked_in(entry)} and huggingface_hub is "
+                           f"not installed (pip install huggingface_hub); or run {hint}") from exc
+    if _hub_offline() or not _hub_reachable():
+        reason = "HF_HUB_OFFLINE is set" if _hub_offline() else "no network"
+        raise OfflineError(f"model '{entry.name}' ({where}) is not in {looked_in(entry)} and cannot be downloaded "
+                           f"here ({reason}): run {hint}, or pass --model PATH to a checkpoint")
+    try:
+        local = huggingface_hub.hf_hub_download(repo_id=entry.hf_repo_id, filename=filename,
+                                                revision=entry.revision, cache_dir=hf_cache_dir(),
+                                                force_download=force)
+    except _network_errors() as exc:
+        reason = f"{type(exc).__name__}: {_one_line(exc, 120)}"
+        raise OfflineError(f"model '{entry.name}' ({where}) could not be downloaded ({reason}): run {hint}, "
+                           "or pass --model PATH to a checkpoint") from exc
+    return Path(local)
+
+
+def locate_source(entry: RegistryEntry, filename: str | None = None, *, force: bool = False,
+                  from_file: Path | None = None, download: bool = True) -> SourceFile | None:
+    """The entry's source file (``filename`` in its Hub repo), verified; None when it is
+    not on this machine and ``download`` is False.  ``force`` skips the local copies."""
+    filename = filename or entry.hf_filename
+    if from_file is not None:
+        if not from_file.is_file():
+            what = "is a folder" if from_file.is_dir() else "no such file"
+            raise CheckpointError(f"--from {from_file}: {what}; give the path of the model file ({entry.hf_filename})")
+        return verify_source(from_file, entry, f"--from {from_file}")
+    local = [] if force else _local_sources(entry, filename)
+    if local:  # the first found is the one used: a pinned hash it fails is refused, not skipped
+        path, origin, revision = local[0]
+        return verify_source(path, entry, origin, revision)
+    if not download:
+        return None
+    path = download_source(entry, filename, force=force)
+    return verify_source(path, entry, "download", _snapshot_revision(path) or entry.revision)

@@ -10,19 +10,31 @@ from .spec import ModelSpec
 
 
 def normalise(x01: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """Apply ``spec.mean``/``spec.std`` to float RGB in [0, 1], shape (N, 3, H, W).
+    """The network's input from float RGB in [0, 1], shape (N, 3, H, W).
 
-    Identity when the spec has no normalisation; keeps device and dtype.
+    Resizes to ``spec.input_size_px`` when set (bilinear with antialiasing, as PIL's
+    resize that WSInfer's ``Resize`` uses), then applies ``spec.mean``/``spec.std``.
+    Identity when the spec has neither; keeps device and dtype.
     """
     if not x01.is_floating_point():
         raise TypeError(
             f"normalise expects float RGB scaled to [0, 1], got {x01.dtype}: divide by 255 first"
         )
+    size = spec.input_size_px
+    if size is not None and tuple(x01.shape[-2:]) != (size, size):
+        x01 = torch.nn.functional.interpolate(x01, size=(size, size), mode="bilinear", align_corners=False,
+                                              antialias=True)
     if spec.mean is None:
         return x01
     mean = torch.tensor(spec.mean, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
     return (x01 - mean) / std
+
+
+def predict_class_proba(model: nn.Module, spec: ModelSpec, x01: torch.Tensor) -> torch.Tensor:
+    """Probabilities of every class, shape (N, num_classes), float32 (see :func:`predict_proba`)."""
+    logits = model(normalise(x01, spec)).float()
+    return torch.softmax(logits / spec.temperature, dim=1)
 
 
 def predict_proba(model: nn.Module, spec: ModelSpec, x01: torch.Tensor) -> torch.Tensor:
@@ -31,9 +43,7 @@ def predict_proba(model: nn.Module, spec: ModelSpec, x01: torch.Tensor) -> torch
     ``softmax(model(normalise(x01)) / temperature)``; the softmax runs in float32 even
     under autocast.  Call it under ``torch.inference_mode()`` with the model in eval().
     """
-    logits = model(normalise(x01, spec)).float()
-    proba = torch.softmax(logits / spec.temperature, dim=1)
-    return proba[:, spec.positive_class].float()
+    return predict_class_proba(model, spec, x01)[:, spec.positive_class].float()
 
 
 def tiny_expected_proba(patch_uint8_hwc: np.ndarray) -> float:

@@ -10,7 +10,27 @@ from typing import Any, Mapping
 from ..errors import CheckpointError
 
 _RESNETS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# The built-in architectures; :func:`wsiscan.models.register_model` adds more at run time,
+# ``timm:<name>`` names a timm network (optional extra), ``torchscript`` a WSInfer model.
 ARCHITECTURES: tuple[str, ...] = (*_RESNETS, "smallcnn", "logreg", "tiny")
+TORCHSCRIPT_ARCH = "torchscript"
+EXTERNAL_ARCH = "external"  # a network not built from its spec: a callable given to wsiscan.predict
+_REGISTERED: dict[str, Any] = {}  # name -> factory(spec) -> nn.Module, filled by register_model
+
+
+def known_architectures() -> tuple[str, ...]:
+    """Every arch a spec may name now: built-in, registered, ``torchscript`` and ``external``."""
+    return (*ARCHITECTURES, *_REGISTERED, TORCHSCRIPT_ARCH, EXTERNAL_ARCH)
+
+
+def _arch_problem(arch: object) -> str | None:
+    if isinstance(arch, str) and (arch in ARCHITECTURES or arch in _REGISTERED or arch in (TORCHSCRIPT_ARCH,
+                                                                                           EXTERNAL_ARCH)):
+        return None
+    if isinstance(arch, str) and arch.startswith("timm:") and len(arch) > 5:
+        return None
+    return (f"unknown arch {arch!r}; expected one of {', '.join(known_architectures())}, "
+            "timm:<name>, or a name given to wsiscan.register_model first")
 
 _MPP_MIN, _MPP_MAX = 0.05, 20.0
 
@@ -48,6 +68,7 @@ class ModelSpec:
     std: tuple[float, float, float] | None = None
     temperature: float = 1.0
     name: str = ""
+    input_size_px: int | None = None  # resize each patch to this side before the network (WSInfer's Resize)
     provenance: dict = field(default_factory=dict, hash=False)
     metrics: dict = field(default_factory=dict, hash=False)
 
@@ -71,8 +92,9 @@ class ModelSpec:
             object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
     def _problem(self) -> str | None:  # noqa: C901 - a flat list of checks
-        if self.arch not in ARCHITECTURES:
-            return f"unknown arch {self.arch!r}; expected one of {', '.join(ARCHITECTURES)}"
+        arch_problem = _arch_problem(self.arch)
+        if arch_problem:
+            return arch_problem
         names = self.class_names
         if not isinstance(names, tuple) or len(names) < 2:
             return f"class_names must list at least 2 classes, got {names!r}"
@@ -98,6 +120,8 @@ class ModelSpec:
                 return f"std must be > 0, got {list(self.std)!r}"
         if not _is_real(self.temperature) or self.temperature <= 0:
             return f"temperature must be a finite number > 0, got {self.temperature!r}"
+        if self.input_size_px is not None and (not _is_int(self.input_size_px) or self.input_size_px < 8):
+            return f"input_size_px must be None or an integer >= 8, got {self.input_size_px!r}"
         if not isinstance(self.name, str):
             return f"name must be a string, got {self.name!r}"
         for key in ("provenance", "metrics"):
@@ -119,8 +143,8 @@ class ModelSpec:
         return self.class_names[self.positive_class]
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict; :meth:`from_dict` reads it back."""
-        return {
+        """A JSON-serialisable dict; :meth:`from_dict` reads it back (``input_size_px`` only when set)."""
+        out = {
             "arch": self.arch,
             "class_names": list(self.class_names),
             "positive_class": self.positive_class,
@@ -133,6 +157,9 @@ class ModelSpec:
             "provenance": json.loads(json.dumps(self.provenance)),
             "metrics": json.loads(json.dumps(self.metrics)),
         }
+        if self.input_size_px is not None:
+            out["input_size_px"] = self.input_size_px
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:

@@ -15,14 +15,18 @@ from typing import Any, Mapping
 from .. import pcam
 from ..config import _build, _read_yaml
 from ..errors import CheckpointError, ConfigError
-from ..models import ARCHITECTURES, read_checkpoint
+from ..models import list_architectures, read_checkpoint
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TrainConfig", "load_train_config", "saved_train_config"]
 
 # Every wsiscan-trained network sees ImageNet-normalised RGB, pretrained or not.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_TRAINABLE = tuple(a for a in ARCHITECTURES if a != "tiny")
+
+
+def _trainable() -> tuple[str, ...]:
+    """Read when a config is made, so an arch registered with wsiscan.register_model trains too."""
+    return tuple(a for a in list_architectures() if a != "tiny")
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,8 @@ class TrainConfig:
         def bad(key: str, expected: str) -> ConfigError:
             return ConfigError(f"train.{key} must be {expected}, got {getattr(self, key)!r}")
 
-        if self.arch not in _TRAINABLE:
-            raise bad("arch", f"one of {', '.join(_TRAINABLE)}")
+        if self.arch not in _trainable() and not (isinstance(self.arch, str) and self.arch.startswith("timm:")):
+            raise bad("arch", f"one of {', '.join(_trainable())} (or timm:<name>)")
         if self.strategy not in ("finetune", "linear"):
             raise bad("strategy", "finetune (all layers) or linear (head only)")
         if self.optimizer not in ("adamw", "sgd"):
