@@ -18,6 +18,7 @@ slides (a ``slide`` or ``path`` column, optional ``slide_mpp`` per slide).
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import glob
@@ -28,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from .config import Config, runtime_versions
 from .errors import CheckpointError, ConfigError, StoreExistsError
@@ -44,7 +47,7 @@ from .heatmap import (
 )
 from .store import open_tile_store
 from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
-    slide_id_for, write_grid, write_pixels, write_qc
+    slide_id_for, write_grid, write_qc
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
@@ -102,14 +105,15 @@ def resolution_config(config: Config, spec, *, target_mpp: float | None, tile_si
 
 
 # Settings that change how fast a result is made, never the result: left out of the config hash.
-_EXECUTION_ONLY = {"tile": ("workers",), "predict": ("model", "device", "batch_size", "loader_workers", "compile")}
+_EXECUTION_ONLY = {"tile": ("workers",),
+                   "predict": ("model", "device", "batch_size", "loader_workers", "compile", "keep_pixels")}
 
 
 def config_hash(config: Config) -> str:
     """Hash of the resolved configuration that shapes a result.
 
-    Leaves out the decode workers, device, batch size, loader threads and compile flag
-    (they change the speed, not the heatmap) and the model names (results record the
+    Leaves out the decode workers, device, batch size, loader threads, compile flag and
+    whether pixels are kept (they change the speed or the disk use, not the heatmap) and the model names (results record the
     models by checkpoint sha256 instead, see :attr:`LoadedModels.identity`).
     """
     d = dataclasses.asdict(config)
@@ -286,11 +290,66 @@ def predict_slide(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the whole pipeline on one slide; returns the summary written to summary.json."""
-    from .inference import Ensemble, default_batch_size, plan_units, resolve_precision, run_inference
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .inference import resolve_precision
 
     t_start = time.perf_counter()
     pc = config.predict
-    plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config)
+    autocast = resolve_precision(pc.precision, device)
+    # the device side (weights to the device, cast once, cuDNN/compile warm-up) is made
+    # ready in a thread while the slide is planned (thumbnail, tissue mask, grid)
+    prep_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wsiscan-prep")
+    device_ready = prep_pool.submit(_device_side, models, device, autocast, pc, config.tile.tile_size_px)
+    try:
+        plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config)
+    except BaseException:
+        prep_pool.shutdown(wait=True)
+        raise
+    try:
+        return _predict_planned(plan, slide_id, slide_dir, store_path, config, models, device=device,
+                                overwrite=overwrite, progress=progress, t_start=t_start, device_ready=device_ready,
+                                autocast=autocast, prep_pool=prep_pool)
+    finally:
+        prep_pool.shutdown(wait=True)
+
+
+def _unit_shape(units: Any) -> tuple[int, int, int]:
+    side = (units.tiles_per_unit - 1) * units.stride_px + units.tile_size_px
+    return (side, side, 3)
+
+
+_ENSEMBLE_CACHE: dict[tuple, tuple[Any, int]] = {}
+
+
+def _device_side(models: LoadedModels, device: Any, autocast: Any, pc: Any, tile_size_px: int) -> tuple[Any, int]:
+    """(Ensemble, batch size) for this run, built once per models/device/settings (a run of many
+    slides reuses it) and, on CUDA, warmed up at the batch shape inference will use."""
+    import torch
+
+    from .inference import Ensemble, default_batch_size
+
+    key = (models.identity, str(device), str(autocast), pc.tta, pc.compile, pc.batch_size, tile_size_px)
+    if key in _ENSEMBLE_CACHE:
+        return _ENSEMBLE_CACHE[key]
+    nets = models.models if autocast is None else tuple(copy.deepcopy(m) for m in models.models)
+    ensemble = Ensemble(nets, models.specs, device, autocast_dtype=autocast, tta=pc.tta, compile=pc.compile)
+    batch_size = pc.batch_size or default_batch_size(device)
+    if ensemble.fixed_shape:  # cuDNN autotuning / compilation / graph capture now, not on the first batch
+        ensemble.score_uint8(torch.zeros((batch_size, 3, tile_size_px, tile_size_px), dtype=torch.uint8,
+                                         device=device))
+    _ENSEMBLE_CACHE.clear()
+    _ENSEMBLE_CACHE[key] = (ensemble, batch_size)
+    return ensemble, batch_size
+
+
+def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, config: Config, models: LoadedModels,
+                     *, device: Any, overwrite: bool, progress: bool, t_start: float, device_ready: Any,
+                     autocast: Any, prep_pool: Any) -> dict[str, Any]:
+    from .inference import DeviceScorer, RegionRing, plan_units
+    from .scan import Pipeline, scan_slide, units_with_work
+
+    pc = config.predict
     inference_id = _inference_identity(models, config, plan.identity)
 
     # refuse before writing anything if the folder holds another slide's or model's result
@@ -318,15 +377,11 @@ def predict_slide(
     # from here on the folder changes: it holds a finished result again only once summary.json is rewritten
     summary_path.unlink(missing_ok=True)
 
-    t = time.perf_counter()
     workers = config.tile.workers or default_workers()
-    written, resumed, decoded = write_pixels(plan, store, workers=workers, progress=progress)
     write_grid(plan, store)
-    write_qc(plan, slide_dir / "qc.png")
-    store.update_meta(status="complete")
-    timings["pixels_s"] = time.perf_counter() - t
+    qc_done = prep_pool.submit(write_qc, plan, slide_dir / "qc.png")  # drawn while the slide is scanned
 
-    # -- inference -------------------------------------------------------------------
+    # -- scan: decode -> device -> heatmap chunks, concurrently ----------------------
     t = time.perf_counter()
     grid = plan.grid
     units = plan_units(n_rows=grid.n_rows, n_cols=grid.n_cols, tile_size_px=grid.tile_size_px,
@@ -343,15 +398,36 @@ def predict_slide(
                                "value = that tile's probability; NaN = no tissue tile",
             "offset_px": frame.offset_px, "px_mpp": frame.px_mpp, "l0_per_px": frame.l0_per_px,
         })
-    autocast = resolve_precision(pc.precision, device)
-    ensemble = Ensemble(models.models, models.specs, device, autocast_dtype=autocast, tta=pc.tta, compile=pc.compile)
-    batch_size = pc.batch_size or default_batch_size(device)
-    stats = run_inference(
-        store_path=str(store.path), plan=units, kept_rc=plan.kept_rc, ensemble=ensemble, batch_size=batch_size,
-        loader_workers=pc.loader_workers, chunk_done=store.heatmap_chunk_done, write_chunk=store.write_heatmap_chunk,
-        progress=progress, desc=f"scoring {plan.slide_path.name}",
-    )
+    todo, todo_tiles, per_chunk, resumed_tiles = units_with_work(units, plan.kept_rc, store.heatmap_chunk_done)
+    t_ready = time.perf_counter()
+    ensemble, batch_size = device_ready.result()
+    timings["device_wait_s"] = time.perf_counter() - t_ready
+    queue_units = max(1, pc.loader_workers)
+    ring = RegionRing(_unit_shape(units), n_slots=queue_units + 3, device=device)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(per_chunk), unit="chunk", desc=f"scanning {plan.slide_path.name}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    scorer = DeviceScorer(ensemble, units, todo, todo_tiles, per_chunk, batch_size=batch_size,
+                          write_chunk=store.write_heatmap_chunk, ring=ring, on_chunk_written=lambda: bar.update(1))
+    pipe = Pipeline()
+    try:
+        scan = scan_slide(plan, store, workers=workers, keep_pixels=pc.keep_pixels, uplan=units, units=todo,
+                          consume=lambda regions: scorer.run(regions, pipe), region_buffer=ring, pipeline=pipe,
+                          queue_units=queue_units)
+    finally:
+        bar.close()
+    qc_done.result()
+    # complete: planned, grid written, every chunk this run needed decoded; pixels_kept:
+    # every needed chunk is in the store (a later run at another stride reads them)
+    pixels_kept = all(store.chunk_done(int(ci), int(cj)) for ci, cj in np.argwhere(plan.chunks_needed))
+    store.update_meta(status="complete", pixels_kept=pixels_kept)
+    written, resumed, decoded = scan.chunks_written, scan.chunks_from_store, scan.decoded_bytes
+    stats = {"tiles": scorer.stats["tiles"], "tiles_resumed": resumed_tiles}
+    timings["pixels_s"] = scan.timings_s.get("decode_s", 0.0)
     timings["inference_s"] = time.perf_counter() - t
+    timings["device_busy_s"] = scorer.stats["device_s"]
+    timings["device_idle_s"] = scorer.stats["wait_s"]
 
     # -- outputs ---------------------------------------------------------------------------
     t = time.perf_counter()
@@ -391,6 +467,9 @@ def predict_slide(
         "timings_s": timings,
         "throughput": {"patches_per_s_inference": stats["tiles"] / timings["inference_s"] if stats["tiles"] else None,
                        "decoded_mb": decoded / 1e6},
+        "store": {"bytes_on_disk": store.bytes_on_disk(), "pixel_bytes_on_disk": store.bytes_on_disk("pixels"),
+                  "pixels_kept": pixels_kept, "keep_pixels": pc.keep_pixels,
+                  "pixel_chunks_decoded": scan.chunks_decoded},
         "models": models.describe(),
         "model_hash": models.identity,
         "config_hash": config_hash(config),

@@ -27,17 +27,21 @@ from .slides import build_config, tiling_options
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model(s).")
 @click.option("--threshold", type=float, default=None, help="Tumour probability threshold for regions and area.")
 @click.option("--target-mpp", type=float, default=None, help="Override the model's input resolution, um/px.")
-@click.option("--loader-workers", type=int, default=None, help="Threads reading the tile store ahead of the model.")
+@click.option("--loader-workers", type=int, default=None,
+              help="Unit regions decoded and queued ahead of the model (default 2).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask cluster, one task per slide (e.g. tcp://host:8786).")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="With --workers/--scheduler: how often a slide is given to another worker after its worker "
                    "died (or an unexpected error); a slide's own error (corrupt file...) is never retried.")
 @click.option("--decode-workers", type=int, default=None,
-              help="Tiling decode processes of a single-process run (default: one per core, at most 8).")
+              help="Decode threads of a single-process run (default: one per usable core that memory allows).")
+@click.option("--keep-pixels/--no-keep-pixels", default=None,
+              help="Also keep the decoded pixels in store.zarr/pixels (default: no, predict.keep_pixels; "
+                   "the heatmap chunks alone make a killed run resumable).")
 def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_tissue, workers, overwrite, quiet,
             model_names, device, batch_size, precision, tta, compile_, threshold, target_mpp, loader_workers,
-            scheduler, retries, decode_workers) -> None:
+            scheduler, retries, decode_workers, keep_pixels) -> None:
     """Tumour-probability heatmap for each SLIDE.
 
     SLIDE is a slide file, a glob pattern (quoted: "dir/*.svs") or a CSV list with a
@@ -63,7 +67,7 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
                        workers=decode_workers)
     cfg = cfg.replace("predict", model=tuple(model_names) or None, device=device, batch_size=batch_size,
                       precision=precision, tta=tta, compile=compile_, threshold=threshold,
-                      loader_workers=loader_workers)
+                      loader_workers=loader_workers, keep_pixels=keep_pixels)
     # the workers of an existing cluster choose their own device; everything else is checked here first
     dev = select_device(cfg.predict.device) if not scheduler else None
     models = load_models(cfg.predict.model)
