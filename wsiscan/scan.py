@@ -34,7 +34,7 @@ import numpy as np
 
 from .inference import UnitPlan
 from .store import TileStore
-from .tiling import TilingPlan, _decode_run, _glass_tile_keep, open_configured_slide
+from .tiling import PROCESS_MIN_CHUNKS, TilingPlan, _decode_run, _glass_tile_keep, open_configured_slide, write_pixels
 
 __all__ = ["Pipeline", "ScanStats", "units_with_work", "stream_chunks", "stream_units", "scan_slide"]
 
@@ -75,8 +75,9 @@ class Channel:
         while (item := self.get()) is not _END:
             yield item
 
-    def close(self) -> None:
-        self.put(_END)
+    def close(self, n_readers: int = 1) -> None:
+        for _ in range(n_readers):
+            self.put(_END)
 
 
 class Pipeline:
@@ -311,7 +312,7 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
                uplan: UnitPlan | None = None, units: list[tuple[int, int]] | None = None,
                consume: Callable[[Iterator[tuple[int, np.ndarray]]], None] | None = None,
                region_buffer: Callable[[tuple[int, int]], np.ndarray] | None = None,
-               pipeline: Pipeline | None = None, queue_units: int = 4) -> ScanStats:
+               pipeline: Pipeline | None = None, queue_units: int = 4, progress: bool = False) -> ScanStats:
     """Decode the chunks the ``units`` need (and, with ``keep_pixels``, every needed chunk
     not yet stored, written behind the stream) and hand the unit regions to ``consume``
     (run in this thread; the device stage).  Returns the counters."""
@@ -325,19 +326,38 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
             want.update(c for c in _unit_chunks(tplan, uplan, ur, uc) if c in needed)
     if keep_pixels:
         want.update(c for c in needed if not store.chunk_done(*c))
+    if consume is None and keep_pixels and workers > 1 and len(want) >= PROCESS_MIN_CHUNKS:
+        # nothing consumes the pixels (``tile``) and there are many: decoding processes
+        # write their chunks themselves (zarr's per-chunk Python does not scale in threads)
+        written, resumed, decoded = write_pixels(tplan, store, workers=workers, progress=progress)
+        stats.chunks_decoded = stats.chunks_written = written
+        stats.decoded_bytes = decoded
+        stats.timings_s["scan_s"] = stats.timings_s["decode_s"] = time.perf_counter() - t0
+        return stats
     pipe = pipeline or Pipeline()
+    # several writers: zarr compresses and writes distinct chunks independently
+    n_writers = max(1, min(4, workers))
     writer_q = pipe.channel(2 * max(1, workers)) if keep_pixels else None
+    lock = threading.Lock()
 
-    def write_pixels() -> None:
+    def write_behind() -> None:
         assert writer_q is not None
         for (ci, cj), data in writer_q:
             store.write_chunk(ci, cj, data)
-            stats.chunks_written += 1
+            with lock:
+                stats.chunks_written += 1
 
     if writer_q is not None:
-        pipe.start("pixel-writer", write_pixels)
+        for k in range(n_writers):
+            pipe.start(f"pixel-writer-{k}", write_behind)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(want), unit="chunk", desc=f"decoding {tplan.slide_path.name}", disable=not progress,
+               leave=False, dynamic_ncols=True)
 
     def on_chunk(key: tuple[int, int], data: np.ndarray, decoded: bool) -> None:
+        bar.update(1)
         if writer_q is not None and decoded:
             writer_q.put((key, data))
 
@@ -346,6 +366,7 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
         if uplan is None or consume is None:
             for key, data, decoded in chunk_stream:
                 on_chunk(key, data, decoded)
+            stats.timings_s["decode_s"] = time.perf_counter() - t0
         else:
             regions = stream_units(tplan, uplan, units, chunk_stream, region_buffer=region_buffer,
                                    on_chunk=on_chunk)
@@ -364,9 +385,17 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
             pipe.start("decode", produce)
             consume(iter(unit_q))
         if writer_q is not None:
-            writer_q.close()
+            writer_q.close(n_writers)
     except BaseException as exc:
         pipe.fail(exc)
+    finally:
+        bar.close()
     pipe.join()
     stats.timings_s["scan_s"] = time.perf_counter() - t0
+    tile_keep = _glass_tile_keep(tplan)
+    store.update_meta(decode={
+        "reader": tplan.pixel_reader, "glass_skip": tplan.glass_skip, "decoded_bytes": stats.decoded_bytes,
+        "glass_skipped_bytes": stats.glass_skipped_bytes,
+        "lv_tiles_near_tissue": None if tile_keep is None else int(tile_keep.sum()),
+        "lv_tiles_total": None if tile_keep is None else int(tile_keep.size)})
     return stats

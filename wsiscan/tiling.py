@@ -576,7 +576,14 @@ def tile_slide(
     store, _ = prepare_store(plan, store_path, overwrite=overwrite)
     t = time.perf_counter()
     n_workers = workers if workers is not None else (config.tile.workers or default_workers())
-    written, resumed, decoded = write_pixels(plan, store, workers=n_workers, progress=progress)
+    from .scan import scan_slide  # the pipeline predict runs, here without a model: pixels kept
+
+    n_needed = int(plan.chunks_needed.sum())
+    resumed = sum(store.chunk_done(int(ci), int(cj)) for ci, cj in np.argwhere(plan.chunks_needed))
+    stats = scan_slide(plan, store, workers=n_workers, keep_pixels=True, progress=progress)
+    written, decoded = stats.chunks_written, stats.decoded_bytes
+    if resumed + written != n_needed:
+        raise RuntimeError(f"{store_path}: {n_needed - resumed - written} pixel chunks were left unwritten")
     timings = dict(plan.timings_s)
     timings["pixels_s"] = time.perf_counter() - t
     write_grid(plan, store)
