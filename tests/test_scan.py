@@ -94,3 +94,49 @@ def test_units_are_cut_from_chunks_exactly_as_a_store_read(synthetic_slide, tmp_
         n += 1
     assert n == len(units) > 4
     assert stats.chunks_decoded == len(needed) and stats.chunks_from_store == 0
+
+
+def test_a_slides_outputs_are_drawn_while_the_next_slide_is_scanned(synthetic_slide, tiny_ckpt, tmp_path,
+                                                                     monkeypatch):
+    import shutil
+    import threading
+    import time
+
+    from wsiscan import predict as predict_mod
+    from wsiscan import scan as scan_mod
+    from wsiscan.config import load_config
+    from wsiscan.predict import SlideJob, load_models, predict_in_turn
+
+    second = tmp_path / "second.tif"
+    shutil.copy(synthetic_slide.path, second)
+    events: list[tuple[str, str, float, float]] = []
+    real_scan, real_pyramid = scan_mod.scan_slide, predict_mod.build_pyramid
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if name == "outputs":
+                    time.sleep(0.5)  # outputs of a big slide take a while: the next scan must not wait for them
+                events.append((name, threading.current_thread().name, t0, time.perf_counter()))
+        return wrapper
+
+    monkeypatch.setattr(scan_mod, "scan_slide", timed("scan", real_scan))
+    monkeypatch.setattr(predict_mod, "build_pyramid", timed("outputs", real_pyramid))
+    models = load_models([str(tiny_ckpt)])
+    jobs = [SlideJob(synthetic_slide.path), SlideJob(second)]
+    results = list(predict_in_turn(jobs, tmp_path / "out", load_config(), models, device=torch.device("cpu"),
+                                   progress=False))
+    assert [j.path for j, _, _ in results] == [j.path for j in jobs]
+    assert all(exc is None and s["slide_id"] for _, s, exc in results)
+    scans = [e for e in events if e[0] == "scan"]
+    outputs = [e for e in events if e[0] == "outputs"]
+    assert len(scans) == 2 and len(outputs) == 2
+    assert all(e[1].startswith("wsiscan-outputs") for e in outputs)
+    # slide 1's outputs started before slide 2's scan ended: the two overlapped
+    assert outputs[0][2] < scans[1][3]
+    a = zarr.open_group(str(tmp_path / "out" / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
+    b = zarr.open_group(str(tmp_path / "out" / "second" / "store.zarr"), mode="r")["heatmap/0"][...]
+    assert np.array_equal(a, b, equal_nan=True)

@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from .store import open_tile_store
 from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
     slide_id_for, write_grid, write_qc
 
-__all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "resolution_config", "slide_config",
+__all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "predict_in_turn", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
            "GEOJSON_NAME", "SUMMARY_NAME"]
 
@@ -288,8 +288,13 @@ def predict_slide(
     device: Any,
     overwrite: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Run the whole pipeline on one slide; returns the summary written to summary.json."""
+    defer_outputs: bool = False,
+) -> Any:
+    """Run the whole pipeline on one slide; returns the summary written to summary.json.
+
+    With ``defer_outputs`` it returns once the heatmap is complete, with a function that
+    draws the outputs and writes (and returns) the summary: see :func:`predict_in_turn`.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from .inference import resolve_precision
@@ -307,11 +312,12 @@ def predict_slide(
         prep_pool.shutdown(wait=True)
         raise
     try:
-        return _predict_planned(plan, slide_id, slide_dir, store_path, config, models, device=device,
-                                overwrite=overwrite, progress=progress, t_start=t_start, device_ready=device_ready,
-                                autocast=autocast, prep_pool=prep_pool)
+        finish = _predict_planned(plan, slide_id, slide_dir, store_path, config, models, device=device,
+                                  overwrite=overwrite, progress=progress, t_start=t_start, device_ready=device_ready,
+                                  autocast=autocast, prep_pool=prep_pool)
     finally:
         prep_pool.shutdown(wait=True)
+    return finish if defer_outputs else finish()
 
 
 def _unit_shape(units: Any) -> tuple[int, int, int]:
@@ -345,7 +351,7 @@ def _device_side(models: LoadedModels, device: Any, autocast: Any, pc: Any, tile
 
 def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, config: Config, models: LoadedModels,
                      *, device: Any, overwrite: bool, progress: bool, t_start: float, device_ready: Any,
-                     autocast: Any, prep_pool: Any) -> dict[str, Any]:
+                     autocast: Any, prep_pool: Any) -> Any:
     from .inference import DeviceScorer, RegionRing, plan_units
     from .scan import Pipeline, scan_slide, units_with_work
 
@@ -429,59 +435,98 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
     timings["device_busy_s"] = scorer.stats["device_s"]
     timings["device_idle_s"] = scorer.stats["wait_s"]
 
-    # -- outputs ---------------------------------------------------------------------------
-    t = time.perf_counter()
-    n_levels = build_pyramid(store)
-    store.set_heatmap_ome(ome_multiscales(frame, n_levels, name=f"{slide_id} tumour probability"))
-    store.update_heatmap_meta(status="complete", n_levels=n_levels)
-    cells = store.heatmap_level(0)[...]
-    scores = slide_scores(cells, threshold=pc.threshold, top_k=pc.top_k, cell_um=frame.cell_um)
-    regions = tumour_regions(cells, frame, threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
-                             simplify_tolerance_um=pc.simplify_tolerance_um)
-    write_geojson(regions, slide_dir / "tumor.geojson", slide_name=plan.slide_path.name, threshold=pc.threshold)
-    title = overlay_title(slide_name=plan.slide_path.name, model_names=list(models.names), n_tiles=plan.n_tiles,
-                          tile_size_px=grid.tile_size_px, px_mpp=frame.px_mpp, stride_px=grid.stride_px,
-                          max_probability=scores["max_probability"])
-    picture, picture_mpp = overview_picture(plan)
-    render_overlay(picture, cells, frame, thumb_mpp=picture_mpp, threshold=pc.threshold,
-                   min_region_area_um2=pc.min_region_area_um2,
-                   title=title, path=slide_dir / OVERLAY_NAME)
-    timings["outputs_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t_start
-    summary = {
-        "slide": plan.fingerprint,
-        "slide_id": slide_id,
-        "mpp": store.meta["mpp"],
-        "resolution": {"target_mpp": config.tile.target_mpp, "effective_mpp": frame.px_mpp,
-                       "level": plan.selection.level, "resampled": plan.selection.resample,
-                       "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
-        "scores": scores,
-        "regions": {"n": len(regions), "threshold": pc.threshold,
-                    "top": [{k: r[k] for k in ("area_mm2", "mean_probability", "max_probability")} for r in regions[:5]]},
-        "tiles": {"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,
-                  "grid_shape": [grid.n_rows, grid.n_cols], "scored_this_run": stats["tiles"],
-                  "resumed_tiles": stats["tiles_resumed"], "pixel_chunks_written": written,
-                  "pixel_chunks_resumed": resumed},
-        "heatmap": {"path": f"{STORE_NAME}/heatmap", "levels": n_levels, "cell_um": frame.cell_um,
-                    "offset_px": frame.offset_px},
-        "timings_s": timings,
-        "throughput": {"patches_per_s_inference": stats["tiles"] / timings["inference_s"] if stats["tiles"] else None,
-                       "decoded_mb": decoded / 1e6},
-        "store": {"bytes_on_disk": store.bytes_on_disk(), "pixel_bytes_on_disk": store.bytes_on_disk("pixels"),
-                  "pixels_kept": pixels_kept, "keep_pixels": pc.keep_pixels,
-                  "pixel_chunks_decoded": scan.chunks_decoded},
-        "models": models.describe(),
-        "model_hash": models.identity,
-        "config_hash": config_hash(config),
-        "device": _device_description(device),
-        "precision": str(autocast or "fp32").replace("torch.", ""),
-        "batch_size": batch_size,
-        "config": dataclasses.asdict(config),
-        "versions": runtime_versions(),
-        "outputs": {"overlay": OVERLAY_NAME, "geojson": GEOJSON_NAME, "qc": "qc.png", "store": STORE_NAME},
-    }
-    write_json_atomic(summary, summary_path)
-    return summary
+    def finish() -> dict[str, Any]:
+        """Outputs (pyramid, scores, GeoJSON, overlay) and the summary: a run of many slides
+        calls it in another thread while the next slide is decoding."""
+        # -- outputs ---------------------------------------------------------------------------
+        t = time.perf_counter()
+        n_levels = build_pyramid(store)
+        store.set_heatmap_ome(ome_multiscales(frame, n_levels, name=f"{slide_id} tumour probability"))
+        store.update_heatmap_meta(status="complete", n_levels=n_levels)
+        cells = store.heatmap_level(0)[...]
+        scores = slide_scores(cells, threshold=pc.threshold, top_k=pc.top_k, cell_um=frame.cell_um)
+        regions = tumour_regions(cells, frame, threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
+                                 simplify_tolerance_um=pc.simplify_tolerance_um)
+        write_geojson(regions, slide_dir / "tumor.geojson", slide_name=plan.slide_path.name, threshold=pc.threshold)
+        title = overlay_title(slide_name=plan.slide_path.name, model_names=list(models.names), n_tiles=plan.n_tiles,
+                              tile_size_px=grid.tile_size_px, px_mpp=frame.px_mpp, stride_px=grid.stride_px,
+                              max_probability=scores["max_probability"])
+        picture, picture_mpp = overview_picture(plan)
+        render_overlay(picture, cells, frame, thumb_mpp=picture_mpp, threshold=pc.threshold,
+                       min_region_area_um2=pc.min_region_area_um2,
+                       title=title, path=slide_dir / OVERLAY_NAME)
+        timings["outputs_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_start
+        summary = {
+            "slide": plan.fingerprint,
+            "slide_id": slide_id,
+            "mpp": store.meta["mpp"],
+            "resolution": {"target_mpp": config.tile.target_mpp, "effective_mpp": frame.px_mpp,
+                           "level": plan.selection.level, "resampled": plan.selection.resample,
+                           "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
+            "scores": scores,
+            "regions": {"n": len(regions), "threshold": pc.threshold,
+                        "top": [{k: r[k] for k in ("area_mm2", "mean_probability", "max_probability")} for r in regions[:5]]},
+            "tiles": {"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,
+                      "grid_shape": [grid.n_rows, grid.n_cols], "scored_this_run": stats["tiles"],
+                      "resumed_tiles": stats["tiles_resumed"], "pixel_chunks_written": written,
+                      "pixel_chunks_resumed": resumed},
+            "heatmap": {"path": f"{STORE_NAME}/heatmap", "levels": n_levels, "cell_um": frame.cell_um,
+                        "offset_px": frame.offset_px},
+            "timings_s": timings,
+            "throughput": {"patches_per_s_inference": stats["tiles"] / timings["inference_s"] if stats["tiles"] else None,
+                           "decoded_mb": decoded / 1e6},
+            "store": {"bytes_on_disk": store.bytes_on_disk(), "pixel_bytes_on_disk": store.bytes_on_disk("pixels"),
+                      "pixels_kept": pixels_kept, "keep_pixels": pc.keep_pixels,
+                      "pixel_chunks_decoded": scan.chunks_decoded},
+            "models": models.describe(),
+            "model_hash": models.identity,
+            "config_hash": config_hash(config),
+            "device": _device_description(device),
+            "precision": str(autocast or "fp32").replace("torch.", ""),
+            "batch_size": batch_size,
+            "config": dataclasses.asdict(config),
+            "versions": runtime_versions(),
+            "outputs": {"overlay": OVERLAY_NAME, "geojson": GEOJSON_NAME, "qc": "qc.png", "store": STORE_NAME},
+        }
+        write_json_atomic(summary, summary_path)
+        return summary
+
+    return finish
+
+
+def predict_in_turn(jobs: Sequence[SlideJob], out_dir: str | Path, config: Config, models: LoadedModels, *,
+                    device: Any, overwrite: bool = False, progress: bool = True,
+                    job_config: Any = None) -> Iterator[tuple[SlideJob, dict[str, Any] | None, BaseException | None]]:
+    """Score slides one after the other, each slide's outputs drawn (in a thread) while the
+    next slide is already decoding and scoring.  Yields (job, summary, error) in order;
+    an error is a :class:`WsiscanError` of that slide (others are raised)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .errors import WsiscanError
+
+    pending: list[tuple[SlideJob, Any]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiscan-outputs") as outputs:
+        def drain() -> Iterator[tuple[SlideJob, dict[str, Any] | None, BaseException | None]]:
+            while pending:
+                job, fut = pending.pop(0)
+                try:
+                    yield job, fut.result(), None
+                except WsiscanError as exc:
+                    yield job, None, exc
+
+        for job in jobs:
+            cfg = job_config(job) if job_config else config
+            try:
+                finish = predict_slide(job.path, out_dir, cfg, models, device=device, overwrite=overwrite,
+                                       progress=progress, defer_outputs=True)
+            except WsiscanError as exc:
+                yield from drain()
+                yield job, None, exc
+                continue
+            yield from drain()  # at most one slide's outputs wait: memory stays that of two slides
+            pending.append((job, outputs.submit(finish)))
+        yield from drain()
 
 
 def _device_description(device: Any) -> dict[str, Any]:

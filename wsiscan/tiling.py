@@ -316,9 +316,28 @@ def _worker_init(slide_path: str, config: Config, store_path: str, tile_keep: np
     _WORKER["tile_keep"] = tile_keep
 
 
+DECODE_WORKER_BYTES = 256 << 20  # host memory one decode worker may hold: a run of chunks at the level read, copies
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def default_workers() -> int:
-    """One per usable core (the process's CPU affinity), at most 8: as tissue detection's threads."""
-    return usable_cores()
+    """One decode worker per usable core (the process's CPU affinity), as many as half the
+    available memory allows at ``DECODE_WORKER_BYTES`` each (at least one)."""
+    cores = usable_cores(at_most=1 << 16)
+    avail = _available_memory_bytes()
+    if avail is None:
+        return cores
+    return max(1, min(cores, avail // 2 // DECODE_WORKER_BYTES))
 
 
 def check_writable(out_dir: Path) -> None:

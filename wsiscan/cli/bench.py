@@ -36,7 +36,7 @@ def _command_line() -> str:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model in the model-only figures.")
 @click.option("--repeats", type=int, default=3, show_default=True,
               help="Runs of each contender, interleaved; the fastest is reported.")
-@click.option("--workers", type=int, default=None, help="wsiscan's decode threads (default: one per core, at most 8).")
+@click.option("--workers", type=int, default=None, help="wsiscan's decode threads (default: one per usable core that memory allows).")
 @click.option("--naive-workers", type=int, default=2, show_default=True, help="DataLoader workers of the naive pipeline.")
 @click.option("--naive-batch-size", type=int, default=64, show_default=True, help="Batch size of the naive pipeline.")
 @click.option("--naive-max-tiles", type=int, default=2000, show_default=True,

@@ -92,23 +92,23 @@ def _slide_line(record: dict) -> str:
 
 
 def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet: bool) -> None:
-    """Today's single-process run: the slides one after the other, no Dask."""
+    """The single-process run: the slides one after the other, no Dask; a slide's outputs
+    are drawn while the next slide is decoding (see wsiscan.predict.predict_in_turn)."""
     from ..heatmap import write_json_atomic
-    from ..predict import config_hash, predict_slide, result_record, slide_config
+    from ..predict import config_hash, predict_in_turn, result_record, slide_config
 
     manifest = {"command": "predict", "models": models.describe(), "model_hash": models.identity, "slides": []}
     failed = 0
-    for job in jobs:
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    results = predict_in_turn(jobs, out_dir, cfg, models, device=dev, overwrite=overwrite, progress=not quiet,
+                              job_config=lambda job: slide_config(cfg, job))
+    for job, summary, exc in results:
         job_cfg = slide_config(cfg, job)
         entry = {"slide": str(job.path), "slide_mpp": job.slide_mpp, "worker": "local", "attempts": 1,
                  "model_hash": models.identity, "config_hash": config_hash(job_cfg)}
-        try:
-            summary = predict_slide(job.path, out_dir, job_cfg, models, device=dev, overwrite=overwrite,
-                                    progress=not quiet)
-        except WsiscanError as exc:
+        if exc is not None:
             if len(jobs) == 1:
-                raise
+                raise exc
             failed += 1
             echo_err(f"wsiscan: error: {exc}")
             entry.update(status="failed", error=str(exc), error_type=type(exc).__name__,
@@ -117,6 +117,7 @@ def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet:
             record = result_record(summary)
             entry.update(status="complete", **record, seconds=summary["timings_s"]["total_s"])
             click.echo(f"{_slide_line(record)}, {entry['seconds']:.1f} s -> {Path(out_dir) / record['slide_id']}")
+        t0 = time.perf_counter()
         manifest["slides"].append(entry)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         write_json_atomic(manifest, Path(out_dir) / "manifest.json")
