@@ -5,20 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 import zarr
 from cli_helpers import run
-from wsiscan.models import ModelSpec, build_model, save_checkpoint
-
-
-@pytest.fixture(scope="module")
-def resnet_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    p = tmp_path_factory.mktemp("models") / "resnet18-random.pt"
-    spec = ModelSpec(arch="resnet18", name="random resnet18", input_mpp=0.972)
-    save_checkpoint(p, build_model(spec), spec)
-    return p
+from test_predict import resnet_ckpt  # noqa: F401 - the session fixture: a random ResNet-18 checkpoint
 
 
 def _heatmap(out, name="synthetic"):

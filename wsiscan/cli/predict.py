@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import WsiscanError
 from . import echo_err, main
 from .slides import build_config, tiling_options
 
