@@ -130,3 +130,55 @@ def test_a_slides_outputs_are_drawn_while_the_next_slide_is_scanned(synthetic_sl
     a = zarr.open_group(str(tmp_path / "out" / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
     b = zarr.open_group(str(tmp_path / "out" / "second" / "store.zarr"), mode="r")["heatmap/0"][...]
     assert np.array_equal(a, b, equal_nan=True)
+
+
+class _PatchMean:
+    """A stand-in for the Ensemble: each patch's mean byte / 255, and the batch sizes it was given."""
+
+    def __init__(self, fixed_shape: bool) -> None:
+        self.device = torch.device("cpu")
+        self.fixed_shape = fixed_shape
+        self.sizes: list[int] = []
+
+    def score_uint8(self, x_u8):
+        self.sizes.append(len(x_u8))
+        return x_u8.float().mean(dim=(1, 2, 3)) / 255.0
+
+
+def test_device_stage_pads_the_last_batch_only_for_a_fixed_shape_and_writes_every_cell():
+    from wsiscan.inference import DeviceScorer, plan_units
+    from wsiscan.scan import Pipeline, units_with_work
+
+    rng = np.random.default_rng(0)
+    uplan = plan_units(n_rows=40, n_cols=30, tile_size_px=16, stride_px=8, supertile_px=64, hm_chunk_target=16)
+    kept = np.argwhere(rng.random((40, 30)) < 0.4).astype(np.int32)
+    side = (uplan.tiles_per_unit - 1) * uplan.stride_px + uplan.tile_size_px
+    results = {}
+    for fixed in (False, True):
+        units, tiles, per_chunk, resumed = units_with_work(uplan, kept, lambda ci, cj: (ci, cj) == (0, 0))
+        written: dict = {}
+        fake = _PatchMean(fixed)
+        scorer = DeviceScorer(fake, uplan, units, tiles, per_chunk, batch_size=7,  # type: ignore[arg-type]
+                              write_chunk=lambda ci, cj, data: written.__setitem__((ci, cj), data.copy()))
+        regions = ((i, np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8))
+                   for i in range(len(units)))
+        pipe = Pipeline()
+        scorer.run(regions, pipe)
+        pipe.join()
+        assert (0, 0) not in written and resumed == int(((kept[:, 0] < 16) & (kept[:, 1] < 16)).sum())
+        assert set(written) == set(per_chunk)
+        assert scorer.stats["tiles"] == len(kept) - resumed
+        if fixed:
+            assert set(fake.sizes) == {7}, "every batch has the one shape"
+        else:
+            assert set(fake.sizes[:-1]) == {7} and 0 < fake.sizes[-1] <= 7
+        # each kept cell holds its own patch's mean, cut at the stride from its unit's region
+        for i, (ur, uc) in enumerate(units):
+            region = np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8)
+            for r, c in tiles[i]:
+                y, x = (r - ur * uplan.tiles_per_unit) * 8, (c - uc * uplan.tiles_per_unit) * 8
+                want = np.float32(region[y : y + 16, x : x + 16].astype(np.float32).mean() / 255.0)
+                got = written[(r // 16, c // 16)][r % 16, c % 16]
+                assert abs(got - want) < 1e-6
+        results[fixed] = written
+    assert all(np.array_equal(results[False][k], results[True][k], equal_nan=True) for k in results[False])

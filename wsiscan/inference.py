@@ -117,9 +117,9 @@ class Ensemble:
     once per run: the weights are cast to the inference dtype once (bf16/fp16: no
     per-batch weight casts), each model's normalisation becomes one (scale, bias)
     pair of device tensors, and on CUDA ``cudnn.benchmark`` picks kernels for the one
-    batch shape inference uses.  ``compile`` wraps each model in ``torch.compile``
-    (on CUDA in ``reduce-overhead`` mode, i.e. CUDA graphs); callers then pad the last
-    partial batch (:attr:`fixed_shape`) so that nothing recompiles.
+    batch shape inference uses.  ``compile`` wraps each model in ``torch.compile`` (one
+    static shape); callers then pad the last partial batch (:attr:`fixed_shape`) so that
+    nothing recompiles.
     """
 
     channels_last = True
@@ -140,7 +140,9 @@ class Ensemble:
             if autocast_dtype is not None:
                 m = m.to(dtype=autocast_dtype)  # once, not per batch as autocast would
             if compile:
-                m = torch.compile(m, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+                # not mode="reduce-overhead" (CUDA graphs): the graphs are recorded per thread, and the
+                # model is warmed up in the thread that plans the slide, then run in another
+                m = torch.compile(m, dynamic=False)
             self.models.append(m)
         # x_model = x_uint8 * scale + bias  ==  (x_uint8 / 255 - mean) / std
         self._affine = []
