@@ -40,7 +40,9 @@ import numpy as np
 __all__ = ["PRESETS", "DEFAULT_SOURCE", "Island", "make_benchmark_slide", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+# WSISCAN_BENCH_SOURCE: another copy of it (benchmarks/gpu_check.sh carries one to a GPU machine)
+DEFAULT_SOURCE = Path(os.environ.get("WSISCAN_BENCH_SOURCE")
+                      or REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs")
 PRESETS: dict[str, tuple[int, int]] = {
     "small": (8_000, 8_000),  # CI smoke runs: seconds
     "20k": (20_000, 20_000),  # the tiling benchmark

@@ -42,8 +42,17 @@ def test_report_header(report):
     slide = report["slide"]
     assert slide["dimensions_px"] == [2048, 1536] and slide["mpp"] == pytest.approx(0.486, rel=1e-3)
     assert report["options"]["smoke"] is True and report["options"]["device"] == "cpu"
-    assert set(report["section_seconds"]) == {"tiling", "decode", "tissue_mask", "model", "end_to_end"}
+    assert set(report["section_seconds"]) == {"tiling", "feed", "decode", "tissue_mask", "model", "end_to_end"}
     assert isinstance(report["notes"], list) and all(isinstance(n, str) for n in report["notes"])
+
+
+def test_feed_rate_streams_every_kept_patch_without_the_model(report):
+    (f,) = report["feed"]  # one per stride
+    (t,) = report["tiling"]
+    assert f["stride_px"] == 96 and f["n_patches"] == t["n_tiles"], "every kept patch reaches the device"
+    assert f["chunks_decoded"] == t["chunks_needed"] and f["workers"] >= 1
+    assert _positive(f["seconds"]) and _positive(f["patches_per_s"]) and _positive(f["decoded_mb_per_s"])
+    assert f["patches_per_s"] == pytest.approx(f["n_patches"] / f["seconds"])
 
 
 def test_decode_figures_compare_openslide_and_raw_tiles(report):

@@ -28,7 +28,9 @@ def make_result(tmp: Path, slide) -> Path:
     ckpt = tmp / "tiny.pt"
     save_checkpoint(ckpt, build_model(spec), spec)
     out = tmp / "out"
-    res = CliRunner().invoke(main, ["predict", str(slide), "-o", str(out), "--model", str(ckpt), "-q"])
+    # --keep-pixels: the viewer's store copy (used when the slide file is gone) exists only when kept
+    res = CliRunner().invoke(main, ["predict", str(slide), "-o", str(out), "--model", str(ckpt), "-q",
+                                    "--keep-pixels"])
     assert res.exit_code == 0, res.output
     return out
 

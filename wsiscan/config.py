@@ -106,6 +106,7 @@ class PredictConfig:
     min_region_area_um2: float = 0.0
     simplify_tolerance_um: float = 0.0
     heatmap_chunk_cells: int = 256
+    keep_pixels: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):

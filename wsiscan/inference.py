@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import DeviceError
-from .models import ModelSpec, normalise
+from .models import ModelSpec
 
 __all__ = [
     "UnitPlan",
@@ -113,7 +113,13 @@ class Ensemble:
     """One or more models whose positive-class probabilities are averaged.
 
     Models run channels_last (NHWC) on every device: measured on CPU (oneDNN, fp32)
-    and the layout that bf16 tensor cores want on CUDA (``wsiscan bench``).
+    and the layout that bf16 tensor cores want on CUDA (``wsiscan bench``).  Built
+    once per run: the weights are cast to the inference dtype once (bf16/fp16: no
+    per-batch weight casts), each model's normalisation becomes one (scale, bias)
+    pair of device tensors, and on CUDA ``cudnn.benchmark`` picks kernels for the one
+    batch shape inference uses.  ``compile`` wraps each model in ``torch.compile`` (one
+    static shape); callers then pad the last partial batch (:attr:`fixed_shape`) so that
+    nothing recompiles.
     """
 
     channels_last = True
@@ -123,69 +129,80 @@ class Ensemble:
         self.device = device
         self.specs = list(specs)
         self.autocast_dtype = autocast_dtype
+        self.input_dtype = autocast_dtype or torch.float32
         self.tta = tta
+        self.compiled = bool(compile)
         # more than 2 classes: every class's probability (N, C); else the positive class's (N,)
         self.n_channels = self.specs[0].num_classes if self.specs[0].num_classes > 2 else 0
         self.models = []
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one batch shape: the fastest kernels once
         for m in models:
             m = m.to(device).eval().to(memory_format=torch.channels_last)
+            if autocast_dtype is not None:
+                m = m.to(dtype=autocast_dtype)  # once, not per batch as autocast would
             if compile:
-                m = torch.compile(m)
+                # not mode="reduce-overhead" (CUDA graphs): the graphs are recorded per thread, and the
+                # model is warmed up in the thread that plans the slide, then run in another
+                m = torch.compile(m, dynamic=False)
             self.models.append(m)
+        # x_model = x_uint8 * scale + bias  ==  (x_uint8 / 255 - mean) / std
+        self._affine = []
+        for spec in self.specs:
+            mean = torch.tensor(spec.mean or (0.0, 0.0, 0.0), dtype=torch.float64)
+            std = torch.tensor(spec.std or (1.0, 1.0, 1.0), dtype=torch.float64)
+            scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
+            bias = (-mean / std).view(1, 3, 1, 1)
+            self._affine.append((scale.to(device, torch.float32), bias.to(device, torch.float32)))
+
+    @property
+    def fixed_shape(self) -> bool:
+        """Whether every batch should have the same shape (CUDA graphs, compiled models, cuDNN autotuning)."""
+        return self.compiled or self.device.type == "cuda"
+
+    def _forward(self, x_by_model: Sequence[torch.Tensor]) -> torch.Tensor:
+        n = x_by_model[0].shape[0]
+        shape = (n, self.n_channels) if self.n_channels else (n,)
+        total = torch.zeros(shape, device=self.device, dtype=torch.float32)
+        n_views = 8 if self.tta else 1
+        for model, spec, x in zip(self.models, self.specs, x_by_model):
+            for v in dihedral_views(x) if self.tta else [x]:
+                with torch.autocast(self.device.type, dtype=self.input_dtype, enabled=self.autocast_dtype is not None):
+                    logits = model(v.to(self.input_dtype))
+                probs = torch.softmax(logits.float() / spec.temperature, dim=1)
+                total += probs if self.n_channels else probs[:, spec.positive_class]
+        return total / (len(self.models) * n_views)
+
+    @torch.inference_mode()
+    def score_uint8(self, x_u8: torch.Tensor) -> torch.Tensor:
+        """(N,) float32 probabilities (on the device, not synchronised) for a (N, 3, H, W) uint8 batch.
+
+        One step per model turns the bytes into its input: float32, channels_last and
+        normalised, then the model's dtype.
+        """
+        xs = []
+        for scale, bias in self._affine:
+            x = x_u8.to(dtype=torch.float32, memory_format=torch.channels_last)
+            xs.append(torch.addcmul(bias, x, scale))
+        return self._forward(xs)
+
+    def shared_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(scale, bias) as (3,) tensors when every model normalises alike, else None."""
+        first = self._affine[0]
+        if all(torch.equal(a[0], first[0]) and torch.equal(a[1], first[1]) for a in self._affine[1:]):
+            return first[0].view(3), first[1].view(3)
+        return None
+
+    @torch.inference_mode()
+    def score_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) float32 probabilities for a batch already normalised (float32, see :meth:`shared_affine`)."""
+        return self._forward([x] * len(self.models))
 
     @torch.inference_mode()
     def __call__(self, x01: torch.Tensor) -> torch.Tensor:
         """(N,) float32 probabilities ((N, C) for more than 2 classes) for a (N, 3, H, W) float batch in [0, 1]."""
-        x01 = x01.contiguous(memory_format=torch.channels_last)  # a no-op for batches cut by run_inference
-        views = dihedral_views(x01) if self.tta else [x01]
-        shape = (x01.shape[0], self.n_channels) if self.n_channels else (x01.shape[0],)
-        total = torch.zeros(shape, device=self.device, dtype=torch.float32)
-        for model, spec in zip(self.models, self.specs):
-            for v in views:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                    enabled=self.autocast_dtype is not None):
-                    logits = model(normalise(v, spec))
-                probs = torch.softmax(logits.float() / spec.temperature, dim=1)
-                total += probs if self.n_channels else probs[:, spec.positive_class]
-        return total / (len(self.models) * len(views))
-
-
-def _read_units(store_path: str, plan: UnitPlan, units: list[tuple[int, int]], *, threads: int,
-                pin: bool) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (unit index, uint8 region (H, W, 3)) in order, read ahead by a pool of threads.
-
-    Threads, not processes: zarr's Blosc decompression releases the GIL, and threads
-    share the one open store without the seconds (and hundreds of MB) that starting
-    a torch worker process costs.  At most ``2 * threads`` regions wait in memory.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .store import open_tile_store
-
-    store = open_tile_store(store_path, mode="r")
-
-    def read(i: int) -> torch.Tensor:
-        ur, uc = units[i]
-        t = torch.from_numpy(store.read_px(px_box=plan.unit_px_box(ur, uc)))
-        return t.pin_memory() if pin else t
-
-    if threads <= 0:
-        for i in range(len(units)):
-            yield i, read(i)
-        return
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-read") as pool:
-        ahead: deque = deque()
-        nxt = 0
-        while nxt < len(units) and len(ahead) < 2 * threads:
-            ahead.append((nxt, pool.submit(read, nxt)))
-            nxt += 1
-        while ahead:
-            i, fut = ahead.popleft()
-            region = fut.result()
-            if nxt < len(units):
-                ahead.append((nxt, pool.submit(read, nxt)))
-                nxt += 1
-            yield i, region
+        x01 = x01.contiguous(memory_format=torch.channels_last)
+        return self._forward([torch.addcmul(bias, x01.float(), scale * 255.0) for scale, bias in self._affine])
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -196,131 +213,220 @@ def default_batch_size(device: torch.device) -> int:
     return 128
 
 
-def run_inference(
-    *,
-    store_path: str,
-    plan: UnitPlan,
-    kept_rc: np.ndarray,
-    ensemble: Ensemble,
-    batch_size: int,
-    loader_workers: int,
-    chunk_done: Callable[[int, int], bool],
-    write_chunk: Callable[[int, int, np.ndarray], None],
-    progress: bool = True,
-    desc: str = "inference",
-) -> dict[str, float]:
-    """Classify every kept tile whose heatmap chunk is not yet written.  Returns counters and timings."""
-    from tqdm import tqdm
 
-    hc = plan.hm_chunk
-    u = plan.tiles_per_unit
-    # kept tiles by unit, and units by heatmap chunk
-    kept_rc = np.asarray(kept_rc, np.int64).reshape(-1, 2)
-    unit_r, unit_c = kept_rc[:, 0] // u, kept_rc[:, 1] // u
-    order = np.lexsort((kept_rc[:, 1], kept_rc[:, 0], unit_c, unit_r))
-    kept_rc, unit_r, unit_c = kept_rc[order], unit_r[order], unit_c[order]
-    keys = unit_r * (plan.n_cols // u + 2) + unit_c
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    ends = np.r_[starts[1:], len(keys)]
 
-    units: list[tuple[int, int]] = []
-    unit_tiles: list[np.ndarray] = []
-    remaining: dict[tuple[int, int], int] = {}
-    skipped_tiles = 0
-    for a, b in zip(starts, ends):
-        ur, uc = int(unit_r[a]), int(unit_c[a])
-        chunk = (ur * u // hc, uc * u // hc)
-        if chunk_done(*chunk):
-            skipped_tiles += b - a
-            continue
-        units.append((ur, uc))
-        unit_tiles.append(kept_rc[a:b])
-        remaining[chunk] = remaining.get(chunk, 0) + 1
+class RegionRing:
+    """Host buffers for unit regions, handed out in turn; pinned (page-locked) on CUDA.
 
-    buffers: dict[tuple[int, int], np.ndarray] = {}
-    device = ensemble.device
-    t, s = plan.tile_size_px, plan.stride_px
-    pin = device.type == "cuda"
-    stats = {"tiles": 0, "tiles_resumed": int(skipped_tiles), "units": len(units), "model_s": 0.0, "wait_s": 0.0}
-    if not units:
-        return stats
-    loader = _read_units(store_path, plan, units, threads=loader_workers, pin=pin)
-    # Patches wait in ``pending`` (in unit order) until a full batch is there: the model
-    # only ever sees batches of exactly ``batch_size`` (the last one excepted).  Each new
-    # batch shape makes oneDNN/cuDNN build kernels and the allocator keep blocks of that
-    # size (measured on CPU: 60 batches of random sizes grew RSS by 235 MB, 60 of one
-    # size by 0), and one shape is what CUDA graphs and cudnn.benchmark want.
-    pending: list[torch.Tensor] = []
-    n_pending = 0
-    waiting: deque[tuple[int, np.ndarray]] = deque()  # units whose patches are not all scored yet
-    scored: list[np.ndarray] = []  # probabilities of the oldest waiting patches
-    n_scored = 0
+    The device copies a region with ``non_blocking=True`` and records an event; the
+    buffer is handed out again only after that copy has finished (:meth:`copied`).
+    Regions are filled and consumed in the same order (FIFO), so ``n_slots`` must
+    exceed the regions that can wait between the two (queue depth + 2).  On the CPU
+    every region is a fresh array (nothing is copied to a device).
+    """
 
-    def score(n: int) -> None:
-        """Classify the first ``n`` pending patches and hand the results to the units they complete."""
-        nonlocal pending, n_pending, scored, n_scored
-        t0 = time.perf_counter()
-        x = torch.cat(pending) if len(pending) > 1 else pending[0]
-        probs = torch.cat([ensemble(x[i : min(i + batch_size, n)]) for i in range(0, n, batch_size)])
-        scored.append(probs.cpu().numpy())
-        stats["model_s"] += time.perf_counter() - t0
-        pending = [x[n:]] if n < len(x) else []
-        n_pending -= n
-        n_scored += n
-        done = np.concatenate(scored) if len(scored) > 1 else scored[0]
-        pos = 0
-        while waiting and len(waiting[0][1]) <= n_scored - pos:
-            unit_index, tiles = waiting.popleft()
-            _store_unit(unit_index, tiles, done[pos : pos + len(tiles)])
-            pos += len(tiles)
-        scored = [done[pos:]]
-        n_scored -= pos
+    def __init__(self, shape: tuple[int, int, int], *, n_slots: int, device: torch.device) -> None:
+        import threading
 
-    def _store_unit(unit_index: int, tiles: np.ndarray, probs: np.ndarray) -> None:
-        ur, uc = units[unit_index]
-        chunk = (ur * u // hc, uc * u // hc)
-        buf = buffers.get(chunk)
-        if buf is None:
-            r0, c0 = chunk[0] * hc, chunk[1] * hc
-            lead = (ensemble.n_channels,) if ensemble.n_channels else ()
-            buf = np.full((*lead, min(hc, plan.n_rows - r0), min(hc, plan.n_cols - c0)), np.nan, np.float32)
-            buffers[chunk] = buf
-        rows, cols = tiles[:, 0] - chunk[0] * hc, tiles[:, 1] - chunk[1] * hc
-        if ensemble.n_channels:
-            buf[:, rows, cols] = probs.T
+        self.device = device
+        self.pinned = device.type == "cuda"
+        self._slots = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(n_slots)] \
+            if self.pinned else []
+        self._events: list[object | None] = [None] * n_slots
+        self._free = [True] * n_slots
+        self._next_fill = 0
+        self._next_copied = 0
+        self._cond = threading.Condition()
+
+    def __call__(self, shape: tuple[int, int, int]) -> np.ndarray:
+        if not self.pinned:
+            return np.empty(shape, np.uint8)
+        with self._cond:
+            i = self._next_fill
+            while not self._free[i]:
+                self._cond.wait(timeout=0.05)
+            self._free[i] = False
+            event = self._events[i]
+            self._next_fill = (i + 1) % len(self._slots)
+        if event is not None:
+            event.synchronize()  # the copy out of this buffer has finished
+        return self._slots[i].numpy()
+
+    def copied(self) -> None:
+        """The oldest handed-out region has been queued for copying to the device."""
+        if not self.pinned:
+            return
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        with self._cond:
+            i = self._next_copied
+            self._events[i] = event
+            self._free[i] = True
+            self._next_copied = (i + 1) % len(self._slots)
+            self._cond.notify_all()
+
+
+class DeviceScorer:
+    """The device stage: unit regions in, heatmap chunks out.
+
+    For each unit the uint8 region goes to the device (non-blocking, from pinned
+    memory on CUDA), patches are cut at the stride with ``unfold`` (a view) and the
+    kept ones gathered with tile indices uploaded once for the whole run (no host
+    index copies per unit); on the CPU numpy gathers them from the region in place.  Patches wait until a full batch of ``batch_size`` is
+    there, so the model sees one batch shape (the last one padded when
+    :attr:`Ensemble.fixed_shape`).  Probabilities stay on the device, without any
+    synchronisation, until every unit of a heatmap chunk is scored; then one
+    non-blocking copy brings the chunk to the host and a writer thread (behind an
+    event) writes it.  Several batches are therefore in flight on CUDA.
+    """
+
+    def __init__(self, ensemble: Ensemble, plan: UnitPlan, units: list[tuple[int, int]],
+                 unit_tiles: list[np.ndarray], per_chunk: dict[tuple[int, int], int], *, batch_size: int,
+                 write_chunk: Callable[[int, int, np.ndarray], None], ring: RegionRing | None = None,
+                 on_chunk_written: Callable[[], None] | None = None) -> None:
+        self.ensemble = ensemble
+        self.plan = plan
+        self.units = units
+        self.unit_tiles = unit_tiles
+        self.remaining = dict(per_chunk)
+        self.batch_size = int(batch_size)
+        self.write_chunk = write_chunk
+        self.ring = ring
+        self.on_chunk_written = on_chunk_written
+        self.device = ensemble.device
+        self.stats = {"tiles": 0, "units": 0, "device_s": 0.0, "wait_s": 0.0}
+        u = plan.tiles_per_unit
+        offsets = np.zeros(len(units) + 1, np.int64)
+        offsets[1:] = np.cumsum([len(t) for t in unit_tiles])
+        self._offsets = offsets
+        if units:
+            all_rc = np.concatenate(unit_tiles).astype(np.int64)
+            base = np.repeat(np.asarray(units, np.int64) * u, np.diff(offsets), axis=0)
+            local = torch.from_numpy(all_rc - base)
         else:
-            buf[rows, cols] = probs
-        stats["tiles"] += len(tiles)
-        remaining[chunk] -= 1
-        if remaining[chunk] == 0:
-            write_chunk(chunk[0], chunk[1], buffers.pop(chunk))
-            bar.update(1)
+            local = torch.zeros((0, 2), dtype=torch.int64)
+        self._local = local.to(self.device)  # (N, 2) unit-local row, col: one upload for the run
+        self._local_np = local.numpy()  # the CPU cuts patches with numpy (15x torch's indexing, measured)
 
-    bar = tqdm(total=len(remaining), unit="chunk", desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    try:
-        t_wait = time.perf_counter()
-        for unit_index, region in loader:
-            stats["wait_s"] += time.perf_counter() - t_wait
-            ur, uc = units[unit_index]
-            tiles = unit_tiles[unit_index]
-            region = region.to(device, non_blocking=True)
-            # (1, 3, H, W) float view of the (H, W, 3) region: channels stay innermost in memory
-            x = region.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-            # patches at the stride: (3, nr, nc, t, t) strided view
-            patches = x[0].unfold(1, t, s).unfold(2, t, s)
-            lr = torch.as_tensor(tiles[:, 0] - ur * u, device=device)
-            lc = torch.as_tensor(tiles[:, 1] - uc * u, device=device)
-            sel = patches[:, lr, lc].permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)  # (k, 3, t, t)
-            pending.append(sel)
-            waiting.append((unit_index, tiles))
-            n_pending += len(tiles)
-            if n_pending >= batch_size:
-                score(n_pending - n_pending % batch_size)
+    def run(self, regions: Iterator[tuple[int, np.ndarray]], pipeline) -> None:
+        """Score every region of ``regions``; heatmap chunks are written by a thread of ``pipeline``."""
+        t, s, bs = self.plan.tile_size_px, self.plan.stride_px, self.batch_size
+        hc, u = self.plan.hm_chunk, self.plan.tiles_per_unit
+        cuda = self.device.type == "cuda"
+        out_q = pipeline.channel(4)
+        pipeline.start("heatmap-writer", lambda: self._write(out_q))
+        pending: list[torch.Tensor] = []
+        n_pending = 0
+        waiting: deque[int] = deque()  # units whose patches are not all scored yet
+        scored: list[torch.Tensor] = []
+        n_scored = 0
+        parts: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+
+        def finish_unit(i: int, probs: torch.Tensor) -> None:
+            ur, uc = self.units[i]
+            chunk = (ur * u // hc, uc * u // hc)
+            parts.setdefault(chunk, []).append((i, probs))
+            self.stats["tiles"] += len(probs)
+            self.remaining[chunk] -= 1
+            if self.remaining[chunk] == 0:
+                done = parts.pop(chunk)
+                rc = np.concatenate([self.unit_tiles[j] for j, _ in done])
+                p = torch.cat([q for _, q in done])
+                if cuda:
+                    host = torch.empty(p.shape, dtype=p.dtype, pin_memory=True)
+                    host.copy_(p, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record(torch.cuda.current_stream(self.device))
+                else:
+                    host, event = p, None
+                out_q.put((chunk, rc, host, event))
+
+        def score(n: int) -> None:
+            nonlocal pending, n_pending, scored, n_scored
+            x = torch.cat(pending) if len(pending) > 1 else pending[0]
+            for i in range(0, n, bs):
+                batch = x[i : min(i + bs, n)]
+                k = len(batch)
+                if k < bs and self.ensemble.fixed_shape:  # pad: one shape for compile and cuDNN
+                    batch = torch.cat([batch, batch.new_zeros((bs - k,) + tuple(batch.shape[1:]))])
+                # (k, t, t, 3) -> (k, 3, t, t) channels_last: a view
+                if batch.dtype == torch.uint8:
+                    probs = self.ensemble.score_uint8(batch.permute(0, 3, 1, 2))
+                else:
+                    probs = self.ensemble.score_normalised(batch.permute(0, 3, 1, 2))
+                scored.append(probs[:k])
+            pending = [x[n:]] if n < len(x) else []
+            n_pending -= n
+            n_scored += n
+            done = torch.cat(scored) if len(scored) > 1 else scored[0]
+            pos = 0
+            while waiting and self._count(waiting[0]) <= n_scored - pos:
+                i = waiting.popleft()
+                k = self._count(i)
+                finish_unit(i, done[pos : pos + k])
+                pos += k
+            scored = [done[pos:]]
+            n_scored -= pos
+
+        # on the CPU the region is normalised once and float patches are cut from it; on a GPU
+        # uint8 patches travel and are converted there (a quarter of the bytes to copy)
+        shared = getattr(self.ensemble, "shared_affine", lambda: None)
+        affine = None if cuda else shared()
+        with torch.inference_mode():
             t_wait = time.perf_counter()
-        if n_pending:
-            score(n_pending)
-    finally:
-        bar.close()
-    if buffers:  # every unit of every chunk ran, so nothing may be left unwritten
-        raise RuntimeError(f"heatmap chunks {sorted(buffers)} were left incomplete")
-    return stats
+            for i, region in regions:
+                t0 = time.perf_counter()
+                self.stats["wait_s"] += t0 - t_wait
+                a, b = self._offsets[i], self._offsets[i + 1]
+                # the kept patches as (k, t, t, 3) uint8: rows of t x 3 bytes copied from a
+                # (nr, nc, t, t, 3) view of the region at the stride; channels stay innermost,
+                # so each batch is channels_last without a transpose
+                if cuda:
+                    dev = torch.from_numpy(region).to(self.device, non_blocking=True)
+                    if self.ring is not None:
+                        self.ring.copied()
+                    loc = self._local[a:b]
+                    pending.append(dev.unfold(0, t, s).unfold(1, t, s).permute(0, 1, 3, 4, 2)[loc[:, 0], loc[:, 1]])
+                else:
+                    if affine is not None:  # normalise the region once: at stride 32 a pixel is in 9 patches
+                        src = torch.from_numpy(region).to(torch.float32).mul_(affine[0]).add_(affine[1]).numpy()
+                    else:
+                        src = region
+                    win = np.lib.stride_tricks.sliding_window_view(src, (t, t), axis=(0, 1))[::s, ::s]
+                    loc = self._local_np[a:b]
+                    pending.append(torch.from_numpy(win.transpose(0, 1, 3, 4, 2)[loc[:, 0], loc[:, 1]]))
+                waiting.append(i)
+                n_pending += self._count(i)
+                self.stats["units"] += 1
+                if n_pending >= bs:
+                    score(n_pending - n_pending % bs)
+                t_wait = time.perf_counter()
+                self.stats["device_s"] += t_wait - t0
+            if n_pending:
+                t0 = time.perf_counter()
+                score(n_pending)
+                self.stats["device_s"] += time.perf_counter() - t0
+        out_q.close()
+        if parts or any(self.remaining.values()):
+            raise RuntimeError(f"heatmap chunks {sorted(parts)} were left incomplete")
+
+    def _count(self, i: int) -> int:
+        return int(self._offsets[i + 1] - self._offsets[i])
+
+    def _write(self, out_q) -> None:
+        hc = self.plan.hm_chunk
+        for (ci, cj), rc, host, event in out_q:
+            if event is not None:
+                event.synchronize()
+            r0, c0 = ci * hc, cj * hc
+            n_channels = getattr(self.ensemble, "n_channels", 0)
+            lead = (n_channels,) if n_channels else ()
+            buf = np.full((*lead, min(hc, self.plan.n_rows - r0), min(hc, self.plan.n_cols - c0)), np.nan, np.float32)
+            rows, cols = rc[:, 0] - r0, rc[:, 1] - c0
+            if n_channels:
+                buf[:, rows, cols] = host.numpy().T
+            else:
+                buf[rows, cols] = host.numpy()
+            self.write_chunk(ci, cj, buf)
+            if self.on_chunk_written is not None:
+                self.on_chunk_written()

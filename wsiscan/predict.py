@@ -18,6 +18,7 @@ slides (a ``slide`` or ``path`` column, optional ``slide_mpp`` per slide).
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import glob
@@ -27,7 +28,9 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+import numpy as np
 
 from .config import Config, runtime_versions
 from .errors import CheckpointError, ConfigError, StoreExistsError
@@ -42,10 +45,10 @@ from .heatmap import (
 )
 from .store import open_tile_store
 from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
-    slide_id_for, write_grid, write_pixels, write_qc
+    slide_id_for, write_grid, write_qc
 from .results import threshold_outputs  # issue 12
 
-__all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "resolution_config", "slide_config",
+__all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "predict_in_turn", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
            "GEOJSON_NAME", "SUMMARY_NAME"]
 
@@ -106,14 +109,15 @@ def resolution_config(config: Config, spec, *, target_mpp: float | None, tile_si
 
 
 # Settings that change how fast a result is made, never the result: left out of the config hash.
-_EXECUTION_ONLY = {"tile": ("workers",), "predict": ("model", "device", "batch_size", "loader_workers", "compile")}
+_EXECUTION_ONLY = {"tile": ("workers",),
+                   "predict": ("model", "device", "batch_size", "loader_workers", "compile", "keep_pixels")}
 
 
 def config_hash(config: Config) -> str:
     """Hash of the resolved configuration that shapes a result.
 
-    Leaves out the decode workers, device, batch size, loader threads and compile flag
-    (they change the speed, not the heatmap) and the model names (results record the
+    Leaves out the decode workers, device, batch size, loader threads, compile flag and
+    whether pixels are kept (they change the speed or the disk use, not the heatmap) and the model names (results record the
     models by checkpoint sha256 instead, see :attr:`LoadedModels.identity`).
     """
     d = dataclasses.asdict(config)
@@ -288,13 +292,74 @@ def predict_slide(
     device: Any,
     overwrite: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Run the whole pipeline on one slide; returns the summary written to summary.json."""
-    from .inference import Ensemble, default_batch_size, plan_units, resolve_precision, run_inference
+    defer_outputs: bool = False,
+) -> Any:
+    """Run the whole pipeline on one slide; returns the summary written to summary.json.
+
+    With ``defer_outputs`` it returns once the heatmap is complete, with a function that
+    draws the outputs and writes (and returns) the summary: see :func:`predict_in_turn`.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .inference import resolve_precision
 
     t_start = time.perf_counter()
     pc = config.predict
-    plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config)
+    autocast = resolve_precision(pc.precision, device)
+    # the device side (weights to the device, cast once, cuDNN/compile warm-up) is made
+    # ready in a thread while the slide is planned (thumbnail, tissue mask, grid)
+    prep_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wsiscan-prep")
+    device_ready = prep_pool.submit(_device_side, models, device, autocast, pc, config.tile.tile_size_px)
+    try:
+        plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config)
+    except BaseException:
+        prep_pool.shutdown(wait=True)
+        raise
+    try:
+        finish = _predict_planned(plan, slide_id, slide_dir, store_path, config, models, device=device,
+                                  overwrite=overwrite, progress=progress, t_start=t_start, device_ready=device_ready,
+                                  autocast=autocast, prep_pool=prep_pool)
+    finally:
+        prep_pool.shutdown(wait=True)
+    return finish if defer_outputs else finish()
+
+
+def _unit_shape(units: Any) -> tuple[int, int, int]:
+    side = (units.tiles_per_unit - 1) * units.stride_px + units.tile_size_px
+    return (side, side, 3)
+
+
+_ENSEMBLE_CACHE: dict[tuple, tuple[Any, int]] = {}
+
+
+def _device_side(models: LoadedModels, device: Any, autocast: Any, pc: Any, tile_size_px: int) -> tuple[Any, int]:
+    """(Ensemble, batch size) for this run, built once per models/device/settings (a run of many
+    slides reuses it) and, on CUDA, warmed up at the batch shape inference will use."""
+    import torch
+
+    from .inference import Ensemble, default_batch_size
+
+    key = (models.identity, str(device), str(autocast), pc.tta, pc.compile, pc.batch_size, tile_size_px)
+    if key in _ENSEMBLE_CACHE:
+        return _ENSEMBLE_CACHE[key]
+    nets = models.models if autocast is None else tuple(copy.deepcopy(m) for m in models.models)
+    ensemble = Ensemble(nets, models.specs, device, autocast_dtype=autocast, tta=pc.tta, compile=pc.compile)
+    batch_size = pc.batch_size or default_batch_size(device)
+    if ensemble.fixed_shape:  # cuDNN autotuning / compilation / graph capture now, not on the first batch
+        ensemble.score_uint8(torch.zeros((batch_size, 3, tile_size_px, tile_size_px), dtype=torch.uint8,
+                                         device=device))
+    _ENSEMBLE_CACHE.clear()
+    _ENSEMBLE_CACHE[key] = (ensemble, batch_size)
+    return ensemble, batch_size
+
+
+def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, config: Config, models: LoadedModels,
+                     *, device: Any, overwrite: bool, progress: bool, t_start: float, device_ready: Any,
+                     autocast: Any, prep_pool: Any) -> Any:
+    from .inference import DeviceScorer, RegionRing, plan_units
+    from .scan import Pipeline, scan_slide, units_with_work
+
+    pc = config.predict
     inference_id = _inference_identity(models, config, plan.identity)
 
     # refuse before writing anything if the folder holds another slide's or model's result
@@ -322,15 +387,11 @@ def predict_slide(
     # from here on the folder changes: it holds a finished result again only once summary.json is rewritten
     summary_path.unlink(missing_ok=True)
 
-    t = time.perf_counter()
     workers = config.tile.workers or default_workers()
-    written, resumed, decoded = write_pixels(plan, store, workers=workers, progress=progress)
     write_grid(plan, store)
-    write_qc(plan, slide_dir / "qc.png")
-    store.update_meta(status="complete")
-    timings["pixels_s"] = time.perf_counter() - t
+    qc_done = prep_pool.submit(write_qc, plan, slide_dir / "qc.png")  # drawn while the slide is scanned
 
-    # -- inference -------------------------------------------------------------------
+    # -- scan: decode -> device -> heatmap chunks, concurrently ----------------------
     t = time.perf_counter()
     grid = plan.grid
     units = plan_units(n_rows=grid.n_rows, n_cols=grid.n_cols, tile_size_px=grid.tile_size_px,
@@ -351,69 +412,132 @@ def predict_slide(
                                "value = that tile's probability; NaN = no tissue tile",
             "offset_px": frame.offset_px, "px_mpp": frame.px_mpp, "l0_per_px": frame.l0_per_px,
         })
-    autocast = resolve_precision(pc.precision, device)
-    ensemble = Ensemble(models.models, models.specs, device, autocast_dtype=autocast, tta=pc.tta, compile=pc.compile)
-    batch_size = pc.batch_size or default_batch_size(device)
-    stats = run_inference(
-        store_path=str(store.path), plan=units, kept_rc=plan.kept_rc, ensemble=ensemble, batch_size=batch_size,
-        loader_workers=pc.loader_workers, chunk_done=store.heatmap_chunk_done, write_chunk=store.write_heatmap_chunk,
-        progress=progress, desc=f"scoring {plan.slide_path.name}",
-    )
-    timings["inference_s"] = time.perf_counter() - t
+    todo, todo_tiles, per_chunk, resumed_tiles = units_with_work(units, plan.kept_rc, store.heatmap_chunk_done)
+    t_ready = time.perf_counter()
+    ensemble, batch_size = device_ready.result()
+    timings["device_wait_s"] = time.perf_counter() - t_ready
+    queue_units = max(1, pc.loader_workers)
+    ring = RegionRing(_unit_shape(units), n_slots=queue_units + 3, device=device)
+    from tqdm import tqdm
 
-    # -- outputs ---------------------------------------------------------------------------
-    t = time.perf_counter()
-    n_levels = build_pyramid(store)
-    store.set_heatmap_ome(ome_multiscales(frame, n_levels, name=f"{slide_id} tumour probability",
-                                          class_names=tuple(class_axis["class_names"]) if class_axis else None))
-    store.update_heatmap_meta(status="complete", n_levels=n_levels)
-    cells = scored_cells(store)  # the positive class's channel of a multi-class heatmap
-    # every threshold-dependent output and figure in one call (results.threshold_outputs); a
-    # multi-class model's tumor.geojson holds the regions of every class (export_class_regions)
-    picture, picture_mpp = overview_picture(plan)
-    outs = threshold_outputs(slide_dir, cells, frame, threshold=pc.threshold, top_k=pc.top_k,
-                             min_region_area_um2=pc.min_region_area_um2,
-                             simplify_tolerance_um=pc.simplify_tolerance_um, slide_name=plan.slide_path.name,
-                             models=models.describe(), n_tiles=plan.n_tiles, picture=picture,
-                             picture_mpp=picture_mpp, tissue=tissue_figures(plan),
-                             geojson_name=GEOJSON_NAME, overlay_name=OVERLAY_NAME,
-                             write_geojson_file=class_axis is None)
-    class_regions = export_class_regions(store, frame, slide_dir / GEOJSON_NAME, slide_name=plan.slide_path.name,
-                                         threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
-                                         simplify_tolerance_um=pc.simplify_tolerance_um) if class_axis else []
-    timings["outputs_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t_start
-    summary = {
-        "slide": plan.fingerprint,
-        "slide_id": slide_id,
-        "mpp": store.meta["mpp"],
-        "resolution": {"target_mpp": config.tile.target_mpp, "effective_mpp": frame.px_mpp,
-                       "level": plan.selection.level, "resampled": plan.selection.resample,
-                       "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
-        **outs,  # issue 12: scores, regions, areas, smoke_model
-        "exports": {GEOJSON_NAME: {"threshold": pc.threshold}, OVERLAY_NAME: {"threshold": pc.threshold}},
-        **({"classes": _class_summary(store, class_regions, pc, frame.cell_um)} if class_axis else {}),
-        "tiles": {"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,
-                  "grid_shape": [grid.n_rows, grid.n_cols], "scored_this_run": stats["tiles"],
-                  "resumed_tiles": stats["tiles_resumed"], "pixel_chunks_written": written,
-                  "pixel_chunks_resumed": resumed},
-        "heatmap": {"path": f"{STORE_NAME}/heatmap", "levels": n_levels, "cell_um": frame.cell_um,
-                    "offset_px": frame.offset_px},
-        "timings_s": timings,
-        "throughput": {"patches_per_s_inference": stats["tiles"] / timings["inference_s"] if stats["tiles"] else None,
-                       "decoded_mb": decoded / 1e6},
-        "models": models.describe(),
-        "model_hash": models.identity,
-        "config_hash": config_hash(config),
-        "device": _device_description(device),
-        "precision": str(autocast or "fp32").replace("torch.", ""),
-        "batch_size": batch_size,
-        "config": dataclasses.asdict(config),
-        "versions": runtime_versions(),
-        "outputs": {"overlay": OVERLAY_NAME, "geojson": GEOJSON_NAME, "qc": "qc.png", "store": STORE_NAME},
-    }
-    write_json_atomic(summary, summary_path)
-    return summary
+    bar = tqdm(total=len(per_chunk), unit="chunk", desc=f"scanning {plan.slide_path.name}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    scorer = DeviceScorer(ensemble, units, todo, todo_tiles, per_chunk, batch_size=batch_size,
+                          write_chunk=store.write_heatmap_chunk, ring=ring, on_chunk_written=lambda: bar.update(1))
+    pipe = Pipeline()
+    try:
+        scan = scan_slide(plan, store, workers=workers, keep_pixels=pc.keep_pixels, uplan=units, units=todo,
+                          consume=lambda regions: scorer.run(regions, pipe), region_buffer=ring, pipeline=pipe,
+                          queue_units=queue_units)
+    finally:
+        bar.close()
+    qc_done.result()
+    # complete: planned, grid written, every chunk this run needed decoded; pixels_kept:
+    # every needed chunk is in the store (a later run at another stride reads them)
+    pixels_kept = all(store.chunk_done(int(ci), int(cj)) for ci, cj in np.argwhere(plan.chunks_needed))
+    store.update_meta(status="complete", pixels_kept=pixels_kept)
+    written, resumed, decoded = scan.chunks_written, scan.chunks_from_store, scan.decoded_bytes
+    stats = {"tiles": scorer.stats["tiles"], "tiles_resumed": resumed_tiles}
+    timings["pixels_s"] = scan.timings_s.get("decode_s", 0.0)
+    timings["inference_s"] = time.perf_counter() - t
+    timings["device_busy_s"] = scorer.stats["device_s"]
+    timings["device_idle_s"] = scorer.stats["wait_s"]
+
+    def finish() -> dict[str, Any]:
+        """Outputs (pyramid, scores, GeoJSON, overlay) and the summary: a run of many slides
+        calls it in another thread while the next slide is decoding."""
+        # -- outputs ---------------------------------------------------------------------------
+        t = time.perf_counter()
+        n_levels = build_pyramid(store)
+        store.set_heatmap_ome(ome_multiscales(frame, n_levels, name=f"{slide_id} tumour probability",
+                                              class_names=tuple(class_axis["class_names"]) if class_axis else None))
+        store.update_heatmap_meta(status="complete", n_levels=n_levels)
+        cells = scored_cells(store)  # the positive class's channel of a multi-class heatmap
+        # every threshold-dependent output and figure in one call (results.threshold_outputs); a
+        # multi-class model's tumor.geojson holds the regions of every class (export_class_regions)
+        picture, picture_mpp = overview_picture(plan)
+        outs = threshold_outputs(slide_dir, cells, frame, threshold=pc.threshold, top_k=pc.top_k,
+                                 min_region_area_um2=pc.min_region_area_um2,
+                                 simplify_tolerance_um=pc.simplify_tolerance_um, slide_name=plan.slide_path.name,
+                                 models=models.describe(), n_tiles=plan.n_tiles, picture=picture,
+                                 picture_mpp=picture_mpp, tissue=tissue_figures(plan),
+                                 geojson_name=GEOJSON_NAME, overlay_name=OVERLAY_NAME,
+                                 write_geojson_file=not class_axis)
+        class_regions = export_class_regions(store, frame, slide_dir / GEOJSON_NAME, slide_name=plan.slide_path.name,
+                                             threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
+                                             simplify_tolerance_um=pc.simplify_tolerance_um) if class_axis else []
+        timings["outputs_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_start
+        summary = {
+            "slide": plan.fingerprint,
+            "slide_id": slide_id,
+            "mpp": store.meta["mpp"],
+            "resolution": {"target_mpp": config.tile.target_mpp, "effective_mpp": frame.px_mpp,
+                           "level": plan.selection.level, "resampled": plan.selection.resample,
+                           "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
+            **outs,  # issue 12: scores, regions, areas, smoke_model
+            "exports": {GEOJSON_NAME: {"threshold": pc.threshold}, OVERLAY_NAME: {"threshold": pc.threshold}},
+            **({"classes": _class_summary(store, class_regions, pc, frame.cell_um)} if class_axis else {}),
+            "tiles": {"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,
+                      "grid_shape": [grid.n_rows, grid.n_cols], "scored_this_run": stats["tiles"],
+                      "resumed_tiles": stats["tiles_resumed"], "pixel_chunks_written": written,
+                      "pixel_chunks_resumed": resumed},
+            "heatmap": {"path": f"{STORE_NAME}/heatmap", "levels": n_levels, "cell_um": frame.cell_um,
+                        "offset_px": frame.offset_px},
+            "timings_s": timings,
+            "throughput": {"patches_per_s_inference": stats["tiles"] / timings["inference_s"] if stats["tiles"] else None,
+                           "decoded_mb": decoded / 1e6},
+            "store": {"bytes_on_disk": store.bytes_on_disk(), "pixel_bytes_on_disk": store.bytes_on_disk("pixels"),
+                      "pixels_kept": pixels_kept, "keep_pixels": pc.keep_pixels,
+                      "pixel_chunks_decoded": scan.chunks_decoded},
+            "models": models.describe(),
+            "model_hash": models.identity,
+            "config_hash": config_hash(config),
+            "device": _device_description(device),
+            "precision": str(autocast or "fp32").replace("torch.", ""),
+            "batch_size": batch_size,
+            "config": dataclasses.asdict(config),
+            "versions": runtime_versions(),
+            "outputs": {"overlay": OVERLAY_NAME, "geojson": GEOJSON_NAME, "qc": "qc.png", "store": STORE_NAME},
+        }
+        write_json_atomic(summary, summary_path)
+        return summary
+
+    return finish
+
+
+def predict_in_turn(jobs: Sequence[SlideJob], out_dir: str | Path, config: Config, models: LoadedModels, *,
+                    device: Any, overwrite: bool = False, progress: bool = True,
+                    job_config: Any = None) -> Iterator[tuple[SlideJob, dict[str, Any] | None, BaseException | None]]:
+    """Score slides one after the other, each slide's outputs drawn (in a thread) while the
+    next slide is already decoding and scoring.  Yields (job, summary, error) in order;
+    an error is a :class:`WsiscanError` of that slide (others are raised)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .errors import WsiscanError
+
+    pending: list[tuple[SlideJob, Any]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiscan-outputs") as outputs:
+        def drain() -> Iterator[tuple[SlideJob, dict[str, Any] | None, BaseException | None]]:
+            while pending:
+                job, fut = pending.pop(0)
+                try:
+                    yield job, fut.result(), None
+                except WsiscanError as exc:
+                    yield job, None, exc
+
+        for job in jobs:
+            cfg = job_config(job) if job_config else config
+            try:
+                finish = predict_slide(job.path, out_dir, cfg, models, device=device, overwrite=overwrite,
+                                       progress=progress, defer_outputs=True)
+            except WsiscanError as exc:
+                yield from drain()
+                yield job, None, exc
+                continue
+            yield from drain()  # at most one slide's outputs wait: memory stays that of two slides
+            pending.append((job, outputs.submit(finish)))
+        yield from drain()
 
 
 def tissue_figures(plan) -> dict[str, Any]:

@@ -114,6 +114,19 @@ class TileStore:
             out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self.pixels[cy0:cy1, cx0:cx1]
         return out
 
+    def bytes_on_disk(self, part: str | None = None) -> int:
+        """Bytes the store (or one of its arrays/groups, e.g. ``pixels``) takes on disk (allocated blocks)."""
+        root = self.path / part if part else self.path
+        total = 0
+        for dirpath, _, files in os.walk(root):
+            for name in files:
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except OSError:  # removed meanwhile
+                    continue
+                total += getattr(st, "st_blocks", 0) * 512 or st.st_size
+        return total
+
     # -- thumbnail and mask ---------------------------------------------------
     def thumbnail(self) -> np.ndarray:
         return self.group["thumbnail"][...]

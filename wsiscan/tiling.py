@@ -334,9 +334,28 @@ def _worker_init(slide_path: str, config: Config, store_path: str, tile_keep: np
     _WORKER["tile_keep"] = tile_keep
 
 
+DECODE_WORKER_BYTES = 256 << 20  # host memory one decode worker may hold: a run of chunks at the level read, copies
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def default_workers() -> int:
-    """One per usable core (the process's CPU affinity), at most 8: as tissue detection's threads."""
-    return usable_cores()
+    """One decode worker per usable core (the process's CPU affinity), as many as half the
+    available memory allows at ``DECODE_WORKER_BYTES`` each (at least one)."""
+    cores = usable_cores(at_most=1 << 16)
+    avail = _available_memory_bytes()
+    if avail is None:
+        return cores
+    return max(1, min(cores, avail // 2 // DECODE_WORKER_BYTES))
 
 
 def check_writable(out_dir: Path) -> None:
@@ -601,7 +620,14 @@ def tile_slide(
     store, _ = prepare_store(plan, store_path, overwrite=overwrite)
     t = time.perf_counter()
     n_workers = workers if workers is not None else (config.tile.workers or default_workers())
-    written, resumed, decoded = write_pixels(plan, store, workers=n_workers, progress=progress)
+    from .scan import scan_slide  # the pipeline predict runs, here without a model: pixels kept
+
+    n_needed = int(plan.chunks_needed.sum())
+    resumed = sum(store.chunk_done(int(ci), int(cj)) for ci, cj in np.argwhere(plan.chunks_needed))
+    stats = scan_slide(plan, store, workers=n_workers, keep_pixels=True, progress=progress)
+    written, decoded = stats.chunks_written, stats.decoded_bytes
+    if resumed + written != n_needed:
+        raise RuntimeError(f"{store_path}: {n_needed - resumed - written} pixel chunks were left unwritten")
     timings = dict(plan.timings_s)
     timings["pixels_s"] = time.perf_counter() - t
     write_grid(plan, store)

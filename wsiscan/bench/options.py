@@ -21,8 +21,11 @@ NOTES = [
     " decoded bytes are RGB bytes requested at the level read",
     "tissue_mask: wsiscan = block-by-block thumbnail + detect_tissue; naive = the whole level in one read_region call,"
     " PIL BOX resize, the same detect_tissue",
+    "feed: the streaming pipeline of predict (decode threads -> unit regions -> cut, gather and uint8 -> float32"
+    " channels_last on the device) with the model skipped, on an empty store (every chunk decoded); planning apart",
     "model: wsiscan = the Ensemble predict uses (precision and channels_last as reported), naive = the same weights in"
-    " fp32 NCHW; both on batches already on the device, after two warm-up batches",
+    " fp32 NCHW; both on batches already on the device, after two warm-up batches; each timed run lasts at least"
+    " --model-seconds (and --model-batches batches)",
     "end_to_end: wall time from starting `wsiscan predict` to all outputs written (subprocess, cold: no store to"
     " resume); naive = read_region per patch in a DataLoader (--naive-workers), fp32 model, probabilities pasted into a"
     " whole-slide numpy canvas, nothing written; peak RSS summed over each process tree, sampled every 20 ms",
@@ -47,11 +50,12 @@ class BenchOptions:
     naive_batch_size: int = 64
     naive_max_tiles: int = 2000
     model_batches: int = 10
+    model_seconds: float = 5.0  # shortest timed model-only run
     compile: bool = False
     compare_src: Path | None = None
     smoke: bool = False
     cache_dir: Path = REPO / "bench-out" / "slides"
     work_dir: Path | None = None
     seed: int = 0
-    skip: tuple[str, ...] = ()  # any of tiling, decode, tissue, model, e2e
+    skip: tuple[str, ...] = ()  # any of tiling, feed, decode, tissue, model, e2e
     progress: Callable[[str], None] = field(default=lambda msg: None)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .environment import device_info, load_avg_1m
+from .feed import bench_feed
 from .inputs import benchmark_slide, make_checkpoint, smoke_slide
 from .options import NOTES, SCHEMA_VERSION, BenchOptions, MiB
 from .runner import _ratio, check_compare_src
@@ -26,6 +27,7 @@ def run_bench(opts: BenchOptions, *, command: str) -> dict[str, Any]:
     if opts.smoke:
         opts.repeats = min(opts.repeats, 1)
         opts.model_batches = min(opts.model_batches, 2)
+        opts.model_seconds = 0.0
         opts.batch_size = opts.batch_size or 8
         opts.naive_max_tiles = min(opts.naive_max_tiles, 50)
     t0 = time.perf_counter()
@@ -53,7 +55,7 @@ def run_bench(opts: BenchOptions, *, command: str) -> dict[str, Any]:
             "slide": {"path": str(slide), "dimensions_px": list(info.dimensions_px),
                       "mpp": info.mpp.mpp if info.mpp else None, "vendor": info.vendor,
                       "file_size_bytes": info.file_size_bytes, "generated": generated},
-            "tiling": [], "decode": None, "tissue_mask": None, "model": [], "end_to_end": [],
+            "tiling": [], "feed": [], "decode": None, "tissue_mask": None, "model": [], "end_to_end": [],
             "compare_src": str(opts.compare_src) if opts.compare_src else None,
             "compare_src_package": str(check_compare_src(opts.compare_src)) if opts.compare_src else None,
             "notes": NOTES,
@@ -65,6 +67,12 @@ def run_bench(opts: BenchOptions, *, command: str) -> dict[str, Any]:
             for stride in opts.strides_px:
                 report["tiling"].append(bench_tiling(slide, stride, opts, work))
             sections["tiling"] = time.perf_counter() - t
+        if "feed" not in opts.skip:
+            opts.progress("feed rate: patches delivered to the device, model skipped ...")
+            t = time.perf_counter()
+            for stride in opts.strides_px:
+                report["feed"].append(bench_feed(slide, stride, device, opts, work))
+            sections["feed"] = time.perf_counter() - t
         if "decode" not in opts.skip:
             opts.progress("decode: OpenSlide vs raw TIFF tiles ...")
             t = time.perf_counter()
@@ -129,6 +137,11 @@ def format_table(r: dict[str, Any]) -> str:
             t, _ratio(t["wsiscan"]["pixels_decoded_mb_per_s"], t["naive"]["decoded_mb_per_s"]))
         row("  CPU s of the run, user+sys (least)", lambda x: x.get("cpu_s_min"), t, None, ".2f")
         row("  peak RSS MB", lambda x: x["peak_rss_mb"], t, None, ".0f")
+    for f in r.get("feed") or []:
+        lines.append(f"feed rate, stride {f['stride_px']} px: {f['n_patches']} patches decoded, cut and converted on "
+                     f"{f['device']} by {f['workers']} decode threads, no model (planning {f['plan_s']:.1f} s apart)")
+        lines.append(f"{'  patches/s delivered':<44}{f['patches_per_s']:>12.0f}")
+        lines.append(f"{'  decode MB/s':<44}{f['decoded_mb_per_s']:>12.0f}")
     dc = r.get("decode")
     if dc:
         lines.append(f"decode only, {dc['n_chunks']} supertile chunks, one thread, nothing stored "

@@ -36,16 +36,20 @@ def _command_line() -> str:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model in the model-only figures.")
 @click.option("--repeats", type=int, default=3, show_default=True,
               help="Runs of each contender, interleaved; the fastest is reported.")
-@click.option("--workers", type=int, default=None, help="wsiscan's decode threads (default: one per core, at most 8).")
-@click.option("--naive-workers", type=int, default=2, show_default=True, help="DataLoader workers of the naive pipeline.")
+@click.option("--workers", type=int, default=None, help="wsiscan's decode threads (default: one per usable core that memory allows).")
+@click.option("--naive-workers", type=int, default=None,
+              help="DataLoader workers of the naive pipeline (default: one per usable core, as peers set it).")
 @click.option("--naive-batch-size", type=int, default=64, show_default=True, help="Batch size of the naive pipeline.")
 @click.option("--naive-max-tiles", type=int, default=2000, show_default=True,
               help="The naive tiling run reads at most this many patches; its rate is extrapolated to all of them.")
-@click.option("--model-batches", type=int, default=10, show_default=True, help="Timed batches per model-only run.")
+@click.option("--model-batches", type=int, default=10, show_default=True,
+              help="Timed batches per model-only run, at least; each run lasts --model-seconds too.")
+@click.option("--model-seconds", type=float, default=5.0, show_default=True,
+              help="Shortest timed model-only run (stable figures need seconds, not a few batches).")
 @click.option("--compare-src", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Also run `wsiscan tile` and `wsiscan predict` from this source tree (a folder holding the "
                    "wsiscan package, e.g. an older commit's) as a 'before' contender.")
-@click.option("--skip", type=click.Choice(["tiling", "decode", "tissue", "model", "e2e"]), multiple=True,
+@click.option("--skip", type=click.Choice(["tiling", "feed", "decode", "tissue", "model", "e2e"]), multiple=True,
               help="Leave a section out (repeat).")
 @click.option("--smoke", is_flag=True, help="CI-sized run: a tiny synthetic slide, few patches, one repeat (seconds).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
@@ -56,7 +60,7 @@ def _command_line() -> str:
               help="Write the JSON report here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 def bench(slide, size, archs, strides, device, precision, batch_size, compile_, repeats, workers, naive_workers,
-          naive_batch_size, naive_max_tiles, model_batches, compare_src, skip, smoke, cache_dir, work_dir, out_path,
+          naive_batch_size, naive_max_tiles, model_batches, model_seconds, compare_src, skip, smoke, cache_dir, work_dir, out_path,
           quiet) -> None:
     """Measure throughput against naive baselines in the same run; print a table, write JSON.
 
@@ -66,13 +70,16 @@ def bench(slide, size, archs, strides, device, precision, batch_size, compile_, 
     """
     from ..bench import BenchOptions, format_table, run_bench
 
+    from ..tissue import usable_cores
+
+    naive_workers = naive_workers if naive_workers is not None else usable_cores(at_most=1 << 16)
     if repeats < 1 or model_batches < 1 or naive_max_tiles < 1:
         raise click.BadParameter("--repeats, --model-batches and --naive-max-tiles must be >= 1")
     opts = BenchOptions(
         slide=slide, size=size, archs=tuple(archs) or ("resnet18",), strides_px=tuple(strides) or (96,),
         device=device, precision=precision, batch_size=batch_size, repeats=repeats, workers=workers,
         naive_workers=naive_workers, naive_batch_size=naive_batch_size, naive_max_tiles=naive_max_tiles,
-        model_batches=model_batches, compile=compile_, compare_src=compare_src.resolve() if compare_src else None,
+        model_batches=model_batches, model_seconds=model_seconds, compile=compile_, compare_src=compare_src.resolve() if compare_src else None,
         smoke=smoke, work_dir=work_dir, skip=tuple(skip), progress=(lambda m: None) if quiet else echo_err,
     )
     if cache_dir is not None:

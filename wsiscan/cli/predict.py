@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import WsiscanError
 from . import echo_err, main
 from .slides import build_config, tiling_options
 from .speak import speak_at_end, speak_results, speech_options
@@ -28,18 +27,22 @@ from .speak import speak_at_end, speak_results, speech_options
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model(s).")
 @click.option("--threshold", type=float, default=None, help="Tumour probability threshold for regions and area.")
 @click.option("--target-mpp", type=float, default=None, help="Override the model's input resolution, um/px.")
-@click.option("--loader-workers", type=int, default=None, help="Threads reading the tile store ahead of the model.")
+@click.option("--loader-workers", type=int, default=None,
+              help="Unit regions decoded and queued ahead of the model (default 2).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask cluster, one task per slide (e.g. tcp://host:8786).")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="With --workers/--scheduler: how often a slide is given to another worker after its worker "
                    "died (or an unexpected error); a slide's own error (corrupt file...) is never retried.")
 @click.option("--decode-workers", type=int, default=None,
-              help="Tiling decode processes of a single-process run (default: one per core, at most 8).")
+              help="Decode threads of a single-process run (default: one per usable core that memory allows).")
+@click.option("--keep-pixels/--no-keep-pixels", default=None,
+              help="Also keep the decoded pixels in store.zarr/pixels (default: no, predict.keep_pixels; "
+                   "the heatmap chunks alone make a killed run resumable).")
 @speech_options
 def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_tissue, workers, overwrite, quiet,
             model_names, device, batch_size, precision, tta, compile_, threshold, target_mpp, loader_workers,
-            scheduler, retries, decode_workers, speak, speak_wav) -> None:
+            scheduler, retries, decode_workers, keep_pixels, speak, speak_wav) -> None:
     """Tumour-probability heatmap for each SLIDE.
 
     SLIDE is a slide file, a glob pattern (quoted: "dir/*.svs") or a CSV list with a
@@ -66,7 +69,7 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
                        workers=decode_workers)
     cfg = cfg.replace("predict", model=tuple(model_names) or None, device=device, batch_size=batch_size,
                       precision=precision, tta=tta, compile=compile_, threshold=threshold,
-                      loader_workers=loader_workers)
+                      loader_workers=loader_workers, keep_pixels=keep_pixels)
     # the workers of an existing cluster choose their own device; everything else is checked here first
     dev = select_device(cfg.predict.device) if not scheduler else None
     models = load_models(cfg.predict.model)
@@ -98,7 +101,8 @@ def _slide_line(record: dict) -> str:
 
 
 def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet: bool) -> None:
-    """Today's single-process run: the slides one after the other, no Dask.
+    """The single-process run: the slides one after the other, no Dask; a slide's outputs
+    are drawn while the next slide is decoding (see wsiscan.predict.predict_in_turn).
 
     Issue 12: the manifest has every documented top-level field (run_id, versions,
     started/finished, totals) and each slide's absolute path, and is merged into the
@@ -108,7 +112,7 @@ def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet:
 
     from ..config import runtime_versions
     from ..manifest import new_run_id, run_totals, write_manifest_merged
-    from ..predict import config_hash, predict_slide, result_record, slide_config
+    from ..predict import config_hash, predict_in_turn, result_record, slide_config
     from ..tiling import slide_id_for
 
     t_run = time.perf_counter()
@@ -117,20 +121,19 @@ def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet:
                 "config_hash": config_hash(cfg), "versions": runtime_versions(), "started": time.time(),
                 "finished": None, "slides": []}
     failed = 0
-    for job in jobs:
-        t0 = time.perf_counter()
-        started = time.time()
+    t0 = time.perf_counter()
+    started = time.time()
+    results = predict_in_turn(jobs, out_dir, cfg, models, device=dev, overwrite=overwrite, progress=not quiet,
+                              job_config=lambda job: slide_config(cfg, job))
+    for job, summary, exc in results:
         job_cfg = slide_config(cfg, job)
         entry = {"slide": os.path.abspath(job.path), "slide_id": slide_id_for(job.path), "slide_mpp": job.slide_mpp,
                  "skipped": False, "error": None, "worker": "local", "attempts": 1, "retries": 0,
                  "workers": ["local"], "started": started, "model_hash": models.identity,
                  "config_hash": config_hash(job_cfg)}
-        try:
-            summary = predict_slide(job.path, out_dir, job_cfg, models, device=dev, overwrite=overwrite,
-                                    progress=not quiet)
-        except WsiscanError as exc:
+        if exc is not None:
             if len(jobs) == 1:
-                raise
+                raise exc
             failed += 1
             echo_err(f"wsiscan: error: {exc}")
             entry.update(status="failed", error=str(exc), error_type=type(exc).__name__,
@@ -139,6 +142,8 @@ def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet:
             record = result_record(summary)
             entry.update(status="complete", **record, seconds=summary["timings_s"]["total_s"], finished=time.time())
             click.echo(f"{_slide_line(record)}, {entry['seconds']:.1f} s -> {Path(out_dir) / record['slide_id']}")
+        t0 = time.perf_counter()
+        started = time.time()
         manifest["slides"].append(entry)
         manifest["totals"] = run_totals(manifest["slides"], elapsed_s=time.perf_counter() - t_run)
         if job is jobs[-1]:

@@ -80,7 +80,7 @@ def tiling_options(func):
         click.option("--tile-size-px", type=int, default=None, help="Patch side in px at the target resolution."),
         click.option("--stride-px", type=int, default=None, help="Distance between patches in px (32: one patch per PCam centre cell)."),
         click.option("--min-tissue", type=float, default=None, help="Smallest tissue fraction of a kept patch (0-1)."),
-        click.option("--workers", type=int, default=None, help="Parallel decoders: threads below 256 chunks, processes from 256 (default: one per core, at most 8)."),
+        click.option("--workers", type=int, default=None, help="Parallel decoders: threads below 256 chunks, processes from 256 (default: one per usable core that memory allows)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing result for another slide or configuration."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
     ]

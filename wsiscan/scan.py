@@ -1,0 +1,430 @@
+"""The streaming scan engine: one pipeline behind ``tile`` and ``predict``.
+
+Stages run concurrently, joined by bounded queues (memory stays flat whatever the
+slide size)::
+
+    plan (thumbnail, tissue, grid)        main thread, while the device side is prepared
+      -> decode      store chunks, in worker threads (one slide handle each), row-major;
+                     a chunk already in the store is read from it instead
+      -> pixels      optional: a writer behind the stream keeps the decoded chunks in
+                     the store; the stream never reads them back
+      -> units       regions of U x U tiles cut from the decoded chunks (a small cache
+                     holds a chunk until the last unit that overlaps it has been cut)
+      -> device      :class:`wsiscan.inference.DeviceScorer`: uint8 -> model input in one
+                     step, batches of one size, probabilities kept on the device
+      -> heatmap     a writer thread writes each heatmap chunk once all its units are
+                     scored (the unit of resume)
+
+The pixels of a unit are exactly those a store read would give (each store chunk is
+decoded by the same call, and glass outside ``chunks_needed`` is white, the store's
+fill value), so a streamed heatmap equals one made from stored pixels bit for bit.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .inference import UnitPlan
+from .store import TileStore
+from .tiling import PROCESS_MIN_CHUNKS, TilingPlan, _decode_run, _glass_tile_keep, open_configured_slide, write_pixels
+
+__all__ = ["Pipeline", "ScanStats", "units_with_work", "stream_chunks", "stream_units", "scan_slide"]
+
+_END = object()
+
+
+class _Aborted(Exception):
+    """Another stage failed: this one stops quietly (the first error is raised by ``join``)."""
+
+
+class Channel:
+    """A bounded queue whose waits give up when the pipeline is aborted."""
+
+    def __init__(self, pipeline: "Pipeline", maxsize: int) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
+        self._abort = pipeline.abort
+
+    def put(self, item: Any) -> None:
+        while True:
+            if self._abort.is_set():
+                raise _Aborted
+            try:
+                self._q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def get(self) -> Any:
+        while True:
+            if self._abort.is_set():
+                raise _Aborted
+            try:
+                return self._q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def __iter__(self) -> Iterator[Any]:
+        while (item := self.get()) is not _END:
+            yield item
+
+    def close(self, n_readers: int = 1) -> None:
+        for _ in range(n_readers):
+            self.put(_END)
+
+
+class Pipeline:
+    """Threads of one scan; the first error (any ``BaseException``) aborts all and is re-raised by ``join``."""
+
+    def __init__(self) -> None:
+        self.abort = threading.Event()
+        self._errors: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+
+    def channel(self, maxsize: int) -> Channel:
+        return Channel(self, maxsize)
+
+    def fail(self, exc: BaseException) -> None:
+        if not isinstance(exc, _Aborted):
+            self._errors.append(exc)
+        self.abort.set()
+
+    def start(self, name: str, fn: Callable[[], None]) -> None:
+        def body() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread by join()
+                self.fail(exc)
+
+        t = threading.Thread(target=body, name=f"wsiscan-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join()
+        if self._errors:
+            raise self._errors[0]
+
+
+@dataclass
+class ScanStats:
+    chunks_decoded: int = 0
+    chunks_from_store: int = 0
+    chunks_written: int = 0  # pixel chunks kept in the store by this run
+    decoded_bytes: int = 0  # bytes decoded at the level read
+    glass_skipped_bytes: int = 0
+    units: int = 0
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def units_with_work(plan: UnitPlan, kept_rc: np.ndarray, hm_chunk_done: Callable[[int, int], bool]
+                    ) -> tuple[list[tuple[int, int]], list[np.ndarray], dict[tuple[int, int], int], int]:
+    """Group the kept tiles whose heatmap chunk is not yet written into units.
+
+    Returns (units row-major, each unit's (k, 2) tile row/col, units per heatmap chunk,
+    tiles already scored).  A unit's tiles all lie in one heatmap chunk (a chunk is
+    K x K units).
+    """
+    hc, u = plan.hm_chunk, plan.tiles_per_unit
+    kept_rc = np.asarray(kept_rc, np.int64).reshape(-1, 2)
+    unit_r, unit_c = kept_rc[:, 0] // u, kept_rc[:, 1] // u
+    order = np.lexsort((kept_rc[:, 1], kept_rc[:, 0], unit_c, unit_r))
+    kept_rc, unit_r, unit_c = kept_rc[order], unit_r[order], unit_c[order]
+    keys = unit_r * (plan.n_cols // u + 2) + unit_c
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(keys)]
+    units: list[tuple[int, int]] = []
+    tiles: list[np.ndarray] = []
+    per_chunk: dict[tuple[int, int], int] = {}
+    done_cache: dict[tuple[int, int], bool] = {}
+    resumed = 0
+    for a, b in zip(starts, ends):
+        ur, uc = int(unit_r[a]), int(unit_c[a])
+        chunk = (ur * u // hc, uc * u // hc)
+        if chunk not in done_cache:
+            done_cache[chunk] = hm_chunk_done(*chunk)
+        if done_cache[chunk]:
+            resumed += int(b - a)
+            continue
+        units.append((ur, uc))
+        tiles.append(kept_rc[a:b])
+        per_chunk[chunk] = per_chunk.get(chunk, 0) + 1
+    return units, tiles, per_chunk, resumed
+
+
+def _unit_chunks(tplan: TilingPlan, uplan: UnitPlan, ur: int, uc: int) -> list[tuple[int, int]]:
+    """Store chunks (row-major) that the box of unit (ur, uc) overlaps, clipped to the slide."""
+    geo = tplan.geometry
+    s = geo.supertile_px
+    x0, y0, x1, y1 = uplan.unit_px_box(ur, uc)
+    x1, y1 = min(x1, geo.width_px), min(y1, geo.height_px)
+    return [(ci, cj) for ci in range(y0 // s, (y1 - 1) // s + 1) for cj in range(x0 // s, (x1 - 1) // s + 1)]
+
+
+def stream_chunks(tplan: TilingPlan, store: TileStore, chunks: list[tuple[int, int]], *, workers: int,
+                  stats: ScanStats, max_run: int = 4) -> Iterator[tuple[tuple[int, int], np.ndarray, bool]]:
+    """Yield ((ci, cj), pixels, decoded) for ``chunks`` in row-major order.
+
+    A chunk already in the store is read from it (``decoded`` False); the others are
+    decoded from the slide by ``workers`` threads, each with its own slide handle, in
+    runs of up to ``max_run`` neighbours (one read call each, as ``tile`` stores them).
+    At most ``2 * workers`` runs are in flight.
+    """
+    chunks = sorted(chunks)
+    stored = [store.chunk_done(ci, cj) for ci, cj in chunks]
+    runs: list[tuple[int, int, int, bool]] = []  # (ci, cj0, cj1, from store)
+    for (ci, cj), from_store in zip(chunks, stored):
+        last = runs[-1] if runs else None
+        if last and last[0] == ci and last[2] == cj and last[3] == from_store and last[2] - last[1] < max_run:
+            runs[-1] = (ci, last[1], cj + 1, from_store)
+        else:
+            runs.append((ci, cj, cj + 1, from_store))
+    tile_keep = _glass_tile_keep(tplan)
+    sel, geo, s = tplan.selection, tplan.geometry, tplan.geometry.supertile_px
+    local = threading.local()
+    handles: list[Any] = []
+    lock = threading.Lock()
+
+    class _Parts:  # collects what _decode_run would have written, so it can be streamed instead
+        def __init__(self) -> None:
+            self.data: np.ndarray | None = None
+
+        def write_chunk(self, ci: int, cj: int, data: np.ndarray) -> None:
+            self.data = data
+
+    def work(run: tuple[int, int, int, bool]) -> tuple[np.ndarray, int, int]:
+        ci, cj0, cj1, from_store = run
+        if from_store:
+            x0, y0, _, y1 = geo.chunk_box_px(ci, cj0)
+            x1 = geo.chunk_box_px(ci, cj1 - 1)[2]
+            return store.pixels[y0:y1, x0:x1], 0, 0
+        slide = getattr(local, "slide", None)
+        if slide is None:
+            slide = local.slide = open_configured_slide(tplan.slide_path, tplan.config)
+            with lock:
+                handles.append(slide)
+        sink = _Parts()
+        _, decoded, skipped = _decode_run(ci, cj0, cj1, sel, geo, slide, sink, tile_keep)  # type: ignore[arg-type]
+        assert sink.data is not None
+        return sink.data, decoded, skipped
+
+    n_workers = max(1, workers)
+    try:
+        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="wsiscan-decode") as pool:
+            ahead: deque = deque()
+            it = iter(runs)
+            for run in it:
+                ahead.append((run, pool.submit(work, run)))
+                if len(ahead) >= 2 * n_workers:
+                    break
+            try:
+                while ahead:
+                    run, fut = ahead.popleft()
+                    data, decoded, skipped = fut.result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        ahead.append((nxt, pool.submit(work, nxt)))
+                    ci, cj0, cj1, from_store = run
+                    stats.decoded_bytes += decoded
+                    stats.glass_skipped_bytes += skipped
+                    for cj in range(cj0, cj1):
+                        if from_store:
+                            stats.chunks_from_store += 1
+                        else:
+                            stats.chunks_decoded += 1
+                        a = (cj - cj0) * s
+                        yield (ci, cj), data[:, a : a + s], not from_store
+            finally:
+                for _, fut in ahead:
+                    fut.cancel()
+    finally:
+        for h in handles:
+            h.close()
+
+
+def stream_units(tplan: TilingPlan, uplan: UnitPlan, units: list[tuple[int, int]],
+                 chunks: Iterator[tuple[tuple[int, int], np.ndarray, bool]],
+                 region_buffer: Callable[[tuple[int, int]], np.ndarray] | None = None,
+                 on_chunk: Callable[[tuple[int, int], np.ndarray, bool], None] | None = None,
+                 ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (unit index, (H, W, 3) uint8 region) in unit order as the chunks arrive.
+
+    A region holds exactly what ``TileStore.read_px(unit_px_box)`` would return: the
+    chunks it overlaps, white outside the slide and where no chunk is streamed (glass).
+    ``region_buffer(shape)`` gives the array to fill (pinned host memory for CUDA).
+    Every chunk is also handed to ``on_chunk`` (the pixel writer) as it arrives.
+    """
+    geo = tplan.geometry
+    s = geo.supertile_px
+    needs = [_unit_chunks(tplan, uplan, ur, uc) for ur, uc in units]
+    refs: dict[tuple[int, int], int] = {}
+    for cs in needs:
+        for c in cs:
+            refs[c] = refs.get(c, 0) + 1
+    cache: dict[tuple[int, int], np.ndarray] = {}
+    frontier: tuple[int, int] = (-1, -1)  # the last chunk streamed (row-major)
+    next_unit = 0
+
+    def emit_ready() -> Iterator[tuple[int, np.ndarray]]:
+        nonlocal next_unit
+        while next_unit < len(units) and needs[next_unit][-1] <= frontier:
+            i = next_unit
+            ur, uc = units[i]
+            x0, y0, x1, y1 = uplan.unit_px_box(ur, uc)
+            shape = (y1 - y0, x1 - x0, 3)
+            region = region_buffer(shape) if region_buffer else np.empty(shape, np.uint8)
+            region[...] = 255
+            for c in needs[i]:
+                data = cache.get(c)
+                if data is not None:
+                    cx0, cy0 = c[1] * s, c[0] * s
+                    ax0, ay0 = max(x0, cx0), max(y0, cy0)
+                    ax1, ay1 = min(x1, cx0 + data.shape[1]), min(y1, cy0 + data.shape[0])
+                    if ax1 > ax0 and ay1 > ay0:
+                        region[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = data[ay0 - cy0 : ay1 - cy0,
+                                                                               ax0 - cx0 : ax1 - cx0]
+                refs[c] -= 1
+                if refs[c] == 0:
+                    cache.pop(c, None)
+            next_unit += 1
+            yield i, region
+
+    for key, data, decoded in chunks:
+        if on_chunk is not None:
+            on_chunk(key, data, decoded)
+        if refs.get(key):
+            cache[key] = data
+        frontier = key
+        yield from emit_ready()
+    frontier = (1 << 30, 0)  # the rest overlap only chunks that are not streamed: white
+    yield from emit_ready()
+
+
+_HEAP_BOUNDED = False
+
+
+def _bound_heap() -> None:
+    """Serve allocations from 1 MiB up with mmap, returned to the OS when freed (glibc only).
+
+    glibc raises its mmap threshold after each large free (up to 32 MiB), after which the
+    1.7 MB chunk and region buffers of the decode threads and the varying patch batches
+    come from the heap arenas, fragment them and stay resident: measured on the
+    Camelyon-sized slide, resident memory grew by about 800 MB over the scan.  A fixed
+    threshold stops that.
+    """
+    global _HEAP_BOUNDED
+    if _HEAP_BOUNDED:
+        return
+    import ctypes
+    import ctypes.util
+
+    _HEAP_BOUNDED = True
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):  # not glibc
+        return
+    if mallopt is not None:
+        mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
+def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels: bool,
+               uplan: UnitPlan | None = None, units: list[tuple[int, int]] | None = None,
+               consume: Callable[[Iterator[tuple[int, np.ndarray]]], None] | None = None,
+               region_buffer: Callable[[tuple[int, int]], np.ndarray] | None = None,
+               pipeline: Pipeline | None = None, queue_units: int = 4, progress: bool = False) -> ScanStats:
+    """Decode the chunks the ``units`` need (and, with ``keep_pixels``, every needed chunk
+    not yet stored, written behind the stream) and hand the unit regions to ``consume``
+    (run in this thread; the device stage).  Returns the counters."""
+    _bound_heap()
+    stats = ScanStats()
+    t0 = time.perf_counter()
+    needed = {tuple(map(int, ij)) for ij in np.argwhere(tplan.chunks_needed)}
+    units = units or []
+    want: set[tuple[int, int]] = set()
+    if uplan is not None:
+        for ur, uc in units:
+            want.update(c for c in _unit_chunks(tplan, uplan, ur, uc) if c in needed)
+    if keep_pixels:
+        want.update(c for c in needed if not store.chunk_done(*c))
+    if consume is None and keep_pixels and workers > 1 and len(want) >= PROCESS_MIN_CHUNKS:
+        # nothing consumes the pixels (``tile``) and there are many: decoding processes
+        # write their chunks themselves (zarr's per-chunk Python does not scale in threads)
+        written, resumed, decoded = write_pixels(tplan, store, workers=workers, progress=progress)
+        stats.chunks_decoded = stats.chunks_written = written
+        stats.decoded_bytes = decoded
+        stats.timings_s["scan_s"] = stats.timings_s["decode_s"] = time.perf_counter() - t0
+        return stats
+    pipe = pipeline or Pipeline()
+    # several writers: zarr compresses and writes distinct chunks independently
+    n_writers = max(1, min(4, workers))
+    writer_q = pipe.channel(2 * max(1, workers)) if keep_pixels else None
+    lock = threading.Lock()
+
+    def write_behind() -> None:
+        assert writer_q is not None
+        for (ci, cj), data in writer_q:
+            store.write_chunk(ci, cj, data)
+            with lock:
+                stats.chunks_written += 1
+
+    if writer_q is not None:
+        for k in range(n_writers):
+            pipe.start(f"pixel-writer-{k}", write_behind)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(want), unit="chunk", desc=f"decoding {tplan.slide_path.name}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+
+    def on_chunk(key: tuple[int, int], data: np.ndarray, decoded: bool) -> None:
+        bar.update(1)
+        if writer_q is not None and decoded:
+            writer_q.put((key, data))
+
+    try:
+        chunk_stream = stream_chunks(tplan, store, sorted(want), workers=workers, stats=stats)
+        if uplan is None or consume is None:
+            for key, data, decoded in chunk_stream:
+                on_chunk(key, data, decoded)
+            stats.timings_s["decode_s"] = time.perf_counter() - t0
+        else:
+            regions = stream_units(tplan, uplan, units, chunk_stream, region_buffer=region_buffer,
+                                   on_chunk=on_chunk)
+            unit_q = pipe.channel(queue_units)
+
+            def produce() -> None:
+                try:
+                    for item in regions:
+                        unit_q.put(item)
+                        stats.units += 1
+                    stats.timings_s["decode_s"] = time.perf_counter() - t0
+                    unit_q.close()
+                finally:
+                    regions.close()  # stops the decoders and closes their slide handles
+
+            pipe.start("decode", produce)
+            consume(iter(unit_q))
+        if writer_q is not None:
+            writer_q.close(n_writers)
+    except BaseException as exc:
+        pipe.fail(exc)
+    finally:
+        bar.close()
+    pipe.join()
+    stats.timings_s["scan_s"] = time.perf_counter() - t0
+    tile_keep = _glass_tile_keep(tplan)
+    store.update_meta(decode={
+        "reader": tplan.pixel_reader, "glass_skip": tplan.glass_skip, "decoded_bytes": stats.decoded_bytes,
+        "glass_skipped_bytes": stats.glass_skipped_bytes,
+        "lv_tiles_near_tissue": None if tile_keep is None else int(tile_keep.sum()),
+        "lv_tiles_total": None if tile_keep is None else int(tile_keep.size)})
+    return stats
