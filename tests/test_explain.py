@@ -244,13 +244,15 @@ def test_explain_images_and_a_list(tmp_path, mark_ckpt):
 
 
 def test_explain_result_folder_top_patches_and_region(synthetic_slide, tiny_ckpt, tmp_path):
-    r = run("predict", synthetic_slide.path, "-o", tmp_path / "out", "--model", tiny_ckpt, "-q", "--threshold", "0.5")
+    r = run("predict", synthetic_slide.path, "-o", tmp_path / "out", "--model", tiny_ckpt, "-q", "--threshold", "0.5",
+            "--keep-pixels")
     assert r.exit_code == 0, r.output
     slide_dir = next(d for d in (tmp_path / "out").iterdir() if d.is_dir())
     out = tmp_path / "ex"
     r = run("explain", slide_dir, "-o", out, "--top-k", "3", "--method", "gradcam")  # the result's own model
     assert r.exit_code == 0, r.output
     index = json.loads((out / "index.json").read_text())
+    assert index["source"]["pixels"] == "store"
     probs = [p["probability"] for p in index["patches"]]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True)
     for p in index["patches"]:  # the patch re-read from the store scores what the heatmap holds
@@ -265,6 +267,31 @@ def test_explain_result_folder_top_patches_and_region(synthetic_slide, tiny_ckpt
     r = run("explain", slide_dir, "-o", tmp_path / "ex-bad", "--region", str(len(regions) + 1))
     assert_one_line_error(r, "tumor.geojson", f"--region {len(regions) + 1}")
     _no_partials(tmp_path / "ex-bad")
+
+
+def test_explain_result_folder_without_kept_pixels_reads_the_slide(synthetic_slide, tiny_ckpt, tmp_path):
+    """predict's default keeps no pixels: explain decodes the patches from the slide file, the very
+    pixels predict scored; with the slide file gone too, one line says so."""
+    import shutil
+
+    slide = tmp_path / "moved" / synthetic_slide.path.name
+    slide.parent.mkdir()
+    shutil.copy(synthetic_slide.path, slide)
+    r = run("predict", slide, "-o", tmp_path / "out", "--model", tiny_ckpt, "-q")
+    assert r.exit_code == 0, r.output
+    slide_dir = next(d for d in (tmp_path / "out").iterdir() if d.is_dir())
+    summary = json.loads((slide_dir / "summary.json").read_text())
+    assert summary["store"]["pixels_kept"] is False and summary["store"]["pixel_bytes_on_disk"] < 10_000
+    r = run("explain", slide_dir, "-o", tmp_path / "ex", "--top-k", "4", "--method", "gradcam")
+    assert r.exit_code == 0, r.output
+    index = json.loads((tmp_path / "ex" / "index.json").read_text())
+    assert index["source"]["pixels"] == "slide file" and len(index["patches"]) == 4
+    for p in index["patches"]:  # the patch decoded from the slide scores what the heatmap holds
+        assert p["probability"] == pytest.approx(p["origin"]["heatmap_probability"], abs=1e-5)
+    slide.unlink()
+    r = run("explain", slide_dir, "-o", tmp_path / "ex-gone", "--top-k", "2", "--method", "gradcam")
+    assert_one_line_error(r, "pixels not kept and slide file missing", str(slide), "--keep-pixels")
+    _no_partials(tmp_path / "ex-gone")
 
 
 def test_explain_cli_errors(kaggle_folder, tiny_ckpt, mark_ckpt, tmp_path):

@@ -2,8 +2,9 @@
 
 A result folder ``OUT/<slide-id>`` gives the top-k patches of the slide, or of one region
 of its ``tumor.geojson``; the heatmap is scanned chunk by chunk (a running top-k), and
-the patches are read from the tile store's pixels, which are at the resolution the
-slide was scored at.
+the patches are read at the resolution the slide was scored at: from the tile store's
+pixels when predict kept them (``--keep-pixels``), else from the slide file the store
+records, decoded as predict decoded it (:mod:`wsiscan.slide_pixels`).
 """
 
 from __future__ import annotations
@@ -145,9 +146,13 @@ def patches_from_result(slide_dir: Path, *, top_k: int, region_rank: int | None,
     cells = _top_cells(store, frame, top_k=top_k, region=region)
     if not cells:
         raise DatasetError(f"{slide_dir}: no scored patch{' inside that region' if region is not None else ''}")
+    from ..slide_pixels import open_store_pixels
+
     size, stride = frame.tile_size_px, frame.stride_px
-    patches = np.stack([store.read_px(px_box=(c * stride, r * stride, c * stride + size, r * stride + size))
-                        for _, r, c in cells])
+    boxes = [(c * stride, r * stride, c * stride + size, r * stride + size) for _, r, c in cells]
+    with open_store_pixels(store) as pixels:
+        from_store = all(pixels.stored(b) for b in boxes)
+        patches = np.stack([pixels.read_px(px_box=b) for b in boxes])
     l0 = frame.l0_per_px
     origins = [{"slide_dir": str(slide_dir), "row": r, "col": c, "heatmap_probability": p,
                 "l0_xy": [int(round(c * stride * l0)), int(round(r * stride * l0))],
@@ -155,4 +160,5 @@ def patches_from_result(slide_dir: Path, *, top_k: int, region_rank: int | None,
     ids = [f"{slide_dir.name}-r{r}-c{c}" for _, r, c in cells]
     return PatchSet(patches, ids, [None] * len(ids), origins,
                     {"kind": "result", "path": str(slide_dir), "top_k": top_k, "region": region_rank,
-                     "px_mpp": frame.px_mpp, "stride_px": stride})
+                     "px_mpp": frame.px_mpp, "stride_px": stride,
+                     "pixels": "store" if from_store else "slide file"})
