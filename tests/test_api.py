@@ -20,7 +20,8 @@ from hub_cache import WSINFER_CONFIG, write_wsinfer_folder
 @pytest.fixture(scope="module")
 def tiny_result(tmp_path_factory, synthetic_slide, tiny_ckpt):
     out = tmp_path_factory.mktemp("api")
-    return wsiscan.score_slide(synthetic_slide.path, out, model=str(tiny_ckpt), device="cpu", stride_px=96)
+    return wsiscan.score_slide(synthetic_slide.path, out, model=str(tiny_ckpt), device="cpu", stride_px=96,
+                               keep_pixels=True)
 
 
 def test_public_names_resolve_and_import_stays_light():

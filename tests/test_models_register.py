@@ -81,7 +81,8 @@ def test_registered_network_trains_evaluates_and_predicts(mine, tmp_path, synthe
     assert spec.arch == "mine" and isinstance(model, Mine) and result.epochs_run == 2
     report = train.evaluate_model(str(best), data, "test", tmp_path / "eval", device="cpu", workers=0)
     assert report["model"]["arch"] == "mine" and 0.0 <= report["metrics"]["auc"] <= 1.0
-    r = run("predict", synthetic_slide.path, "-o", tmp_path / "out", "--model", best, "-q", "--device", "cpu")
+    r = run("predict", synthetic_slide.path, "-o", tmp_path / "out", "--model", best, "-q", "--device", "cpu",
+            "--keep-pixels")
     assert r.exit_code == 0, r.output
     heat = zarr.open_group(str(tmp_path / "out" / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
     assert heat.ndim == 2 and np.isfinite(heat).sum() > 50

@@ -35,7 +35,7 @@ def folder_result(tmp_path_factory, synthetic_slide):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WSISCAN_HOME", str(root / "home"))
         r = run("predict", synthetic_slide.path, "-o", out, "--model", folder, "-q", "--device", "cpu",
-                "--threshold", "0.4", "--stride-px", 64)
+                "--threshold", "0.4", "--stride-px", 64, "--keep-pixels")
     assert r.exit_code == 0, r.output
     return folder, out / "synthetic"
 
@@ -197,7 +197,7 @@ def test_rerun_resumes_every_multiclass_chunk(folder_result, synthetic_slide, tm
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WSISCAN_HOME", str(tmp_path / "home"))
         r = run("predict", synthetic_slide.path, "-o", result.parent, "--model", folder, "-q", "--device", "cpu",
-                "--threshold", "0.4", "--stride-px", 64)
+                "--threshold", "0.4", "--stride-px", 64, "--keep-pixels")
     assert r.exit_code == 0, r.output
     tiles = json.loads((result / "summary.json").read_text())["tiles"]
     assert tiles["scored_this_run"] == 0 and tiles["resumed_tiles"] == tiles["n_tiles"] > 0

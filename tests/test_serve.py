@@ -221,6 +221,23 @@ def test_moved_slide_is_shown_from_the_tile_store_with_the_reason(client, out):
     assert coarse.status_code == 200
 
 
+def test_no_kept_pixels_and_no_slide_file_is_said_plainly(tmp_path):
+    """predict's default keeps no pixels: with the slide file gone the viewer says so, not a blank slide."""
+    from wsiscan.testing import write_synthetic_slide
+
+    slide = write_synthetic_slide(tmp_path / "syn-bare.tif", dimensions_px=(3072, 2048)).path
+    r = run("predict", slide, "-o", tmp_path / "out", "--model", "wsiscan/tiny", "-q")
+    assert r.exit_code == 0, r.output
+    slide.unlink()
+    with TestClient(create_app(tmp_path / "out", allowed_hosts=HOSTS)) as c:
+        info = c.get("/api/slides/syn-bare").json()
+        assert info["source"] == "store"
+        note = info["source_note"]
+        assert note.startswith("pixels not kept and slide file missing") and "syn-bare.tif" in note
+        assert "not found" in note and "--keep-pixels" in note
+        assert c.get("/dzi/syn-bare/slide_files/5/0_0.jpeg").status_code == 200  # the thumbnail still shows
+
+
 def test_source_openslide_refuses_a_moved_slide_clearly(out):
     with TestClient(create_app(out, source="openslide", allowed_hosts=HOSTS)) as c:
         r = c.get("/api/slides/syn-moved")

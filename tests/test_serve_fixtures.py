@@ -39,7 +39,7 @@ def make_results(tmp_path_factory) -> Path:
     broken.write_bytes(np.random.default_rng(1).integers(0, 256, 40_000, dtype=np.uint8).tobytes())
     out = base / "out"
     r = run("predict", slides / "syn-a.tif", slides / "syn-b.tif", moved, broken, "-o", out,
-            "--model", "wsiscan/tiny", "-q")
+            "--model", "wsiscan/tiny", "-q", "--keep-pixels")  # syn-moved is shown from the store's pixels
     assert r.exit_code == 1, r.output  # the broken slide fails, the others finish
     for sid in ("syn-a", "syn-b", "syn-moved"):
         assert (out / sid / "summary.json").is_file(), (sid, r.output)

@@ -20,7 +20,7 @@ from wsiscan_napari._reader import get_reader
 REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data" / "slides" / "CMU-1-Small-Region.svs"
 
 
-def make_result(tmp: Path, slide) -> Path:
+def make_result(tmp: Path, slide, *, keep_pixels: bool = True) -> Path:
     """OUT folder of `wsiscan predict` on ``slide`` with the tiny deterministic model."""
     from wsiscan.models import ModelSpec, build_model, save_checkpoint
 
@@ -30,7 +30,7 @@ def make_result(tmp: Path, slide) -> Path:
     out = tmp / "out"
     # --keep-pixels: the viewer's store copy (used when the slide file is gone) exists only when kept
     res = CliRunner().invoke(main, ["predict", str(slide), "-o", str(out), "--model", str(ckpt), "-q",
-                                    "--keep-pixels"])
+                                    "--keep-pixels" if keep_pixels else "--no-keep-pixels"])
     assert res.exit_code == 0, res.output
     return out
 
@@ -44,6 +44,23 @@ def result_dir(tmp_path_factory, synthetic_slide) -> Path:
 @pytest.fixture(scope="module")
 def result(result_dir):
     return L.open_result(result_dir)
+
+
+def test_no_kept_pixels_and_no_slide_file_is_said_plainly(tmp_path, synthetic_slide):
+    """predict's default keeps no pixels: with the slide file gone, the slide layer says so."""
+    import shutil
+
+    slide = tmp_path / "gone" / synthetic_slide.path.name
+    slide.parent.mkdir()
+    shutil.copy(synthetic_slide.path, slide)
+    out = make_result(tmp_path, slide, keep_pixels=False)
+    slide.unlink()
+    res = L.open_result(out / slide.stem)
+    assert not res.pixels_kept
+    pyramid = L.open_pixel_pyramid(res)
+    assert pyramid.kind == "store"
+    assert "pixels not kept and slide file missing" in pyramid.description and "not found" in pyramid.description
+    assert "--keep-pixels" in pyramid.description
 
 
 # -- finding results: the reader's None contract ---------------------------------------------------------

@@ -166,6 +166,11 @@ class Ensemble:
         total = torch.zeros(shape, device=self.device, dtype=torch.float32)
         n_views = 8 if self.tta else 1
         for model, spec, x in zip(self.models, self.specs, x_by_model):
+            size = spec.input_size_px  # a WSInfer model's Resize (issue 17); linear with weights summing
+            # to one, so resizing the normalised patch equals normalising the resized one (as normalise does)
+            if size is not None and tuple(x.shape[-2:]) != (size, size):
+                x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear",
+                                                    align_corners=False, antialias=True)
             for v in dihedral_views(x) if self.tta else [x]:
                 with torch.autocast(self.device.type, dtype=self.input_dtype, enabled=self.autocast_dtype is not None):
                     logits = model(v.to(self.input_dtype))

@@ -466,6 +466,10 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
         class_regions = export_class_regions(store, frame, slide_dir / GEOJSON_NAME, slide_name=plan.slide_path.name,
                                              threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
                                              simplify_tolerance_um=pc.simplify_tolerance_um) if class_axis else []
+        if class_axis:  # the summary counts the regions tumor.geojson holds: every class's (issue 17)
+            outs["regions"] = {**outs["regions"], "n": len(class_regions),
+                               "top": [{k: r[k] for k in ("class_name", "area_mm2", "mean_probability",
+                                                          "max_probability")} for r in class_regions[:5]]}
         timings["outputs_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
         summary = {

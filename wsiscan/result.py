@@ -215,6 +215,11 @@ class Result:
         h, w = self.store.pixels.shape[:2]
         return int(w), int(h)
 
+    @property
+    def pixels_kept(self) -> bool:
+        """Whether the store keeps the slide's pixels (``tile``, or ``predict --keep-pixels``)."""
+        return self.store.meta.get("pixels_kept") is not False
+
     def read_store_px(self, px_box: tuple[int, int, int, int]) -> np.ndarray:
         """(rows, cols, 3) uint8 of the store's copy, box (x0, y0, x1, y1) in store px; glass is white."""
         return self.store.read_px(px_box=px_box)

@@ -20,16 +20,20 @@ from .errors import SlideOpenError, StoreError
 from .grid import StoreGeometry
 from .store import TileStore
 
-__all__ = ["PIXELS_NOT_KEPT", "StorePixels", "open_store_pixels", "slide_file_problem_of"]
+__all__ = ["PIXELS_NOT_KEPT", "StorePixels", "open_store_pixels", "recorded_slide_problem", "slide_file_problem_of"]
 
 PIXELS_NOT_KEPT = "pixels not kept and slide file missing"
 
 
 def slide_file_problem_of(store: TileStore) -> str:
     """Why the slide file a store records cannot be read as predict read it ('' when it can)."""
+    return recorded_slide_problem(store.meta.get("slide", {}))
+
+
+def recorded_slide_problem(record: dict[str, Any]) -> str:
+    """Why the slide file of a store's ``slide`` record is gone or changed ('' when it is there as recorded)."""
     from .slide import slide_fingerprint
 
-    record = store.meta.get("slide", {})
     path = Path(str(record.get("path", "")))
     if not str(record.get("path", "")) or not path.is_file():
         return f"slide file {path} not found (moved or deleted since predict)"

@@ -201,6 +201,11 @@ def _store_pyramid(result: WsiscanResult, why: str) -> PixelPyramid:
         return _read_array_box(thumb[0], xy, size_px)
 
     desc = f"tile store copy at {result.frame.px_mpp:.3g} um/px ({why})"
+    if not result.pixels_kept:  # predict without --keep-pixels: the store has the thumbnail only
+        from wsiscan.slide_pixels import PIXELS_NOT_KEPT
+
+        desc = (f"{PIXELS_NOT_KEPT} ({why}): only the thumbnail can be shown; put the slide file back, "
+                f"or rerun `wsiscan predict --keep-pixels`")
     return PixelPyramid("store", result.frame.px_mpp, tuple(native), read_native, desc)
 
 

@@ -235,18 +235,9 @@ def open_slide_result(out_dir: Path, slide_id: str) -> SlideResult:
 
 def slide_file_problem(result: SlideResult) -> str:
     """Why the slide file cannot be read as predict read it ('' when it can): gone or changed."""
-    from ..slide import slide_fingerprint
+    from ..slide_pixels import recorded_slide_problem
 
-    path = result.slide_path
-    if not str(path) or not path.is_file():
-        return f"slide file {path} not found (moved or deleted since predict)"
-    try:
-        now = slide_fingerprint(path)
-    except OSError as exc:
-        return f"slide file {path} unreadable ({exc.strerror or exc})"
-    if now.get("quick_sha256") != result.slide_record.get("quick_sha256"):
-        return f"slide file {path} has changed since predict (another file at that path)"
-    return ""
+    return recorded_slide_problem({**result.slide_record, "path": str(result.slide_path)})
 
 
 def check_slide_file(result: SlideResult) -> None:

@@ -105,6 +105,11 @@ def open_view(out_dir: Path, slide_id: str, *, source: str) -> SlideView:
                 return SlideView(result, tiles, result.size_um, "openslide", "", heatmap, closer=slide)
     else:
         note = "asked for the tile store's copy (--source store)"
+    if result.store.meta.get("pixels_kept") is False:  # predict without --keep-pixels: thumbnail only
+        from ..slide_pixels import PIXELS_NOT_KEPT
+
+        note = (f"{PIXELS_NOT_KEPT} ({note}): only the thumbnail can be shown; put the slide file back, "
+                f"or rerun `wsiscan predict --keep-pixels`")
     tiles, size_um = _store_tiles(result)
     return SlideView(result, tiles, size_um, "store", note, heatmap)
 

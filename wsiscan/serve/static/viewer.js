@@ -126,7 +126,11 @@
     $("slide-title").textContent = info.slide_id;
     $("slide-path").textContent = info.slide_path;
     const note = $("source-note");
-    if (info.source !== "openslide") { note.hidden = false; note.textContent = `Showing the tile store's copy: ${info.source_note}.`; }
+    if (info.source !== "openslide") {
+      note.hidden = false;
+      note.textContent = info.source_note.startsWith("pixels not kept") ? `${info.source_note}.`
+        : `Showing the tile store's copy: ${info.source_note}.`;
+    }
     const s = info.scores;
     const rows = [["max probability", fmt(s.max_probability)], ["top-k mean", fmt(s.top_k_mean_probability)],
       ["tissue area (mask)", `${fmt(s.tissue_area_mm2)} mm²`], ["scored area (scored tiles)", `${fmt(s.scored_area_mm2)} mm²`],
