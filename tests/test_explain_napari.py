@@ -17,6 +17,7 @@ def test_selecting_a_hotspot_shows_its_top_patches(viewer, result_dir, tmp_path)
     from qtpy.QtWidgets import QApplication
 
     from wsiscan.models import tiny_expected_proba
+    from wsiscan.slide_pixels import open_store_pixels
     from wsiscan.store import open_tile_store
     from wsiscan_napari._explain_widget import HotspotExplainPanel
     from wsiscan_napari._widget import open_review, save_window_screenshot
@@ -43,8 +44,9 @@ def test_selecting_a_hotspot_shows_its_top_patches(viewer, result_dir, tmp_path)
             assert p["probability"] == pytest.approx(o["heatmap_probability"], abs=1e-5)
             stride = json.loads((result_dir / "summary.json").read_text())["tiles"]["stride_px"]
             size = store.heatmap_meta()["tile_size_px"]
-            patch = store.read_px(px_box=(o["col"] * stride, o["row"] * stride, o["col"] * stride + size,
-                                          o["row"] * stride + size))
+            # predict kept no pixels (its default): the patch as predict decoded it from the slide file
+            patch = open_store_pixels(store).read_px(px_box=(o["col"] * stride, o["row"] * stride,
+                                                             o["col"] * stride + size, o["row"] * stride + size))
             assert p["probability"] == pytest.approx(tiny_expected_proba(patch), abs=1e-5)
             assert p["picture"].ndim == 3 and p["picture"].shape[2] == 3
         shot = save_window_screenshot(viewer, tmp_path / "hotspot-gradcam.png")
