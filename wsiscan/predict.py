@@ -43,7 +43,7 @@ from .heatmap import (
 from .store import open_tile_store
 from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
     slide_id_for, write_grid, write_pixels, write_qc
-from .results import threshold_outputs  # issue 12
+from .results import class_regions_block, threshold_outputs  # issue 12
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
@@ -377,10 +377,12 @@ def predict_slide(
                              models=models.describe(), n_tiles=plan.n_tiles, picture=picture,
                              picture_mpp=picture_mpp, tissue=tissue_figures(plan),
                              geojson_name=GEOJSON_NAME, overlay_name=OVERLAY_NAME,
-                             write_geojson_file=class_axis is None)
+                             write_geojson_file=not class_axis)
     class_regions = export_class_regions(store, frame, slide_dir / GEOJSON_NAME, slide_name=plan.slide_path.name,
                                          threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
                                          simplify_tolerance_um=pc.simplify_tolerance_um) if class_axis else []
+    if class_axis:
+        outs["regions"] = class_regions_block(outs["regions"], class_regions)
     timings["outputs_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary = {
