@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +87,78 @@ def bad_inputs(tmp_path_factory) -> dict[str, Path]:
     out["coarse"] = write_tiled_tiff(d / "coarse.tif", dimensions_px=(1024, 1024), mpp=4.0, downsamples=(1,), boxes=((100, 100, 900, 900),))
     out["white"] = write_tiled_tiff(d / "white.tif", dimensions_px=(2048, 2048), mpp=0.5, white=True)
     return out
+
+
+# -- the napari tests' display (test_napari.py, test_explain_napari.py) -----------------------------
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when pytest dies, even by a crash, so no Xvfb is left behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _start_xvfb() -> subprocess.Popen:
+    """Xvfb on a free display number (it writes the number to -displayfd); sets DISPLAY."""
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
+    os.close(write_fd)
+    number = b""
+    try:
+        while not number.endswith(b"\n"):
+            ready, _, _ = select.select([read_fd], [], [], 15)
+            chunk = os.read(read_fd, 16) if ready else b""
+            if not chunk:
+                proc.kill()
+                pytest.skip("Xvfb did not start (no display number within 15 s)")
+            number += chunk
+    finally:
+        os.close(read_fd)
+    os.environ["DISPLAY"] = f":{number.decode().strip()}"
+    return proc
+
+
+def _qt_can_start() -> str:
+    """Why Qt cannot open a window on $DISPLAY ("" if it can), probed in a child process:
+    a missing xcb library or an unreachable display makes Qt abort the whole process."""
+    code = "from qtpy.QtWidgets import QApplication, QWidget; app = QApplication([]); QWidget().show(); app.processEvents()"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "Qt did not start within 120 s"
+    if proc.returncode == 0:
+        return ""
+    last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+    return f"Qt cannot open a window on {os.environ.get('DISPLAY')} (exit {proc.returncode}: {last})"
+
+
+@pytest.fixture(scope="session")
+def display():
+    """One display for the whole session: napari's QApplication outlives a test module, and Qt
+    exits the process when the X server it is connected to goes away."""
+    pytest.importorskip("napari", reason='napari is not installed (pip install -e ".[viewer]")')
+    pytest.importorskip("qtpy", reason='no Qt binding (pip install -e ".[viewer]")')
+    # Mesa's software OpenGL (what Xvfb gives) and triton each carry an LLVM: triton loaded
+    # after a GL context segfaults (torchvision imports it via torch._dynamo), loaded before it
+    # is fine.  Load it now, as a session that ran the model tests first already has.
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+    proc = None
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        if shutil.which("Xvfb") is None:
+            pytest.skip("no DISPLAY and no Xvfb to make one (apt-get install xvfb; .ci/run does)")
+        proc = _start_xvfb()
+    try:
+        why = _qt_can_start()
+        if why:
+            pytest.skip(why)
+        yield os.environ.get("DISPLAY")
+    finally:
+        if proc is not None:
+            os.environ.pop("DISPLAY", None)
+            proc.terminate()
+            proc.wait(timeout=10)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from test_napari import display, napari_viewer, result_dir, viewer  # noqa: F401 - the napari fixtures
+from test_napari import napari_viewer, result_dir, viewer  # noqa: F401 - the napari fixtures (display: conftest)
 
 pytestmark = [pytest.mark.napari, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

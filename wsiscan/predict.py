@@ -46,7 +46,7 @@ from .heatmap import (
 from .store import open_tile_store
 from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
     slide_id_for, write_grid, write_qc
-from .results import threshold_outputs  # issue 12
+from .results import class_regions_block, threshold_outputs  # issue 12
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "predict_in_turn", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
@@ -466,10 +466,8 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
         class_regions = export_class_regions(store, frame, slide_dir / GEOJSON_NAME, slide_name=plan.slide_path.name,
                                              threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
                                              simplify_tolerance_um=pc.simplify_tolerance_um) if class_axis else []
-        if class_axis:  # the summary counts the regions tumor.geojson holds: every class's (issue 17)
-            outs["regions"] = {**outs["regions"], "n": len(class_regions),
-                               "top": [{k: r[k] for k in ("class_name", "area_mm2", "mean_probability",
-                                                          "max_probability")} for r in class_regions[:5]]}
+        if class_axis:
+            outs["regions"] = class_regions_block(outs["regions"], class_regions)
         timings["outputs_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
         summary = {

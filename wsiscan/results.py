@@ -122,3 +122,13 @@ def update_summary_atomic(summary_path: Path, parts: dict[str, Any]) -> dict[str
     summary.update(parts)
     write_json_atomic(summary, summary_path)
     return summary
+
+
+def class_regions_block(regions_block: dict[str, Any], class_regions: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json's ``regions`` for a multi-class result: ``n`` and ``top`` count the regions of
+    every class, as tumor.geojson holds them (``heatmap.export_class_regions``); the positive
+    class's own count stays as ``n_positive_class`` (its area is in ``areas.region_area_mm2``)."""
+    ranked = sorted(class_regions, key=lambda r: r["area_mm2"], reverse=True)
+    return {**regions_block, "n": len(class_regions), "n_positive_class": regions_block["n"],
+            "top": [{k: r[k] for k in ("class_name", "area_mm2", "mean_probability", "max_probability")}
+                    for r in ranked[:5]]}

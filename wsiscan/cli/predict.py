@@ -231,7 +231,7 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path, speak, speak
     from ..config import load_config
     from ..errors import StoreError
     from ..heatmap import HeatmapFrame, export_class_regions, heatmap_class_names, scored_cells
-    from ..results import threshold_outputs, update_summary_atomic
+    from ..results import class_regions_block, threshold_outputs, update_summary_atomic
     from ..store import open_tile_store
 
     summary_path = result_dir / "summary.json"
@@ -267,12 +267,11 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path, speak, speak
     exports = dict(summary.get("exports") or {})
     if geojson:
         exports["tumor.geojson"] = {"threshold": pc.threshold}
-        n_regions = outs["regions"]["n"]
         if class_names is not None:
-            n_regions = len(export_class_regions(store, frame, result_dir / "tumor.geojson", slide_name=name,
-                                                 threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
-                                                 simplify_tolerance_um=pc.simplify_tolerance_um))
-        click.echo(f"{result_dir / 'tumor.geojson'}: {n_regions} regions at threshold {pc.threshold:g}")
+            outs["regions"] = class_regions_block(outs["regions"], export_class_regions(
+                store, frame, result_dir / "tumor.geojson", slide_name=name, threshold=pc.threshold,
+                min_area_um2=pc.min_region_area_um2, simplify_tolerance_um=pc.simplify_tolerance_um))
+        click.echo(f"{result_dir / 'tumor.geojson'}: {outs['regions']['n']} regions at threshold {pc.threshold:g}")
     if png:
         exports["overlay.png"] = {"threshold": pc.threshold}
         click.echo(f"{result_dir / 'overlay.png'}")
