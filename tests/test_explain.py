@@ -80,7 +80,8 @@ def mark_model():
     """A small CNN (the smallcnn architecture, narrower) that finds the mark anywhere."""
     spec = ModelSpec(arch="smallcnn", name="mark-cnn")
     # 200 steps: trained 5 times (seeds 0, 3, 8, 9, 10) every curve's minimum was >= 0.97; at 120
-    # steps one seed in six had not converged (training is not bit-reproducible across processes)
+    # steps one seed in six had not converged
+    torch.manual_seed(0)  # the initial weights too: otherwise they depend on what earlier tests drew
     model = train(SmallCNN(2, widths=(8, 16, 16, 16)), centre_only=False, steps=200, lr=3e-3, seed=0)
     x, y = marked_batch(np.random.default_rng(99), 64, centre_only=False)
     probs = explain_patches([model], [spec], x, methods=("gradcam",)).probabilities
@@ -92,7 +93,10 @@ def mark_model():
 def centre_model():
     """A pixel logistic regression (logreg) that calls tumour only for a mark in the centre."""
     spec = ModelSpec(arch="logreg", name="centre-logreg")
-    model = train(PixelLogReg(2, SIZE), centre_only=True, steps=200, lr=2e-3, seed=1)
+    # seeded before the weights are made (otherwise they depend on what earlier tests drew); at
+    # 200 steps one initialisation in four (seeds 0-3) had not learnt, at 400 all four had
+    torch.manual_seed(1)
+    model = train(PixelLogReg(2, SIZE), centre_only=True, steps=400, lr=2e-3, seed=1)
     return model, spec
 
 
