@@ -356,7 +356,7 @@ def predict_many(
         now = time.perf_counter()
         if force or now - last_write[0] >= _MANIFEST_EVERY_S:
             manifest["totals"] = _totals(entries, progress)
-            write_manifest_merged(out_root, manifest)  # issue 12: merged into OUT's manifest by slide
+            write_manifest_merged(out_root, manifest)  # merged into OUT's manifest by slide
             last_write[0] = now
 
     for entry in entries:  # skipped and refused slides are done already

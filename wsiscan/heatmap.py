@@ -146,7 +146,7 @@ def slide_scores(cells: np.ndarray, *, threshold: float, top_k: int, cell_um: fl
         "mean_probability": float(values.mean()),
         "n_cells_above_threshold": n_pos,
         "threshold": threshold,
-        # issue 12's names: tumour area = cells >= threshold, scored area = cells of scored tiles
+        # the summary's names: tumour area = cells >= threshold, scored area = cells of scored tiles
         # (the tissue mask's own area is the summary's areas.tissue_area_mm2)
         "tumour_area_mm2": n_pos * cell_um**2 / 1e6,
         "scored_area_mm2": values.size * cell_um**2 / 1e6,

@@ -29,7 +29,6 @@ __all__ = [
     "select_device",
     "resolve_precision",
     "Ensemble",
-    "run_inference",
     "dihedral_views",
 ]
 
@@ -166,7 +165,7 @@ class Ensemble:
         total = torch.zeros(shape, device=self.device, dtype=torch.float32)
         n_views = 8 if self.tta else 1
         for model, spec, x in zip(self.models, self.specs, x_by_model):
-            size = spec.input_size_px  # a WSInfer model's Resize (issue 17); linear with weights summing
+            size = spec.input_size_px  # a WSInfer model's Resize; linear with weights summing
             # to one, so resizing the normalised patch equals normalising the resized one (as normalise does)
             if size is not None and tuple(x.shape[-2:]) != (size, size):
                 x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear",

@@ -46,7 +46,7 @@ from .heatmap import (
 from .store import open_tile_store
 from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
     slide_id_for, write_grid, write_qc
-from .results import class_regions_block, threshold_outputs  # issue 12
+from .results import class_regions_block, threshold_outputs
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "predict_in_turn", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
@@ -477,7 +477,7 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
             "resolution": {"target_mpp": config.tile.target_mpp, "effective_mpp": frame.px_mpp,
                            "level": plan.selection.level, "resampled": plan.selection.resample,
                            "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
-            **outs,  # issue 12: scores, regions, areas, smoke_model
+            **outs,  # scores, regions, areas, smoke_model
             "exports": {GEOJSON_NAME: {"threshold": pc.threshold}, OVERLAY_NAME: {"threshold": pc.threshold}},
             **({"classes": _class_summary(store, class_regions, pc, frame.cell_um)} if class_axis else {}),
             "tiles": {"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,

@@ -84,7 +84,7 @@ class TilingPlan:
     # thumbnail itself, or for a small slide a sharper read (see OVERVIEW_MIN_SIDE_PX)
     overview: np.ndarray | None = None
     overview_mpp: float | None = None
-    # issue 12: tissue pixels of the mask whose centre lies in no kept tile (shown in qc.png)
+    # tissue pixels of the mask whose centre lies in no kept tile (shown in qc.png)
     unscored_tissue: np.ndarray | None = None
 
     @property
@@ -188,7 +188,7 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
                                  tolerance=tc.mpp_tolerance, source=str(slide.path))
         geometry = store_geometry(l0_dimensions_px=slide.info.dimensions_px, base_mpp=mpp.mpp,
                                   selection=selection, supertile_px=tc.supertile_px,
-                                  pad_px=tc.tile_size_px)  # issue 12: glass for the last partial tiles
+                                  pad_px=tc.tile_size_px)  # glass for the last partial tiles
         timings["open_s"] = time.perf_counter() - t0
         t = time.perf_counter()
         thumbnail = slide.read_thumbnail(mpp=config.tissue.mask_mpp)
@@ -200,7 +200,7 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
         pixel_reader = slide.reader_for(selection.level)
         lv_tile_layout = slide.tile_layout(selection.level)
     # glass skip needs the raw reader's tile grid, and a tile must have tissue to be kept
-    glass_skip = lv_tile_layout is not None  # issue 12: glass-only tiles are never kept (keep_tiles)
+    glass_skip = lv_tile_layout is not None  # glass-only tiles are never kept (keep_tiles)
 
     t = time.perf_counter()
     tissue = detect_tissue(thumbnail, mask_mpp=config.tissue.mask_mpp, config=config.tissue)
@@ -216,7 +216,7 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     scores = score_tiles(tissue, px_xy=grid.px_origin(all_rc), tile_size_px=tc.tile_size_px,
                          px_mpp=selection.effective_mpp)
     cfg = config.tissue
-    # issue 12: the keep rule lives in tissue.py (a tile's heatmap cell has tissue, or on the grid's border its footprint)
+    # the keep rule lives in tissue.py (a tile's heatmap cell has tissue, or on the grid's border its footprint)
     keep = keep_tiles(scores, min_tissue=tc.min_tissue, max_dark_bright_fraction=cfg.max_dark_bright_fraction,
                       min_max_saturation=cfg.pcam_min_max_saturation,
                       cell_tissue_fraction=cell_tissue_fractions(tissue, px_xy=grid.px_origin(all_rc),
@@ -234,7 +234,7 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     kept_scores = TileScores(scores.tissue_fraction[keep], scores.dark_bright_fraction[keep],
                              scores.max_saturation[keep])
     chunks = _chunks_needed(geometry, tissue, grid, kept_rc, tc.tile_size_px)
-    unscored = tissue.mask & ~tile_coverage(tissue.mask.shape, mask_mpp=tissue.mask_mpp,  # issue 12
+    unscored = tissue.mask & ~tile_coverage(tissue.mask.shape, mask_mpp=tissue.mask_mpp,
                                             px_mpp=selection.effective_mpp, px_xy=grid.px_origin(kept_rc),
                                             tile_size_px=tc.tile_size_px)
     # the plan lives through tiling and inference: keep the mask, drop what only scoring
@@ -411,7 +411,7 @@ def _store_meta(plan: TilingPlan) -> dict[str, Any]:
         "mask_mpp": plan.tissue.mask_mpp,
         "tissue_threshold": plan.tissue.threshold,
         "tissue_area_mm2": plan.tissue.tissue_area_um2 / 1e6,
-        "ink_area_mm2": plan.tissue.ink_area_um2 / 1e6,  # issue 12
+        "ink_area_mm2": plan.tissue.ink_area_um2 / 1e6,
         "chunks_needed": int(plan.chunks_needed.sum()),
         "pixel_reader": plan.pixel_reader,
         "glass_skip": plan.glass_skip,
@@ -557,7 +557,7 @@ def write_grid(plan: TilingPlan, store: TileStore) -> None:
         attrs={"min_tissue": plan.config.tile.min_tissue, "px_mpp": plan.geometry.effective_mpp,
                "l0_per_px": plan.geometry.l0_per_px,
                "hm_offset_px": plan.grid.hm_offset_px,
-               "scored_tissue_fraction": plan.scored_tissue_fraction},  # issue 12
+               "scored_tissue_fraction": plan.scored_tissue_fraction},
     )
 
 
@@ -592,7 +592,7 @@ def write_qc(plan: TilingPlan, path: Path, *, max_side_px: int = 2000) -> Path:
     t = plan.grid.tile_size_px
     boxes = np.concatenate([px * scale, (px + t) * scale], axis=1)
     picture, _ = overview_picture(plan)
-    # issue 12: ink and unscored tissue in colours of their own, areas in the caption, a scale bar
+    # ink and unscored tissue in colours of their own, areas in the caption, a scale bar
     tissue = plan.tissue
     title = (f"{plan.slide_path.name}: {plan.n_tiles} scored tiles of {t} px at {plan.geometry.effective_mpp:.4g} "
              f"um/px, stride {plan.grid.stride_px} px. Tissue {tissue.tissue_area_um2 / 1e6:.3f} mm2, "

@@ -387,7 +387,7 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs of the per-slide numbers in summary.json, for display.
 
-    Areas use summary.json's names (issue 12): tissue area = the mask, scored area = the
+    Areas use summary.json's names: tissue area = the mask, scored area = the
     cells of the scored tiles, tumour area = cells >= threshold, region area = the exported
     polygons (older summaries without an ``areas`` block show what they have).
     """

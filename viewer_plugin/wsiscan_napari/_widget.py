@@ -252,7 +252,7 @@ class HeatmapReviewWidget(QWidget):
         if self.result is None or self.cells is None:
             return
         self.regions = threshold_regions(self.result, self.cells, self.threshold)
-        # the summary's names (issue 12): region area = the outlined polygons, tumour area = cells >= threshold
+        # the summary's names: region area = the outlined polygons, tumour area = cells >= threshold
         area = sum(r["area_mm2"] for r in self.regions)
         finite = np.isfinite(self.cells)
         tumour_mm2 = int((finite & (self.cells >= self.threshold)).sum()) * self.result.frame.cell_um**2 / 1e6

@@ -83,7 +83,7 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     from ..render import SMOKE_MODEL_MARK
     from ..results import is_smoke_model
 
-    if is_smoke_model(models.describe()):  # issue 12: everything the smoke model makes says so (after success:
+    if is_smoke_model(models.describe()):  # everything the smoke model makes says so (after success:
         # an error stays the one line on stderr)
         echo_err(f"wsiscan: warning: {SMOKE_MODEL_MARK}; its heatmaps mark dark patch centres, not tumour")
 

@@ -280,7 +280,7 @@ def _calibrate(cfg: TrainConfig, best_path: Path, val_ds: pcam.PatchDataset, dev
                          workers=cfg.workers, device=device)
     val = evaluate(model, spec, loader, device=device, precision=cfg.precision, ece_bins=cfg.ece_bins,
                    channels_last=cfg.channels_last, progress=progress, desc="calibrate")
-    # guarded (issue 12): fitted only on a large enough validation set, kept only when it lowers ECE
+    # guarded: fitted only on a large enough validation set, kept only when it lowers ECE
     guard = M.guarded_temperature(val.logits, val.labels, positive_class=spec.positive_class, n_bins=cfg.ece_bins) \
         if cfg.calibrate else None
     temperature = guard.temperature if guard else 1.0
