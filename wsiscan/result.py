@@ -196,15 +196,14 @@ class Result:
     # -- the slide's pixels -------------------------------------------------------------------------
     def open_slide(self) -> tuple[Any, str]:
         """``(Slide, "")`` when the slide file is where predict read it and unchanged, else ``(None, why)``."""
-        from .slide import open_slide, slide_fingerprint
+        from .slide import open_slide
+        from .slide_pixels import recorded_slide_problem
 
-        recorded = self.store.meta.get("slide", {})
         path = self.slide_path
-        if not path.is_file():
-            return None, f"slide file {path} not found"
+        why = recorded_slide_problem({**self.store.meta.get("slide", {}), "path": str(path)})
+        if why:
+            return None, why
         try:
-            if slide_fingerprint(path).get("quick_sha256") != recorded.get("quick_sha256"):
-                return None, f"slide file {path} has changed since predict"
             return open_slide(path), ""
         except (WsiscanError, OSError) as exc:
             return None, f"slide file {path} unreadable ({exc})"
