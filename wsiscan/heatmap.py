@@ -43,6 +43,11 @@ class HeatmapFrame:
     px_mpp: float  # um per store px
     l0_per_px: float  # level-0 px per store px
 
+    @classmethod
+    def from_meta(cls, hm: dict[str, Any]) -> "HeatmapFrame":
+        """The frame recorded in a store's heatmap attributes (``TileStore.heatmap_meta()``)."""
+        return cls(int(hm["stride_px"]), int(hm["tile_size_px"]), float(hm["px_mpp"]), float(hm["l0_per_px"]))
+
     @property
     def offset_px(self) -> float:
         return (self.tile_size_px - self.stride_px) / 2.0

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreError, WsiscanError
-from .heatmap import HeatmapFrame, tumour_regions
+from .heatmap import HeatmapFrame, heatmap_class_names, tumour_regions
 from .store import TileStore, open_tile_store, store_exists
 
 __all__ = ["STORE_NAME", "SUMMARY_NAME", "GEOJSON_NAME", "Heatmap", "Region", "Result", "find_result", "open_result"]
@@ -141,8 +141,7 @@ class Result:
     @property
     def class_names(self) -> tuple[str, ...] | None:
         """The channels' classes of a multi-class heatmap; None for a 2-class one."""
-        names = self.store.heatmap_meta().get("class_names")
-        return tuple(names) if names else None
+        return heatmap_class_names(self.store)
 
     @property
     def scored_class(self) -> str:
@@ -246,7 +245,7 @@ def open_result(path: str | Path) -> Result:
         )
     store = open_tile_store(slide_dir / STORE_NAME, mode="r")
     meta, hm = store.meta, store.heatmap_meta()
-    frame = HeatmapFrame(int(hm["stride_px"]), int(hm["tile_size_px"]), float(hm["px_mpp"]), float(hm["l0_per_px"]))
+    frame = HeatmapFrame.from_meta(hm)
     summary: dict[str, Any] = {}
     summary_path = slide_dir / SUMMARY_NAME
     if summary_path.is_file():

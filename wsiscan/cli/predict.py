@@ -250,7 +250,7 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path, speak, speak
         cfg = cfg.replace("predict", **{k: run[k] for k in ("threshold", "top_k", "min_region_area_um2",
                                                             "simplify_tolerance_um") if k in run})
     pc = cfg.replace("predict", threshold=threshold).predict
-    frame = HeatmapFrame(hm["stride_px"], hm["tile_size_px"], hm["px_mpp"], hm["l0_per_px"])
+    frame = HeatmapFrame.from_meta(hm)
     cells = scored_cells(store)
     class_names = heatmap_class_names(store)
     name = Path(store.meta["slide"]["path"]).name

@@ -108,11 +108,12 @@ def wsinfer_spec(config: Mapping[str, Any], *, where: str = "config.json", name:
         raise CheckpointError(f"{where}: {exc}") from exc
 
 
-def wsinfer_sha256(folder: str | os.PathLike) -> str:
-    """One SHA-256 for the model: of the TorchScript file's and the config's hashes."""
+def wsinfer_sha256(folder: str | os.PathLike, *, torchscript_sha256: str | None = None) -> str:
+    """One SHA-256 for the model: of the TorchScript file's and the config's hashes
+    (``torchscript_sha256``: the TorchScript file's, when the caller has it already)."""
     folder = Path(folder)
-    parts = [file_sha256(folder / WSINFER_TORCHSCRIPT_NAME), file_sha256(folder / WSINFER_CONFIG_NAME)]
-    return hashlib.sha256(":".join(parts).encode()).hexdigest()
+    ts = torchscript_sha256 or file_sha256(folder / WSINFER_TORCHSCRIPT_NAME)
+    return hashlib.sha256(f"{ts}:{file_sha256(folder / WSINFER_CONFIG_NAME)}".encode()).hexdigest()
 
 
 def load_wsinfer_folder(folder: str | os.PathLike, *, name: str = "", provenance: dict | None = None,
@@ -129,8 +130,9 @@ def load_wsinfer_folder(folder: str | os.PathLike, *, name: str = "", provenance
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{config_path}: cannot read it as JSON ({_one_line(exc, 100)}); "
                               "fetch the model again") from exc
+    ts_sha256 = file_sha256(weights_path)
     spec = wsinfer_spec(config, where=str(config_path), name=name or folder.name,
-                        provenance={"source_folder": str(folder), "torchscript_sha256": file_sha256(weights_path),
+                        provenance={"source_folder": str(folder), "torchscript_sha256": ts_sha256,
                                     **(provenance or {})})
     try:
         model = torch.jit.load(str(weights_path), map_location=map_location)
@@ -138,4 +140,4 @@ def load_wsinfer_folder(folder: str | os.PathLike, *, name: str = "", provenance
         raise CheckpointError(f"{weights_path}: not a TorchScript file ({_one_line(exc, 100)}); "
                               "fetch the model again") from exc
     model.eval()
-    return model, spec, wsinfer_sha256(folder)
+    return model, spec, wsinfer_sha256(folder, torchscript_sha256=ts_sha256)

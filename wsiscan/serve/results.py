@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SlideOpenError, StoreError, WsiscanError
-from ..heatmap import HeatmapFrame
+from ..heatmap import HeatmapFrame, scored_cells
 from ..store import open_tile_store, store_exists
 
 __all__ = [
@@ -192,8 +192,9 @@ class SlideResult:
         return w * self.l0_mpp, h * self.l0_mpp
 
     def cells(self) -> np.ndarray:
-        """Heatmap level 0, one probability per patch (NaN = not tissue): small, ~1e6 cells at most."""
-        return np.asarray(self.store.heatmap_level(0)[...], np.float32)
+        """Heatmap level 0 of the scored class, one probability per patch (NaN = not tissue): small,
+        ~1e6 cells at most.  A multi-class heatmap's channel of the positive class (heatmap.scored_cells)."""
+        return np.asarray(scored_cells(self.store), np.float32)
 
 
 def open_slide_result(out_dir: Path, slide_id: str) -> SlideResult:
@@ -208,7 +209,7 @@ def open_slide_result(out_dir: Path, slide_id: str) -> SlideResult:
     if not store.has_heatmap():
         raise StoreError(f"{slide_dir / STORE_NAME}: has no heatmap; rerun `wsiscan predict` for this slide")
     meta, hm = store.meta, store.heatmap_meta()
-    frame = HeatmapFrame(int(hm["stride_px"]), int(hm["tile_size_px"]), float(hm["px_mpp"]), float(hm["l0_per_px"]))
+    frame = HeatmapFrame.from_meta(hm)
     levels = meta.get("slide_info", {}).get("levels") or []
     if levels:
         l0_dims = tuple(int(v) for v in levels[0]["dimensions_px"])
@@ -240,9 +241,9 @@ def slide_file_problem(result: SlideResult) -> str:
     return recorded_slide_problem({**result.slide_record, "path": str(result.slide_path)})
 
 
-def check_slide_file(result: SlideResult) -> None:
-    """Raise SlideOpenError when the slide file is missing or changed."""
-    problem = slide_file_problem(result)
+def check_slide_file(result: SlideResult, *, problem: str | None = None) -> None:
+    """Raise SlideOpenError when the slide file is missing or changed (``problem``: already found)."""
+    problem = slide_file_problem(result) if problem is None else problem
     if problem:
         raise SlideOpenError(f"{result.slide_dir}: {problem}; put it back, or serve the tile store's copy "
                              f"(`wsiscan serve --source store`)")

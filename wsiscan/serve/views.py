@@ -90,9 +90,9 @@ def open_view(out_dir: Path, slide_id: str, *, source: str) -> SlideView:
     heatmap = HeatmapDeepZoom(result.store.heatmap_levels(), result.frame, colormap=COLORMAP)
     note = ""
     if source in ("auto", "openslide"):
-        if source == "openslide":
-            check_slide_file(result)
         note = slide_file_problem(result)
+        if source == "openslide" and note:
+            check_slide_file(result, problem=note)
         if not note:
             try:
                 slide = open_slide(result.slide_path)

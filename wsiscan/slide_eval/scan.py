@@ -45,7 +45,7 @@ def open_heatmap(slide_dir: Path) -> tuple[TileStore, HeatmapFrame]:
     hm = store.heatmap_meta()
     if not store.has_heatmap() or hm.get("status") != "complete":
         raise StoreError(f"{slide_dir}: no complete heatmap in store.zarr; run `wsiscan predict` on the slide first")
-    frame = HeatmapFrame(int(hm["stride_px"]), int(hm["tile_size_px"]), float(hm["px_mpp"]), float(hm["l0_per_px"]))
+    frame = HeatmapFrame.from_meta(hm)
     return store, frame
 
 
