@@ -181,14 +181,11 @@ class Ensemble:
     def score_uint8(self, x_u8: torch.Tensor) -> torch.Tensor:
         """(N,) float32 probabilities (on the device, not synchronised) for a (N, 3, H, W) uint8 batch.
 
-        One step per model turns the bytes into its input: float32, channels_last and
-        normalised, then the model's dtype.
+        The bytes become float32 channels_last once; one step per model normalises them,
+        then the model's dtype.
         """
-        xs = []
-        for scale, bias in self._affine:
-            x = x_u8.to(dtype=torch.float32, memory_format=torch.channels_last)
-            xs.append(torch.addcmul(bias, x, scale))
-        return self._forward(xs)
+        x = x_u8.to(dtype=torch.float32, memory_format=torch.channels_last)
+        return self._forward([torch.addcmul(bias, x, scale) for scale, bias in self._affine])
 
     def shared_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(scale, bias) as (3,) tensors when every model normalises alike, else None."""
@@ -298,7 +295,7 @@ class DeviceScorer:
         self.ring = ring
         self.on_chunk_written = on_chunk_written
         self.device = ensemble.device
-        self.stats = {"tiles": 0, "units": 0, "device_s": 0.0, "wait_s": 0.0}
+        self.stats = {"tiles": 0, "device_s": 0.0, "wait_s": 0.0}
         u = plan.tiles_per_unit
         offsets = np.zeros(len(units) + 1, np.int64)
         offsets[1:] = np.cumsum([len(t) for t in unit_tiles])
@@ -401,7 +398,6 @@ class DeviceScorer:
                     pending.append(torch.from_numpy(win.transpose(0, 1, 3, 4, 2)[loc[:, 0], loc[:, 1]]))
                 waiting.append(i)
                 n_pending += self._count(i)
-                self.stats["units"] += 1
                 if n_pending >= bs:
                     score(n_pending - n_pending % bs)
                 t_wait = time.perf_counter()

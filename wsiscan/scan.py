@@ -121,7 +121,6 @@ class ScanStats:
     chunks_written: int = 0  # pixel chunks kept in the store by this run
     decoded_bytes: int = 0  # bytes decoded at the level read
     glass_skipped_bytes: int = 0
-    units: int = 0
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -405,7 +404,6 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
                 try:
                     for item in regions:
                         unit_q.put(item)
-                        stats.units += 1
                     stats.timings_s["decode_s"] = time.perf_counter() - t0
                     unit_q.close()
                 finally:

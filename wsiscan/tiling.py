@@ -213,13 +213,14 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
         )
     rr, cc = np.meshgrid(np.arange(grid.n_rows), np.arange(grid.n_cols), indexing="ij")
     all_rc = np.stack([rr.ravel(), cc.ravel()], axis=1).astype(np.int32)
-    scores = score_tiles(tissue, px_xy=grid.px_origin(all_rc), tile_size_px=tc.tile_size_px,
+    px_xy = grid.px_origin(all_rc)
+    scores = score_tiles(tissue, px_xy=px_xy, tile_size_px=tc.tile_size_px,
                          px_mpp=selection.effective_mpp)
     cfg = config.tissue
     # the keep rule lives in tissue.py (a tile's heatmap cell has tissue, or on the grid's border its footprint)
     keep = keep_tiles(scores, min_tissue=tc.min_tissue, max_dark_bright_fraction=cfg.max_dark_bright_fraction,
                       min_max_saturation=cfg.pcam_min_max_saturation,
-                      cell_tissue_fraction=cell_tissue_fractions(tissue, px_xy=grid.px_origin(all_rc),
+                      cell_tissue_fraction=cell_tissue_fractions(tissue, px_xy=px_xy,
                                                                  tile_size_px=tc.tile_size_px, stride_px=stride,
                                                                  px_mpp=selection.effective_mpp),
                       on_grid_border=grid_border(grid, all_rc))
