@@ -72,11 +72,11 @@ def test_units_are_cut_from_chunks_exactly_as_a_store_read(synthetic_slide, tmp_
     units = sorted({(int(r) // uplan.tiles_per_unit, int(c) // uplan.tiles_per_unit) for r, c in plan.kept_rc})
     needed = [tuple(map(int, ij)) for ij in np.argwhere(plan.chunks_needed)]
     # a second store of the same plan holds no pixels: every chunk is decoded from the slide
-    from wsiscan.tiling import prepare_store
+    from wsiscan.tiling import _glass_tile_keep, prepare_store
 
     empty, _ = prepare_store(plan, tmp_path / "empty.zarr", overwrite=False)
     stats = ScanStats()
-    chunks = stream_chunks(plan, empty, needed, workers=2, stats=stats)
+    chunks = stream_chunks(plan, empty, needed, workers=2, stats=stats, tile_keep=_glass_tile_keep(plan))
     n = 0
     for i, region in stream_units(plan, uplan, units, chunks):
         want = store.read_px(px_box=uplan.unit_px_box(*units[i]))

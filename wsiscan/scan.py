@@ -169,13 +169,14 @@ def _unit_chunks(tplan: TilingPlan, uplan: UnitPlan, ur: int, uc: int) -> list[t
 
 
 def stream_chunks(tplan: TilingPlan, store: TileStore, chunks: list[tuple[int, int]], *, workers: int,
-                  stats: ScanStats, max_run: int = 4) -> Iterator[tuple[tuple[int, int], np.ndarray, bool]]:
+                  stats: ScanStats, tile_keep: np.ndarray | None, max_run: int = 4) -> Iterator[tuple[tuple[int, int], np.ndarray, bool]]:
     """Yield ((ci, cj), pixels, decoded) for ``chunks`` in row-major order.
 
     A chunk already in the store is read from it (``decoded`` False); the others are
     decoded from the slide by ``workers`` threads, each with its own slide handle, in
     runs of up to ``max_run`` neighbours (one read call each, as ``tile`` stores them).
-    At most ``2 * workers`` runs are in flight.
+    At most ``2 * workers`` runs are in flight.  ``tile_keep``: the TIFF tiles to decode
+    (``tiling._glass_tile_keep``; None decodes every tile).
     """
     chunks = sorted(chunks)
     stored = [store.chunk_done(ci, cj) for ci, cj in chunks]
@@ -186,7 +187,6 @@ def stream_chunks(tplan: TilingPlan, store: TileStore, chunks: list[tuple[int, i
             runs[-1] = (ci, last[1], cj + 1, from_store)
         else:
             runs.append((ci, cj, cj + 1, from_store))
-    tile_keep = _glass_tile_keep(tplan)
     sel, geo, s = tplan.selection, tplan.geometry, tplan.geometry.supertile_px
     local = threading.local()
     handles: list[Any] = []
@@ -362,6 +362,7 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
         stats.decoded_bytes = decoded
         stats.timings_s["scan_s"] = stats.timings_s["decode_s"] = time.perf_counter() - t0
         return stats
+    tile_keep = _glass_tile_keep(tplan)  # for the decode threads and the store's decode record
     pipe = pipeline or Pipeline()
     # several writers: zarr compresses and writes distinct chunks independently
     n_writers = max(1, min(4, workers))
@@ -390,7 +391,7 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
             writer_q.put((key, data))
 
     try:
-        chunk_stream = stream_chunks(tplan, store, sorted(want), workers=workers, stats=stats)
+        chunk_stream = stream_chunks(tplan, store, sorted(want), workers=workers, stats=stats, tile_keep=tile_keep)
         if uplan is None or consume is None:
             for key, data, decoded in chunk_stream:
                 on_chunk(key, data, decoded)
@@ -419,7 +420,6 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
         bar.close()
     pipe.join()
     stats.timings_s["scan_s"] = time.perf_counter() - t0
-    tile_keep = _glass_tile_keep(tplan)
     store.update_meta(decode={
         "reader": tplan.pixel_reader, "glass_skip": tplan.glass_skip, "decoded_bytes": stats.decoded_bytes,
         "glass_skipped_bytes": stats.glass_skipped_bytes,
