@@ -71,9 +71,8 @@ def _limit(dataset: pcam.PatchDataset, n_max: int, seed: int) -> pcam.PatchDatas
 def _open_data(cfg: TrainConfig, data_dir: Path, out_dir: Path, log: Log, progress: bool):
     layout = pcam.detect_layout(data_dir)
     split_file = out_dir / "split.csv" if layout == "kaggle" else None
-    common = {"split_file": split_file, "ratios": cfg.split_ratios, "seed": cfg.seed, "log": log}
-    train_ds = pcam.open_split(data_dir, "train", **common)
-    val_ds = pcam.open_split(data_dir, "valid", **common)
+    train_ds, val_ds = (pcam.open_split(data_dir, split, split_file=split_file, ratios=cfg.split_ratios,
+                                        seed=cfg.seed, log=log) for split in ("train", "valid"))
     info: dict[str, Any] = {"dir": str(Path(data_dir).resolve()), "layout": layout,
                             "split_file": str(split_file) if split_file else None}
     if cfg.drop_dark_bright:
