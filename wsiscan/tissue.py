@@ -141,7 +141,7 @@ def _saturation(rgb: np.ndarray) -> np.ndarray:
     mx = np.maximum(np.maximum(r, g), b)
     mn = np.minimum(np.minimum(r, g), b)
     np.subtract(mx, mn, out=mn)  # max - min >= 0: no wrap-around in uint8
-    out = mn.astype(np.float32)
+    out: np.ndarray = mn.astype(np.float32)
     np.divide(out, mx, out=out, where=mx > 0)
     return out
 
@@ -215,7 +215,8 @@ def _remove_small(mask: np.ndarray, min_px: int, *, count: np.ndarray | None = N
     labels, n = ndimage.label(mask)
     keep = _label_sizes(labels if count is None else np.where(count, labels, 0), n) >= min_px
     keep[0] = False
-    return keep[labels] if count is None else keep[labels] & count
+    kept: np.ndarray = keep[labels]
+    return kept if count is None else kept & count
 
 
 def _disk_rows(radius_px: float) -> list[tuple[int, int]]:
@@ -276,7 +277,8 @@ def _small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
         touches_border[edge] = True
     small = (_label_sizes(labels, n) < min_px) & ~touches_border
     small[0] = False
-    return small[labels]
+    holes: np.ndarray = small[labels]
+    return holes
 
 
 def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfig) -> TissueMask:
@@ -345,7 +347,7 @@ def summed_area_table(mask: np.ndarray) -> np.ndarray:
     # in threads, exact in integers: each stripe of rows is summed down its columns and
     # along its rows on its own, then shifted by the column sums of the stripes above it
     bounds = np.linspace(1, rows + 1, 2 * threads + 1).astype(int)
-    stripes = [integral[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    stripes = [integral[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def local(view: np.ndarray) -> None:
         np.cumsum(view, axis=0, out=view)
@@ -364,7 +366,8 @@ def summed_area_table(mask: np.ndarray) -> np.ndarray:
 
 def box_counts(integral: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.ndarray:
     """True pixels in each box [y0, y1) x [x0, x1) (index arrays broadcast) from a :func:`summed_area_table`."""
-    return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    counts: np.ndarray = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    return counts
 
 
 def keep_tiles(scores: TileScores, *, min_tissue: float, max_dark_bright_fraction: float,
