@@ -25,7 +25,7 @@ def scale_bar_um(width_um: float) -> float:
     return float(max(m * k for m in (1.0, 2.0, 5.0) if m * k <= target))
 
 
-def caption_font(size_px: int) -> ImageFont.ImageFont:
+def caption_font(size_px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """A scalable font of ``size_px`` (Pillow's own; its bitmap fallback where FreeType is absent)."""
     try:
         return ImageFont.load_default(size=size_px)

@@ -64,7 +64,7 @@ class TiffLevel:
     @property
     def grid_shape(self) -> tuple[int, int]:
         """(tile rows, tile cols)."""
-        return self.offsets.shape  # type: ignore[return-value]
+        return self.offsets.shape
 
 
 class RawTiffReader:
@@ -212,7 +212,7 @@ def open_raw_reader(path: str | Path, *, vendor: str, level_dimensions_px: tuple
     p = Path(path)
     try:
         with tifffile.TiffFile(p) as tif:
-            tiled = [page for page in tif.pages if page.is_tiled]
+            tiled = [page for page in tif.pages if isinstance(page, tifffile.TiffPage) and page.is_tiled]
             levels: dict[int, TiffLevel] = {}
             problems: dict[int, str] = {}
             for i, dims in enumerate(level_dimensions_px):
