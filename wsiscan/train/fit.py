@@ -265,7 +265,8 @@ def _summary_writer(out_dir: Path, purge_step: int, log: Log):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        log("tensorboard is not installed: logging to log.csv only")
+        log("tensorboard is not installed: logging to log.csv only (for TensorBoard scalars too: "
+            "pip install 'wsiscan[tensorboard]')")
         return None
     return SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=purge_step or None)
 
