@@ -315,7 +315,7 @@ class DeviceScorer:
         else:
             local = torch.zeros((0, 2), dtype=torch.int64)
         self._local = local.to(self.device)  # (N, 2) unit-local row, col: one upload for the run
-        self._local_np = local.numpy()  # the CPU cuts patches with numpy (15x torch's indexing, measured)
+        self._local_np = local.numpy()  # the CPU cuts patches with numpy (faster than torch's indexing)
 
     def run(self, regions: Iterator[tuple[int, np.ndarray]], pipeline: Pipeline) -> None:
         """Score every region of ``regions``; heatmap chunks are written by a thread of ``pipeline``."""
