@@ -50,9 +50,8 @@ class Server:
     def __init__(self, out: Path) -> None:
         import uvicorn
 
-        from wsiscan.serve.app import create_app
-
         from wsiscan.cli.serve import bind_socket  # the CLI's socket (TCP, so asyncio sets TCP_NODELAY)
+        from wsiscan.serve.app import create_app
 
         self.sock = bind_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
@@ -100,7 +99,7 @@ def time_tiles(conn, slide_id: str, kind: str, level_below_top: int, n: int, rng
         times_ms.append(dt * 1000.0)
         sizes.append(len(body))
     times_ms.sort()
-    q = lambda p: times_ms[min(len(times_ms) - 1, int(round(p * (len(times_ms) - 1))))]  # noqa: E731
+    q = lambda p: times_ms[min(len(times_ms) - 1, int(round(p * (len(times_ms) - 1))))]
     return {"image": kind, "level": level, "levels_below_full": level_below_top, "tile_px": tile,
             "n_tiles": len(times_ms), "median_ms": q(0.5), "p90_ms": q(0.9), "max_ms": times_ms[-1],
             "mean_kb": sum(sizes) / len(sizes) / 1024}

@@ -43,7 +43,7 @@ def model_rows(device, archs, precisions, batch_sizes, seconds: float, log) -> l
         for precision in precisions:
             try:
                 dtype = resolve_precision(precision, device)
-            except Exception as exc:  # noqa: BLE001 - e.g. fp16 on the CPU: recorded, not fatal
+            except Exception as exc:  # e.g. fp16 on the CPU: recorded, not fatal
                 rows.append({"arch": arch, "precision": precision, "skipped": str(exc)})
                 continue
             ens = Ensemble([build_model(spec)], [spec], device, autocast_dtype=dtype, tta=False)

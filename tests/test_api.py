@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from hub_cache import WSINFER_CONFIG, write_wsinfer_folder
 
 import wsiscan
 from wsiscan import models as M
-
-from hub_cache import WSINFER_CONFIG, write_wsinfer_folder
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def test_iter_patches_are_the_pixels_predict_scored(tiny_result, synthetic_slide
     assert plan.n_tiles == tiny_result.summary["tiles"]["n_tiles"]
     store = zarr.open_group(str(tiny_result.slide_dir / "store.zarr"), mode="r")
     pixels, grid = store["pixels"], store["grids/s96"]
-    stored_l0 = {tuple(rc): tuple(xy) for rc, xy in zip(grid["rc"][...], grid["l0_xy"][...])}
+    stored_l0 = {tuple(rc): tuple(xy) for rc, xy in zip(grid["rc"][...], grid["l0_xy"][...], strict=True)}
     n = 0
     for patch in wsiscan.iter_patches(plan):
         r, c = patch.rc
@@ -64,7 +63,7 @@ def test_heatmap_geometry_in_um(tiny_result):
     assert hm.cell_um == pytest.approx(96 * frame.px_mpp) and hm.scored_class == "tumor"
     x_um, y_um = hm.centres_um()
     grid = zarr.open_group(str(tiny_result.slide_dir / "store.zarr"), mode="r")["grids/s96"]
-    for (r, c), (x0, y0) in zip(grid["rc"][:20], grid["l0_xy"][:20]):
+    for (r, c), (x0, y0) in zip(grid["rc"][:20], grid["l0_xy"][:20], strict=True):
         # the cell centre is the tile centre (stride = tile): level-0 corner + half a tile, in um
         assert x_um[c] == pytest.approx(x0 * tiny_result.l0_mpp + hm.cell_um / 2, abs=tiny_result.l0_mpp)
         assert y_um[r] == pytest.approx(y0 * tiny_result.l0_mpp + hm.cell_um / 2, abs=tiny_result.l0_mpp)

@@ -8,11 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
+from hub_cache import fill_hf_cache, tia_pth_bytes
 
 from wsiscan import models as M
 from wsiscan.testing import write_synthetic_slide
-
-from hub_cache import fill_hf_cache, tia_pth_bytes
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -66,7 +65,7 @@ def test_python_api_examples_run(readme_dir):
     import numpy as np
 
     plan, patches = namespace["plan"], namespace["patches"]
-    for patch, value in zip(patches, namespace["dark"]):
+    for patch, value in zip(patches, namespace["dark"], strict=True):
         assert dark[patch.rc] == pytest.approx(value, abs=1e-5)
         assert value == pytest.approx(1 - patch.image.mean() / 255, abs=1e-5)
     assert np.isfinite(dark).sum() == plan.n_tiles

@@ -82,7 +82,7 @@ def test_simplified_polygons_are_what_every_picture_draws():
     rings = heatmap._rings(regions)
     assert len(drawn) == len(rings) >= 1
     l0_per_out = 0.972 * 3 / 0.972 * 2.0
-    for got, ring in zip(drawn, rings):
+    for got, ring in zip(drawn, rings, strict=True):
         assert np.allclose(got, np.asarray(ring) / l0_per_out - 0.5)
 
 

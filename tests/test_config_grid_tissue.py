@@ -164,7 +164,7 @@ def test_saturation_gray_and_box_sums_equal_the_float_reference():
     x0 = rng.integers(0, 46, 200)
     y1 = np.minimum(y0 + rng.integers(1, 20, 200), 61)
     x1 = np.minimum(x0 + rng.integers(1, 20, 200), 47)
-    brute = [mask[a:b, c:d].sum() for a, b, c, d in zip(y0, y1, x0, x1)]
+    brute = [mask[a:b, c:d].sum() for a, b, c, d in zip(y0, y1, x0, x1, strict=True)]
     np.testing.assert_array_equal(box_counts(summed_area_table(mask), y0, x0, y1, x1), brute)
 
 

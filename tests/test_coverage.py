@@ -5,8 +5,6 @@ tissue lies only along its right and bottom edges."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from cli_helpers import run

@@ -23,10 +23,10 @@ from click.testing import CliRunner
 
 distributed = pytest.importorskip("distributed")
 
-from wsiscan.cli import main  # noqa: E402
-from wsiscan.config import load_config  # noqa: E402
-from wsiscan.predict import SlideJob, expand_slide_inputs, load_models, resolution_config  # noqa: E402
-from wsiscan.testing import write_synthetic_slide  # noqa: E402
+from wsiscan.cli import main
+from wsiscan.config import load_config
+from wsiscan.predict import SlideJob, expand_slide_inputs, load_models, resolution_config
+from wsiscan.testing import write_synthetic_slide
 
 
 def run(*args):

@@ -15,8 +15,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from cli_helpers import assert_one_line_error, run
+
 from wsiscan.explain.attribution import dihedral, explain_patches, undo_dihedral
 from wsiscan.explain.positional import positional_check
 from wsiscan.models import ModelSpec, PixelLogReg, SmallCNN, build_model, save_checkpoint, tiny_expected_proba
@@ -137,7 +137,7 @@ def test_ensemble_is_the_mean_of_its_members(mark_model, centre_model):
     x = np.concatenate([patch_with_mark(40, 40), patch_with_mark(5, 5, seed=6)])
     models, specs = [mark_model[0], centre_model[0]], [mark_model[1], centre_model[1]]
     both = explain_patches(models, specs, x, ig_steps=8)
-    alone = [explain_patches([m], [s], x, ig_steps=8) for m, s in zip(models, specs)]
+    alone = [explain_patches([m], [s], x, ig_steps=8) for m, s in zip(models, specs, strict=True)]
     np.testing.assert_allclose(both.probabilities, (alone[0].probabilities + alone[1].probabilities) / 2, atol=1e-6)
     for method in ("gradcam", "ig"):
         np.testing.assert_allclose(both.maps[method], (alone[0].maps[method] + alone[1].maps[method]) / 2, atol=1e-5)

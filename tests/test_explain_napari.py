@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-
 from test_napari import napari_viewer, result_dir, viewer  # noqa: F401 - the napari fixtures (display: conftest)
 
 pytestmark = [pytest.mark.napari, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -15,12 +14,12 @@ pytestmark = [pytest.mark.napari, pytest.mark.filterwarnings("ignore::Deprecatio
 
 def test_selecting_a_hotspot_shows_its_top_patches(viewer, result_dir, tmp_path):  # noqa: F811 - fixtures
     from qtpy.QtWidgets import QApplication
+    from wsiscan_napari._explain_widget import HotspotExplainPanel
+    from wsiscan_napari._widget import open_review, save_window_screenshot
 
     from wsiscan.models import tiny_expected_proba
     from wsiscan.slide_pixels import open_store_pixels
     from wsiscan.store import open_tile_store
-    from wsiscan_napari._explain_widget import HotspotExplainPanel
-    from wsiscan_napari._widget import open_review, save_window_screenshot
 
     review = open_review(viewer, result_dir)
     panel = viewer.window.dock_widgets["Grad-CAM of hotspot"]

@@ -144,9 +144,9 @@ def test_cli_tile_records_ink_and_paints_it_in_qc(cmu_1um, tmp_path):
     on glass; the ink area is recorded in the store, no tile is kept on the glass stroke, and
     qc.png paints the ink yellow."""
     import tifffile
+    from cli_helpers import run
     from PIL import Image
 
-    from cli_helpers import run
     from wsiscan.store import open_tile_store
 
     h, w = cmu_1um.shape[:2]

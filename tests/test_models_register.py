@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from cli_helpers import run
 from torch import nn
 
 import wsiscan
@@ -15,8 +16,6 @@ from wsiscan import models as M
 from wsiscan import train
 from wsiscan.errors import CheckpointError, ConfigError
 from wsiscan.testing_pcam import write_pcam_h5
-
-from cli_helpers import run
 
 
 class Mine(nn.Module):

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from cli_helpers import assert_one_line_error, run
+from hub_cache import fill_hf_cache, tia_pth_bytes
 
 from wsiscan import models as M
 from wsiscan.errors import CheckpointError, OfflineError
-
-from cli_helpers import assert_one_line_error, run
-from hub_cache import fill_hf_cache, tia_pth_bytes
 
 NAME = "tiatoolbox/resnet18-pcam"
 REPO = "TIACentre/TIAToolbox_pretrained_weights"
@@ -170,6 +169,16 @@ def test_from_missing_file_and_unconvertible_file(tmp_path):
     junk.write_bytes(b"not weights")
     assert_one_line_error(run("models", "pull", NAME, "--from", junk), str(junk))
     assert not list(M.cache_dir().glob("*.pt"))
+
+
+def test_entry_without_a_hub_file_is_refused_in_one_line(tmp_path, tia_file, monkeypatch):
+    _pinned(monkeypatch, source="https://example.org/resnet18-pcam.pth")
+    assert_one_line_error(run("models", "pull", NAME), "names no file in its source", "--from FILE")
+    r = run("models", "list")
+    assert r.exit_code == 0 and NAME in r.stdout
+    brought = tmp_path / "w.pth"
+    brought.write_bytes(tia_file[0])
+    assert run("models", "pull", NAME, "--from", brought).exit_code == 0
 
 
 def test_converted_cache_is_reused_and_damage_suggests_force(tmp_path, tia_file):

@@ -10,11 +10,10 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 import zarr
-
-from wsiscan import models as M
-
 from cli_helpers import assert_one_line_error, run
 from hub_cache import WSINFER_CONFIG, fill_hf_cache, write_wsinfer_folder
+
+from wsiscan import models as M
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +79,7 @@ def test_class_axis_names_and_regions_per_class(folder_result):
     axes = [a["name"] for a in ome["multiscales"][0]["axes"]]
     assert axes == ["c", "y", "x"]
     assert [ch["label"] for ch in ome["omero"]["channels"]] == WSINFER_CONFIG["class_names"]
-    for level, ds in enumerate(ome["multiscales"][0]["datasets"]):
+    for ds in ome["multiscales"][0]["datasets"]:
         assert g[f"heatmap/{ds['path']}"].shape[0] == 3 and len(ds["coordinateTransformations"][0]["scale"]) == 3
     assert g["heatmap"].attrs["wsiscan"]["class_names"] == WSINFER_CONFIG["class_names"]
     # a generic OME-Zarr reader sees a channel axis and the class names

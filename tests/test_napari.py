@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from wsiscan_napari import _layers as L
 
 # napari's dependencies (npe2, pydantic v1-style models) warn on import: not ours to fix
@@ -175,7 +174,7 @@ def test_threshold_hotspot_and_export(viewer, result_dir, tmp_path):
         out = w.export_geojson(tmp_path / "review.geojson")
         back = L.read_geojson_geometries(out)
         assert len(back) == len(w.regions)
-        for g, r in zip(back, w.regions):
+        for g, r in zip(back, w.regions, strict=True):
             assert g.equals(shape(r["geometry"]))
         data = json.loads(out.read_text())
         predicted = json.loads((result_dir / "tumor.geojson").read_text())

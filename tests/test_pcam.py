@@ -65,7 +65,7 @@ def test_h5_dataset_pickles_without_its_handle_and_works_in_workers(official):
     np.testing.assert_array_equal(clone[2][0], ds[2][0])
     plain = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=0)
     workers = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
-    for (xa, ya), (xb, yb) in zip(plain, workers):
+    for (xa, ya), (xb, yb) in zip(plain, workers, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
@@ -172,7 +172,7 @@ def test_kaggle_split_is_stratified_deterministic_and_saved(kaggle, tmp_path):
         frac = len(d) / 60
         assert abs(frac - {"train": 0.8, "valid": 0.1, "test": 0.1}[s]) < 0.05
         assert 0 < d.labels.sum() < len(d)  # both classes in every split
-        by_id = dict(zip(ids, labels.tolist()))
+        by_id = dict(zip(ids, labels.tolist(), strict=True))
         assert [by_id[i] for i in d.patch_ids] == d.labels.tolist()
     again = pcam.make_stratified_split(labels, seed=0)
     assert again.tolist() == pcam.make_stratified_split(labels, seed=0).tolist()
@@ -190,6 +190,19 @@ def test_saved_split_is_reused_and_checked(kaggle, tmp_path):
     split_file.write_text("\n".join(text) + "\n")
     with pytest.raises(DatasetError, match="patch deadbeef is not in"):
         pcam.open_split(kaggle, "test", split_file=split_file)
+
+
+@pytest.mark.parametrize("header", ["# seed=x ratios=0.8,0.1,0.1", "# seed=0 ratios=0.8,0.2",
+                                    "# seed=0 ratios=0.8,0.1,oops", "# seed=0 ratios=0.9,0.1,0.1"])
+def test_split_file_with_a_bad_header_is_refused(kaggle, tmp_path, header):
+    split_file = tmp_path / "split.csv"
+    pcam.open_split(kaggle, "train", split_file=split_file, ratios=(0.7, 0.2, 0.1), seed=4)
+    saved = pcam.read_split_csv(split_file)
+    assert saved.ratios == (0.7, 0.2, 0.1) and saved.seed == 4
+    lines = split_file.read_text().splitlines()
+    split_file.write_text("\n".join([header, *lines[1:]]) + "\n")
+    with pytest.raises(DatasetError, match=f"{split_file}: bad header line .*remove the file to make a new split"):
+        pcam.open_split(kaggle, "train", split_file=split_file)
 
 
 def test_kaggle_all_split(kaggle):
@@ -267,7 +280,7 @@ def test_real_kaggle_sample_loads_with_its_labels():
     assert len(ds) == 15 and int(ds.labels.sum()) == 5
     with open(KAGGLE_SAMPLE / "train_labels.csv", newline="") as f:
         expected = {row["id"]: int(row["label"]) for row in csv.DictReader(f)}
-    assert dict(zip(ds.patch_ids, ds.labels.tolist())) == expected
+    assert dict(zip(ds.patch_ids, ds.labels.tolist(), strict=True)) == expected
     images = ds.read_batch(np.arange(15))
     assert images.shape == (15, 96, 96, 3) and images.dtype == np.uint8
     assert 50 < images.mean() < 250  # real H&E, not blank

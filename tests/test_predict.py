@@ -14,6 +14,7 @@ import pytest
 import torch
 import zarr
 from cli_helpers import assert_one_line_error, run
+
 from wsiscan.config import load_config
 from wsiscan.models import ModelSpec, build_model, save_checkpoint, tiny_expected_proba
 from wsiscan.testing import write_synthetic_slide

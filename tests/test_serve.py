@@ -25,18 +25,18 @@ import pytest
 pytest.importorskip("starlette", reason='the serve extra is not installed (pip install -e ".[serve]")')
 pytest.importorskip("httpx", reason="httpx (Starlette's test client) is not installed")
 
-from PIL import Image  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
-from test_serve_fixtures import SLIDE_IDS, LiveServer, make_results, raw_get  # noqa: E402
+from cli_helpers import assert_one_line_error, run
+from PIL import Image
+from starlette.testclient import TestClient
+from test_serve_fixtures import SLIDE_IDS, LiveServer, make_results, raw_get
 
-from cli_helpers import assert_one_line_error, run  # noqa: E402
-from wsiscan.heatmap import HeatmapFrame  # noqa: E402
-from wsiscan.models import tiny_expected_proba  # noqa: E402
-from wsiscan.serve.app import create_app  # noqa: E402
-from wsiscan.serve.deepzoom import CELL_PX, HeatmapDeepZoom, colormap_lut  # noqa: E402
-from wsiscan.serve.patch import resize_patch  # noqa: E402
-from wsiscan.slide import open_slide  # noqa: E402
-from wsiscan.store import open_tile_store  # noqa: E402
+from wsiscan.heatmap import HeatmapFrame
+from wsiscan.models import tiny_expected_proba
+from wsiscan.serve.app import create_app
+from wsiscan.serve.deepzoom import CELL_PX, HeatmapDeepZoom, colormap_lut
+from wsiscan.serve.patch import resize_patch
+from wsiscan.slide import open_slide
+from wsiscan.store import open_tile_store
 
 HOSTS = ("127.0.0.1", "localhost", "testserver")
 

@@ -22,16 +22,16 @@ import pytest
 pytest.importorskip("starlette", reason='the serve extra is not installed (pip install -e ".[serve]")')
 pytest.importorskip("selenium", reason="selenium is not installed (it is in the dev extra)")
 
-from PIL import Image  # noqa: E402
-from test_serve_fixtures import SLIDE_IDS, LiveServer, make_results  # noqa: E402
+from PIL import Image
+from test_serve_fixtures import SLIDE_IDS, LiveServer, make_results
 
-from wsiscan.heatmap import HeatmapFrame, tumour_regions  # noqa: E402
-from wsiscan.models import tiny_expected_proba  # noqa: E402
-from wsiscan.serve.app import create_app  # noqa: E402
-from wsiscan.serve.deepzoom import colormap_lut  # noqa: E402
-from wsiscan.serve.patch import resize_patch  # noqa: E402
-from wsiscan.store import open_tile_store  # noqa: E402
-from wsiscan.testing import BACKGROUND  # noqa: E402
+from wsiscan.heatmap import HeatmapFrame, tumour_regions
+from wsiscan.models import tiny_expected_proba
+from wsiscan.serve.app import create_app
+from wsiscan.serve.deepzoom import colormap_lut
+from wsiscan.serve.patch import resize_patch
+from wsiscan.store import open_tile_store
+from wsiscan.testing import BACKGROUND
 
 WINDOW_PX = (1300, 850)
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cli_helpers import assert_one_line_error, run
+
 from wsiscan.store import create_tile_store
 
 CELL_UM = 96.0  # stride 96 px at 1.0 um/px: cell c spans [96 c, 96 (c + 1)) um
@@ -210,6 +210,26 @@ def test_itc_and_lesion_sizes_follow_the_protocol():
     merged = evaluation_mask(box(0, 0, 800, 800).union(box(800 + 240, 0, 1840, 800)), l0_mpp=0.25)
     apart = evaluation_mask(box(0, 0, 800, 800).union(box(800 + 400, 0, 2000, 800)), l0_mpp=0.25)
     assert merged.n_labels == 1 and apart.n_labels == 2
+
+
+def test_major_axis_lengths_by_hand_and_as_scikit_image_measures_them():
+    """The ITC test's major axis: 4 sqrt(larger eigenvalue of the pixel coordinates' covariance)."""
+    from wsiscan.slide_eval.froc import major_axis_lengths
+
+    labels = np.zeros((30, 40), np.int32)
+    labels[2, 3:16] = 1  # a row of 13 px: variance (13^2 - 1) / 12 = 14 along it, 0 across
+    labels[10:20, 20:30] = 2  # a 10 x 10 square: (10^2 - 1) / 12 both ways, no covariance
+    for i in range(7):  # a diagonal of 7 px: variance (7^2 - 1) / 12 = 4 both ways, covariance 4
+        labels[22 + i, 2 + i] = 3
+    labels[5, 35] = 4  # one pixel: no extent
+    expected = [4 * np.sqrt(14), 4 * np.sqrt(99 / 12), 4 * np.sqrt(8), 0.0]
+    np.testing.assert_allclose(major_axis_lengths(labels, 4), expected, rtol=1e-12, atol=1e-12)
+    try:  # the reference implementation, where it is installed (not a wsiscan dependency)
+        from skimage.measure import regionprops
+    except ImportError:
+        return
+    np.testing.assert_allclose(major_axis_lengths(labels, 4), [p.axis_major_length for p in regionprops(labels)],
+                               rtol=1e-9, atol=1e-9)
 
 
 def _assert_nothing_written(eval_dir: Path):

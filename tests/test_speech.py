@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cli_helpers import run
+
 from wsiscan.speech import find_engine, play_text, spoken_summary, synthesize_wav
 
 needs_engine = pytest.mark.skipif(find_engine() is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")

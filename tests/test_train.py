@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -327,6 +328,19 @@ def test_cli_resume_and_existing_run(small_data, tmp_path):
                                    "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output and "best epoch" in resumed.output
+
+
+def test_cli_train_without_tensorboard_logs_to_csv_and_says_so(small_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the extra were not installed
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--data", str(small_data), "--out", str(run), "--arch", "logreg",
+                                       "--weights", "none", "--epochs", "1", "--batch-size", "32", "--workers", "0",
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "tensorboard is not installed: logging to log.csv only" in result.output
+    assert "pip install 'wsiscan[tensorboard]'" in result.output
+    assert (run / "best.pt").is_file() and len((run / "log.csv").read_text().splitlines()) == 2
+    assert not (run / "tensorboard").exists()
 
 
 def test_cli_imagenet_offline(small_data, tmp_path, monkeypatch):

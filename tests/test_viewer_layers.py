@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from wsiscan_napari import _layers as L
+from wsiscan_napari._reader import get_reader
 
 from wsiscan.cli import main
 from wsiscan.testing import synthetic_tissue
-from wsiscan_napari import _layers as L
-from wsiscan_napari._reader import get_reader
 
 REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data" / "slides" / "CMU-1-Small-Region.svs"
 
@@ -182,7 +182,7 @@ def test_regions_at_predicts_threshold_are_predicts_regions(result, result_dir, 
     exported = json.loads(out.read_text())
     assert exported == predicted  # same writer, same schema, same values
     back = L.read_geojson_geometries(out)
-    for a, b in zip(back, _shapes(predicted["features"])):
+    for a, b in zip(back, _shapes(predicted["features"]), strict=True):
         assert a.equals(b)
 
 
@@ -197,7 +197,7 @@ def test_export_round_trips_at_any_threshold(result, tmp_path):
         assert {f["properties"]["classification"]["name"] for f in data["features"]} == {"Tumor"}
         back = L.read_geojson_geometries(path)
         assert len(back) == len(regions)
-        for g, r in zip(back, regions):
+        for g, r in zip(back, regions, strict=True):
             assert g.equals(shape(r["geometry"]))
             assert g.area == pytest.approx(shape(r["geometry"]).area)
 

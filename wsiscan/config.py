@@ -137,7 +137,8 @@ class Config:
         return dataclasses.replace(self, **{section: new_section})
 
 
-_SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+# section name -> its dataclass
+_SECTIONS: dict[str, type] = {f.name: type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)}
 
 
 def _coerce(value: Any, annotation: Any, where: str, source: str) -> Any:
@@ -220,8 +221,7 @@ def load_config(path: str | Path | None = None) -> Config:
             merged.setdefault(name, {}).update(section)
     sections = {}
     for name in _SECTIONS:
-        cls = type(_SECTIONS[name]())
-        sections[name] = _build(cls, merged.get(name, {}), name, source)
+        sections[name] = _build(_SECTIONS[name], merged.get(name, {}), name, source)
     return Config(**sections)
 
 

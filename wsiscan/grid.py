@@ -178,7 +178,8 @@ def build_grid(*, width_px: int, height_px: int, tile_size_px: int, stride_px: i
 def grid_border(grid: TileGrid, rc: np.ndarray) -> np.ndarray:
     """(N,) bool: whether each grid (row, col) lies in the grid's first or last row or column."""
     rc = np.asarray(rc).reshape(-1, 2)
-    return (rc[:, 0] == 0) | (rc[:, 1] == 0) | (rc[:, 0] == grid.n_rows - 1) | (rc[:, 1] == grid.n_cols - 1)
+    border: np.ndarray = (rc[:, 0] == 0) | (rc[:, 1] == 0) | (rc[:, 0] == grid.n_rows - 1) | (rc[:, 1] == grid.n_cols - 1)
+    return border
 
 
 def tile_coverage(mask_shape: tuple[int, int], *, mask_mpp: float, px_mpp: float, px_xy: np.ndarray,

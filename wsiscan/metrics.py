@@ -18,8 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "binary_auc",
@@ -33,6 +37,7 @@ __all__ = [
     "nll",
     "plot_roc",
     "plot_reliability",
+    "agg_figure",
 ]
 
 
@@ -222,7 +227,7 @@ def guarded_temperature(logits: np.ndarray, labels: np.ndarray, *, positive_clas
     n = len(labels)
     ece_1 = expected_calibration_error(softmax(logits, 1.0)[:, positive_class], labels, n_bins=n_bins) if n else None
     per_class = np.bincount(labels.astype(np.int64), minlength=2) if n else np.zeros(2, np.int64)
-    if n < min_patches or per_class.min() < min_per_class:
+    if ece_1 is None or n < min_patches or per_class.min() < min_per_class:  # ece_1 is None: no patches
         return Calibration(1.0, None, ece_1, ece_1, (
             f"calibration skipped: {n} validation patches ({', '.join(str(int(c)) for c in per_class)} per class); "
             f"a temperature is fitted on at least {min_patches}, with {min_per_class} of each class; keeping T = 1"))
@@ -239,7 +244,8 @@ def guarded_temperature(logits: np.ndarray, labels: np.ndarray, *, positive_clas
 # Plots
 
 
-def _figure(size_in: tuple[float, float] = (4.5, 4.5)):
+def agg_figure(size_in: tuple[float, float] = (4.5, 4.5)) -> Figure:
+    """A matplotlib Figure drawn by the Agg canvas (no pyplot, no display), for every plot wsiscan saves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -252,7 +258,7 @@ def plot_roc(probs: np.ndarray, labels: np.ndarray, path: str | Path, *, title: 
     """ROC curve with its AUC and the chance diagonal, as a PNG."""
     fpr, tpr, _ = roc_curve(probs, labels)
     auc = binary_auc(probs, labels)
-    fig = _figure()
+    fig = agg_figure()
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
     label = f"AUC {auc:.3f}" if auc is not None else "AUC undefined (one class)"
@@ -275,7 +281,7 @@ def plot_reliability(
     edges = bins["edges"]
     width = edges[1] - edges[0]
     used = bins["count"] > 0
-    fig = _figure((4.5, 5.5))
+    fig = agg_figure((4.5, 5.5))
     ax, ax_count = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect calibration")
     ax.bar(edges[:-1][used], bins["accuracy"][used], width=width, align="edge", color="tab:blue",

@@ -25,7 +25,7 @@ def scale_bar_um(width_um: float) -> float:
     return float(max(m * k for m in (1.0, 2.0, 5.0) if m * k <= target))
 
 
-def caption_font(size_px: int) -> ImageFont.ImageFont:
+def caption_font(size_px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """A scalable font of ``size_px`` (Pillow's own; its bitmap fallback where FreeType is absent)."""
     try:
         return ImageFont.load_default(size=size_px)
@@ -98,8 +98,8 @@ def resize_box(image: np.ndarray, size: tuple[int, int], *, stripe_rows: int = 6
 
     PIL's BOX resize of the whole image (within one grey level: a stripe's box starts at a
     fractional row, which rounds some weights differently), computed a stripe of output
-    rows at a time: PIL copies its input (RGB into 4 bytes a pixel), which for the
-    6,250 x 6,250 px thumbnail of a 100,000 px slide was a 156 MB temporary.
+    rows at a time: PIL copies its input (RGB into 4 bytes a pixel), so a whole thumbnail
+    would make a temporary larger than the thumbnail itself.
     """
     h, w = image.shape[:2]
     ow, oh = size

@@ -1,9 +1,8 @@
 """Raw TIFF tile reads: the only module that imports tifffile and imagecodecs for slide pixels.
 
-OpenSlide decodes the JPEG tiles of a TIFF slide at ~100-160 MB/s on a 2-core CPU; fetching
-the tile bytes with ``os.pread`` and decoding them with imagecodecs (libjpeg-turbo,
-OpenJPEG) runs at ~600 MB/s on the same tiles (measured: 768 px regions of the 20k
-benchmark slide).  :class:`RawTiffReader` does that for the levels where it gives the very
+Fetching the tile bytes of a TIFF slide with ``os.pread`` and decoding them with imagecodecs
+(libjpeg-turbo, OpenJPEG) is several times faster than OpenSlide's decode of the same tiles
+(the README's Performance section has the figures).  :class:`RawTiffReader` does that for the levels where it gives the very
 pixels OpenSlide's ``read_region`` gives (composited on white), and says why not for the
 others, which :class:`wsiscan.slide.Slide` then reads through OpenSlide:
 
@@ -64,7 +63,7 @@ class TiffLevel:
     @property
     def grid_shape(self) -> tuple[int, int]:
         """(tile rows, tile cols)."""
-        return self.offsets.shape  # type: ignore[return-value]
+        return self.offsets.shape
 
 
 class RawTiffReader:
@@ -212,7 +211,7 @@ def open_raw_reader(path: str | Path, *, vendor: str, level_dimensions_px: tuple
     p = Path(path)
     try:
         with tifffile.TiffFile(p) as tif:
-            tiled = [page for page in tif.pages if page.is_tiled]
+            tiled = [page for page in tif.pages if isinstance(page, tifffile.TiffPage) and page.is_tiled]
             levels: dict[int, TiffLevel] = {}
             problems: dict[int, str] = {}
             for i, dims in enumerate(level_dimensions_px):

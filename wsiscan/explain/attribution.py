@@ -55,7 +55,7 @@ def default_layer(model: nn.Module, spec: ModelSpec) -> str | None:
     """The module Grad-CAM reads, by dotted name, or None when the network has no conv feature map."""
     if spec.arch.startswith("resnet"):
         return "layer3"
-    if spec.arch == "smallcnn":
+    if spec.arch == "smallcnn" and isinstance(model.features, nn.Sequential):
         return f"features.{len(model.features) - 2}"  # the last ReLU, before the last pooling
     return None
 
@@ -150,7 +150,7 @@ def explain_patches(
     maps = {m: np.zeros((n, size_px, size_px), np.float32) for m in methods}
     notes: dict[str, str] = {}
     titles = {m: "Grad-CAM" if m == "gradcam" else "integrated gradients" for m in methods}
-    for model, spec, name in zip(models, specs, names):
+    for model, spec, name in zip(models, specs, names, strict=True):
         model = model.to(device).eval()
         wrapped = _LogOdds(model, spec)
         layer_name = layer if layer is not None else default_layer(model, spec)

@@ -47,7 +47,7 @@ def score_patches(models: Sequence[torch.nn.Module], specs: Sequence[ModelSpec],
         x01 = torch.from_numpy(np.ascontiguousarray(patches_uint8[start : start + batch_size])).to(device)
         x01 = x01.permute(0, 3, 1, 2).float() / 255.0
         total = torch.zeros(len(x01), dtype=torch.float64, device=device)
-        for model, spec in zip(models, specs):
+        for model, spec in zip(models, specs, strict=True):
             model = model.to(device).eval()
             for i in views:
                 logits = model(normalise(dihedral(x01, i), spec)).float()
@@ -74,14 +74,14 @@ def positional_check(models, specs, images: np.ndarray, labels: np.ndarray, *, s
     if not 1 <= step_px <= size - side:
         raise DatasetError(f"--positional-step-px {step_px}: must be between 1 and {size - side} px")
     grid = _positions(size, side, step_px)
-    score = lambda x: score_patches(models, specs, x, tta=tta, device=device, batch_size=batch_size)  # noqa: E731
+    score = lambda x: score_patches(models, specs, x, tta=tta, device=device, batch_size=batch_size)
 
     def donor(k: int, avoid: int | None = None) -> int:
         choices = neg if avoid is None else neg[neg != avoid]
         return int(choices[k % len(choices)])
 
     curve = np.zeros((len(grid), len(grid)), np.float64)
-    for k, i in enumerate(pos):
+    for k, i in enumerate(pos.tolist()):
         base = images[i].copy()
         base[c0:c1, c0:c1] = images[donor(k)][c0:c1, c0:c1]
         batch = []
@@ -120,7 +120,7 @@ def positional_check(models, specs, images: np.ndarray, labels: np.ndarray, *, s
 
 def plot_positional(result: dict, path: str | Path, *, title: str = "") -> Path:
     """The mean tumour probability against the offset of the centre, as an annotated heatmap PNG."""
-    fig = M._figure((5.2, 4.6))  # noqa: SLF001 - the Agg figure the other metric plots use
+    fig = M.agg_figure((5.2, 4.6))
     ax = fig.add_subplot(1, 1, 1)
     curve = np.asarray(result["mean_probability"])
     offsets = result["offsets_px"]

@@ -47,7 +47,7 @@ def load_explain_models(model_refs: Sequence[str], *, result_dir: Path | None = 
     if not recorded:
         raise CheckpointError(f"{result_dir}: the heatmap does not name its models; pass --model")
     loaded = load_models([m["model"] for m in recorded])
-    for m, sha in zip(recorded, loaded.sha256):
+    for m, sha in zip(recorded, loaded.sha256, strict=True):
         if m.get("sha256") and m["sha256"] != sha:
             raise CheckpointError(f"{m['model']}: its sha256 differs from the one {result_dir} was scored with; "
                                   f"pass that checkpoint with --model")

@@ -49,7 +49,7 @@ def patches_from_pcam(data_dir: Path, *, split: str | None, max_patches: int, lo
     positions = np.arange(n)
     images = dataset.read_batch(positions)
     ids = dataset.patch_ids[:n] if isinstance(dataset, pcam.KaggleDataset) else [f"{split}-{int(r)}" for r in dataset.rows[:n]]
-    labels = [int(v) for v in dataset.labels[:n]]
+    labels: list[int | None] = [int(v) for v in dataset.labels[:n]]
     return PatchSet(images, list(ids), labels, [{"pcam": str(data_dir), "split": split, "position": int(i)} for i in positions],
                     {"kind": "pcam", "path": str(data_dir), "layout": layout, "split": split, "n_in_split": len(dataset)})
 
@@ -126,7 +126,7 @@ def _top_cells(store, frame, *, top_k: int, region) -> list[tuple[float, int, in
         if values.size > top_k:
             keep = np.argpartition(-values, top_k - 1)[:top_k]
             rows, cols, values = rows[keep], cols[keep], values[keep]
-        best += [(float(v), int(r + r0), int(c + c0)) for v, r, c in zip(values, rows, cols)]
+        best += [(float(v), int(r + r0), int(c + c0)) for v, r, c in zip(values, rows, cols, strict=True)]
         best = sorted(best, key=lambda t: (-t[0], t[1], t[2]))[:top_k]
     return best
 

@@ -60,6 +60,8 @@ class TinyModel(nn.Module):
     ``k`` (10.0) is a buffer, so it is saved in the state dict.
     """
 
+    k: torch.Tensor  # registered as a buffer in __init__
+
     def __init__(self, k: float = 10.0) -> None:
         super().__init__()
         self.register_buffer("k", torch.tensor(float(k)))

@@ -20,7 +20,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -158,6 +158,8 @@ def verify_source(path: Path, entry: RegistryEntry, origin: str, revision: str |
 
 def _hub_file(entry: RegistryEntry, filename: str) -> Path | None:
     """The file in the standard HF cache (no network), or None."""
+    if entry.hf_repo_id is None:
+        return None
     try:
         import huggingface_hub
     except ImportError:
@@ -187,8 +189,17 @@ def looked_in(entry: RegistryEntry) -> str:
     return " and ".join(places)
 
 
+def _hub_repo_id(entry: RegistryEntry) -> str:
+    """The entry's Hugging Face repo; :class:`CheckpointError` for an entry with another kind of source."""
+    if entry.hf_repo_id is None:
+        raise CheckpointError(f"model '{entry.name}' has no Hugging Face source (its source is {entry.source!r}); "
+                              f"give its weights with `wsiscan models pull {entry.name} --from FILE`")
+    return entry.hf_repo_id
+
+
 def download_source(entry: RegistryEntry, filename: str, *, force: bool) -> Path:
     """``hf_hub_download`` into the standard cache; :class:`OfflineError` in one line when impossible."""
+    repo_id = _hub_repo_id(entry)
     where = f"{entry.hf_repo_id}/{filename}" + (f" at {entry.revision}" if entry.revision else "")
     what = entry.hf_repo_id if entry.kind == "wsinfer" else f"{entry.hf_repo_id} {filename}"  # a WSInfer repo: all
     hint = (f"`hf download {what}` (or `wsiscan models pull {entry.name}`) on a connected "
@@ -208,7 +219,7 @@ def download_source(entry: RegistryEntry, filename: str, *, force: bool) -> Path
         raise OfflineError(f"model '{entry.name}' ({where}) is not in {looked_in(entry)} and cannot be downloaded "
                            f"here ({reason}): run {hint}, or pass --model PATH to a checkpoint")
     try:
-        local = huggingface_hub.hf_hub_download(repo_id=entry.hf_repo_id, filename=filename,
+        local = huggingface_hub.hf_hub_download(repo_id=repo_id, filename=filename,
                                                 revision=entry.revision, cache_dir=hf_cache_dir(),
                                                 force_download=force)
     except _network_errors() as exc:
@@ -218,6 +229,12 @@ def download_source(entry: RegistryEntry, filename: str, *, force: bool) -> Path
     return Path(local)
 
 
+@overload
+def locate_source(entry: RegistryEntry, filename: str | None = None, *, force: bool = False,
+                  from_file: Path | None = None, download: Literal[True] = True) -> SourceFile: ...
+@overload
+def locate_source(entry: RegistryEntry, filename: str | None = None, *, force: bool = False,
+                  from_file: Path | None = None, download: bool) -> SourceFile | None: ...
 def locate_source(entry: RegistryEntry, filename: str | None = None, *, force: bool = False,
                   from_file: Path | None = None, download: bool = True) -> SourceFile | None:
     """The entry's source file (``filename`` in its Hub repo), verified; None when it is
@@ -228,6 +245,9 @@ def locate_source(entry: RegistryEntry, filename: str | None = None, *, force: b
             what = "is a folder" if from_file.is_dir() else "no such file"
             raise CheckpointError(f"--from {from_file}: {what}; give the path of the model file ({entry.hf_filename})")
         return verify_source(from_file, entry, f"--from {from_file}")
+    if not filename:
+        raise CheckpointError(f"model '{entry.name}' names no file in its source {entry.source!r} (expected "
+                              f"hf://OWNER/REPO/FILE); give the file with `wsiscan models pull {entry.name} --from FILE`")
     local = [] if force else _local_sources(entry, filename)
     if local:  # the first found is the one used: a pinned hash it fails is refused, not skipped
         path, origin, revision = local[0]

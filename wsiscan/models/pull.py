@@ -186,7 +186,7 @@ def local_copy(name: str) -> tuple[str, Path] | None:
     if entry.kind == "builtin":
         return "built in", cached_checkpoint_path(entry.name)
     filename = WSINFER_TORCHSCRIPT_NAME if entry.kind == "wsinfer" else entry.hf_filename
-    local = _local_sources(entry, filename)
+    local = _local_sources(entry, filename) if filename else []
     if local:
         return local[0][1], local[0][0]
     cached = find_cached_checkpoint(entry.name, source_sha256=entry.sha256,

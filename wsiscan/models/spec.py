@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeGuard
 
 from ..errors import CheckpointError
 
@@ -41,7 +41,7 @@ def _one_line(text: object, limit: int = 200) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -87,11 +87,11 @@ class ModelSpec:
         problem = self._problem()
         if problem:
             raise CheckpointError(f"invalid model spec: {problem}")
-        if self.mean is not None:
+        if self.mean is not None and self.std is not None:
             object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
             object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
-    def _problem(self) -> str | None:  # noqa: C901 - a flat list of checks
+    def _problem(self) -> str | None:
         arch_problem = _arch_problem(self.arch)
         if arch_problem:
             return arch_problem
@@ -111,7 +111,7 @@ class ModelSpec:
             return f"input_mpp must be within {_MPP_MIN}..{_MPP_MAX} um/px, got {self.input_mpp!r}"
         if (self.mean is None) != (self.std is None):
             return "mean and std must both be set or both be None"
-        if self.mean is not None:
+        if self.mean is not None and self.std is not None:
             for key in ("mean", "std"):
                 value = getattr(self, key)
                 if not isinstance(value, tuple) or len(value) != 3 or not all(map(_is_real, value)):

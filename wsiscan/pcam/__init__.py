@@ -20,8 +20,8 @@ image a (96, 96, 3) uint8 numpy array, so PyTorch's default collate stacks them.
 """
 
 from .clean import dark_bright_fraction, find_clean_patches
-from .dataset import OFFICIAL_SPLITS, PATCH_SHAPE, PCAM_MPP, Log, PatchDataset  # noqa: F401 - Log, as before
-from .hdf5 import H5PatchDataset, default_cache_dir, official_path  # noqa: F401 - default_cache_dir, as before
+from .dataset import OFFICIAL_SPLITS, PATCH_SHAPE, PCAM_MPP, Log, PatchDataset
+from .hdf5 import H5PatchDataset, default_cache_dir, official_path
 from .kaggle import (
     KaggleDataset,
     SplitAssignment,
@@ -43,6 +43,7 @@ __all__ = [
     "SplitAssignment",
     "detect_layout",
     "official_path",
+    "default_cache_dir",
     "open_split",
     "make_stratified_split",
     "load_or_make_split",
@@ -51,4 +52,5 @@ __all__ = [
     "read_kaggle_labels",
     "dark_bright_fraction",
     "find_clean_patches",
+    "Log",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -27,16 +27,15 @@ def find_clean_patches(
     bright: int = 245,
     max_fraction: float = 0.5,
     batch_size: int = 2048,
-    progress: Callable[[Iterator], Iterator] | None = None,
+    progress: Callable[[Iterator[np.ndarray]], Iterable[np.ndarray]] | None = None,
 ) -> np.ndarray:
     """Positions of the patches that are not mostly over-dark or over-bright.
 
     PCam's published preprocessing drops patches whose pixels are mostly below 10 or
     above 245 (pen, dust, glass).  The images are read in batches, never all at once.
     """
-    batches = _batches(len(dataset), batch_size)
-    if progress is not None:
-        batches = progress(batches)
+    raw = _batches(len(dataset), batch_size)
+    batches = progress(raw) if progress is not None else raw
     keep = [pos[dark_bright_fraction(dataset.read_batch(pos), dark=dark, bright=bright) <= max_fraction]
             for pos in batches]
     return np.concatenate(keep) if keep else np.zeros(0, np.int64)

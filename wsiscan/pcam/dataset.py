@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Self, Sequence
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class PatchDataset:
         return np.stack([self._read_row(int(self.rows[p])) for p in positions]) if len(positions) else \
             np.zeros((0, *PATCH_SHAPE), np.uint8)
 
-    def subset(self, positions: Sequence[int] | np.ndarray) -> "PatchDataset":
+    def subset(self, positions: Sequence[int] | np.ndarray) -> Self:
         """The same source restricted to some positions of this dataset."""
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__getstate__())

@@ -85,7 +85,7 @@ class H5PatchDataset(PatchDataset):
         if handle is not None and self.__dict__.get("_pid") == os.getpid():
             try:
                 handle.close()
-            except Exception:  # noqa: BLE001 - interpreter shutdown; nothing to report
+            except Exception:  # interpreter shutdown: nothing to report
                 pass
 
 

@@ -113,6 +113,15 @@ class SplitAssignment:
         return out
 
 
+def _ratio_triple(values: Sequence[float]) -> tuple[float, float, float]:
+    """``values`` as (train, valid, test) ratios; :class:`DatasetError` unless three non-negative numbers summing
+    to 1."""
+    ratios = tuple(float(r) for r in values)
+    if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
+        raise DatasetError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
+    return ratios[0], ratios[1], ratios[2]
+
+
 def make_stratified_split(
     labels: np.ndarray, *, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> np.ndarray:
@@ -122,9 +131,7 @@ def make_stratified_split(
     cut by ``ratios``; each class with at least three patches puts at least one in the
     validation and in the test split.
     """
-    ratios = tuple(float(r) for r in ratios)
-    if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
-        raise DatasetError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
+    ratios = _ratio_triple(ratios)
     labels = np.asarray(labels)
     out = np.empty(len(labels), dtype=object)
     rng = np.random.default_rng(seed)
@@ -152,7 +159,7 @@ def write_split_csv(path: Path, assignment: SplitAssignment) -> None:
         handle.write(f"# seed={assignment.seed} ratios={','.join(str(r) for r in assignment.ratios)}\n")
         writer = csv.writer(handle)
         writer.writerow(["id", "label", "split"])
-        writer.writerows(zip(assignment.ids, assignment.labels, assignment.splits))
+        writer.writerows(zip(assignment.ids, assignment.labels, assignment.splits, strict=True))
     os.replace(tmp, path)
 
 
@@ -165,9 +172,13 @@ def read_split_csv(path: Path) -> SplitAssignment:
     seed, ratios = 0, (0.8, 0.1, 0.1)
     if lines and lines[0].startswith("#"):
         fields = dict(part.split("=", 1) for part in lines[0][1:].split() if "=" in part)
-        seed = int(fields.get("seed", seed))
-        if "ratios" in fields:
-            ratios = tuple(float(r) for r in fields["ratios"].split(","))  # type: ignore[assignment]
+        try:
+            seed = int(fields.get("seed", seed))
+            if "ratios" in fields:
+                ratios = _ratio_triple([float(r) for r in fields["ratios"].split(",")])
+        except ValueError as exc:  # DatasetError is a ValueError too
+            raise DatasetError(f"{path}: bad header line {lines[0]!r} ({exc}); expected '# seed=INT ratios=A,B,C': "
+                               "fix it, or remove the file to make a new split") from exc
         lines = lines[1:]
     rows = list(csv.DictReader(lines))
     if not rows or not {"id", "label", "split"} <= set(rows[0]):
@@ -180,7 +191,7 @@ def read_split_csv(path: Path) -> SplitAssignment:
         labels=tuple(int(r["label"]) for r in rows),
         splits=tuple(r["split"] for r in rows),
         seed=seed,
-        ratios=ratios,  # type: ignore[arg-type]
+        ratios=ratios,
     )
 
 
@@ -197,8 +208,8 @@ def load_or_make_split(
     ids, labels = read_kaggle_labels(root)
     if split_file is not None and Path(split_file).is_file():
         saved = read_split_csv(Path(split_file))
-        by_id = dict(zip(ids, labels.tolist()))
-        for pid, label in zip(saved.ids, saved.labels):
+        by_id = dict(zip(ids, labels.tolist(), strict=True))
+        for pid, label in zip(saved.ids, saved.labels, strict=True):
             if by_id.get(pid) != label:
                 raise DatasetError(
                     f"{split_file}: patch {pid} is not in {Path(root) / _KAGGLE_LABELS} with label {label}; "
@@ -207,7 +218,7 @@ def load_or_make_split(
         return saved
     splits = make_stratified_split(labels, ratios=ratios, seed=seed)
     assignment = SplitAssignment(tuple(ids), tuple(labels.tolist()), tuple(splits.tolist()), seed,
-                                 tuple(float(r) for r in ratios))  # type: ignore[arg-type]
+                                 _ratio_triple(ratios))
     if split_file is not None:
         write_split_csv(Path(split_file), assignment)
         log(f"made a stratified {':'.join(f'{r:g}' for r in ratios)} split of {len(ids)} Kaggle patches "

@@ -17,8 +17,12 @@ import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import DatasetError
+
+if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
 
 __all__ = ["SlideAnnotation", "read_annotation", "find_annotation", "ANNOTATION_SUFFIXES"]
 
@@ -31,7 +35,7 @@ class SlideAnnotation:
     """Tumour area (exclusions removed) of one slide as a shapely geometry in level-0 px."""
 
     path: Path
-    tumour: object  # shapely (Multi)Polygon, possibly empty
+    tumour: BaseGeometry  # shapely (Multi)Polygon, possibly empty
     n_tumour_polygons: int
     n_exclusion_polygons: int
 
@@ -45,7 +49,7 @@ def _is_exclusion(name: str | None) -> bool:
     return text in _EXCLUSION_NAMES or text.startswith("ignore")
 
 
-def _polygon(points: list[tuple[float, float]], path: Path, what: str):
+def _polygon(points: list[tuple[float, float]], path: Path, what: str) -> BaseGeometry:
     from shapely.geometry import Polygon
     from shapely.validation import make_valid
 
@@ -54,18 +58,19 @@ def _polygon(points: list[tuple[float, float]], path: Path, what: str):
     return make_valid(Polygon(points))
 
 
-def _read_asap(path: Path) -> tuple[list, list]:
+def _read_asap(path: Path) -> tuple[list[BaseGeometry], list[BaseGeometry]]:
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise DatasetError(f"{path}: not well-formed XML ({exc}); expected a Camelyon16 ASAP annotation file") from exc
-    tumour, exclusion = [], []
+    tumour: list[BaseGeometry] = []
+    exclusion: list[BaseGeometry] = []
     annotations = root.iter("Annotation")
     for i, ann in enumerate(annotations):
-        coords = []
+        coords: list[tuple[int, float, float]] = []
         for c in ann.iter("Coordinate"):
             try:
-                coords.append((int(c.get("Order", len(coords))), float(c.get("X")), float(c.get("Y"))))
+                coords.append((int(c.get("Order", len(coords))), float(c.get("X", "")), float(c.get("Y", ""))))
             except (TypeError, ValueError) as exc:
                 raise DatasetError(f"{path}: annotation {ann.get('Name', i)} has a coordinate without numeric "
                                    f"X/Y ({c.attrib}); expected <Coordinate Order= X= Y=>") from exc
@@ -77,7 +82,7 @@ def _read_asap(path: Path) -> tuple[list, list]:
     return tumour, exclusion
 
 
-def _read_geojson(path: Path) -> tuple[list, list]:
+def _read_geojson(path: Path) -> tuple[list[BaseGeometry], list[BaseGeometry]]:
     from shapely.geometry import shape
     from shapely.validation import make_valid
 
@@ -93,7 +98,8 @@ def _read_geojson(path: Path) -> tuple[list, list]:
         features = data
     else:
         raise DatasetError(f"{path}: neither a GeoJSON FeatureCollection, a Feature nor a list of features")
-    tumour, exclusion = [], []
+    tumour: list[BaseGeometry] = []
+    exclusion: list[BaseGeometry] = []
     for i, feature in enumerate(features):
         geometry = feature.get("geometry") if isinstance(feature, dict) else None
         if not isinstance(geometry, dict) or geometry.get("type") not in ("Polygon", "MultiPolygon"):

@@ -41,6 +41,8 @@ def read_slide_labels(path: str | Path) -> dict[str, int]:
     if not rows:
         raise DatasetError(f"{p}: empty; expected rows 'slide,label' (label Tumor/Normal or 1/0)")
     header = [c.strip().lower() for c in rows[0]]
+    slide_col: int | None
+    label_col: int | None
     if len(rows[0]) >= 2 and _label(rows[0][1]) is not None:  # no header: Camelyon16 reference.csv
         slide_col, label_col, body, first_line = 0, 1, rows, 1
     else:

@@ -10,7 +10,7 @@ import csv
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -102,7 +102,10 @@ def evaluate_slides(
                 f"{annotations_dir}: no tumour annotation for tumour slide {slide_dir.name} "
                 f"(expected {slide_dir.name}.xml or .geojson there); lesion-level FROC needs one")
         plan.append((slide_dir, ann_path, annotation, label))
-    rows, fp_all, tp_all, n_lesions_all = [], [], [], 0
+    rows: list[dict[str, Any]] = []  # one per slide: the slides.csv columns
+    fp_all: list[float] = []
+    tp_all: list[float] = []
+    n_lesions_all = 0
     dice_counts = np.zeros(3, np.int64)  # tp, fp, fn cells over all slides
     for slide_dir, ann_path, annotation, label in plan:
         summary = json.loads((slide_dir / "summary.json").read_text())
@@ -155,7 +158,7 @@ def evaluate_slides(
         },
         "froc": {
             "score": score,
-            "sensitivity_at_fps_per_slide": dict(zip((f"{r:g}" for r in FROC_FP_RATES), at_rates)),
+            "sensitivity_at_fps_per_slide": dict(zip((f"{r:g}" for r in FROC_FP_RATES), at_rates, strict=True)),
             "n_lesions": n_lesions_all, "n_itc": int(sum(r["n_itc"] for r in rows)),
             "n_detections": int(sum(r["n_detections"] for r in rows)), "n_false_positives": len(fp_all),
             "curve": {"fps_per_slide": fps_curve.tolist(), "sensitivity": sens_curve.tolist()},
@@ -195,7 +198,7 @@ def _write_table(rows: list[dict], path: Path) -> None:
 
 def _plot_froc(fps: np.ndarray, sens: np.ndarray, score: float | None, at_rates: list, path: Path, *,
                n_lesions: int, n_slides: int) -> None:
-    fig = M._figure((5.5, 4.5))  # noqa: SLF001 - the Agg figure the other metric plots use
+    fig = M.agg_figure((5.5, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     xs = np.geomspace(1 / 8, 16, 400)  # the curve as the score reads it: np.interp of the operating points
     ax.plot(xs, np.interp(xs, fps[::-1], sens[::-1]), color="tab:red", linewidth=2, label="FROC (interpolated)")

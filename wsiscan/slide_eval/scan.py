@@ -78,7 +78,7 @@ def _local_maxima(block: np.ndarray, core: tuple[slice, slice], *, radius: int, 
     inside = np.zeros_like(is_max)
     inside[core] = True
     out = []
-    for y, x in zip(*np.nonzero(is_max & inside)):
+    for y, x in zip(*np.nonzero(is_max & inside), strict=True):
         window = values[y - radius : y + radius + 1, x - radius : x + radius + 1]
         equal = np.flatnonzero(window.ravel() == values[y, x])
         if equal[0] == radius * (2 * radius + 1) + radius:  # the centre is the first equal value
@@ -113,8 +113,8 @@ def scan_heatmap(store: TileStore, frame: HeatmapFrame, *, tumour=None, threshol
         rows, cols = np.nonzero(finite)
         predicted = cells[rows, cols] >= threshold
         if tumour is not None and not tumour.is_empty and rows.size:
-            x, y = frame.cell_to_l0(rows + r0, cols + c0)
-            truth = shapely.contains_xy(tumour, x, y)
+            cells_x_l0, cells_y_l0 = frame.cell_to_l0(rows + r0, cols + c0)
+            truth = shapely.contains_xy(tumour, cells_x_l0, cells_y_l0)
         else:
             truth = np.zeros(rows.size, bool)
         scan.tp_cells += int((predicted & truth).sum())

@@ -69,7 +69,7 @@ class TrainConfig:
     calibrate: bool = True
     ece_bins: int = 15
 
-    def __post_init__(self) -> None:  # noqa: C901 - a flat list of checks
+    def __post_init__(self) -> None:
         def bad(key: str, expected: str) -> ConfigError:
             return ConfigError(f"train.{key} must be {expected}, got {getattr(self, key)!r}")
 

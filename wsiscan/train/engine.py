@@ -198,7 +198,7 @@ def make_loader(dataset: pcam.PatchDataset, *, batch_size: int, shuffle: bool, g
     workers = min(workers, os.cpu_count() or 1)
     sampler = torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle else None
     return torch.utils.data.DataLoader(
-        dataset,  # type: ignore[arg-type]
+        dataset,  # type: ignore[arg-type]  # any map-style object works (torch docs); the stubs want a Dataset
         batch_size=batch_size,
         sampler=sampler,
         drop_last=shuffle and len(dataset) > batch_size,  # no 1-patch batch in BatchNorm
@@ -313,13 +313,13 @@ def evaluate(
         all_logits.append(logits.cpu())
         all_labels.append(labels)
     seconds = time.perf_counter() - started
-    logits = torch.cat(all_logits).numpy().astype(np.float64) if all_logits else np.zeros((0, spec.num_classes))
+    logits_np = torch.cat(all_logits).numpy().astype(np.float64) if all_logits else np.zeros((0, spec.num_classes))
     labels_np = torch.cat(all_labels).numpy().astype(np.int64) if all_labels else np.zeros(0, np.int64)
-    probs = M.softmax(logits, spec.temperature)[:, spec.positive_class] if len(logits) else np.zeros(0)
-    loss = M.nll(logits, labels_np, spec.temperature) if len(logits) else float("nan")
+    probs = M.softmax(logits_np, spec.temperature)[:, spec.positive_class] if len(logits_np) else np.zeros(0)
+    loss = M.nll(logits_np, labels_np, spec.temperature) if len(logits_np) else float("nan")
     metrics = M.compute_metrics(probs, labels_np, threshold=threshold, n_bins=ece_bins)
     metrics["loss"] = loss
-    return EvalResult(logits, labels_np, probs, loss, metrics, len(labels_np) / seconds if seconds > 0 else 0.0)
+    return EvalResult(logits_np, labels_np, probs, loss, metrics, len(labels_np) / seconds if seconds > 0 else 0.0)
 
 
 # ---------------------------------------------------------------------------------------

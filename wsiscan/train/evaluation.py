@@ -75,7 +75,7 @@ def evaluate_model(
     with open(out_dir / "predictions.csv", "w", newline="") as handle:
         csv_writer = csv.writer(handle)
         csv_writer.writerow(["id", "label", "prob_tumor"])
-        csv_writer.writerows(zip(ids, result.labels.tolist(), (f"{p:.6f}" for p in result.probs)))
+        csv_writer.writerows(zip(ids, result.labels.tolist(), (f"{p:.6f}" for p in result.probs), strict=True))
     report = {
         "model": {"ref": str(model_ref), "name": spec.name, "arch": spec.arch, "sha256": sha256,
                   "temperature": spec.temperature, "input_mpp": spec.input_mpp},

@@ -71,9 +71,8 @@ def _limit(dataset: pcam.PatchDataset, n_max: int, seed: int) -> pcam.PatchDatas
 def _open_data(cfg: TrainConfig, data_dir: Path, out_dir: Path, log: Log, progress: bool):
     layout = pcam.detect_layout(data_dir)
     split_file = out_dir / "split.csv" if layout == "kaggle" else None
-    common = {"split_file": split_file, "ratios": cfg.split_ratios, "seed": cfg.seed, "log": log}
-    train_ds = pcam.open_split(data_dir, "train", **common)
-    val_ds = pcam.open_split(data_dir, "valid", **common)
+    train_ds, val_ds = (pcam.open_split(data_dir, split, split_file=split_file, ratios=cfg.split_ratios,
+                                        seed=cfg.seed, log=log) for split in ("train", "valid"))
     info: dict[str, Any] = {"dir": str(Path(data_dir).resolve()), "layout": layout,
                             "split_file": str(split_file) if split_file else None}
     if cfg.drop_dark_bright:
@@ -266,7 +265,8 @@ def _summary_writer(out_dir: Path, purge_step: int, log: Log):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        log("tensorboard is not installed: logging to log.csv only")
+        log("tensorboard is not installed: logging to log.csv only (for TensorBoard scalars too: "
+            "pip install 'wsiscan[tensorboard]')")
         return None
     return SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=purge_step or None)
 
