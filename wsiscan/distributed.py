@@ -54,7 +54,7 @@ from distributed import Client, KilledWorker, WorkerPlugin
 
 from .config import Config, runtime_versions
 from .errors import CheckpointError, WsiscanError
-from .heatmap import write_json_atomic
+from .layout import write_json_atomic
 from .manifest import write_manifest_merged
 from .predict import (
     LoadedModels,

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .heatmap import write_json_atomic
+from .layout import write_json_atomic
 
 __all__ = ["MANIFEST_NAME", "new_run_id", "merge_manifest", "write_manifest_merged", "run_totals"]
 

@@ -11,7 +11,6 @@ directly: no Python binding, no network.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import OutputError
+from .layout import atomic_path
 
 __all__ = [
     "SPEECH_WAV_NAME",
@@ -120,15 +120,11 @@ def synthesize_wav(text: str, path: str | Path, *, engine: str | None = None) ->
     if engine is None:
         raise OutputError(f"{path}: no speech engine (espeak-ng) found; {INSTALL_HINT}")
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}-{threading.get_ident()}.wav")
-    try:
+    with atomic_path(p, suffix=".wav") as tmp:
         proc = _run([engine, "-w", str(tmp), "--", text])
         if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:
             last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
             raise OutputError(f"{p}: {Path(engine).name} could not write the WAV (exit {proc.returncode}: {last})")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
     return p
 
 
@@ -179,7 +175,7 @@ class SpeechOutcome:
 
 def _store_text(slide_dir: Path, summary: dict[str, Any], text: str, *, threshold: float | None,
                 engine: str | None, wav: bool) -> None:
-    from .heatmap import write_json_atomic
+    from .layout import write_json_atomic
 
     summary = dict(summary)
     summary["speech"] = {

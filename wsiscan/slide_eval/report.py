@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import metrics as M
 from ..errors import DatasetError
-from ..heatmap import write_json_atomic
+from ..layout import write_json_atomic
 from ..output_folder import building_folder, check_output_folder
 from .annotations import find_annotation, read_annotation
 from .froc import (
