@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -32,6 +32,10 @@ __all__ = ["SCHEMA_VERSION", "SlideSummary", "SlideFigures", "ManifestEntry", "R
 SCHEMA_VERSION = 1
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _empty() -> Mapping[str, Any]:
+    return _EMPTY
 
 
 def _frozen(value: Any) -> Mapping[str, Any]:
@@ -51,6 +55,7 @@ def _plain(value: Any) -> Any:
 _SUMMARY_BLOCKS = ("slide", "mpp", "resolution", "scores", "regions", "areas", "exports", "classes", "tiles",
                    "heatmap", "timings_s", "throughput", "store", "device", "config", "versions", "outputs",
                    "speech")
+_REGION_SETTINGS = ("threshold", "top_k", "min_region_area_um2", "simplify_tolerance_um")
 # the blocks (and keys in them) every reader of a summary needs
 _NEEDED = {"resolution": ("effective_mpp",), "scores": ("max_probability", "top_k_mean_probability",
                                                          "tumour_area_mm2"),
@@ -66,19 +71,19 @@ class SlideSummary:
     scores: Mapping[str, Any]
     regions: Mapping[str, Any]
     tiles: Mapping[str, Any]
-    slide: Mapping[str, Any] = _EMPTY  # the slide file's fingerprint: path, size_bytes, mtime_ns, quick_sha256
-    mpp: Mapping[str, Any] = _EMPTY
-    areas: Mapping[str, Any] = _EMPTY
-    heatmap: Mapping[str, Any] = _EMPTY
-    timings_s: Mapping[str, Any] = _EMPTY
-    exports: Mapping[str, Any] = _EMPTY
+    slide: Mapping[str, Any] = field(default_factory=_empty)  # the slide file's fingerprint: path, size_bytes, mtime_ns, quick_sha256
+    mpp: Mapping[str, Any] = field(default_factory=_empty)
+    areas: Mapping[str, Any] = field(default_factory=_empty)
+    heatmap: Mapping[str, Any] = field(default_factory=_empty)
+    timings_s: Mapping[str, Any] = field(default_factory=_empty)
+    exports: Mapping[str, Any] = field(default_factory=_empty)
     classes: Mapping[str, Any] | None = None
-    throughput: Mapping[str, Any] = _EMPTY
-    store: Mapping[str, Any] = _EMPTY
-    device: Mapping[str, Any] = _EMPTY
-    config: Mapping[str, Any] = _EMPTY
-    versions: Mapping[str, Any] = _EMPTY
-    outputs: Mapping[str, Any] = _EMPTY
+    throughput: Mapping[str, Any] = field(default_factory=_empty)
+    store: Mapping[str, Any] = field(default_factory=_empty)
+    device: Mapping[str, Any] = field(default_factory=_empty)
+    config: Mapping[str, Any] = field(default_factory=_empty)
+    versions: Mapping[str, Any] = field(default_factory=_empty)
+    outputs: Mapping[str, Any] = field(default_factory=_empty)
     speech: Mapping[str, Any] | None = None
     smoke_model: bool = False
     models: tuple[Mapping[str, Any], ...] = ()
@@ -87,7 +92,17 @@ class SlideSummary:
     precision: str | None = None
     batch_size: int | None = None
     schema_version: int = SCHEMA_VERSION
-    extra: Mapping[str, Any] = _EMPTY  # keys this version does not know, kept as they are
+    extra: Mapping[str, Any] = field(default_factory=_empty)  # keys this version does not know, kept as they are
+
+    # -- read like the JSON object it is written as (summary["tiles"]["n_tiles"]) ---------------
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_json()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_json().get(key, default)
 
     # -- the figures a manifest entry and the progress lines show --------------------------
     @property
@@ -118,6 +133,16 @@ class SlideSummary:
     def threshold(self) -> float | None:
         """The threshold the summary's figures were computed at (``scores.threshold``)."""
         return _float_or_none(self.scores.get("threshold"))
+
+    def region_settings(self) -> dict[str, Any]:
+        """The run's own threshold and region settings (``config.predict``: threshold, top_k,
+        min_region_area_um2, simplify_tolerance_um), those it records; the threshold falls
+        back to the one the scores were computed at."""
+        run = self.config.get("predict")
+        settings = {k: run[k] for k in _REGION_SETTINGS if k in run} if isinstance(run, Mapping) else {}
+        if "threshold" not in settings and self.threshold is not None:
+            settings["threshold"] = self.threshold
+        return settings
 
     @property
     def total_s(self) -> float | None:
@@ -246,14 +271,15 @@ class SlideFigures:
     top_k_mean_probability: float | None = None
     tumour_area_mm2: float | None = None
     n_regions: int | None = None
-    timings_s: Mapping[str, Any] = _EMPTY
+    timings_s: Mapping[str, Any] = field(default_factory=_empty)
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SlideFigures | None:
-        if "n_tiles" not in data or "effective_mpp" not in data:
+        """The figures of a manifest entry's JSON; None when it has none (pending, failed)."""
+        if data.get("n_tiles") is None or data.get("effective_mpp") is None:
             return None
         values: dict[str, Any] = {f.name: data[f.name] for f in fields(cls)
                                   if f.name in data and data[f.name] is not None}
