@@ -203,4 +203,4 @@ def score_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, *, mo
     cfg = resolution_config(cfg, models.spec, target_mpp=target_mpp, tile_size_px=tile_size_px)
     summary = predict_slide(Path(slide_path), Path(out_dir), cfg, models, device=select_device(device),
                             overwrite=overwrite, progress=progress)
-    return open_result(Path(out_dir) / summary["slide_id"])
+    return open_result(Path(out_dir) / summary.slide_id)
