@@ -219,7 +219,7 @@ class ModelPlugin(WorkerPlugin):
         except WsiscanError as exc:
             raise type(exc)(f"{self._where}: {exc}") from exc
         if models.sha256 != self.sha256:
-            differ = [n for n, a, b in zip(self.names, models.sha256, self.sha256) if a != b]
+            differ = [n for n, a, b in zip(self.names, models.sha256, self.sha256, strict=True) if a != b]
             raise CheckpointError(
                 f"{self._where}: {', '.join(differ)} is not the checkpoint the client loaded (sha256 differs); "
                 f"give the workers the same file, e.g. on a shared file system"

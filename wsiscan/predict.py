@@ -65,7 +65,7 @@ class LoadedModels:
         return self.specs[0]
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"model": n, "sha256": h, "spec": s.to_dict()} for n, s, h in zip(self.names, self.specs, self.sha256)]
+        return [{"model": n, "sha256": h, "spec": s.to_dict()} for n, s, h in zip(self.names, self.specs, self.sha256, strict=False)]
 
     @property
     def identity(self) -> str:
@@ -79,7 +79,7 @@ def load_models(names: Sequence[str]) -> LoadedModels:
     loaded = [load_model(n) for n in names]
     specs = [s for _, s, _ in loaded]
     first = specs[0]
-    for name, s in zip(names[1:], specs[1:]):
+    for name, s in zip(names[1:], specs[1:], strict=True):
         if (s.patch_size_px, round(s.input_mpp, 4)) != (first.patch_size_px, round(first.input_mpp, 4)):
             raise CheckpointError(
                 f"{name}: ensemble members must share input size and resolution; it takes {s.patch_size_px} px at "

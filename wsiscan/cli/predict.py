@@ -54,8 +54,8 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     retried on another, and a rerun skips the slides already finished and unchanged.
     """
     from ..inference import select_device
-    from ..predict import expand_slide_inputs, load_models, resolution_config
     from ..layout import slide_dir_for
+    from ..predict import expand_slide_inputs, load_models, resolution_config
 
     if workers is not None and scheduler:
         raise click.UsageError("--workers starts a local Dask cluster and --scheduler uses an existing one; give one")

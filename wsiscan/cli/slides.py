@@ -34,7 +34,7 @@ def info(slide: Path, as_json: bool, slide_mpp: float | None, properties: bool) 
         # which reader decodes each level, and why OpenSlide where it is OpenSlide
         readers = [{"reader": s.reader_for(lv.index), "why_openslide": s.why_openslide(lv.index) or None}
                    for lv in s.info.levels]
-    for lv, rd in zip(data["levels"], readers):
+    for lv, rd in zip(data["levels"], readers, strict=True):
         lv.update(rd)
     if as_json:
         click.echo(json.dumps(data, indent=2))
