@@ -173,11 +173,12 @@ class SlideSummary:
                                "slide_id": self.slide_id}
         for name in _SUMMARY_BLOCKS:
             value = getattr(self, name)
-            if name == "slide" or value is None:
-                continue
+            if name == "slide" or value is None or (not value and name not in _NEEDED):
+                continue  # a block an older summary did not have stays absent
             out[name] = _plain(value)
             if name == "areas":
                 out["smoke_model"] = self.smoke_model
+        out.setdefault("smoke_model", self.smoke_model)
         out.update(models=_plain(self.models), model_hash=self.model_hash, config_hash=self.config_hash,
                    precision=self.precision, batch_size=self.batch_size)
         out.update(_plain(self.extra))
