@@ -94,7 +94,8 @@ def test_manifest_entry_and_totals():
     assert ManifestEntry.from_json(j) == done
     failed = e.failed(ValueError("a.svs: broken"))
     assert failed.to_json()["error_type"] == "ValueError" and failed.figures is None
-    skipped = e.complete(figures, skipped=True)
+    skipped = e.complete(figures, skipped=True, finished=None)  # a skipped slide did not finish in this run
+    assert skipped.finished is None and e.failed(ValueError("x"), finished=3.0).finished == 3.0
     t = RunTotals.of([done, failed, skipped, e], elapsed_s=2.0)
     assert (t.slides, t.complete, t.skipped, t.failed, t.pending, t.patches_scored) == (4, 2, 1, 1, 1, 8)
     assert t.slides_per_s == 1.5
@@ -173,3 +174,11 @@ def test_heatmap_refuses_a_summary_of_a_newer_version(synthetic_slide, tiny_ckpt
 def test_a_failed_single_slide_tile_writes_no_manifest(bad_inputs, tmp_path):
     r = run("tile", bad_inputs["random"], "-o", tmp_path / "out", "-q")
     assert r.exit_code == 1 and not (tmp_path / "out").exists()
+
+
+def test_many_slides_into_a_file_fail_in_one_line(synthetic_slide, bad_inputs, tmp_path):
+    out = tmp_path / "a-file"
+    out.write_text("keep me")
+    r = run("tile", synthetic_slide.path, bad_inputs["random"], "-o", out, "-q")
+    assert_one_line_error(r, str(out), "is a file", "-o/--out")
+    assert out.read_text() == "keep me"

@@ -114,25 +114,19 @@ class SlideSummary:
         return float(self.resolution["effective_mpp"])
 
     @property
-    def max_probability(self) -> float | None:
-        return _float_or_none(self.scores.get("max_probability"))
-
-    @property
-    def top_k_mean_probability(self) -> float | None:
-        return _float_or_none(self.scores.get("top_k_mean_probability"))
-
-    @property
-    def tumour_area_mm2(self) -> float | None:
-        return _float_or_none(self.scores.get("tumour_area_mm2"))
-
-    @property
     def n_regions(self) -> int:
         return int(self.regions["n"])
 
-    @property
-    def threshold(self) -> float | None:
-        """The threshold the summary's figures were computed at (``scores.threshold``)."""
-        return _float_or_none(self.scores.get("threshold"))
+    def score(self, key: str) -> float | None:
+        """A figure of the ``scores`` block as a float (None when it is null or absent)."""
+        return _float_or_none(self.scores.get(key))
+
+    max_probability = property(lambda self: self.score("max_probability"), doc="scores.max_probability")
+    top_k_mean_probability = property(lambda self: self.score("top_k_mean_probability"),
+                                      doc="scores.top_k_mean_probability")
+    tumour_area_mm2 = property(lambda self: self.score("tumour_area_mm2"), doc="scores.tumour_area_mm2")
+    threshold = property(lambda self: self.score("threshold"),
+                         doc="The threshold the summary's figures were computed at (scores.threshold).")
 
     def region_settings(self) -> dict[str, Any]:
         """The run's own threshold and region settings (``config.predict``: threshold, top_k,
@@ -327,12 +321,12 @@ class ManifestEntry:
 
     def failed(self, exc: BaseException, *, error: str | None = None, **changes: Any) -> ManifestEntry:
         """This entry as failed by ``exc`` (its message, or ``error``)."""
-        return self.replace(status="failed", error=error if error is not None else str(exc),
-                            error_type=type(exc).__name__, finished=time.time(), **changes)
+        return self.replace(**{"status": "failed", "error": error if error is not None else str(exc),
+                               "error_type": type(exc).__name__, "finished": time.time(), **changes})
 
     def complete(self, figures: SlideFigures, **changes: Any) -> ManifestEntry:
-        return self.replace(status="complete", figures=figures, error=None, error_type=None, finished=time.time(),
-                            **changes)
+        return self.replace(**{"status": "complete", "figures": figures, "error": None, "error_type": None,
+                               "finished": time.time(), **changes})
 
     def replace(self, **changes: Any) -> ManifestEntry:
         import dataclasses

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 from .errors import StoreExistsError, WsiscanError
 from .layout import slide_dir_for
 from .manifest import ManifestWriter
+from .output_folder import check_writable
 from .records import ManifestEntry, SlideFigures, SlideSummary
 
 __all__ = ["SlideOutcome", "RunProgress", "SlideBackend", "TileBackend", "InTurnBackend", "run_slides"]
@@ -195,6 +196,7 @@ def run_slides(
     # a run of one slide that fails writes nothing; any other run is recorded from its start
     recording = bool(done_now) or not raise_single or len(jobs) > 1
     if recording:
+        check_writable(Path(out_dir))  # OutputError in one line, before the first slide
         writer.write(entries, elapsed_s=time.perf_counter() - t_start, force=True)
     single_error: BaseException | None = None
     run: dict[str, Any] | None = None
