@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 from .errors import RecordError
 
 __all__ = ["SCHEMA_VERSION", "SlideSummary", "SlideFigures", "ManifestEntry", "RunTotals", "read_summary",
-           "summary_or_none"]
+           "read_summary_data", "summary_or_none", "summary_threshold"]
 
 SCHEMA_VERSION = 1
 
@@ -125,8 +125,8 @@ class SlideSummary:
     top_k_mean_probability = property(lambda self: self.score("top_k_mean_probability"),
                                       doc="scores.top_k_mean_probability")
     tumour_area_mm2 = property(lambda self: self.score("tumour_area_mm2"), doc="scores.tumour_area_mm2")
-    threshold = property(lambda self: self.score("threshold"),
-                         doc="The threshold the summary's figures were computed at (scores.threshold).")
+    threshold = property(lambda self: summary_threshold(self.to_json()),
+                         doc="The threshold the summary's figures were computed at (see summary_threshold).")
 
     def region_settings(self) -> dict[str, Any]:
         """The run's own threshold and region settings (``config.predict``: threshold, top_k,
@@ -219,11 +219,11 @@ class SlideSummary:
         return write_json_atomic(self.to_json(), path)
 
 
-def read_summary(path: str | Path) -> SlideSummary:
-    """The summary at ``path`` (a summary.json or the slide folder holding one).
+def read_summary_data(path: str | Path) -> dict[str, Any]:
+    """The JSON object of the summary at ``path`` (a summary.json or its slide folder), unchecked.
 
-    RecordError (one line: the file, what is wrong, the fix) when it is missing, not JSON,
-    of a newer schema or lacking a block every reader needs.
+    RecordError (one line: the file, what is wrong, the fix) when it is missing, unreadable
+    or not a JSON object.  :func:`read_summary` checks its shape too.
     """
     from .layout import SUMMARY_NAME
 
@@ -241,7 +241,32 @@ def read_summary(path: str | Path) -> SlideSummary:
     except ValueError as exc:
         raise RecordError(f"{p}: is not valid JSON ({exc}); rerun `wsiscan predict` on the slide to rewrite it") \
             from exc
-    return SlideSummary.from_json(data, source=p)
+    if not isinstance(data, dict):
+        raise RecordError(f"{p}: is not a wsiscan summary (a JSON object); rerun `wsiscan predict` on the slide "
+                          f"to rewrite it")
+    return data
+
+
+def read_summary(path: str | Path) -> SlideSummary:
+    """The summary at ``path`` (a summary.json or the slide folder holding one).
+
+    RecordError (one line: the file, what is wrong, the fix) when it is missing, not JSON,
+    of a newer schema or lacking a block every reader needs.
+    """
+    from .layout import SUMMARY_NAME
+
+    p = Path(path)
+    return SlideSummary.from_json(read_summary_data(p), source=p / SUMMARY_NAME if p.is_dir() else p)
+
+
+def summary_threshold(data: Mapping[str, Any]) -> float | None:
+    """The threshold a summary's regions and scores were computed at (``regions.threshold``, else
+    ``scores.threshold``): predict's, or the last ``wsiscan heatmap --threshold``'s."""
+    for block in ("regions", "scores"):
+        part = data.get(block)
+        if isinstance(part, Mapping) and part.get("threshold") is not None:
+            return float(part["threshold"])
+    return None
 
 
 def summary_or_none(path: str | Path) -> SlideSummary | None:

@@ -16,8 +16,8 @@ import numpy as np
 from .. import metrics as M
 from ..errors import DatasetError
 from ..layout import STORE_NAME, SUMMARY_NAME, is_result_folder, write_json_atomic
-from ..records import read_summary
 from ..output_folder import building_folder, check_output_folder
+from ..records import read_summary_data, summary_threshold
 from .annotations import find_annotation, read_annotation
 from .froc import (
     DILATION_UM,
@@ -105,7 +105,7 @@ def evaluate_slides(
     rows, fp_all, tp_all, n_lesions_all = [], [], [], 0
     dice_counts = np.zeros(3, np.int64)  # tp, fp, fn cells over all slides
     for slide_dir, ann_path, annotation, label in plan:
-        exported = read_summary(slide_dir / SUMMARY_NAME).threshold  # the regions' (heatmap --threshold's)
+        exported = summary_threshold(read_summary_data(slide_dir / SUMMARY_NAME))
         slide_threshold = threshold if threshold is not None else (exported if exported is not None else 0.5)
         store, frame = open_heatmap(slide_dir)
         tumour = annotation.tumour if (annotation is not None and label == 1) else None
