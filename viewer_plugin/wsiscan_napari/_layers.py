@@ -397,12 +397,12 @@ def summary_rows(summary: SlideSummary | dict[str, Any] | None) -> list[tuple[st
     polygons (older summaries without an ``areas`` block show what they have).
     """
     if not summary:
-        return [(SUMMARY_NAME.split(".")[0], f"{SUMMARY_NAME} missing")]
+        return [("summary", f"{SUMMARY_NAME} missing")]
     if not isinstance(summary, SlideSummary):
         try:
             summary = SlideSummary.from_json(summary)
         except RecordError as exc:
-            return [(SUMMARY_NAME.split(".")[0], str(exc))]
+            return [("summary", str(exc))]
     scores, areas, tiles, res = summary.scores, summary.areas, summary.tiles, summary.resolution
     models = ", ".join(Path(n).name for n in summary.model_names) or "-"
     thr = _fmt(areas.get("threshold", scores.get("threshold")), ".2f")
