@@ -31,6 +31,7 @@ from .errors import (
     NoTissueError,
     OfflineError,
     OutputError,
+    RecordError,
     ResolutionError,
     SlideOpenError,
     StoreError,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
         register_weights,
         save_checkpoint,
     )
+    from .records import ManifestEntry, SlideSummary, read_summary
     from .result import Heatmap, Region, Result, find_result, open_result
     from .slide import Slide, SlideInfo, open_slide
     from .tiling import TilingPlan
@@ -69,6 +71,7 @@ _LAZY = {
     "TilingPlan": "tiling",
     "Config": "config", "load_config": "config",
     "HeatmapFrame": "heatmap",
+    "SlideSummary": "records", "ManifestEntry": "records", "read_summary": "records",
     "open_result": "result", "find_result": "result", "Result": "result", "Heatmap": "result", "Region": "result",
     "ModelSpec": "models", "load_model": "models", "build_model": "models", "save_checkpoint": "models",
     "register_model": "models", "list_architectures": "models", "list_models": "models", "fetch_model": "models",
@@ -94,6 +97,9 @@ __all__ = [
     "Heatmap",
     "HeatmapFrame",
     "Region",
+    "SlideSummary",
+    "ManifestEntry",
+    "read_summary",
     "Config",
     "load_config",
     # models
@@ -115,6 +121,7 @@ __all__ = [
     "NoTissueError",
     "StoreExistsError",
     "StoreError",
+    "RecordError",
     "OutputError",
     "UnknownModelError",
     "CheckpointError",

@@ -73,7 +73,7 @@ def iter_patches(plan: TilingPlan, *, rc: np.ndarray | None = None) -> Iterator[
     todo = plan.kept_rc if rc is None else np.asarray(rc, np.int64).reshape(-1, 2)
     s = sel.lv_per_px
     with open_configured_slide(plan.slide_path, plan.config) as slide:
-        for (r, c), (x, y) in zip(todo, grid.px_origin(todo)):
+        for (r, c), (x, y) in zip(todo, grid.px_origin(todo), strict=True):
             box = (x * s, y * s, (x + t) * s, (y + t) * s)
             image = slide.read_resampled(level=sel.level, lv_box=box, out_size_px=(t, t))
             l0 = (int(np.floor(x * plan.geometry.l0_per_px + 1e-6)), int(np.floor(y * plan.geometry.l0_per_px + 1e-6)))
@@ -119,7 +119,7 @@ def score_patches(patches: Iterable[Patch], scorer: Scorer, *, spec: Any = None,
         probs = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
         if len(probs) != len(batch):
             raise ValueError(f"the scorer returned {len(probs)} results for {len(batch)} patches")
-        yield from zip(batch, probs)
+        yield from zip(batch, probs, strict=True)
 
 
 class _CallableNet:
@@ -203,4 +203,4 @@ def score_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, *, mo
     cfg = resolution_config(cfg, models.spec, target_mpp=target_mpp, tile_size_px=tile_size_px)
     summary = predict_slide(Path(slide_path), Path(out_dir), cfg, models, device=select_device(device),
                             overwrite=overwrite, progress=progress)
-    return open_result(Path(out_dir) / summary["slide_id"])
+    return open_result(Path(out_dir) / summary.slide_id)

@@ -52,26 +52,19 @@ import dask
 import distributed
 from distributed import Client, KilledWorker, WorkerPlugin
 
-from .config import Config, runtime_versions
+from .config import Config
 from .errors import CheckpointError, WsiscanError
-from .heatmap import write_json_atomic
-from .manifest import write_manifest_merged
-from .predict import (
-    LoadedModels,
-    SlideJob,
-    completed_summary,
-    config_hash,
-    predict_slide,
-    result_record,
-    slide_config,
-)
-from .tiling import check_writable, slide_id_for
+from .layout import ATTEMPTS_DIR, write_json_atomic
+from .manifest import run_header
+from .output_folder import check_writable
+from .predict import LoadedModels, SlideJob, completed_summary, config_hash, predict_slide, slide_config
+from .records import ManifestEntry, SlideFigures
+from .runner import RunProgress, SlideOutcome, pending_entry, run_slides
+from .tiling import slide_id_for
 
 __all__ = ["LocalClusterPlan", "ModelPlugin", "plan_local_cluster", "start_local_cluster", "connect",
-           "predict_many", "dashboard_link", "ATTEMPTS_DIR", "MANIFEST_NAME"]
+           "predict_many", "dashboard_link", "DaskBackend"]
 
-ATTEMPTS_DIR = ".wsiscan-attempts"
-MANIFEST_NAME = "manifest.json"
 _MANIFEST_EVERY_S = 2.0  # rewrite manifest.json at most this often (and at the end): O(slides) per write
 
 
@@ -226,7 +219,7 @@ class ModelPlugin(WorkerPlugin):
         except WsiscanError as exc:
             raise type(exc)(f"{self._where}: {exc}") from exc
         if models.sha256 != self.sha256:
-            differ = [n for n, a, b in zip(self.names, models.sha256, self.sha256) if a != b]
+            differ = [n for n, a, b in zip(self.names, models.sha256, self.sha256, strict=True) if a != b]
             raise CheckpointError(
                 f"{self._where}: {', '.join(differ)} is not the checkpoint the client loaded (sha256 differs); "
                 f"give the workers the same file, e.g. on a shared file system"
@@ -258,7 +251,7 @@ def _score_slide(job: SlideJob, out_dir: str, config: Config, plugin_name: str, 
     except WsiscanError as exc:
         record.update(status="failed", error=str(exc), error_type=type(exc).__name__)
     else:
-        record.update(status="complete", **result_record(summary))
+        record.update(status="complete", figures=summary.figures().to_json())
     record["seconds"] = time.perf_counter() - t0
     record["finished"] = time.time()
     return record
@@ -275,6 +268,68 @@ def _attempts(marks: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda m: m.get("started", 0))
 
 
+class DaskBackend:
+    """The slides as Dask tasks, one per slide, in the order they end (see the module's notes)."""
+
+    def __init__(self, out_root: Path, models: LoadedModels, *, client: Client | Callable[[], Client],
+                 header: dict[str, Any], overwrite: bool, retries: int, worker_device: str | None,
+                 torch_threads: int | None, config: Config) -> None:
+        self.out_root, self.models, self.client, self.header = out_root, models, client, header
+        self.overwrite, self.retries, self.config = overwrite, retries, config
+        self.worker_device, self.torch_threads = worker_device, torch_threads
+        self.attempts_root = out_root / ATTEMPTS_DIR / str(header["run_id"])
+
+    def run(self, todo: Sequence[tuple[int, Any, ManifestEntry]]) -> Iterator[SlideOutcome]:
+        try:
+            yield from self._run(todo)
+        finally:
+            shutil.rmtree(self.attempts_root, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (self.out_root / ATTEMPTS_DIR).rmdir()  # only when no other run's markers are left
+
+    def _run(self, todo: Sequence[tuple[int, Any, ManifestEntry]]) -> Iterator[SlideOutcome]:
+        client = self.client if isinstance(self.client, Client) else self.client()
+        info = client.scheduler_info()
+        self.header.update(scheduler=info.get("address"), dashboard=dashboard_link(client),
+                           n_workers=len(info.get("workers", {})))
+        plugin = ModelPlugin(self.models.names, self.models.sha256,
+                             device=self.worker_device or self.config.predict.device, torch_threads=self.torch_threads)
+        client.register_plugin(plugin)
+        futures = {}
+        for index, job, entry in todo:
+            cfg = slide_config(self.config, job).replace("tile", workers=1)  # no decode pool in a daemon worker
+            key = f"wsiscan-predict-{entry.slide_id}-{self.header['run_id']}"
+            fut = client.submit(_score_slide, job, str(self.out_root), cfg, plugin.name, str(self.attempts_root),
+                                self.overwrite, key=key, retries=self.retries, pure=False)
+            futures[fut] = (index, entry)
+        for fut in distributed.as_completed(list(futures)):
+            index, entry = futures.pop(fut)
+            error: BaseException | None = None
+            try:
+                record = fut.result()
+            except KilledWorker as exc:
+                error, entry = exc, entry.failed(exc, error=(
+                    f"{entry.slide}: its worker died on every attempt ({exc}); check the workers' memory "
+                    f"and logs, then rerun the same command to resume"))
+            except WsiscanError as exc:  # raised outside predict_slide, e.g. loading the model
+                error, entry = exc, entry.failed(exc)
+            except Exception as exc:  # noqa: BLE001 - a task's unexpected error is recorded, the run goes on
+                error, entry = exc, entry.failed(exc, error=f"{entry.slide}: {type(exc).__name__}: {exc}")
+            else:
+                where = {k: record[k] for k in ("worker", "host", "pid", "started", "finished", "seconds")}
+                if record["status"] == "complete":
+                    entry = entry.complete(SlideFigures.from_json(record["figures"]), **where)
+                else:
+                    entry = entry.replace(status="failed", error=record["error"], error_type=record["error_type"],
+                                          **where)
+            marks = _attempts(self.attempts_root / entry.slide_id)
+            attempts = max(len(marks), 1)
+            entry = entry.replace(attempts=attempts, retries=attempts - 1,
+                                  workers=tuple(str(m.get("worker")) for m in marks))
+            fut.release()
+            yield SlideOutcome(index, entry, error=error)
+
+
 def predict_many(
     jobs: Sequence[SlideJob],
     out_dir: str | Path,
@@ -287,134 +342,35 @@ def predict_many(
     worker_device: str | None = None,
     torch_threads: int | None = None,
     cluster: str = "",
-    on_result: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    on_result: Callable[[SlideOutcome, RunProgress], None] | None = None,
 ) -> dict[str, Any]:
-    """Score every slide of ``jobs`` on the cluster of ``client``; returns the manifest.
+    """Score every slide of ``jobs`` on the cluster of ``client``; returns the run's manifest.
 
     ``config`` is the run's resolved configuration (a job's ``slide_mpp`` overrides its
     slide's); ``models`` the models as the client loaded them (workers load the same
     files and check their sha256s).  ``client`` may be a function that returns one: it is
     called only when some slide needs a task (a rerun with nothing to do starts nothing).
 
-    ``OUT/manifest.json`` is rewritten as slides finish: per slide ``status``
-    (``pending``/``complete``/``failed``), ``skipped``, ``error``, ``worker``,
-    ``attempts``/``retries``/``workers``, timings, patch counts, model and config hash.
-    ``on_result(entry, progress)`` is called as each slide ends.
+    ``OUT/manifest.json`` is rewritten as slides finish (:func:`wsiscan.runner.run_slides`,
+    entries as :class:`~wsiscan.records.ManifestEntry`).  ``on_result(outcome, progress)``
+    is called as each slide ends.
     """
     out_root = Path(os.path.abspath(out_dir))
     check_writable(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    attempts_root = out_root / ATTEMPTS_DIR / run_id
-    t_start = time.perf_counter()
-    manifest: dict[str, Any] = {
-        "command": "predict", "run_id": run_id, "cluster": cluster, "scheduler": None, "dashboard": None,
-        "n_workers": 0, "retries": retries, "models": models.describe(),
-        "model_hash": models.identity, "config_hash": config_hash(config), "versions": runtime_versions(),
-        "started": time.time(), "slides": [],
-    }
-    entries: list[dict[str, Any]] = manifest["slides"]
-    todo: list[tuple[int, SlideJob, Config]] = []
-    owner: dict[str, str] = {}
-    for job in jobs:
-        job = dataclasses.replace(job, path=Path(os.path.abspath(job.path)))
-        cfg = slide_config(config, job)
-        slide_id = slide_id_for(job.path)
-        entry = {"slide": str(job.path), "slide_id": slide_id, "slide_mpp": job.slide_mpp, "status": "pending",
-                 "skipped": False, "error": None, "attempts": 0, "retries": 0, "workers": [],
-                 "model_hash": models.identity, "config_hash": config_hash(cfg)}
-        entries.append(entry)
-        if slide_id in owner:
-            entry.update(status="failed", error=(
-                f"{job.path}: writes to the same folder {out_root / slide_id} as {owner[slide_id]}; "
-                f"rename one of the files or score them into separate -o folders"), error_type="StoreExistsError")
-            continue
-        owner[slide_id] = str(job.path)
-        done = None if overwrite else completed_summary(job.path, out_root, cfg, models)
-        if done is not None:  # finished and unchanged: no task
-            entry.update(result_record(done))
-            entry.update(status="complete", skipped=True, scored_this_run=0, pixel_chunks_written=0, seconds=0.0)
-            continue
-        todo.append((len(entries) - 1, job, cfg.replace("tile", workers=1)))  # no decode pool in a daemon worker
+    header = run_header("predict", models=models.describe(), model_hash=models.identity,
+                        config_hash=config_hash(config), cluster=cluster, n_workers=0, retries=retries)
+    backend = DaskBackend(out_root, models, client=client, header=header, overwrite=overwrite, retries=retries,
+                          worker_device=worker_device, torch_threads=torch_threads, config=config)
 
-    progress = {"done": 0, "total": len(entries), "patches": 0, "elapsed_s": 0.0, "patches_per_s": 0.0,
-                "slides_per_s": 0.0}
+    def entry_for(job: SlideJob) -> ManifestEntry:
+        return pending_entry(job, worker=None, model_hash=models.identity,
+                             config_hash=config_hash(slide_config(config, job)))
 
-    def finish(entry: dict[str, Any]) -> None:
-        progress["done"] += 1
-        if entry["status"] == "complete" and not entry["skipped"]:
-            progress["patches"] += entry.get("scored_this_run") or 0
-        progress["elapsed_s"] = elapsed = time.perf_counter() - t_start
-        progress["patches_per_s"] = progress["patches"] / elapsed if elapsed > 0 else 0.0
-        progress["slides_per_s"] = progress["done"] / elapsed if elapsed > 0 else 0.0
-        if on_result is not None:
-            on_result(entry, dict(progress))
+    def finished(job: SlideJob) -> Any:
+        return None if overwrite else completed_summary(job.path, out_root, slide_config(config, job), models)
 
-    last_write = [0.0]
-
-    def write_manifest(force: bool = False) -> None:
-        now = time.perf_counter()
-        if force or now - last_write[0] >= _MANIFEST_EVERY_S:
-            manifest["totals"] = _totals(entries, progress)
-            write_manifest_merged(out_root, manifest)  # merged into OUT's manifest by slide
-            last_write[0] = now
-
-    for entry in entries:  # skipped and refused slides are done already
-        if entry["status"] != "pending":
-            finish(entry)
-    write_manifest(force=True)
-    try:
-        if todo:
-            if not isinstance(client, Client):
-                client = client()
-            info = client.scheduler_info()
-            manifest.update(scheduler=info.get("address"), dashboard=dashboard_link(client),
-                            n_workers=len(info.get("workers", {})))
-            plugin = ModelPlugin(models.names, models.sha256, device=worker_device or config.predict.device,
-                                 torch_threads=torch_threads)
-            client.register_plugin(plugin)
-            futures = {}
-            for index, job, cfg in todo:
-                key = f"wsiscan-predict-{entries[index]['slide_id']}-{run_id}"
-                fut = client.submit(_score_slide, job, str(out_root), cfg, plugin.name, str(attempts_root),
-                                    overwrite, key=key, retries=retries, pure=False)
-                futures[fut] = index
-            for fut in distributed.as_completed(list(futures)):
-                index = futures.pop(fut)
-                entry = entries[index]
-                try:
-                    entry.update(fut.result())
-                except KilledWorker as exc:
-                    entry.update(status="failed", error_type="KilledWorker", error=(
-                        f"{entry['slide']}: its worker died on every attempt ({exc}); check the workers' memory "
-                        f"and logs, then rerun the same command to resume"))
-                except WsiscanError as exc:  # raised outside predict_slide, e.g. loading the model
-                    entry.update(status="failed", error=str(exc), error_type=type(exc).__name__)
-                except Exception as exc:  # noqa: BLE001 - a task's unexpected error is recorded, the run goes on
-                    entry.update(status="failed", error=f"{entry['slide']}: {type(exc).__name__}: {exc}",
-                                 error_type=type(exc).__name__)
-                marks = _attempts(attempts_root / entry["slide_id"])
-                entry["attempts"] = max(len(marks), 1)
-                entry["retries"] = entry["attempts"] - 1
-                entry["workers"] = [m.get("worker") for m in marks]
-                fut.release()
-                finish(entry)
-                write_manifest()
-    finally:
-        manifest["finished"] = time.time()
-        write_manifest(force=True)
-        shutil.rmtree(attempts_root, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            (out_root / ATTEMPTS_DIR).rmdir()  # only when no other run's markers are left
-    return manifest
-
-
-def _totals(entries: list[dict[str, Any]], progress: dict[str, Any]) -> dict[str, Any]:
-    count = lambda **kv: sum(all(e.get(k) == v for k, v in kv.items()) for e in entries)  # noqa: E731
-    return {
-        "slides": len(entries), "complete": count(status="complete"), "skipped": count(status="complete", skipped=True),
-        "failed": count(status="failed"), "pending": count(status="pending"),
-        "retried": sum(1 for e in entries if e.get("retries")), "patches_scored": progress["patches"],
-        "elapsed_s": progress["elapsed_s"], "slides_per_s": progress["slides_per_s"],
-        "patches_per_s": progress["patches_per_s"],
-    }
+    jobs = [dataclasses.replace(job, path=Path(os.path.abspath(job.path))) for job in jobs]
+    return run_slides(jobs, out_root, backend, header=header, entry_for=entry_for, finished=finished,
+                      refuse_shared_folders=True, raise_single=False, write_every_s=_MANIFEST_EVERY_S,
+                      on_entry=on_result)

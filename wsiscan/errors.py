@@ -16,6 +16,7 @@ __all__ = [
     "NoTissueError",
     "StoreExistsError",
     "StoreError",
+    "RecordError",
     "OutputError",
     "UnknownModelError",
     "CheckpointError",
@@ -55,6 +56,10 @@ class StoreExistsError(WsiscanError, FileExistsError):
 
 class StoreError(WsiscanError, OSError):
     """A tile store or result folder is damaged or not a wsiscan store."""
+
+
+class RecordError(StoreError, ValueError):
+    """A result record (summary.json, manifest entry) is missing, unreadable or of an unknown shape."""
 
 
 class OutputError(WsiscanError, OSError):

@@ -9,15 +9,14 @@ patch.  Cells without a kept tile are NaN (not tissue), distinct from probabilit
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .layout import write_figure_atomic, write_geojson_atomic, write_json_atomic
 from .store import TileStore
 
 __all__ = [
@@ -260,26 +259,8 @@ def geojson_collection(regions: list[dict[str, Any]], *, slide_name: str, thresh
             "properties": {"slide": slide_name, "threshold": threshold, "coordinates": "level-0 pixels"}}
 
 
-def write_json_atomic(data: Any, path: str | Path) -> Path:
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=_default))
-    os.replace(tmp, p)
-    return p
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (tuple, set)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(type(value).__name__)
-
-
 def write_geojson(regions: list[dict[str, Any]], path: str | Path, *, slide_name: str, threshold: float) -> Path:
-    return write_json_atomic(geojson_collection(regions, slide_name=slide_name, threshold=threshold), path)
+    return write_geojson_atomic(geojson_collection(regions, slide_name=slide_name, threshold=threshold), path)
 
 
 def overlay_title(*, slide_name: str, model_names: list[str], n_tiles: int, tile_size_px: int, px_mpp: float,
@@ -364,12 +345,10 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
         fig.text(0.2 / fig_w, top, mark_lines, fontsize=font_pt, va="top", color="#c00000", fontweight="bold")
         top -= font_pt * 1.35 / 72 * (mark_lines.count("\n") + 1) / fig_h
     fig.text(0.2 / fig_w, top, title, fontsize=font_pt, va="top")
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, p)
-    return p
+    try:
+        return write_figure_atomic(lambda tmp: fig.savefig(tmp, dpi=dpi), path)
+    finally:
+        plt.close(fig)
 
 
 def _rings(regions: list[dict[str, Any]]) -> list[list[list[float]]]:
@@ -442,5 +421,5 @@ def export_class_regions(store: TileStore, frame: HeatmapFrame, path: str | Path
     collection = {"type": "FeatureCollection", "features": features,
                   "properties": {"slide": slide_name, "threshold": threshold, "coordinates": "level-0 pixels",
                                  "classes": list(names)}}
-    write_json_atomic(collection, path)
+    write_geojson_atomic(collection, path)
     return regions

@@ -7,6 +7,11 @@ entry says which run wrote it (``run_id``); the top-level fields (``run_id``,
 ``started``/``finished``, ``totals``, models, hashes, versions) describe the latest run,
 and ``runs`` lists every run that wrote into the folder.  Writes are atomic (a temporary
 file, then a rename): a reader never sees half a manifest.
+
+:class:`ManifestWriter` is the one writer: ``tile``, ``predict`` and the Dask runs (all
+through :func:`wsiscan.runner.run_slides`) record their slides as
+:class:`~wsiscan.records.ManifestEntry` values and their totals as
+:class:`~wsiscan.records.RunTotals`, so every mode writes the same entries.
 """
 
 from __future__ import annotations
@@ -15,13 +20,12 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .heatmap import write_json_atomic
+from .layout import MANIFEST_NAME, write_json_atomic
+from .records import ManifestEntry, RunTotals
 
-__all__ = ["MANIFEST_NAME", "new_run_id", "merge_manifest", "write_manifest_merged", "run_totals"]
-
-MANIFEST_NAME = "manifest.json"
+__all__ = ["MANIFEST_NAME", "new_run_id", "merge_manifest", "write_manifest_merged", "run_header", "ManifestWriter"]
 
 
 def new_run_id() -> str:
@@ -63,16 +67,41 @@ def write_manifest_merged(out_dir: str | Path, run: dict[str, Any]) -> dict[str,
     return merged
 
 
-def run_totals(entries: list[dict[str, Any]], *, elapsed_s: float) -> dict[str, Any]:
-    """The ``totals`` of one run's entries (the same keys as a Dask run's)."""
-    def count(status: str) -> int:
-        return sum(1 for e in entries if e.get("status") == status)
+def run_header(command: str, *, models: Sequence[dict[str, Any]] = (), model_hash: str | None = None,
+               config_hash: str | None = None, cluster: str | None = None, n_workers: int = 1,
+               retries: int = 0) -> dict[str, Any]:
+    """The top-level fields of a run's manifest (the slides and totals are added as it goes)."""
+    from .config import runtime_versions
 
-    patches = sum(e.get("scored_this_run") or 0 for e in entries if e.get("status") == "complete")
-    done = count("complete") + count("failed")
-    return {"slides": len(entries), "complete": count("complete"),
-            "skipped": sum(1 for e in entries if e.get("status") == "complete" and e.get("skipped")),
-            "failed": count("failed"), "pending": count("pending"),
-            "retried": sum(1 for e in entries if e.get("retries")), "patches_scored": patches,
-            "elapsed_s": elapsed_s, "slides_per_s": done / elapsed_s if elapsed_s > 0 else 0.0,
-            "patches_per_s": patches / elapsed_s if elapsed_s > 0 else 0.0}
+    return {"command": command, "run_id": new_run_id(), "cluster": cluster, "scheduler": None, "dashboard": None,
+            "n_workers": n_workers, "retries": retries, "models": list(models), "model_hash": model_hash,
+            "config_hash": config_hash, "versions": runtime_versions(), "started": time.time(), "finished": None}
+
+
+class ManifestWriter:
+    """Writes one run's entries and totals into ``OUT/manifest.json`` (merged, atomically).
+
+    ``every_s``: rewrite at most this often unless forced (a run of many slides rewrites
+    O(slides) per write); the last write of a run is always forced.
+    """
+
+    def __init__(self, out_dir: str | Path, header: dict[str, Any], *, every_s: float = 0.0) -> None:
+        self.out_dir = Path(out_dir)
+        self.header = header  # the caller may add to it while the run goes (Dask: the scheduler's address)
+        self.every_s = every_s
+        self._last = -float("inf")
+
+    def write(self, entries: Sequence[ManifestEntry], *, elapsed_s: float, force: bool = False,
+              finished: bool = False) -> dict[str, Any] | None:
+        """Merge the run into the manifest; returns the run's manifest (None when not due yet)."""
+        now = time.perf_counter()
+        if not (force or finished) and now - self._last < self.every_s:
+            return None
+        if finished:
+            self.header["finished"] = time.time()
+        run = {**self.header, "slides": [e.to_json() for e in entries],
+               "totals": RunTotals.of(entries, elapsed_s=elapsed_s).to_json()}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_manifest_merged(self.out_dir, run)
+        self._last = now
+        return run

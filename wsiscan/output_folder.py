@@ -1,9 +1,14 @@
-"""A result folder that appears only when complete: built beside its final name, then renamed.
+"""The rules for output folders: checked before any work, created only when needed.
 
-Used by ``wsiscan explain`` and ``wsiscan evaluate-slides``.  An existing folder is
-refused before any work starts unless ``overwrite`` is set, and even then it is replaced
-only once the new one is complete, so a failed run never leaves a half-written folder
-nor destroys the previous result.
+* ``tile`` and ``predict`` write into ``OUT/<slide-id>/``: :func:`check_writable` tests
+  ``OUT`` with a real write before the slide is planned, :func:`plan_slide_output`
+  plans the slide and names its folder and store (:mod:`wsiscan.layout`), and
+  :func:`make_slide_dir` creates the folder once the caller has checked what is there.
+* ``wsiscan explain`` and ``wsiscan evaluate-slides`` write a folder that appears only
+  when complete (:func:`building_folder`): built beside its final name, then renamed.
+  An existing folder is refused before any work starts unless ``overwrite`` is set, and
+  even then it is replaced only once the new one is complete, so a failed run never
+  leaves a half-written folder nor destroys the previous result.
 """
 
 from __future__ import annotations
@@ -11,12 +16,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from .errors import OutputError, StoreExistsError
+from .layout import slide_dir_for, store_path
 
-__all__ = ["check_output_folder", "building_folder"]
+if TYPE_CHECKING:
+    from .config import Config
+    from .tiling import TilingPlan
+
+__all__ = ["check_output_folder", "building_folder", "check_writable", "plan_slide_output", "make_slide_dir"]
 
 
 def check_output_folder(out_dir: str | Path, *, overwrite: bool) -> Path:
@@ -57,3 +68,42 @@ def building_folder(out_dir: str | Path, *, overwrite: bool) -> Iterator[Path]:
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable(out_dir: Path) -> None:
+    """Raise :class:`OutputError` unless files can be created in ``out_dir`` (or its nearest existing parent)."""
+    probe = out_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputError(f"{out_dir}: {probe} is a file, not a folder; choose another -o/--out")
+    try:  # a real write: os.access says yes to root even where writes fail
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        why = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+        raise OutputError(f"{out_dir}: cannot write into {probe} ({why}); choose another -o/--out") from exc
+
+
+def plan_slide_output(slide_path: str | Path, out_dir: str | Path, config: Config, *,
+                      stride_px: int | None = None) -> tuple[TilingPlan, str, Path, Path]:
+    """Check that ``out_dir`` is writable, plan the slide; (plan, slide id, slide folder, store path).
+
+    Creates nothing: :func:`make_slide_dir` does, once the caller has checked what is there.
+    """
+    from .tiling import plan_tiling
+
+    check_writable(Path(out_dir))
+    plan = plan_tiling(slide_path, config, stride_px=stride_px)
+    slide_dir = slide_dir_for(out_dir, plan.slide_path)
+    return plan, slide_dir.name, slide_dir, store_path(slide_dir)
+
+
+def make_slide_dir(slide_dir: Path) -> None:
+    """Create a slide's output folder, or raise :class:`OutputError` saying why not."""
+    try:
+        slide_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{slide_dir}: cannot create the output folder ({exc.strerror}); choose another -o/--out") from exc

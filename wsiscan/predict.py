@@ -41,20 +41,16 @@ from .heatmap import (
     ome_multiscales,
     scored_cells,
     slide_scores,
-    write_json_atomic,
 )
-from .store import open_tile_store
-from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
-    slide_id_for, write_grid, write_qc
+from .layout import GEOJSON_NAME, OVERLAY_NAME, QC_NAME, RESULT_FILES, STORE_NAME, SUMMARY_NAME, slide_dir_for
+from .output_folder import make_slide_dir, plan_slide_output
+from .records import SlideSummary, summary_or_none
 from .results import class_regions_block, threshold_outputs
+from .store import open_tile_store
+from .tiling import default_workers, overview_picture, prepare_store, write_grid, write_qc
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "predict_in_turn", "resolution_config", "slide_config",
-           "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",
-           "GEOJSON_NAME", "SUMMARY_NAME"]
-
-OVERLAY_NAME = "overlay.png"
-GEOJSON_NAME = "tumor.geojson"
-SUMMARY_NAME = "summary.json"
+           "config_hash", "completed_summary", "expand_slide_inputs"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +65,7 @@ class LoadedModels:
         return self.specs[0]
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"model": n, "sha256": h, "spec": s.to_dict()} for n, s, h in zip(self.names, self.specs, self.sha256)]
+        return [{"model": n, "sha256": h, "spec": s.to_dict()} for n, s, h in zip(self.names, self.specs, self.sha256, strict=False)]
 
     @property
     def identity(self) -> str:
@@ -83,7 +79,7 @@ def load_models(names: Sequence[str]) -> LoadedModels:
     loaded = [load_model(n) for n in names]
     specs = [s for _, s, _ in loaded]
     first = specs[0]
-    for name, s in zip(names[1:], specs[1:]):
+    for name, s in zip(names[1:], specs[1:], strict=True):
         if (s.patch_size_px, round(s.input_mpp, 4)) != (first.patch_size_px, round(first.input_mpp, 4)):
             raise CheckpointError(
                 f"{name}: ensemble members must share input size and resolution; it takes {s.patch_size_px} px at "
@@ -217,7 +213,7 @@ def _read_slide_list(path: Path) -> list[SlideJob]:
 
 
 def completed_summary(slide_path: str | Path, out_dir: str | Path, config: Config,
-                      models: LoadedModels) -> dict[str, Any] | None:
+                      models: LoadedModels) -> SlideSummary | None:
     """The summary of a finished result for this slide, models and config; None if there is none.
 
     Finished: ``OUT/<slide-id>/summary.json`` exists (it is written last) and every
@@ -228,18 +224,17 @@ def completed_summary(slide_path: str | Path, out_dir: str | Path, config: Confi
     from .slide import slide_fingerprint
 
     slide_path = Path(slide_path)
-    slide_dir = Path(out_dir) / slide_id_for(slide_path)
+    slide_dir = slide_dir_for(out_dir, slide_path)
+    summary = summary_or_none(slide_dir / SUMMARY_NAME)
     try:
-        summary = json.loads((slide_dir / SUMMARY_NAME).read_text())
         st = slide_path.stat()
-    except (OSError, ValueError):
+    except OSError:
         return None
-    if not isinstance(summary, dict) or summary.get("model_hash") != models.identity \
-            or summary.get("config_hash") != config_hash(config):
+    if summary is None or summary.model_hash != models.identity or summary.config_hash != config_hash(config):
         return None
-    if not all((slide_dir / name).exists() for name in summary.get("outputs", {}).values()):
+    if not all((slide_dir / str(name)).exists() for name in summary.outputs.values()):
         return None
-    recorded = summary.get("slide") or {}
+    recorded = summary.slide
     if recorded.get("size_bytes") != st.st_size:
         return None
     if recorded.get("mtime_ns") != st.st_mtime_ns:
@@ -249,27 +244,6 @@ def completed_summary(slide_path: str | Path, out_dir: str | Path, config: Confi
         except OSError:
             return None
     return summary
-
-
-def result_record(summary: dict[str, Any]) -> dict[str, Any]:
-    """The figures of a summary that a run manifest records for its slide."""
-    tiles, scores = summary["tiles"], summary["scores"]
-    return {
-        "slide_id": summary["slide_id"],
-        "n_tiles": tiles["n_tiles"],
-        "scored_this_run": tiles["scored_this_run"],
-        "resumed_tiles": tiles["resumed_tiles"],
-        "pixel_chunks_written": tiles["pixel_chunks_written"],
-        "pixel_chunks_resumed": tiles["pixel_chunks_resumed"],
-        "effective_mpp": summary["resolution"]["effective_mpp"],
-        "max_probability": scores["max_probability"],
-        "top_k_mean_probability": scores["top_k_mean_probability"],
-        "tumour_area_mm2": scores["tumour_area_mm2"],
-        "n_regions": summary["regions"]["n"],
-        "timings_s": summary["timings_s"],
-        "model_hash": summary.get("model_hash"),
-        "config_hash": summary.get("config_hash"),
-    }
 
 
 def _inference_identity(models: LoadedModels, config: Config, pixel_identity: str) -> str:
@@ -389,7 +363,7 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
 
     workers = config.tile.workers or default_workers()
     write_grid(plan, store)
-    qc_done = prep_pool.submit(write_qc, plan, slide_dir / "qc.png")  # drawn while the slide is scanned
+    qc_done = prep_pool.submit(write_qc, plan, slide_dir / QC_NAME)  # drawn while the slide is scanned
 
     # -- scan: decode -> device -> heatmap chunks, concurrently ----------------------
     t = time.perf_counter()
@@ -443,7 +417,7 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
     timings["device_busy_s"] = scorer.stats["device_s"]
     timings["device_idle_s"] = scorer.stats["wait_s"]
 
-    def finish() -> dict[str, Any]:
+    def finish() -> SlideSummary:
         """Outputs (pyramid, scores, GeoJSON, overlay) and the summary: a run of many slides
         calls it in another thread while the next slide is decoding."""
         # -- outputs ---------------------------------------------------------------------------
@@ -470,39 +444,39 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
             outs["regions"] = class_regions_block(outs["regions"], class_regions)
         timings["outputs_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
-        summary = {
-            "slide": plan.fingerprint,
-            "slide_id": slide_id,
-            "mpp": store.meta["mpp"],
-            "resolution": {"target_mpp": config.tile.target_mpp, "effective_mpp": frame.px_mpp,
-                           "level": plan.selection.level, "resampled": plan.selection.resample,
-                           "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
-            **outs,  # scores, regions, areas, smoke_model
-            "exports": {GEOJSON_NAME: {"threshold": pc.threshold}, OVERLAY_NAME: {"threshold": pc.threshold}},
-            **({"classes": _class_summary(store, class_regions, pc, frame.cell_um)} if class_axis else {}),
-            "tiles": {"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,
-                      "grid_shape": [grid.n_rows, grid.n_cols], "scored_this_run": stats["tiles"],
-                      "resumed_tiles": stats["tiles_resumed"], "pixel_chunks_written": written,
-                      "pixel_chunks_resumed": resumed},
-            "heatmap": {"path": f"{STORE_NAME}/heatmap", "levels": n_levels, "cell_um": frame.cell_um,
-                        "offset_px": frame.offset_px},
-            "timings_s": timings,
-            "throughput": {"patches_per_s_inference": stats["tiles"] / timings["inference_s"] if stats["tiles"] else None,
-                           "decoded_mb": decoded / 1e6},
-            "store": {"bytes_on_disk": store.bytes_on_disk(), "pixel_bytes_on_disk": store.bytes_on_disk("pixels"),
-                      "pixels_kept": pixels_kept, "keep_pixels": pc.keep_pixels,
-                      "pixel_chunks_decoded": scan.chunks_decoded},
-            "models": models.describe(),
-            "model_hash": models.identity,
-            "config_hash": config_hash(config),
-            "device": _device_description(device),
-            "precision": str(autocast or "fp32").replace("torch.", ""),
-            "batch_size": batch_size,
-            "config": dataclasses.asdict(config),
-            "versions": runtime_versions(),
-            "outputs": {"overlay": OVERLAY_NAME, "geojson": GEOJSON_NAME, "qc": "qc.png", "store": STORE_NAME},
-        }
-        write_json_atomic(summary, summary_path)
+        summary = SlideSummary(
+            slide=plan.fingerprint,
+            slide_id=slide_id,
+            mpp=store.meta["mpp"],
+            resolution={"target_mpp": config.tile.target_mpp, "effective_mpp": frame.px_mpp,
+                        "level": plan.selection.level, "resampled": plan.selection.resample,
+                        "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
+            scores=outs["scores"], regions=outs["regions"], areas=outs["areas"], smoke_model=outs["smoke_model"],
+            exports={GEOJSON_NAME: {"threshold": pc.threshold}, OVERLAY_NAME: {"threshold": pc.threshold}},
+            classes=_class_summary(store, class_regions, pc, frame.cell_um) if class_axis else None,
+            tiles={"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,
+                   "grid_shape": [grid.n_rows, grid.n_cols], "scored_this_run": stats["tiles"],
+                   "resumed_tiles": stats["tiles_resumed"], "pixel_chunks_written": written,
+                   "pixel_chunks_resumed": resumed},
+            heatmap={"path": f"{STORE_NAME}/heatmap", "levels": n_levels, "cell_um": frame.cell_um,
+                     "offset_px": frame.offset_px},
+            timings_s=timings,
+            throughput={"patches_per_s_inference": stats["tiles"] / timings["inference_s"] if stats["tiles"] else None,
+                        "decoded_mb": decoded / 1e6},
+            store={"bytes_on_disk": store.bytes_on_disk(), "pixel_bytes_on_disk": store.bytes_on_disk("pixels"),
+                   "pixels_kept": pixels_kept, "keep_pixels": pc.keep_pixels,
+                   "pixel_chunks_decoded": scan.chunks_decoded},
+            models=tuple(models.describe()),
+            model_hash=models.identity,
+            config_hash=config_hash(config),
+            device=_device_description(device),
+            precision=str(autocast or "fp32").replace("torch.", ""),
+            batch_size=batch_size,
+            config=dataclasses.asdict(config),
+            versions=runtime_versions(),
+            outputs=RESULT_FILES,
+        )
+        summary.write(summary_path)
         return summary
 
     return finish
@@ -510,7 +484,7 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
 
 def predict_in_turn(jobs: Sequence[SlideJob], out_dir: str | Path, config: Config, models: LoadedModels, *,
                     device: Any, overwrite: bool = False, progress: bool = True,
-                    job_config: Any = None) -> Iterator[tuple[SlideJob, dict[str, Any] | None, BaseException | None]]:
+                    job_config: Any = None) -> Iterator[tuple[SlideJob, SlideSummary | None, BaseException | None]]:
     """Score slides one after the other, each slide's outputs drawn (in a thread) while the
     next slide is already decoding and scoring.  Yields (job, summary, error) in order;
     an error is a :class:`WsiscanError` of that slide (others are raised)."""
@@ -520,7 +494,7 @@ def predict_in_turn(jobs: Sequence[SlideJob], out_dir: str | Path, config: Confi
 
     pending: list[tuple[SlideJob, Any]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiscan-outputs") as outputs:
-        def drain() -> Iterator[tuple[SlideJob, dict[str, Any] | None, BaseException | None]]:
+        def drain() -> Iterator[tuple[SlideJob, SlideSummary | None, BaseException | None]]:
             while pending:
                 job, fut = pending.pop(0)
                 try:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
+
+from .layout import write_png_atomic
 
 __all__ = ["render_tissue_qc", "save_png_atomic", "fit_size", "resize_box", "scale_bar_um", "caption_font",
            "add_caption", "draw_scale_bar", "SMOKE_MODEL_MARK", "QC_COLOURS"]
@@ -115,11 +116,8 @@ def resize_box(image: np.ndarray, size: tuple[int, int], *, stripe_rows: int = 6
 
 
 def save_png_atomic(image: Image.Image, path: str | Path) -> Path:
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    image.save(tmp, format="PNG", optimize=False)
-    os.replace(tmp, p)
-    return p
+    """``image`` as PNG, written atomically (:func:`wsiscan.layout.write_png_atomic`)."""
+    return write_png_atomic(image, path)
 
 
 def render_tissue_qc(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,11 @@ import numpy as np
 
 from .errors import StoreError, WsiscanError
 from .heatmap import HeatmapFrame, heatmap_class_names, tumour_regions
+from .layout import GEOJSON_NAME, STORE_NAME, SUMMARY_NAME, is_result_folder
+from .records import SlideSummary, read_summary
 from .store import TileStore, open_tile_store, store_exists
 
-__all__ = ["STORE_NAME", "SUMMARY_NAME", "GEOJSON_NAME", "Heatmap", "Region", "Result", "find_result", "open_result"]
-
-STORE_NAME = "store.zarr"
-SUMMARY_NAME = "summary.json"
-GEOJSON_NAME = "tumor.geojson"
+__all__ = ["Heatmap", "Region", "Result", "find_result", "open_result"]
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,7 @@ class Result:
     slide_dir: Path
     store: TileStore  # the tile store (layout in the README), for what the methods below do not cover
     frame: HeatmapFrame
-    summary: dict[str, Any]
+    summary: SlideSummary | None  # summary.json (None: the run has not finished)
     slide_path: Path  # where predict read the slide (it may have moved since)
     l0_mpp: float  # um per level-0 px of the slide
     threshold: float  # predict's threshold
@@ -190,7 +189,8 @@ class Result:
         from .results import is_smoke_model, write_region_geojson
 
         return write_region_geojson(regions, path, slide_name=self.slide_name, threshold=float(threshold),
-                                    smoke=is_smoke_model(self.summary.get("models", [])))
+                                    smoke=is_smoke_model([dict(m) for m in self.summary.models]
+                                                         if self.summary is not None else []))
 
     # -- the slide's pixels -------------------------------------------------------------------------
     def open_slide(self) -> tuple[Any, str]:
@@ -218,9 +218,22 @@ class Result:
         """Whether the store keeps the slide's pixels (``tile``, or ``predict --keep-pixels``)."""
         return self.store.meta.get("pixels_kept") is not False
 
+    @cached_property
+    def _store_pixels(self) -> Any:
+        from .slide_pixels import open_store_pixels
+
+        return open_store_pixels(self.store)
+
     def read_store_px(self, px_box: tuple[int, int, int, int]) -> np.ndarray:
-        """(rows, cols, 3) uint8 of the store's copy, box (x0, y0, x1, y1) in store px; glass is white."""
-        return self.store.read_px(px_box=px_box)
+        """(rows, cols, 3) uint8 of the store's copy, box (x0, y0, x1, y1) in store px; glass is white.
+
+        Where the store does not keep the pixels (``predict`` without ``--keep-pixels``) they
+        are decoded from the slide file as predict read them (:mod:`wsiscan.slide_pixels`);
+        SlideOpenError says so when that file is gone or changed.
+        """
+        if self.pixels_kept:
+            return self.store.read_px(px_box=px_box)
+        return self._store_pixels.read_px(px_box=px_box)
 
     @property
     def thumbnail_mpp(self) -> float | None:
@@ -246,14 +259,9 @@ def open_result(path: str | Path) -> Result:
     store = open_tile_store(slide_dir / STORE_NAME, mode="r")
     meta, hm = store.meta, store.heatmap_meta()
     frame = HeatmapFrame.from_meta(hm)
-    summary: dict[str, Any] = {}
-    summary_path = slide_dir / SUMMARY_NAME
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, ValueError):
-            summary = {}
-    predict_cfg = summary.get("config", {}).get("predict", {})
+    # a summary that cannot be read as one is refused (RecordError names it and the fix)
+    summary = read_summary(slide_dir / SUMMARY_NAME) if is_result_folder(slide_dir) else None
+    settings = summary.region_settings() if summary is not None else {}
     return Result(
         slide_dir=slide_dir,
         store=store,
@@ -261,7 +269,7 @@ def open_result(path: str | Path) -> Result:
         summary=summary,
         slide_path=Path(meta.get("slide", {}).get("path", slide_dir.name)),
         l0_mpp=frame.px_mpp / frame.l0_per_px,
-        threshold=float(predict_cfg.get("threshold", summary.get("regions", {}).get("threshold", 0.5))),
-        min_region_area_um2=float(predict_cfg.get("min_region_area_um2", 0.0)),
-        simplify_tolerance_um=float(predict_cfg.get("simplify_tolerance_um", 0.0)),
+        threshold=float(settings.get("threshold", 0.5)),
+        min_region_area_um2=float(settings.get("min_region_area_um2", 0.0)),
+        simplify_tolerance_um=float(settings.get("simplify_tolerance_um", 0.0)),
     )

@@ -17,17 +17,16 @@ One vocabulary of areas (mm2), used by summary.json, the napari panel and the RE
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .heatmap import HeatmapFrame, geojson_collection, overlay_title, render_overlay, slide_scores, tumour_regions, \
-    write_json_atomic
+from .heatmap import HeatmapFrame, geojson_collection, overlay_title, render_overlay, slide_scores, tumour_regions
+from .layout import GEOJSON_NAME, OVERLAY_NAME, write_geojson_atomic
 from .render import SMOKE_MODEL_MARK
 
-__all__ = ["is_smoke_model", "area_summary", "threshold_outputs", "write_region_geojson", "update_summary_atomic", "SUMMARY_AREA_KEYS"]
+__all__ = ["is_smoke_model", "area_summary", "threshold_outputs", "write_region_geojson", "SUMMARY_AREA_KEYS"]
 
 SUMMARY_AREA_KEYS = ("tissue_area_mm2", "ink_area_mm2", "scored_area_mm2", "scored_tissue_fraction",
                      "tumour_area_mm2", "region_area_mm2", "dropped_area_mm2")
@@ -74,14 +73,14 @@ def write_region_geojson(regions: list[dict[str, Any]], path: str | Path, *, sli
         collection["properties"]["warning"] = SMOKE_MODEL_MARK
         for feature in collection["features"]:
             feature["properties"]["name"] = f"[smoke test, not a tumour classifier] {feature['properties']['name']}"
-    return write_json_atomic(collection, path)
+    return write_geojson_atomic(collection, path)
 
 
 def threshold_outputs(slide_dir: Path, cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, top_k: int,
                       min_region_area_um2: float, simplify_tolerance_um: float, slide_name: str,
                       models: list[dict[str, Any]], n_tiles: int, picture: np.ndarray | None, picture_mpp: float,
-                      tissue: dict[str, Any], geojson_name: str = "tumor.geojson",
-                      overlay_name: str | None = "overlay.png", write_geojson_file: bool = True) -> dict[str, Any]:
+                      tissue: dict[str, Any], geojson_name: str = GEOJSON_NAME,
+                      overlay_name: str | None = OVERLAY_NAME, write_geojson_file: bool = True) -> dict[str, Any]:
     """Regions at ``threshold``; writes tumor.geojson and overlay.png (atomically, from the same
     polygons) and returns the summary's threshold-dependent blocks: ``scores``, ``regions``, ``areas``.
 
@@ -114,14 +113,6 @@ def threshold_outputs(slide_dir: Path, cells: np.ndarray, frame: HeatmapFrame, *
         "areas": areas,
         "smoke_model": smoke,
     }
-
-
-def update_summary_atomic(summary_path: Path, parts: dict[str, Any]) -> dict[str, Any]:
-    """summary.json with ``parts`` (top-level blocks) replaced, rewritten atomically; returns it."""
-    summary = json.loads(Path(summary_path).read_text())
-    summary.update(parts)
-    write_json_atomic(summary, summary_path)
-    return summary
 
 
 def class_regions_block(regions_block: dict[str, Any], class_regions: list[dict[str, Any]]) -> dict[str, Any]:

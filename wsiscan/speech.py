@@ -10,8 +10,6 @@ directly: no Python binding, no network.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import OutputError
+from .layout import SPEECH_WAV_NAME, SUMMARY_NAME, atomic_path
 
 __all__ = [
     "SPEECH_WAV_NAME",
@@ -37,8 +36,6 @@ __all__ = [
     "stored_text",
 ]
 
-SPEECH_WAV_NAME = "summary.wav"
-SUMMARY_NAME = "summary.json"
 ENGINES = ("espeak-ng", "espeak")
 INSTALL_HINT = "install espeak-ng (Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)"
 _TIMEOUT_S = 120
@@ -120,15 +117,11 @@ def synthesize_wav(text: str, path: str | Path, *, engine: str | None = None) ->
     if engine is None:
         raise OutputError(f"{path}: no speech engine (espeak-ng) found; {INSTALL_HINT}")
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}-{threading.get_ident()}.wav")
-    try:
+    with atomic_path(p, suffix=".wav") as tmp:
         proc = _run([engine, "-w", str(tmp), "--", text])
         if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:
             last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
             raise OutputError(f"{p}: {Path(engine).name} could not write the WAV (exit {proc.returncode}: {last})")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
     return p
 
 
@@ -177,18 +170,15 @@ class SpeechOutcome:
     problem: str  # one line: why it was not played or written ('' when all went as asked)
 
 
-def _store_text(slide_dir: Path, summary: dict[str, Any], text: str, *, threshold: float | None,
+def _store_text(slide_dir: Path, summary: Any, text: str, *, threshold: float | None,
                 engine: str | None, wav: bool) -> None:
-    from .heatmap import write_json_atomic
-
-    summary = dict(summary)
-    summary["speech"] = {
+    """Store the spoken text in the result's summary (a :class:`~wsiscan.records.SlideSummary`)."""
+    summary.with_blocks(speech={
         "text": text,
-        "threshold": threshold if threshold is not None else summary.get("scores", {}).get("threshold"),
+        "threshold": threshold if threshold is not None else summary.threshold,
         "engine": Path(engine).name if engine else None,
         "wav": SPEECH_WAV_NAME if wav else None,
-    }
-    write_json_atomic(summary, slide_dir / SUMMARY_NAME)
+    }).write(slide_dir / SUMMARY_NAME)
 
 
 def speak_result(slide_dir: str | Path, *, play: bool, wav: bool, threshold: float | None = None,
@@ -199,13 +189,15 @@ def speak_result(slide_dir: str | Path, *, play: bool, wav: bool, threshold: flo
     Problems with speech (no engine, no audio device) are returned, not raised: the result
     itself is fine.  A folder without ``summary.json`` raises OutputError.
     """
+    from .errors import RecordError
+    from .records import read_summary
+
     d = Path(slide_dir)
     try:
-        summary = json.loads((d / SUMMARY_NAME).read_text())
-    except (OSError, ValueError) as exc:
-        raise OutputError(f"{d}: no readable {SUMMARY_NAME} to speak ({exc.__class__.__name__}); "
-                          f"run `wsiscan predict` first") from exc
-    text = spoken_summary(summary, threshold=threshold, regions=regions)
+        summary = read_summary(d / SUMMARY_NAME)
+    except RecordError as exc:
+        raise OutputError(f"{d}: no readable {SUMMARY_NAME} to speak ({exc}); run `wsiscan predict` first") from exc
+    text = spoken_summary(summary.to_json(), threshold=threshold, regions=regions)
     engine = find_engine()
     problem, played = "", False
     if engine is None:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import re
-import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -25,20 +24,17 @@ from typing import Any
 import numpy as np
 
 from .config import Config, runtime_versions
-from .errors import NoTissueError, OutputError, StoreExistsError
+from .errors import NoTissueError, StoreExistsError
 from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, grid_border, select_level, store_geometry, \
     tile_coverage
+from .layout import QC_NAME
 from .render import render_tissue_qc, save_png_atomic
 from .slide import Slide, open_slide, slide_fingerprint
 from .store import TileStore, create_tile_store, open_tile_store, remove_store, store_exists
 from .tissue import TissueMask, TileScores, box_counts, cell_tissue_fractions, detect_tissue, keep_tiles, score_tiles, \
     summed_area_table, usable_cores
 
-__all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_for", "open_configured_slide",
-           "check_writable", "make_slide_dir", "plan_slide_output"]
-
-STORE_NAME = "store.zarr"
-QC_NAME = "qc.png"
+__all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_for", "open_configured_slide"]
 
 
 def slide_id_for(path: str | Path) -> str:
@@ -359,44 +355,6 @@ def default_workers() -> int:
     return max(1, min(cores, avail // 2 // DECODE_WORKER_BYTES))
 
 
-def check_writable(out_dir: Path) -> None:
-    """Raise :class:`OutputError` unless files can be created in ``out_dir`` (or its nearest existing parent)."""
-    probe = out_dir
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise OutputError(f"{out_dir}: {probe} is a file, not a folder; choose another -o/--out")
-    try:  # a real write: os.access says yes to root even where writes fail
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        why = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
-        raise OutputError(f"{out_dir}: cannot write into {probe} ({why}); choose another -o/--out") from exc
-
-
-def plan_slide_output(slide_path: str | Path, out_dir: str | Path, config: Config, *,
-                      stride_px: int | None = None) -> tuple[TilingPlan, str, Path, Path]:
-    """Check that ``out_dir`` is writable, plan the slide; (plan, slide id, slide folder, store path).
-
-    Creates nothing: :func:`make_slide_dir` does, once the caller has checked what is there.
-    """
-    check_writable(Path(out_dir))
-    plan = plan_tiling(slide_path, config, stride_px=stride_px)
-    slide_id = slide_id_for(plan.slide_path)
-    slide_dir = Path(out_dir) / slide_id
-    return plan, slide_id, slide_dir, slide_dir / STORE_NAME
-
-
-def make_slide_dir(slide_dir: Path) -> None:
-    """Create a slide's output folder, or raise :class:`OutputError` saying why not."""
-    try:
-        slide_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{slide_dir}: cannot create the output folder ({exc.strerror}); choose another -o/--out") from exc
-
-
 def _store_meta(plan: TilingPlan) -> dict[str, Any]:
     config = plan.config
     return {
@@ -615,6 +573,8 @@ def tile_slide(
     workers: int | None = None,
 ) -> TileResult:
     """Tile one slide into ``out_dir/<slide-id>/store.zarr`` (resuming a killed run)."""
+    from .output_folder import make_slide_dir, plan_slide_output
+
     t0 = time.perf_counter()
     plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config)
     make_slide_dir(slide_dir)

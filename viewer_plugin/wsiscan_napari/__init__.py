@@ -13,10 +13,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "get_reader", "HeatmapReviewWidget"]
+__all__ = ["__version__", "get_reader", "HeatmapReviewWidget", "open_review", "save_window_screenshot"]
 
 
 def __getattr__(name: str):  # lazy: importing the package pulls in neither napari nor Qt
+    if name in ("open_review", "save_window_screenshot"):  # what `wsiscan view` calls
+        from . import _widget
+
+        return getattr(_widget, name)
     if name == "get_reader":
         from ._reader import get_reader
 

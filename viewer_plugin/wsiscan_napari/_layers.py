@@ -31,6 +31,9 @@ import numpy as np
 
 import wsiscan
 from wsiscan import StoreError, find_result, open_result
+from wsiscan.errors import RecordError, SlideOpenError
+from wsiscan.layout import STORE_NAME, SUMMARY_NAME
+from wsiscan.records import SlideSummary
 
 __all__ = [
     "STORE_NAME",
@@ -56,8 +59,6 @@ __all__ = [
     "summary_rows",
 ]
 
-STORE_NAME = "store.zarr"
-SUMMARY_NAME = "summary.json"
 CHUNK_PX = 512  # side of one lazily read block of the slide pyramid
 MIN_LEVEL_SIDE_PX = 512  # the pyramid's coarsest level is no larger than this
 HEATMAP_COLORMAP = "inferno"
@@ -197,7 +198,10 @@ def _store_pyramid(result: WsiscanResult, why: str) -> PixelPyramid:
 
     def read_native(j: int, xy: tuple[int, int], size_px: tuple[int, int]) -> np.ndarray:
         if j == 0:
-            return result.read_store_px((xy[0], xy[1], xy[0] + size_px[0], xy[1] + size_px[1]))
+            try:
+                return result.read_store_px((xy[0], xy[1], xy[0] + size_px[0], xy[1] + size_px[1]))
+            except SlideOpenError:  # pixels not kept and the slide file gone: the description says so
+                return np.full((size_px[1], size_px[0], 3), 255, np.uint8)
         return _read_array_box(thumb[0], xy, size_px)
 
     desc = f"tile store copy at {result.frame.px_mpp:.3g} um/px ({why})"
@@ -384,23 +388,26 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return str(value)
 
 
-def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+def summary_rows(summary: SlideSummary | dict[str, Any] | None) -> list[tuple[str, str]]:
     """(label, value) pairs of the per-slide numbers in summary.json, for display.
 
+    ``summary``: a result's :class:`wsiscan.records.SlideSummary` (or summary.json's JSON).
     Areas use summary.json's names: tissue area = the mask, scored area = the
     cells of the scored tiles, tumour area = cells >= threshold, region area = the exported
     polygons (older summaries without an ``areas`` block show what they have).
     """
     if not summary:
-        return [("summary", "summary.json missing")]
-    scores = summary.get("scores", {})
-    areas = summary.get("areas", {})
-    tiles = summary.get("tiles", {})
-    res = summary.get("resolution", {})
-    models = ", ".join(Path(m.get("model", "?")).name for m in summary.get("models", [])) or "-"
+        return [("summary", f"{SUMMARY_NAME} missing")]
+    if not isinstance(summary, SlideSummary):
+        try:
+            summary = SlideSummary.from_json(summary)
+        except RecordError as exc:
+            return [("summary", str(exc))]
+    scores, areas, tiles, res = summary.scores, summary.areas, summary.tiles, summary.resolution
+    models = ", ".join(Path(n).name for n in summary.model_names) or "-"
     thr = _fmt(areas.get("threshold", scores.get("threshold")), ".2f")
     rows = [
-        ("slide", summary.get("slide_id", "-")),
+        ("slide", summary.slide_id),
         ("model", models),
         ("max probability", _fmt(scores.get("max_probability"))),
         (f"top-{scores.get('top_k', 'k')} mean", _fmt(scores.get("top_k_mean_probability"))),
@@ -411,7 +418,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                                           if isinstance(areas.get("scored_tissue_fraction"), float) else "")),
         (f"tumour area (cells p ≥ {thr})", f"{_fmt(areas.get('tumour_area_mm2', scores.get('tumour_area_mm2')))} mm²"),
         (f"region area (p ≥ {thr})", f"{_fmt(areas.get('region_area_mm2'))} mm² in "
-                                     f"{_fmt(summary.get('regions', {}).get('n'), 'd')} regions"),
+                                     f"{_fmt(summary.n_regions, 'd')} regions"),
     ]
     if areas.get("n_dropped_cells"):
         rows.append(("dropped (small regions)", f"{_fmt(areas.get('dropped_area_mm2'))} mm², "
@@ -423,8 +430,10 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def is_smoke_result(summary: dict[str, Any]) -> bool:
+def is_smoke_result(summary: SlideSummary | dict[str, Any] | None) -> bool:
     """Whether a result was made with the smoke-test ``tiny`` model (not a tumour classifier)."""
+    if summary is None:
+        return False
     return bool(summary.get("smoke_model")) or any(
         (m.get("spec") or {}).get("arch") == "tiny" for m in summary.get("models", []) if isinstance(m, dict))
 

@@ -30,6 +30,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from wsiscan.layout import exported_geojson_name
+
 from ._layers import (
     Hotspot,
     WsiscanResult,
@@ -341,7 +343,7 @@ class HeatmapReviewWidget(QWidget):
     def _ask_export(self) -> None:
         if self.result is None:
             return
-        default = self.result.slide_dir / f"tumor-p{round(self.threshold * 100):02d}.geojson"
+        default = self.result.slide_dir / exported_geojson_name(self.threshold)
         path, _ = QFileDialog.getSaveFileName(self, "Export regions as GeoJSON", str(default), "GeoJSON (*.geojson)")
         if path:
             self.export_geojson(path)

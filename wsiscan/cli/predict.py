@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import click
 
+from ..layout import GEOJSON_NAME, MANIFEST_NAME, OVERLAY_NAME, STORE_NAME, SUMMARY_NAME
 from . import echo_err, main
 from .slides import build_config, tiling_options
 from .speak import speak_at_end, speak_results, speech_options
@@ -55,8 +54,8 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     retried on another, and a rerun skips the slides already finished and unchanged.
     """
     from ..inference import select_device
+    from ..layout import slide_dir_for
     from ..predict import expand_slide_inputs, load_models, resolution_config
-    from ..tiling import slide_id_for
 
     if workers is not None and scheduler:
         raise click.UsageError("--workers starts a local Dask cluster and --scheduler uses an existing one; give one")
@@ -74,7 +73,7 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     dev = select_device(cfg.predict.device) if not scheduler else None
     models = load_models(cfg.predict.model)
     cfg = resolution_config(cfg, models.spec, target_mpp=target_mpp, tile_size_px=tile_size_px)
-    speak_at_end([Path(out_dir) / slide_id_for(j.path) for j in jobs], play=speak, wav=speak_wav)
+    speak_at_end([slide_dir_for(out_dir, j.path) for j in jobs], play=speak, wav=speak_wav)
     if workers is not None or scheduler:
         _predict_on_dask(jobs, out_dir, cfg, models, workers=workers, scheduler=scheduler, retries=retries,
                          overwrite=overwrite)
@@ -94,64 +93,48 @@ for _param in predict.params:  # tiling_options says "decode processes"; for pre
                        "when CUDA is present, at most N). Without it and --scheduler, one process scores them in turn.")
 
 
-def _slide_line(record: dict) -> str:
-    return (f"{record['slide_id']}: {record['n_tiles']} patches at {record['effective_mpp']:.4g} um/px, "
-            f"max p={record['max_probability']:.3f}, top-k mean {record['top_k_mean_probability']:.3f}, "
-            f"tumour {record['tumour_area_mm2']:.3f} mm2 in {record['n_regions']} regions")
+def _slide_line(entry) -> str:
+    """A complete slide's figures (a :class:`~wsiscan.records.ManifestEntry`) in one line."""
+    f = entry.figures
+    return (f"{entry.slide_id}: {f.n_tiles} patches at {f.effective_mpp:.4g} um/px, "
+            f"max p={f.max_probability:.3f}, top-k mean {f.top_k_mean_probability:.3f}, "
+            f"tumour {f.tumour_area_mm2:.3f} mm2 in {f.n_regions} regions")
+
+
+def _run_header(cfg, models, **cluster):
+    from ..manifest import run_header
+    from ..predict import config_hash
+
+    return run_header("predict", models=models.describe(), model_hash=models.identity, config_hash=config_hash(cfg),
+                      **cluster)
+
+
+def _entry_for(cfg, models, worker):
+    from ..predict import config_hash, slide_config
+    from ..runner import pending_entry
+
+    return lambda job: pending_entry(job, worker=worker, model_hash=models.identity,
+                                     config_hash=config_hash(slide_config(cfg, job)))
 
 
 def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet: bool) -> None:
     """The single-process run: the slides one after the other, no Dask; a slide's outputs
-    are drawn while the next slide is decoding (see wsiscan.predict.predict_in_turn).
+    are drawn while the next slide is decoding (see wsiscan.runner.InTurnBackend)."""
+    from ..runner import InTurnBackend, run_slides
 
-    Issue 12: the manifest has every documented top-level field (run_id, versions,
-    started/finished, totals) and each slide's absolute path, and is merged into the
-    OUT/manifest.json already there (manifest.write_manifest_merged) after each slide.
-    """
-    import os
-
-    from ..config import runtime_versions
-    from ..manifest import new_run_id, run_totals, write_manifest_merged
-    from ..predict import config_hash, predict_in_turn, result_record, slide_config
-    from ..tiling import slide_id_for
-
-    t_run = time.perf_counter()
-    manifest = {"command": "predict", "run_id": new_run_id(), "cluster": None, "scheduler": None, "dashboard": None,
-                "n_workers": 1, "retries": 0, "models": models.describe(), "model_hash": models.identity,
-                "config_hash": config_hash(cfg), "versions": runtime_versions(), "started": time.time(),
-                "finished": None, "slides": []}
-    failed = 0
-    t0 = time.perf_counter()
-    started = time.time()
-    results = predict_in_turn(jobs, out_dir, cfg, models, device=dev, overwrite=overwrite, progress=not quiet,
-                              job_config=lambda job: slide_config(cfg, job))
-    for job, summary, exc in results:
-        job_cfg = slide_config(cfg, job)
-        entry = {"slide": os.path.abspath(job.path), "slide_id": slide_id_for(job.path), "slide_mpp": job.slide_mpp,
-                 "skipped": False, "error": None, "worker": "local", "attempts": 1, "retries": 0,
-                 "workers": ["local"], "started": started, "model_hash": models.identity,
-                 "config_hash": config_hash(job_cfg)}
-        if exc is not None:
-            if len(jobs) == 1:
-                raise exc
-            failed += 1
-            echo_err(f"wsiscan: error: {exc}")
-            entry.update(status="failed", error=str(exc), error_type=type(exc).__name__,
-                         seconds=time.perf_counter() - t0, finished=time.time())
+    def report(outcome, progress) -> None:
+        entry = outcome.entry
+        if entry.status == "failed":
+            echo_err(f"wsiscan: error: {entry.error}")
         else:
-            record = result_record(summary)
-            entry.update(status="complete", **record, seconds=summary["timings_s"]["total_s"], finished=time.time())
-            click.echo(f"{_slide_line(record)}, {entry['seconds']:.1f} s -> {Path(out_dir) / record['slide_id']}")
-        t0 = time.perf_counter()
-        started = time.time()
-        manifest["slides"].append(entry)
-        manifest["totals"] = run_totals(manifest["slides"], elapsed_s=time.perf_counter() - t_run)
-        if job is jobs[-1]:
-            manifest["finished"] = time.time()
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_manifest_merged(out_dir, manifest)
+            click.echo(f"{_slide_line(entry)}, {entry.seconds:.1f} s -> {Path(out_dir) / entry.slide_id}")
+
+    backend = InTurnBackend(out_dir, cfg, models, device=dev, overwrite=overwrite, progress=not quiet)
+    run = run_slides(jobs, out_dir, backend, header=_run_header(cfg, models), entry_for=_entry_for(cfg, models, "local"),
+                     on_entry=report)
+    failed = run["totals"]["failed"]
     if failed:
-        echo_err(f"wsiscan: predict: {failed} of {len(jobs)} slides failed (see {Path(out_dir) / 'manifest.json'})")
+        echo_err(f"wsiscan: predict: {failed} of {len(jobs)} slides failed (see {Path(out_dir) / MANIFEST_NAME})")
         raise click.exceptions.Exit(1)
 
 
@@ -163,16 +146,17 @@ def _predict_on_dask(jobs, out_dir, cfg, models, *, workers, scheduler, retries:
 
     width = len(str(len(jobs)))
 
-    def report(entry: dict, progress: dict) -> None:
-        step = f"[{progress['done']:>{width}}/{progress['total']}]"
-        if entry["status"] == "failed":
-            echo_err(f"wsiscan: error: {step} {entry['error']}")
-        elif entry["skipped"]:
-            click.echo(f"{step} {entry['slide_id']}: finished and unchanged, skipped -> {Path(out_dir) / entry['slide_id']}")
+    def report(outcome, progress) -> None:
+        entry = outcome.entry
+        step = f"[{progress.done:>{width}}/{progress.total}]"
+        if entry.status == "failed":
+            echo_err(f"wsiscan: error: {step} {entry.error}")
+        elif entry.skipped:
+            click.echo(f"{step} {entry.slide_id}: finished and unchanged, skipped -> {Path(out_dir) / entry.slide_id}")
         else:
-            retried = f", attempt {entry['attempts']}" if entry["attempts"] > 1 else ""
-            click.echo(f"{step} {_slide_line(entry)}, {entry['seconds']:.1f} s on {entry['worker']}{retried} -> "
-                       f"{Path(out_dir) / entry['slide_id']} | {progress['patches_per_s']:.0f} patches/s")
+            retried = f", attempt {entry.attempts}" if entry.attempts > 1 else ""
+            click.echo(f"{step} {_slide_line(entry)}, {entry.seconds:.1f} s on {entry.worker}{retried} -> "
+                       f"{Path(out_dir) / entry.slide_id} | {progress.patches_per_s:.0f} patches/s")
 
     with contextlib.ExitStack() as stack:
 
@@ -210,7 +194,7 @@ def _predict_on_dask(jobs, out_dir, cfg, models, *, workers, scheduler, retries:
                f"{t['slides_per_s']:.3g} slides/s, {t['patches_per_s']:.0f} patches/s")
     if t["failed"]:
         echo_err(f"wsiscan: predict: {t['failed']} of {t['slides']} slides failed "
-                 f"(see {Path(out_dir) / 'manifest.json'})")
+                 f"(see {Path(out_dir) / MANIFEST_NAME})")
         raise click.exceptions.Exit(1)
 
 
@@ -231,51 +215,47 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path, speak, speak
     from ..config import load_config
     from ..errors import StoreError
     from ..heatmap import HeatmapFrame, export_class_regions, heatmap_class_names, scored_cells
-    from ..results import class_regions_block, threshold_outputs, update_summary_atomic
+    from ..records import read_summary
+    from ..results import class_regions_block, threshold_outputs
     from ..store import open_tile_store
 
-    summary_path = result_dir / "summary.json"
-    store = open_tile_store(result_dir / "store.zarr", mode="r+")
+    summary_path = result_dir / SUMMARY_NAME
+    store = open_tile_store(result_dir / STORE_NAME, mode="r+")
     hm = store.heatmap_meta()
     if hm.get("status") != "complete" or not summary_path.exists():
-        raise StoreError(f"{result_dir}: has no finished result (no summary.json); run `wsiscan predict` first")
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{summary_path}: cannot be read ({exc}); rerun `wsiscan predict` on the slide") from exc
+        raise StoreError(f"{result_dir}: has no finished result (no {SUMMARY_NAME}); run `wsiscan predict` first")
+    summary = read_summary(summary_path)
     # the run's own region settings, unless --config gives others
     cfg = load_config(config_path)
-    if config_path is None and isinstance(summary.get("config", {}).get("predict"), dict):
-        run = summary["config"]["predict"]
-        cfg = cfg.replace("predict", **{k: run[k] for k in ("threshold", "top_k", "min_region_area_um2",
-                                                            "simplify_tolerance_um") if k in run})
+    if config_path is None:
+        cfg = cfg.replace("predict", **summary.region_settings())
     pc = cfg.replace("predict", threshold=threshold).predict
     frame = HeatmapFrame.from_meta(hm)
     cells = scored_cells(store)
     class_names = heatmap_class_names(store)
     name = Path(store.meta["slide"]["path"]).name
     picture, picture_mpp = store.overview() if png else (None, 1.0)
-    areas = summary.get("areas") or {}
+    areas = summary.areas
     outs = threshold_outputs(result_dir, cells, frame, threshold=pc.threshold, top_k=pc.top_k,
                              min_region_area_um2=pc.min_region_area_um2,
                              simplify_tolerance_um=pc.simplify_tolerance_um, slide_name=name,
-                             models=summary.get("models", []), n_tiles=summary["tiles"]["n_tiles"],
+                             models=[dict(m) for m in summary.models], n_tiles=summary.n_tiles,
                              picture=picture, picture_mpp=picture_mpp,
                              tissue={k: areas.get(k) for k in ("tissue_area_mm2", "ink_area_mm2",
                                                                "scored_tissue_fraction")},
                              write_geojson_file=geojson and class_names is None)
-    exports = dict(summary.get("exports") or {})
+    exports = dict(summary.exports)
     if geojson:
-        exports["tumor.geojson"] = {"threshold": pc.threshold}
+        exports[GEOJSON_NAME] = {"threshold": pc.threshold}
         if class_names is not None:
             outs["regions"] = class_regions_block(outs["regions"], export_class_regions(
-                store, frame, result_dir / "tumor.geojson", slide_name=name, threshold=pc.threshold,
+                store, frame, result_dir / GEOJSON_NAME, slide_name=name, threshold=pc.threshold,
                 min_area_um2=pc.min_region_area_um2, simplify_tolerance_um=pc.simplify_tolerance_um))
-        click.echo(f"{result_dir / 'tumor.geojson'}: {outs['regions']['n']} regions at threshold {pc.threshold:g}")
+        click.echo(f"{result_dir / GEOJSON_NAME}: {outs['regions']['n']} regions at threshold {pc.threshold:g}")
     if png:
-        exports["overlay.png"] = {"threshold": pc.threshold}
-        click.echo(f"{result_dir / 'overlay.png'}")
-    update_summary_atomic(summary_path, {**outs, "exports": exports})
+        exports[OVERLAY_NAME] = {"threshold": pc.threshold}
+        click.echo(f"{result_dir / OVERLAY_NAME}")
+    summary.with_blocks(**outs, exports=exports).write(summary_path)
     click.echo(f"{summary_path}: scores, regions and areas at threshold {pc.threshold:g}")
     # summary.json now holds this threshold's figures, so the spoken text is made from it
     speak_results([result_dir], play=speak, wav=speak_wav)

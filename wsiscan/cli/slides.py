@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
-from ..errors import WsiscanError
+from ..layout import MANIFEST_NAME
 from . import echo_err, main
 
 
@@ -35,7 +34,7 @@ def info(slide: Path, as_json: bool, slide_mpp: float | None, properties: bool) 
         # which reader decodes each level, and why OpenSlide where it is OpenSlide
         readers = [{"reader": s.reader_for(lv.index), "why_openslide": s.why_openslide(lv.index) or None}
                    for lv in s.info.levels]
-    for lv, rd in zip(data["levels"], readers):
+    for lv, rd in zip(data["levels"], readers, strict=True):
         lv.update(rd)
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -100,24 +99,6 @@ def build_config(config_path: Path | None, *, target_mpp=None, slide_mpp=None, t
     return cfg
 
 
-def run_batch(slides: tuple[Path, ...], action, *, label: str) -> list[dict[str, Any]]:
-    """Run ``action(slide)`` for each slide; a failure is reported and the rest go on."""
-    results = []
-    for slide in slides:
-        try:
-            results.append({"slide": str(slide), "status": "ok", "result": action(slide)})
-        except WsiscanError as exc:
-            if len(slides) == 1:
-                raise
-            echo_err(f"wsiscan: error: {exc}")
-            results.append({"slide": str(slide), "status": "failed", "error": str(exc)})
-    failed = [r for r in results if r["status"] == "failed"]
-    if failed:
-        echo_err(f"wsiscan: {label}: {len(failed)} of {len(slides)} slides failed")
-        raise click.exceptions.Exit(1)
-    return results
-
-
 @main.command()
 @click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
 @tiling_options
@@ -129,13 +110,18 @@ def tile(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_t
     Writes OUT/<slide-id>/store.zarr and OUT/<slide-id>/qc.png.  A killed run resumes
     when rerun with the same arguments.
     """
-    from ..tiling import tile_slide
+    from ..manifest import run_header
+    from ..predict import SlideJob, config_hash, slide_config
+    from ..runner import TileBackend, pending_entry, run_slides
 
     cfg = build_config(config_path, target_mpp=target_mpp, slide_mpp=slide_mpp, tile_size_px=tile_size_px,
                        stride_px=stride_px, min_tissue=min_tissue, workers=workers)
 
-    def action(slide: Path):
-        r = tile_slide(slide, out_dir, cfg, overwrite=overwrite, progress=not quiet)
+    def report(outcome, progress) -> None:
+        if outcome.error is not None:
+            echo_err(f"wsiscan: error: {outcome.error}")
+            return
+        r = outcome.result
         geo = r.plan.geometry
         resumed = f", {r.n_chunks_resumed} resumed" if r.n_chunks_resumed else ""
         click.echo(
@@ -143,6 +129,14 @@ def tile(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_t
             f"(stride {cfg.tile.stride_px} px, level {r.plan.selection.level}, mpp from {r.plan.mpp_source}); "
             f"{r.n_chunks_written} chunks written{resumed} in {r.timings_s['total_s']:.1f} s -> {r.store_path}"
         )
-        return r
 
-    run_batch(tuple(slides), action, label="tile")
+    jobs = [SlideJob(Path(s)) for s in slides]
+    run = run_slides(jobs, out_dir, TileBackend(out_dir, cfg, overwrite=overwrite, progress=not quiet),
+                     header=run_header("tile", config_hash=config_hash(cfg)),
+                     entry_for=lambda job: pending_entry(job, worker="local", model_hash=None,
+                                                         config_hash=config_hash(slide_config(cfg, job))),
+                     on_entry=report)
+    failed = run["totals"]["failed"]
+    if failed:
+        echo_err(f"wsiscan: tile: {failed} of {len(jobs)} slides failed (see {Path(out_dir) / MANIFEST_NAME})")
+        raise click.exceptions.Exit(1)

@@ -24,10 +24,11 @@ def speak_results(slide_dirs: Sequence[Path], *, play: bool, wav: bool, threshol
     """Speak (and/or write) the summary of each finished result among ``slide_dirs``; one line each."""
     if not (play or wav):
         return
+    from ..layout import is_result_folder
     from ..speech import speak_result
 
     for d in slide_dirs:
-        if not (Path(d) / "summary.json").is_file():
+        if not is_result_folder(d):
             continue  # a slide that failed: nothing to say
         outcome = speak_result(d, play=play, wav=wav, threshold=threshold, regions=regions)
         where = f" -> {outcome.wav_path}" if outcome.wav_path else ""

@@ -44,7 +44,7 @@ def view(ctx: click.Context, out_dir: Path, threshold: float | None, source: str
 
         result = open_result(out_dir)  # StoreError (exit 1) when OUT_DIR holds no result
         import napari
-        from wsiscan_napari._widget import open_review, save_window_screenshot  # ImportError without Qt
+        from wsiscan_napari import open_review, save_window_screenshot  # ImportError without Qt
     except ImportError as exc:
         echo_err(f"wsiscan: error: `wsiscan view` needs the viewer extra ({exc}); install it with {INSTALL_HINT}")
         ctx.exit(1)

@@ -179,12 +179,12 @@ def write_positional(out_dir: str | Path, result: dict) -> None:
     """Add ``positional`` to the evaluation's metrics.json (atomically) and draw positional.png."""
     import json
 
-    from ..heatmap import write_json_atomic
+    from ..layout import atomic_path, write_json_atomic
 
     out_dir = Path(out_dir)
-    plot_positional(result, out_dir / ".positional.png.partial.png")
-    metrics_path = out_dir / "metrics.json"
-    report = json.loads(metrics_path.read_text())
-    report["positional"] = result
-    write_json_atomic(report, metrics_path)
-    (out_dir / ".positional.png.partial.png").replace(out_dir / "positional.png")
+    with atomic_path(out_dir / "positional.png", suffix=".png") as picture:
+        plot_positional(result, picture)
+        metrics_path = out_dir / "metrics.json"
+        report = json.loads(metrics_path.read_text())
+        report["positional"] = result
+        write_json_atomic(report, metrics_path)

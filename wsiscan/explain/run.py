@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import pcam
 from ..errors import CheckpointError, ConfigError, DatasetError
-from ..heatmap import write_json_atomic
+from ..layout import write_json_atomic
 from ..output_folder import building_folder, check_output_folder
 from .attribution import METHODS, Attribution, explain_patches
 from .panels import render_panel

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import pcam
 from ..errors import DatasetError, ResolutionError, StoreError
+from ..layout import GEOJSON_NAME, STORE_NAME
 
 __all__ = ["PatchSet", "patches_from_pcam", "patches_from_images", "patches_from_result", "is_result_folder",
            "region_geometry"]
@@ -37,7 +38,7 @@ class PatchSet:
 
 
 def is_result_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "store.zarr").is_dir()
+    return path.is_dir() and (path / STORE_NAME).is_dir()
 
 
 def patches_from_pcam(data_dir: Path, *, split: str | None, max_patches: int, log=lambda m: None) -> PatchSet:
@@ -95,7 +96,7 @@ def region_geometry(slide_dir: Path, rank: int):
     """Region ``rank`` (1-based, by max probability, then area, as napari's hotspot table) of tumor.geojson."""
     from shapely.geometry import shape
 
-    path = slide_dir / "tumor.geojson"
+    path = slide_dir / GEOJSON_NAME
     if not path.is_file():
         raise StoreError(f"{path}: not found; --region needs the regions `wsiscan predict` writes")
     features = json.loads(path.read_text()).get("features", [])

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DatasetError
+from ..layout import atomic_path
 from .dataset import PATCH_SHAPE, Log, PatchDataset
 
 _OFFICIAL_PREFIX = "camelyonpatch_level_2_split_"
@@ -177,14 +178,11 @@ def _decompress_once(gz_path: Path, cache_dir: Path | None, log: Log) -> Path:
             f"{free / 2**30:.1f} GiB is free; gunzip it yourself elsewhere or set WSISCAN_CACHE_DIR"
         )
     log(f"decompressing {gz_path.name} to {target} once (h5py cannot read gzip); later runs reuse it")
-    partial = target.with_name(target.name + ".partial")
     try:
-        with gzip.open(gz_path, "rb") as src, open(partial, "wb") as dst:
+        with atomic_path(target) as partial, gzip.open(gz_path, "rb") as src, open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst, length=16 * 2**20)
     except (OSError, EOFError) as exc:
-        partial.unlink(missing_ok=True)
         raise DatasetError(f"{gz_path}: cannot be decompressed ({exc}); the download may be incomplete") from exc
-    os.replace(partial, target)
     return target
 
 

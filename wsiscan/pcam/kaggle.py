@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DatasetError
+from ..layout import atomic_path
 from .dataset import OFFICIAL_SPLITS, PATCH_SHAPE, Log, PatchDataset, _silent
 
 _KAGGLE_LABELS = "train_labels.csv"
@@ -154,13 +155,11 @@ def make_stratified_split(
 def write_split_csv(path: Path, assignment: SplitAssignment) -> None:
     """``id,label,split`` rows plus a header comment line with the seed and ratios (atomic)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         handle.write(f"# seed={assignment.seed} ratios={','.join(str(r) for r in assignment.ratios)}\n")
         writer = csv.writer(handle)
         writer.writerow(["id", "label", "split"])
         writer.writerows(zip(assignment.ids, assignment.labels, assignment.splits, strict=True))
-    os.replace(tmp, path)
 
 
 def read_split_csv(path: Path) -> SplitAssignment:

@@ -98,18 +98,9 @@ class _App:
 
     def _result_checkpoints(self) -> list[str]:
         """The model names the results were made with (registry names or checkpoint paths), from their summaries."""
-        import json
-
         names: list[str] = []
         for entry in list_slides(self.out_dir):
-            slide_dir = find_slide_dir(self.out_dir, entry.slide_id)
-            if slide_dir is None or "summary.json" not in entry.files:
-                continue
-            try:
-                summary = json.loads((slide_dir / "summary.json").read_text())
-            except (OSError, ValueError):
-                continue
-            names += [str(m.get("model")) for m in summary.get("models", []) if isinstance(m, dict) and m.get("model")]
+            names += entry.model_names
         return sorted(set(names))
 
     # -- pages ------------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ class PatchModels:
             "class": spec.class_names[best],
             "positive_class": spec.class_names[spec.positive_class],
             "probability": float(proba[spec.positive_class]),
-            "probabilities": {n: float(p) for n, p in zip(spec.class_names, proba)},
+            "probabilities": {n: float(p) for n, p in zip(spec.class_names, proba, strict=True)},
             "input_size_px": [w, h],
             "patch_size_px": spec.patch_size_px,
             "input_mpp": spec.input_mpp,

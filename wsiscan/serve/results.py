@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import SlideOpenError, StoreError, WsiscanError
+from ..errors import RecordError, SlideOpenError, StoreError, WsiscanError
 from ..heatmap import HeatmapFrame, scored_cells
+from ..layout import MANIFEST_NAME, MEDIA_TYPES, STORE_NAME, SUMMARY_NAME, has_store, is_result_folder
+from ..records import ManifestEntry, SlideSummary, read_summary
 from ..store import open_tile_store, store_exists
 
 __all__ = [
@@ -35,17 +38,8 @@ __all__ = [
     "check_slide_file",
 ]
 
-STORE_NAME = "store.zarr"
-SUMMARY_NAME = "summary.json"
-MANIFEST_NAME = "manifest.json"
 # the files of a slide folder the server hands out, with their media types
-RESULT_FILES = {
-    "qc.png": "image/png",
-    "overlay.png": "image/png",
-    "tumor.geojson": "application/geo+json",
-    SUMMARY_NAME: "application/json",
-    "summary.wav": "audio/wav",
-}
+RESULT_FILES = MEDIA_TYPES
 
 
 @dataclass(frozen=True)
@@ -66,9 +60,11 @@ class SlideEntry:
     threshold: float | None
     has_viewer: bool  # a store with a heatmap: the viewer can show it
     files: tuple[str, ...]  # which of RESULT_FILES exist
+    model_names: tuple[str, ...] = ()  # the models as the run named them (registry names or checkpoint paths)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"files": list(self.files)}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "model_names"} | \
+            {"files": list(self.files)}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -77,6 +73,32 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+_SUMMARIES: dict[Path, tuple[int, SlideSummary | None]] = {}  # summary.json -> (mtime_ns, its record)
+_SUMMARIES_LOCK = threading.Lock()
+
+
+def cached_summary(path: Path) -> SlideSummary | None:
+    """The summary at ``path`` (None when missing or unreadable), read again only when its
+    mtime changes: the index asks for every slide's summary on each request."""
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    with _SUMMARIES_LOCK:
+        held = _SUMMARIES.get(path)
+    if held is not None and held[0] == stamp:
+        return held[1]
+    try:
+        summary: SlideSummary | None = read_summary(path)
+    except RecordError:
+        summary = None
+    with _SUMMARIES_LOCK:
+        if len(_SUMMARIES) > 4096:
+            _SUMMARIES.clear()
+        _SUMMARIES[path] = (stamp, summary)
+    return summary
 
 
 def _number(value: Any) -> float | None:
@@ -96,7 +118,7 @@ def _slide_dirs(out_dir: Path) -> dict[str, Path]:
             continue
         if child.resolve().parent != root:  # a link out of OUT is not served
             continue
-        if (child / SUMMARY_NAME).is_file() or store_exists(child / STORE_NAME):
+        if is_result_folder(child) or has_store(child):
             found[child.name] = child
     return found
 
@@ -117,42 +139,43 @@ def result_file(out_dir: Path, slide_id: str, name: str) -> Path | None:
     return path
 
 
-def _entry(slide_id: str, slide_dir: Path | None, failed: dict[str, Any] | None) -> SlideEntry:
-    summary = _read_json(slide_dir / SUMMARY_NAME) if slide_dir is not None else {}
-    scores = summary.get("scores", {})
-    regions = summary.get("regions", {})
-    tiles = summary.get("tiles", {})
+def _entry(slide_id: str, slide_dir: Path | None, failed: ManifestEntry | None) -> SlideEntry:
+    summary = cached_summary(slide_dir / SUMMARY_NAME) if slide_dir is not None else None
     has_viewer = False
     if slide_dir is not None and store_exists(slide_dir / STORE_NAME):
         try:
             has_viewer = open_tile_store(slide_dir / STORE_NAME, mode="r").has_heatmap()
         except WsiscanError:
             has_viewer = False
-    if summary:
+    if summary is not None:
         status, error = "complete", ""
     elif failed is not None:
-        status, error = "failed", str(failed.get("error", ""))
+        status, error = "failed", failed.error or ""
     else:
         status, error = "in progress", ""
-    areas = summary.get("areas") if isinstance(summary.get("areas"), dict) else {}  # results.area_summary
-    models = [Path(str(m.get("model", "?"))).name for m in summary.get("models", []) if isinstance(m, dict)]
-    n_regions = regions.get("n")
-    n_tiles = tiles.get("n_tiles")
+    files = tuple(n for n in RESULT_FILES if slide_dir is not None and (slide_dir / n).is_file())
+    if summary is None:
+        return SlideEntry(slide_id=slide_id, status=status, error=error,
+                          slide_path=failed.slide if failed is not None else "", model="", max_probability=None,
+                          top_k_mean_probability=None, tumour_area_mm2=None, tissue_area_mm2=None, n_regions=None,
+                          n_tiles=None, threshold=None, has_viewer=False, files=files)
+    scores, areas = summary.scores, summary.areas  # areas: results.area_summary
     return SlideEntry(
         slide_id=slide_id,
         status=status,
         error=error,
-        slide_path=str(summary.get("slide", {}).get("path", (failed or {}).get("slide", ""))),
-        model=" + ".join(models),
-        max_probability=_number(scores.get("max_probability")),
-        top_k_mean_probability=_number(scores.get("top_k_mean_probability")),
+        slide_path=str(summary.slide.get("path", "")),
+        model=" + ".join(Path(n).name for n in summary.model_names),
+        max_probability=_number(summary.max_probability),
+        top_k_mean_probability=_number(summary.top_k_mean_probability),
         tumour_area_mm2=_number(areas.get("tumour_area_mm2", scores.get("tumour_area_mm2"))),
         tissue_area_mm2=_number(areas.get("tissue_area_mm2", scores.get("tissue_area_mm2"))),
-        n_regions=int(n_regions) if isinstance(n_regions, int) else None,
-        n_tiles=int(n_tiles) if isinstance(n_tiles, int) else None,
-        threshold=_number(scores.get("threshold")),
-        has_viewer=has_viewer and bool(summary),
-        files=tuple(n for n in RESULT_FILES if slide_dir is not None and (slide_dir / n).is_file()),
+        n_regions=summary.n_regions,
+        n_tiles=summary.n_tiles,
+        threshold=_number(summary.threshold),
+        has_viewer=has_viewer,
+        files=files,
+        model_names=tuple(summary.model_names),
     )
 
 
@@ -162,9 +185,9 @@ def list_slides(out_dir: Path) -> list[SlideEntry]:
     manifest = _read_json(out_dir / MANIFEST_NAME)
     failed = {}
     for item in manifest.get("slides", []):
-        if isinstance(item, dict) and item.get("status") == "failed":
-            slide_id = str(item.get("slide_id") or Path(str(item.get("slide", "?"))).stem)
-            failed[slide_id] = item
+        if isinstance(item, dict) and item.get("status") == "failed" and (item.get("slide_id") or item.get("slide")):
+            entry = ManifestEntry.from_json({"slide_id": Path(str(item.get("slide"))).stem, "slide": "", **item})
+            failed[entry.slide_id] = entry
     ids = sorted(set(dirs) | set(failed))
     return [_entry(i, dirs.get(i), failed.get(i)) for i in ids]
 
@@ -177,7 +200,7 @@ class SlideResult:
     slide_dir: Path
     store: Any  # wsiscan.store.TileStore, opened read-only
     frame: HeatmapFrame
-    summary: dict[str, Any]
+    summary: SlideSummary
     slide_path: Path  # where predict read the slide (it may have moved since)
     slide_record: dict[str, Any]  # path, size_bytes, mtime_ns, quick_sha256 as tiling recorded them
     l0_mpp: float  # um per level-0 px of the slide
@@ -202,9 +225,9 @@ def open_slide_result(out_dir: Path, slide_id: str) -> SlideResult:
     slide_dir = find_slide_dir(out_dir, slide_id)
     if slide_dir is None:
         raise StoreError(f"{out_dir}: no result for slide {slide_id!r}; the index lists the slides")
-    summary = _read_json(slide_dir / SUMMARY_NAME)
-    if not summary:
+    if not is_result_folder(slide_dir):
         raise StoreError(f"{slide_dir}: no finished result (no {SUMMARY_NAME}); rerun `wsiscan predict` to finish it")
+    summary = read_summary(slide_dir / SUMMARY_NAME)
     store = open_tile_store(slide_dir / STORE_NAME, mode="r")
     if not store.has_heatmap():
         raise StoreError(f"{slide_dir / STORE_NAME}: has no heatmap; rerun `wsiscan predict` for this slide")
@@ -216,7 +239,7 @@ def open_slide_result(out_dir: Path, slide_id: str) -> SlideResult:
     else:  # the store's own extent, in level-0 px
         h, w = store.pixels.shape[:2]
         l0_dims = (round(w * frame.l0_per_px), round(h * frame.l0_per_px))
-    predict_cfg = summary.get("config", {}).get("predict", {})
+    settings = summary.region_settings()
     record = dict(meta.get("slide", {}))
     return SlideResult(
         slide_id=slide_id,
@@ -228,9 +251,9 @@ def open_slide_result(out_dir: Path, slide_id: str) -> SlideResult:
         slide_record=record,
         l0_mpp=frame.px_mpp / frame.l0_per_px,
         l0_dimensions_px=(int(l0_dims[0]), int(l0_dims[1])),
-        threshold=float(predict_cfg.get("threshold", summary.get("scores", {}).get("threshold", 0.5))),
-        min_region_area_um2=float(predict_cfg.get("min_region_area_um2", 0.0)),
-        simplify_tolerance_um=float(predict_cfg.get("simplify_tolerance_um", 0.0)),
+        threshold=float(settings.get("threshold", 0.5)),
+        min_region_area_um2=float(settings.get("min_region_area_um2", 0.0)),
+        simplify_tolerance_um=float(settings.get("simplify_tolerance_um", 0.0)),
     )
 
 

@@ -18,8 +18,9 @@ import numpy as np
 
 from ..errors import SlideOpenError, WsiscanError
 from ..heatmap import tumour_regions
+from ..layout import SUMMARY_NAME
 from .deepzoom import HeatmapDeepZoom, StoreDeepZoom, colormap_lut
-from .results import SUMMARY_NAME, SlideResult, check_slide_file, open_slide_result, slide_file_problem
+from .results import SlideResult, check_slide_file, open_slide_result, slide_file_problem
 
 __all__ = ["SlideView", "ViewCache", "SOURCES"]
 

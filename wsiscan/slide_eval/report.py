@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,8 +15,9 @@ import numpy as np
 
 from .. import metrics as M
 from ..errors import DatasetError
-from ..heatmap import write_json_atomic
+from ..layout import STORE_NAME, SUMMARY_NAME, is_result_folder, write_json_atomic
 from ..output_folder import building_folder, check_output_folder
+from ..records import read_summary_data, summary_threshold
 from .annotations import find_annotation, read_annotation
 from .froc import (
     DILATION_UM,
@@ -45,11 +45,11 @@ def find_results(results_dir: Path) -> tuple[list[Path], list[str]]:
     (or ``results_dir`` itself), and notes on folders skipped as unfinished."""
     if not results_dir.is_dir():
         raise DatasetError(f"{results_dir}: not a folder; give the -o folder of `wsiscan predict`")
-    candidates = [results_dir] if (results_dir / "store.zarr").exists() else sorted(
-        d for d in results_dir.iterdir() if d.is_dir() and (d / "store.zarr").exists())
+    candidates = [results_dir] if (results_dir / STORE_NAME).exists() else sorted(
+        d for d in results_dir.iterdir() if d.is_dir() and (d / STORE_NAME).exists())
     done, notes = [], []
     for d in candidates:
-        if (d / "summary.json").is_file():
+        if is_result_folder(d):
             done.append(d)
         else:
             notes.append(f"{d.name}: no summary.json (unfinished run), skipped")
@@ -108,8 +108,8 @@ def evaluate_slides(
     n_lesions_all = 0
     dice_counts = np.zeros(3, np.int64)  # tp, fp, fn cells over all slides
     for slide_dir, ann_path, annotation, label in plan:
-        summary = json.loads((slide_dir / "summary.json").read_text())
-        slide_threshold = threshold if threshold is not None else float(summary.get("regions", {}).get("threshold", 0.5))
+        exported = summary_threshold(read_summary_data(slide_dir / SUMMARY_NAME))
+        slide_threshold = threshold if threshold is not None else (exported if exported is not None else 0.5)
         store, frame = open_heatmap(slide_dir)
         tumour = annotation.tumour if (annotation is not None and label == 1) else None
         scan = scan_heatmap(store, frame, tumour=tumour, threshold=slide_threshold, top_k=top_k,

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..heatmap import HeatmapFrame
+from ..layout import STORE_NAME
 from ..store import TileStore, open_tile_store
 
 __all__ = ["SlideScan", "Detection", "scan_heatmap", "open_heatmap", "heatmap_blocks"]
@@ -41,7 +42,7 @@ class SlideScan:
 
 def open_heatmap(slide_dir: Path) -> tuple[TileStore, HeatmapFrame]:
     """The store of a finished ``wsiscan predict`` result and where its heatmap cells sit."""
-    store = open_tile_store(slide_dir / "store.zarr", mode="r")
+    store = open_tile_store(slide_dir / STORE_NAME, mode="r")
     hm = store.heatmap_meta()
     if not store.has_heatmap() or hm.get("status") != "complete":
         raise StoreError(f"{slide_dir}: no complete heatmap in store.zarr; run `wsiscan predict` on the slide first")

@@ -26,6 +26,7 @@ from torch import nn
 from .. import metrics as M
 from .. import pcam
 from ..errors import CheckpointError, ConfigError, DeviceError, OfflineError
+from ..layout import write_text_atomic
 from ..models import ModelSpec, convert_tiatoolbox_state_dict, normalise, read_checkpoint
 from .augment import augment_batch, dihedral_views
 from .config import TrainConfig
@@ -377,6 +378,4 @@ def versions() -> dict[str, str]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(data, indent=2, allow_nan=True) + "\n", path)

@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import datetime as _dt
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +19,7 @@ from .. import metrics as M
 from .. import pcam
 from ..config import _build
 from ..errors import ConfigError, DatasetError, StoreExistsError
+from ..layout import atomic_path
 from ..models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
 from .engine import (
@@ -104,12 +104,10 @@ def _open_data(cfg: TrainConfig, data_dir: Path, out_dir: Path, log: Log, progre
 def _write_log_csv(path: Path, history: list[dict]) -> None:
     if not history:
         return
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def _selection_score(metrics: Mapping[str, Any]) -> float:
