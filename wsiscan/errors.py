@@ -16,6 +16,7 @@ __all__ = [
     "NoTissueError",
     "StoreExistsError",
     "StoreError",
+    "DamagedChunkError",
     "OutputError",
     "UnknownModelError",
     "CheckpointError",
@@ -23,6 +24,8 @@ __all__ = [
     "DeviceError",
     "OfflineError",
     "DatasetError",
+    "WsiscanWarning",
+    "UncheckedStoreWarning",
 ]
 
 
@@ -57,6 +60,11 @@ class StoreError(WsiscanError, OSError):
     """A tile store or result folder is damaged or not a wsiscan store."""
 
 
+class DamagedChunkError(StoreError):
+    """A chunk of a tile store array fails its checksum, cannot be decoded, or holds
+    probabilities outside [0, 1]; the message names the array, the chunk and the fix."""
+
+
 class OutputError(WsiscanError, OSError):
     """The output location cannot be written."""
 
@@ -83,3 +91,11 @@ class OfflineError(WsiscanError, ConnectionError):
 
 class DatasetError(WsiscanError, ValueError):
     """A training or evaluation dataset is missing files or has the wrong shape."""
+
+
+class WsiscanWarning(UserWarning):
+    """Base class of the warnings wsiscan gives; the CLI prints each once, in one line."""
+
+
+class UncheckedStoreWarning(WsiscanWarning):
+    """A tile store was written without chunk checksums, so damage to it cannot be detected."""

@@ -4,11 +4,18 @@ One zarr v3 group per slide, ``<out>/<slide-id>/store.zarr``.  The layout (also 
 README, so any zarr reader can use it without wsiscan):
 
 ``store.zarr/`` attributes ``wsiscan``: schema version, slide identity, resolution and
-its provenance, geometry, resolved config, versions, timings, status.
+its provenance, geometry, resolved config, versions, timings, status, ``checksums``.
+
+Every array's chunks are Blosc-LZ4 followed by a CRC-32C checksum (zarr v3's ``crc32c``
+codec), so a damaged chunk is refused by name (:class:`DamagedChunkError`) instead of
+being decoded into wrong pixels or probabilities.  Schema version 1 stores (no
+checksums) still read, with an :class:`UncheckedStoreWarning`.  Each chunk is written to
+a temporary file beside it and renamed into place, so a kill never leaves a torn chunk
+and a rewritten chunk is a new file (a hard-linked copy of the store keeps the old one).
 
 - ``pixels``   (height_px, width_px, 3) uint8, the slide at ``effective_mpp``; chunks
-  (supertile_px, supertile_px, 3), Blosc-LZ4; fill value 255 (glass).  Only chunks near
-  tissue are written; a written chunk is complete (zarr writes chunks atomically).
+  (supertile_px, supertile_px, 3); fill value 255 (glass).  Only chunks near tissue are
+  written; a written chunk is complete.
 - ``thumbnail`` (rows, cols, 3) uint8 at ``mask_mpp``.
 - ``tissue_mask`` (rows, cols) uint8 at ``mask_mpp``, 1 = tissue.
 - ``overview`` (rows, cols, 3) uint8 at the ``overview_mpp`` attribute: only for a small
@@ -22,22 +29,31 @@ its provenance, geometry, resolved config, versions, timings, status.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import itertools
 import json
+import multiprocessing
 import os
+import secrets
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.abc.codec import BytesBytesCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.buffer import Buffer
+from zarr.storage import LocalStore
 
-from .errors import StoreError, StoreExistsError
+from .errors import DamagedChunkError, StoreError, StoreExistsError, UncheckedStoreWarning
 
 __all__ = [
     "SCHEMA_VERSION",
+    "StoredArray",
     "TileStore",
     "StoredGrid",
     "create_tile_store",
@@ -45,14 +61,226 @@ __all__ = [
     "store_exists",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every chunk carries a CRC-32C checksum; 1 (still read): none
+_READABLE_SCHEMAS = (1, SCHEMA_VERSION)
+CHECKSUM = "crc32c"  # the store attribute ``checksums`` of a schema 2 store
 HEATMAP = "heatmap"
 _ATTR = "wsiscan"
 _KIND = "wsiscan-tile-store"
+_PARTIAL = ".partial-"  # temporary chunk files: .<key name>.partial-<pid>-<random>
+_Mode = Literal["r", "r+", "a", "w", "w-"]
 
 
-def _codec(level: int) -> BloscCodec:
-    return BloscCodec(cname="lz4", clevel=level, shuffle="noshuffle")
+def _codecs(level: int) -> tuple[BytesBytesCodec, ...]:
+    """The bytes-to-bytes codecs of every stored array: Blosc-LZ4, then a CRC-32C of the result."""
+    return BloscCodec(cname="lz4", clevel=level, shuffle="noshuffle"), Crc32cCodec()
+
+
+class _AtomicLocalStore(LocalStore):
+    """A zarr LocalStore whose every write is crash-atomic.
+
+    A key's bytes go to a temporary file in the key's own folder, which is then renamed
+    over the key: readers and a run resumed after a kill see the old chunk or the new
+    one, never a torn one, and a rewrite never modifies the old file's inode (a
+    hard-linked copy of the store keeps its own bytes).  The temporary name carries the
+    writer's pid, so :func:`_sweep_partial_writes` can remove those a killed run left.
+    """
+
+    async def set(self, key: str, value: Buffer) -> None:
+        await self._put_atomic(key, value, exclusive=False)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        try:
+            await self._put_atomic(key, value, exclusive=True)
+        except FileExistsError:
+            pass
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        self._ensure_open_sync()
+        self._check_writable()
+        _put_atomic(self.root / key, value, exclusive=False)
+
+    async def _put_atomic(self, key: str, value: Buffer, *, exclusive: bool) -> None:
+        if not self._is_open:
+            await self._open()
+        self._check_writable()
+        if not isinstance(value, Buffer):
+            raise TypeError(f"set(): value must be a zarr Buffer, not {type(value).__name__}")
+        await asyncio.to_thread(_put_atomic, self.root / key, value, exclusive=exclusive)
+
+
+def _put_atomic(path: Path, value: Buffer, *, exclusive: bool) -> None:
+    """Write ``value`` to a temporary file beside ``path``, then rename it into place
+    (``exclusive``: link it, so an existing ``path`` is kept and FileExistsError raised)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_PARTIAL}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(value.as_buffer_like())
+        if exclusive:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _sweep_partial_writes(root: Path) -> int:
+    """Remove the temporary chunk files of writers that no longer run (killed mid-write).
+
+    Files of a live process (this one, a decode worker, a concurrent run) are kept.
+    Returns how many were removed.
+    """
+    removed = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if not name.startswith(".") or _PARTIAL not in name:
+                continue
+            pid_text = name.rsplit(_PARTIAL, 1)[1].split("-", 1)[0]
+            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                Path(dirpath, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _selection_box(shape: tuple[int, ...], selection: Any) -> list[tuple[int, int, bool]] | None:
+    """(start, stop, kept) per dimension of a basic selection (ints, unit-step slices, at most
+    one Ellipsis; ``kept`` is False where an int drops the dimension); None for any other."""
+    sel = selection if isinstance(selection, tuple) else (selection,)
+    ellipses = [i for i, item in enumerate(sel) if item is Ellipsis]
+    if len(ellipses) > 1:
+        return None
+    if ellipses:
+        i = ellipses[0]
+        sel = sel[:i] + (slice(None),) * (len(shape) - len(sel) + 1) + sel[i + 1 :]
+    sel = sel + (slice(None),) * (len(shape) - len(sel))
+    if len(sel) != len(shape):
+        return None
+    box = []
+    for item, n in zip(sel, shape, strict=True):
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            index = int(item) + (n if item < 0 else 0)
+            box.append((index, index + 1, False))
+        elif isinstance(item, slice):
+            start, stop, step = item.indices(n)
+            if step != 1:
+                return None
+            box.append((start, max(start, stop), True))
+        else:
+            return None
+    return box
+
+
+class StoredArray:
+    """One array of a tile store, read and written like the zarr array it wraps.
+
+    A read that meets a damaged chunk (checksum mismatch, or bytes the codecs cannot
+    decode) raises :class:`DamagedChunkError` naming the array, the chunk and the fix.
+    An array of ``probabilities`` (the heatmap's levels) also refuses, the same way,
+    values outside [0, 1]; NaN (a cell without a scored tile) is allowed.
+    """
+
+    def __init__(self, array: zarr.Array[Any], *, store_path: Path, probabilities: bool = False) -> None:
+        self._array = array
+        self.store_path = store_path
+        self.probabilities = probabilities
+
+    @property
+    def name(self) -> str:
+        """``<store path>/<array path>``, e.g. ``OUT/slide/store.zarr/heatmap/0``."""
+        return f"{self.store_path}/{self._array.path}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._array.shape)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self._array.chunks)
+
+    @property
+    def ndim(self) -> int:
+        return len(self._array.shape)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(self._array.dtype)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._array.attrs)
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether the array's chunks carry a CRC-32C (schema 2 stores, and arrays added to older ones)."""
+        return any(isinstance(c, Crc32cCodec) for c in self._array.compressors)
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        try:
+            data = np.asarray(self._array[selection])
+        except (ValueError, RuntimeError) as exc:  # zarr's checksum and Blosc errors
+            raise self._damaged(selection, exc) from exc
+        if self.probabilities:
+            self._check_probabilities(data, selection)
+        return data
+
+    def __setitem__(self, selection: Any, value: Any) -> None:
+        self._array[selection] = value
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
+
+    def _fix(self) -> str:
+        if self._array.path.startswith(HEATMAP):
+            return "rerun `wsiscan predict` on the slide with --overwrite to rebuild it"
+        return "rerun `wsiscan predict` (or `wsiscan tile`) on the slide with --overwrite to rebuild it from the slide"
+
+    def _error(self, chunk: tuple[int, ...] | None, why: str) -> DamagedChunkError:
+        where = self.name if chunk is None else f"{self.name} chunk {chunk}"
+        return DamagedChunkError(f"{where} is damaged ({why}): {self._fix()}")
+
+    def _damaged(self, selection: Any, exc: Exception) -> Exception:
+        """The error for a failed read: the first chunk under ``selection`` that fails on its
+        own, or ``exc`` itself when none does (the failure was not a damaged chunk)."""
+        box = _selection_box(self.shape, selection)
+        if box is None:
+            return exc
+        ranges = [range(a // c, (b - 1) // c + 1) for (a, b, _), c in zip(box, self.chunks, strict=True)]
+        for chunk in itertools.product(*ranges):
+            try:
+                self._array.blocks[chunk]
+            except (ValueError, RuntimeError) as chunk_exc:
+                text = str(chunk_exc)
+                why = "checksum mismatch" if "checksum" in text else f"cannot be decoded: {text}"
+                return self._error(tuple(int(i) for i in chunk), why)
+        return exc
+
+    def _check_probabilities(self, data: np.ndarray, selection: Any) -> None:
+        bad = ~((data >= 0.0) & (data <= 1.0)) & ~np.isnan(data)
+        if not bad.any():
+            return
+        first = np.argwhere(bad)[0]
+        value = float(data[tuple(first)])
+        box = _selection_box(self.shape, selection)
+        chunk = None
+        if box is not None:
+            rest = iter(int(i) for i in first)
+            index = [a + next(rest) if kept else a for a, _, kept in box]
+            chunk = tuple(i // c for i, c in zip(index, self.chunks, strict=True))
+        raise self._error(chunk, f"holds {value:.6g}, not a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -81,19 +309,31 @@ class TileStore:
     # -- metadata ----------------------------------------------------------
     @property
     def meta(self) -> dict[str, Any]:
-        return dict(self.group.attrs.get(_ATTR, {}))
+        return _attr_dict(self.group.attrs.get(_ATTR))
 
     def update_meta(self, **values: Any) -> None:
         meta = self.meta
         meta.update(values)
         self.group.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
 
+    @property
+    def checksums(self) -> bool:
+        """Whether the store's chunks carry checksums (schema 2); a schema 1 store's do not."""
+        return self.meta.get("checksums") == CHECKSUM
+
+    def array(self, name: str, *, probabilities: bool = False) -> StoredArray:
+        """The array at ``name`` (e.g. ``thumbnail``, ``grids/s96/rc``), with checked reads."""
+        node = self.group[name]
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"{self.path}/{name}: a group, not an array; rerun with --overwrite to rebuild the store")
+        return StoredArray(node, store_path=self.path, probabilities=probabilities)
+
     # -- pixels -----------------------------------------------------------
     @functools.cached_property
-    def pixels(self) -> zarr.Array:
+    def pixels(self) -> StoredArray:
         # opened once per TileStore: each group lookup re-reads the array's metadata
         # (0.2 ms; read_px used it three times per chunk)
-        return self.group["pixels"]
+        return self.array("pixels")
 
     def chunk_done(self, ci: int, cj: int) -> bool:
         """Whether pixel chunk (row ci, col cj) has been written completely."""
@@ -129,18 +369,18 @@ class TileStore:
 
     # -- thumbnail and mask ---------------------------------------------------
     def thumbnail(self) -> np.ndarray:
-        return self.group["thumbnail"][...]
+        return self.array("thumbnail")[...]
 
     def overview(self) -> tuple[np.ndarray, float]:
         """The whole-slide picture for overlays and its um/px: the sharper ``overview`` of a
         small slide when the store has one, else the thumbnail at ``mask_mpp``."""
         if "overview" in self.group:
-            arr = self.group["overview"]
+            arr = self.array("overview")
             return arr[...], float(arr.attrs["overview_mpp"])
         return self.thumbnail(), float(self.meta["mask_mpp"])
 
     def tissue_mask(self) -> np.ndarray:
-        return self.group["tissue_mask"][...].astype(bool)
+        return self.array("tissue_mask")[...].astype(bool)
 
     # -- grids ------------------------------------------------------------------
     def write_grid(
@@ -167,7 +407,7 @@ class TileStore:
         ):
             arr = np.asarray(arr, dtype)
             a = g.create_array(key, shape=arr.shape, dtype=dtype, chunks=(max(n, 1),) + arr.shape[1:],
-                               compressors=_codec(5))
+                               compressors=_codecs(5))
             if n:
                 a[...] = arr
         g.attrs[_ATTR] = json.loads(json.dumps(
@@ -175,32 +415,38 @@ class TileStore:
              "n_tiles": n, **attrs}, default=_json_default))
 
     def has_grid(self, stride_px: int) -> bool:
-        return f"grids/s{stride_px}" in self.group and "rc" in self.group[f"grids/s{stride_px}"]
+        return f"grids/s{stride_px}/rc" in self.group
 
     def grid(self, stride_px: int) -> StoredGrid:
-        try:
-            g = self.group[f"grids/s{stride_px}"]
-        except KeyError as exc:
-            raise StoreError(f"{self.path}: no tile grid at stride {stride_px} px; run `wsiscan tile` with --stride-px {stride_px}") from exc
-        a = dict(g.attrs[_ATTR])
-        return StoredGrid(a["stride_px"], a["tile_size_px"], a["n_rows"], a["n_cols"],
-                          g["rc"][...], g["l0_xy"][...], g["tissue_fraction"][...], a)
+        name = f"grids/s{stride_px}"
+        if name not in self.group:
+            raise StoreError(f"{self.path}: no tile grid at stride {stride_px} px; run `wsiscan tile` with --stride-px {stride_px}")
+        a = _attr_dict(self.group[name].attrs.get(_ATTR))
+        return StoredGrid(int(a["stride_px"]), int(a["tile_size_px"]), int(a["n_rows"]), int(a["n_cols"]),
+                          self.array(f"{name}/rc")[...], self.array(f"{name}/l0_xy")[...],
+                          self.array(f"{name}/tissue_fraction")[...], a)
 
     # -- heatmap (OME-Zarr multiscale image inside the store) -----------------------
     def has_heatmap(self) -> bool:
         return HEATMAP in self.group
 
     def heatmap_meta(self) -> dict[str, Any]:
-        return dict(self.group[HEATMAP].attrs.get(_ATTR, {})) if self.has_heatmap() else {}
+        return _attr_dict(self.group[HEATMAP].attrs.get(_ATTR)) if self.has_heatmap() else {}
 
     def update_heatmap_meta(self, **values: Any) -> None:
-        g = self.group[HEATMAP]
-        meta = dict(g.attrs.get(_ATTR, {}))
+        meta = self.heatmap_meta()
         meta.update(values)
-        g.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
+        self._heatmap_group().attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
+
+    def _heatmap_group(self) -> zarr.Group:
+        g = self.group[HEATMAP]
+        if not isinstance(g, zarr.Group):
+            raise StoreError(f"{self.path}/{HEATMAP}: an array, not the heatmap group; rerun `wsiscan predict` "
+                             f"with --overwrite to rebuild it")
+        return g
 
     def set_heatmap_ome(self, ome: dict[str, Any]) -> None:
-        self.group[HEATMAP].attrs["ome"] = json.loads(json.dumps(ome, default=_json_default))
+        self._heatmap_group().attrs["ome"] = json.loads(json.dumps(ome, default=_json_default))
 
     def delete_heatmap(self) -> None:
         if self.has_heatmap():
@@ -213,27 +459,29 @@ class TileStore:
         g.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
         self.create_heatmap_level(0, shape=shape, chunk=chunk)
 
-    def create_heatmap_level(self, level: int, *, shape: tuple[int, ...], chunk: int) -> zarr.Array:
-        g = self.group[HEATMAP]
+    def create_heatmap_level(self, level: int, *, shape: tuple[int, ...], chunk: int) -> StoredArray:
+        g = self._heatmap_group()
         if str(level) in g:
             del g[str(level)]
         lead = tuple(shape[:-2])  # (n_classes,) for a multi-class heatmap, else ()
-        return g.create_array(
+        arr = g.create_array(
             str(level), shape=shape, dtype=np.float32,
             chunks=(*lead, min(chunk, max(shape[-2], 1)), min(chunk, max(shape[-1], 1))),
-            compressors=_codec(5), fill_value=float("nan"),
+            compressors=_codecs(5), fill_value=float("nan"),
             chunk_key_encoding={"name": "default", "separator": "/"},
             config={"write_empty_chunks": True}, dimension_names=(*("c" * len(lead)), "y", "x"),
         )
+        return StoredArray(arr, store_path=self.path, probabilities=True)
 
-    def heatmap_level(self, level: int) -> zarr.Array:
-        return self.group[f"{HEATMAP}/{level}"]
+    def heatmap_level(self, level: int) -> StoredArray:
+        """Level ``level`` of the heatmap: reads refuse damaged chunks and values outside [0, 1]."""
+        return self.array(f"{HEATMAP}/{level}", probabilities=True)
 
-    def heatmap_levels(self) -> list[zarr.Array]:
-        g = self.group[HEATMAP]
+    def heatmap_levels(self) -> list[StoredArray]:
+        g = self._heatmap_group()
         out, k = [], 0
         while str(k) in g:
-            out.append(g[str(k)])
+            out.append(self.heatmap_level(k))
             k += 1
         return out
 
@@ -247,6 +495,11 @@ class TileStore:
         a = self.heatmap_level(0)
         c = a.chunks[-1]
         a[..., ci * c : ci * c + data.shape[-2], cj * c : cj * c + data.shape[-1]] = data
+
+
+def _attr_dict(value: Any) -> dict[str, Any]:
+    """A wsiscan attribute block as a dict ({} when absent or not a mapping)."""
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _json_default(value: Any) -> Any:
@@ -263,22 +516,36 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def open_tile_store(path: str | Path, *, mode: str = "r+") -> TileStore:
+def _open_group(path: Path, mode: _Mode) -> zarr.Group:
+    return zarr.open_group(store=_AtomicLocalStore(path, read_only=mode == "r"), mode=mode, zarr_format=3)
+
+
+def open_tile_store(path: str | Path, *, mode: _Mode = "r+") -> TileStore:
+    """Open the tile store at ``path``.  Schema 1 stores (no checksums) open with an
+    :class:`UncheckedStoreWarning` from the main process; opened for writing, the
+    temporary files of writes a killed run left are removed."""
     p = Path(path)
     if not store_exists(p):
         raise StoreError(f"{p}: not a wsiscan tile store (no zarr.json); run `wsiscan tile` or `wsiscan predict` first")
     try:
-        group = zarr.open_group(str(p), mode=mode)
+        group = _open_group(p, mode)
     except Exception as exc:  # zarr raises several types for damaged metadata
         raise StoreError(f"{p}: cannot open the zarr store ({exc.__class__.__name__}: {exc}); remove it or pass --overwrite") from exc
-    meta = dict(group.attrs.get(_ATTR, {}))
+    meta = _attr_dict(group.attrs.get(_ATTR))
     if meta.get("kind") != _KIND:
         raise StoreError(f"{p}: a zarr group but not a wsiscan tile store; choose another output folder")
-    if meta.get("schema_version") != SCHEMA_VERSION:
+    if meta.get("schema_version") not in _READABLE_SCHEMAS:
         raise StoreError(
-            f"{p}: tile store schema version {meta.get('schema_version')} is not the supported {SCHEMA_VERSION}; "
-            f"rerun with --overwrite to rebuild it"
+            f"{p}: tile store schema version {meta.get('schema_version')} is not one this wsiscan reads "
+            f"({', '.join(map(str, _READABLE_SCHEMAS))}); rerun with --overwrite to rebuild it"
         )
+    main_process = multiprocessing.parent_process() is None  # decode workers stay quiet
+    if meta.get("checksums") != CHECKSUM and main_process:
+        warnings.warn(UncheckedStoreWarning(
+            f"{p} was written without chunk checksums (tile store schema version {meta.get('schema_version')}), "
+            f"so damage to it cannot be detected; rerun with --overwrite to rebuild it with checksums"), stacklevel=2)
+    if mode != "r" and main_process:
+        _sweep_partial_writes(p)
     return TileStore(p, group)
 
 
@@ -307,13 +574,13 @@ def create_tile_store(
     for stale in final.parent.glob(f".{final.name}.creating-*"):  # left by a killed creation
         shutil.rmtree(stale, ignore_errors=True)
     p = final.with_name(f".{final.name}.creating-{os.getpid()}")
-    group = zarr.open_group(str(p), mode="w-", zarr_format=3)
+    group = _open_group(p, "w-")
     group.create_array(
         "pixels",
         shape=(height_px, width_px, 3),
         dtype=np.uint8,
         chunks=(supertile_px, supertile_px, 3),
-        compressors=_codec(compression_level),
+        compressors=_codecs(compression_level),
         fill_value=255,
         chunk_key_encoding={"name": "default", "separator": "/"},
         config={"write_empty_chunks": True},
@@ -323,16 +590,16 @@ def create_tile_store(
     _write_picture(group, "tissue_mask", tissue_mask.astype(np.uint8))
     if overview is not None:
         _write_picture(group, "overview", overview, attributes={"overview_mpp": overview_mpp})
-    TileStore(p, group).update_meta(kind=_KIND, schema_version=SCHEMA_VERSION, **meta)
+    TileStore(p, group).update_meta(kind=_KIND, schema_version=SCHEMA_VERSION, checksums=CHECKSUM, **meta)
     os.replace(p, final)
-    return TileStore(final, zarr.open_group(str(final), mode="r+"))
+    return TileStore(final, _open_group(final, "r+"))
 
 
 def _write_picture(group: zarr.Group, name: str, data: np.ndarray, *, attributes: dict[str, Any] | None = None) -> None:
     """A whole-slide picture (rows, cols[, 3]) uint8 in 1,024 px chunks: thumbnail, mask, overview."""
     dims = ("y", "x", "c")[: data.ndim]
     chunks = (min(1024, data.shape[0]), min(1024, data.shape[1])) + data.shape[2:]
-    arr = group.create_array(name, shape=data.shape, dtype=np.uint8, chunks=chunks, compressors=_codec(5),
+    arr = group.create_array(name, shape=data.shape, dtype=np.uint8, chunks=chunks, compressors=_codecs(5),
                              dimension_names=dims, attributes=attributes)
     arr[...] = data
 
