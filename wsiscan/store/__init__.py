@@ -110,9 +110,10 @@ class TileStore:
 
     def array(self, name: str, *, probabilities: bool = False) -> StoredArray:
         """The array at ``name`` (e.g. ``thumbnail``, ``grids/s96/rc``), with checked reads."""
-        node = self.group[name]
+        node = self.group.get(name)
         if not isinstance(node, zarr.Array):
-            raise StoreError(f"{self.path}/{name}: a group, not an array; rerun with --overwrite to rebuild the store")
+            raise StoreError(f"{self.path}/{name}: {'missing' if node is None else 'a group, not an array'}; "
+                             f"rerun with --overwrite to rebuild the store")
         return StoredArray(node, store_path=self.path, probabilities=probabilities)
 
     # -- pixels -----------------------------------------------------------

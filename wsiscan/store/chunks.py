@@ -69,7 +69,7 @@ def put_atomic(path: Path, value: Buffer, *, exclusive: bool) -> None:
     tmp = path.with_name(f".{path.name}{_PARTIAL}{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "wb") as f:
-            f.write(value.as_buffer_like())
+            f.write(value.as_numpy_array().data)
         if exclusive:
             os.link(tmp, path)
             os.unlink(tmp)
