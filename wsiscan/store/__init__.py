@@ -99,9 +99,14 @@ class TileStore:
         return _attr_dict(self.group.attrs.get(_ATTR))
 
     def update_meta(self, **values: Any) -> None:
+        """Merge ``values`` into the store attributes.  A run marking the store complete
+        also removes the temporary chunk files that killed writers left
+        (:func:`~wsiscan.store.chunks.sweep_partial_writes`): once per run, as it walks the store."""
         meta = self.meta
         meta.update(values)
         self.group.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
+        if values.get("status") == "complete":
+            sweep_partial_writes(self.path)
 
     @property
     def checksums(self) -> bool:
@@ -120,7 +125,6 @@ class TileStore:
     @functools.cached_property
     def pixels(self) -> StoredArray:
         # opened once per TileStore: each group lookup re-reads the array's metadata
-        # (0.2 ms; read_px used it three times per chunk)
         return self.array("pixels")
 
     def chunk_done(self, ci: int, cj: int) -> bool:
@@ -310,8 +314,7 @@ def _open_group(path: Path, mode: _Mode) -> zarr.Group:
 
 def open_tile_store(path: str | Path, *, mode: _Mode = "r+") -> TileStore:
     """Open the tile store at ``path``.  Schema 1 stores (no checksums) open with an
-    :class:`UncheckedStoreWarning` from the main process; opened for writing, the
-    temporary files of writes a killed run left are removed."""
+    :class:`UncheckedStoreWarning` from the main process (decode workers stay quiet)."""
     p = Path(path)
     if not store_exists(p):
         raise StoreError(f"{p}: not a wsiscan tile store (no zarr.json); run `wsiscan tile` or `wsiscan predict` first")
@@ -327,13 +330,10 @@ def open_tile_store(path: str | Path, *, mode: _Mode = "r+") -> TileStore:
             f"{p}: tile store schema version {meta.get('schema_version')} is not one this wsiscan reads "
             f"({', '.join(map(str, _READABLE_SCHEMAS))}); rerun with --overwrite to rebuild it"
         )
-    main_process = multiprocessing.parent_process() is None  # decode workers stay quiet
-    if meta.get("checksums") != CHECKSUM and main_process:
+    if meta.get("checksums") != CHECKSUM and multiprocessing.parent_process() is None:
         warnings.warn(UncheckedStoreWarning(
             f"{p} was written without chunk checksums (tile store schema version {meta.get('schema_version')}), "
             f"so damage to it cannot be detected; rerun with --overwrite to rebuild it with checksums"), stacklevel=2)
-    if mode != "r" and main_process:
-        sweep_partial_writes(p)
     return TileStore(p, group)
 
 

@@ -84,7 +84,8 @@ def sweep_partial_writes(root: Path) -> int:
     """Remove the temporary chunk files of writers that no longer run (killed mid-write).
 
     Files of a live process (this one, a decode worker, a concurrent run) are kept.
-    Returns how many were removed.
+    Returns how many were removed.  It walks every chunk folder of the store, so a run
+    calls it once, when it marks the store complete.
     """
     removed = 0
     for dirpath, _, files in os.walk(root):
