@@ -27,6 +27,9 @@ __all__ = ["HEATMAP", "AtomicLocalStore", "StoredArray", "put_atomic", "selectio
 
 HEATMAP = "heatmap"  # the heatmap group: its arrays hold probabilities
 _PARTIAL = ".partial-"  # temporary chunk files: .<key name>.partial-<pid>-<random>
+# how far outside [0, 1] a stored probability may lie: float32 rounding of a model's
+# softmax or of an ensemble's mean, never a damaged chunk's garbage
+_ROUNDING_SLACK = 1e-6
 
 
 class AtomicLocalStore(LocalStore):
@@ -223,7 +226,7 @@ class StoredArray:
         return exc
 
     def _check_probabilities(self, data: np.ndarray, selection: Any) -> None:
-        bad = ~((data >= 0.0) & (data <= 1.0)) & ~np.isnan(data)
+        bad = ~((data >= -_ROUNDING_SLACK) & (data <= 1.0 + _ROUNDING_SLACK)) & ~np.isnan(data)
         if not bad.any():
             return
         first = np.argwhere(bad)[0]
