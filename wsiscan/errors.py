@@ -16,7 +16,6 @@ __all__ = [
     "NoTissueError",
     "StoreExistsError",
     "StoreError",
-    "DamagedChunkError",
     "OutputError",
     "UnknownModelError",
     "CheckpointError",
@@ -24,6 +23,7 @@ __all__ = [
     "DeviceError",
     "OfflineError",
     "DatasetError",
+    "DamagedChunkError",
     "WsiscanWarning",
     "UncheckedStoreWarning",
 ]
@@ -60,11 +60,6 @@ class StoreError(WsiscanError, OSError):
     """A tile store or result folder is damaged or not a wsiscan store."""
 
 
-class DamagedChunkError(StoreError):
-    """A chunk of a tile store array fails its checksum, cannot be decoded, or holds
-    probabilities outside [0, 1]; the message names the array, the chunk and the fix."""
-
-
 class OutputError(WsiscanError, OSError):
     """The output location cannot be written."""
 
@@ -91,6 +86,11 @@ class OfflineError(WsiscanError, ConnectionError):
 
 class DatasetError(WsiscanError, ValueError):
     """A training or evaluation dataset is missing files or has the wrong shape."""
+
+
+class DamagedChunkError(StoreError):
+    """A chunk of a tile store array fails its checksum, cannot be decoded, or holds
+    probabilities outside [0, 1]; the message names the array, the chunk and the fix."""
 
 
 class WsiscanWarning(UserWarning):
