@@ -70,7 +70,7 @@ def test_store_pixels_are_the_area_averaged_slide(synthetic_slide, tmp_path):
     got = pixels[512:768, 512:768].astype(np.float64)
     assert np.abs(got - expected).max() <= 1.0
     meta = g.attrs["wsiscan"]
-    assert meta["status"] == "complete" and meta["schema_version"] == 1
+    assert meta["status"] == "complete" and meta["schema_version"] == 2 and meta["checksums"] == "crc32c"
     assert meta["mpp"]["source"] == "openslide-properties"
     assert meta["slide"]["size_bytes"] == synthetic_slide.path.stat().st_size
     grid = g["grids/s96"]

@@ -24,6 +24,9 @@ __all__ = [
     "DeviceError",
     "OfflineError",
     "DatasetError",
+    "DamagedChunkError",
+    "WsiscanWarning",
+    "UncheckedStoreWarning",
 ]
 
 
@@ -88,3 +91,16 @@ class OfflineError(WsiscanError, ConnectionError):
 
 class DatasetError(WsiscanError, ValueError):
     """A training or evaluation dataset is missing files or has the wrong shape."""
+
+
+class DamagedChunkError(StoreError):
+    """A chunk of a tile store array fails its checksum, cannot be decoded, or holds
+    probabilities outside [0, 1]; the message names the array, the chunk and the fix."""
+
+
+class WsiscanWarning(UserWarning):
+    """Base class of the warnings wsiscan gives; the CLI prints each once, in one line."""
+
+
+class UncheckedStoreWarning(WsiscanWarning):
+    """A tile store was written without chunk checksums, so damage to it cannot be detected."""

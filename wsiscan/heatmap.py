@@ -22,6 +22,7 @@ from .store import TileStore
 __all__ = [
     "HeatmapFrame",
     "build_pyramid",
+    "check_heatmap",
     "ome_multiscales",
     "slide_scores",
     "tumour_regions",
@@ -129,11 +130,6 @@ def ome_multiscales(frame: HeatmapFrame, n_levels: int, *, name: str,
     return ome
 
 
-def _read_level0(store: TileStore) -> np.ndarray:
-    """Level 0 cells (one float per patch; a 100k x 100k px slide at stride 32 is 800 x 800)."""
-    return store.heatmap_level(0)[...]
-
-
 def slide_scores(cells: np.ndarray, *, threshold: float, top_k: int, cell_um: float) -> dict[str, Any]:
     values = cells[np.isfinite(cells)]
     if values.size == 0:
@@ -162,7 +158,8 @@ def _label_regions(cells: np.ndarray, threshold: float) -> tuple[np.ndarray, int
     from scipy import ndimage
 
     positive = np.isfinite(cells) & (cells >= threshold)
-    return ndimage.label(positive, structure=np.ones((3, 3), bool))
+    labels, n = ndimage.label(positive, structure=np.ones((3, 3), bool))
+    return np.asarray(labels), int(n)
 
 
 def region_cells(cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, min_area_um2: float) -> np.ndarray:
@@ -174,7 +171,7 @@ def region_cells(cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, mi
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = sizes * frame.cell_um**2 >= min_area_um2
     keep[0] = False
-    return keep[labels]
+    return np.asarray(keep[labels])
 
 
 def tumour_regions(cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, min_area_um2: float,
@@ -353,7 +350,7 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
 
 def _rings(regions: list[dict[str, Any]]) -> list[list[list[float]]]:
     """Every ring (outlines and holes) of the regions' GeoJSON geometries."""
-    rings = []
+    rings: list[list[list[float]]] = []
     for r in regions:
         g = r["geometry"]
         polys = [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"] if g["type"] == "MultiPolygon" else []
@@ -389,8 +386,21 @@ def heatmap_class_names(store: TileStore) -> tuple[str, ...] | None:
     return tuple(names) if names else None
 
 
+def check_heatmap(store: TileStore) -> None:
+    """Read level 0 of the heatmap one chunk row at a time, so a damaged chunk or a value
+    outside [0, 1] raises :class:`wsiscan.errors.DamagedChunkError` before anything is
+    rewritten from it."""
+    level0 = store.heatmap_level(0)
+    step = level0.chunks[-2]
+    for r in range(0, level0.shape[-2], step):
+        level0[..., r : r + step, :]
+
+
 def scored_cells(store: TileStore) -> np.ndarray:
-    """Level 0 of the scored (positive) class: the whole heatmap for 2 classes, its channel for more."""
+    """Level 0 of the scored (positive) class: the whole heatmap for 2 classes, its channel for more.
+
+    Read through :meth:`TileStore.heatmap_level`, so a damaged chunk or a value outside
+    [0, 1] raises :class:`wsiscan.errors.DamagedChunkError` naming it."""
     level0 = store.heatmap_level(0)
     if level0.ndim == 2:
         return level0[...]

@@ -37,6 +37,7 @@ from .errors import CheckpointError, ConfigError, StoreExistsError
 from .heatmap import (
     HeatmapFrame,
     build_pyramid,
+    check_heatmap,
     export_class_regions,
     ome_multiscales,
     scored_cells,
@@ -351,6 +352,7 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
                         f"(models {', '.join(m['model'] for m in hm.get('models', []))}, stride {hm.get('stride_px')} px); "
                         f"pass --overwrite to replace it or choose another -o/--out"
                     )
+                check_heatmap(existing)  # a damaged chunk is refused before the folder changes
     timings: dict[str, float] = dict(plan.timings_s)
     make_slide_dir(slide_dir)
     summary_path = slide_dir / SUMMARY_NAME

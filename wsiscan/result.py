@@ -143,6 +143,12 @@ class Result:
         return heatmap_class_names(self.store)
 
     @property
+    def checksums(self) -> bool:
+        """Whether the store's chunks carry checksums; False for a store of schema version 1,
+        whose damage only the range check on probabilities can catch."""
+        return self.store.checksums
+
+    @property
     def scored_class(self) -> str:
         """The class whose probability predict scores (the model's positive class)."""
         meta = self.store.heatmap_meta()

@@ -8,11 +8,14 @@ inside the commands so ``wsiscan --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
+from typing import Any, Iterator
 
 import click
 
-from ..errors import WsiscanError
+from ..errors import WsiscanError, WsiscanWarning
 
 __all__ = ["main"]
 
@@ -22,7 +25,8 @@ class _WsiscanGroup(click.Group):
 
     def invoke(self, ctx: click.Context):  # noqa: D401 - click API
         try:
-            return super().invoke(ctx)
+            with _one_line_warnings():
+                return super().invoke(ctx)
         except WsiscanError as exc:
             click.echo(f"wsiscan: error: {exc}", err=True)
             ctx.exit(1)
@@ -39,6 +43,26 @@ def main() -> None:
 
 def echo_err(message: str) -> None:
     click.echo(message, err=True)
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Print each distinct :class:`WsiscanWarning` once, as ``wsiscan: warning: ...``;
+    other warnings print as Python prints them."""
+    seen: set[str] = set()
+    python_show = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, WsiscanWarning):
+            python_show(message, category, *args, **kwargs)
+        elif str(message) not in seen:
+            seen.add(str(message))
+            echo_err(f"wsiscan: warning: {message}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", WsiscanWarning)
+        warnings.showwarning = show
+        yield
 
 
 # Sub-modules register their commands on import.

@@ -74,11 +74,11 @@ def _store_tiles(result: SlideResult) -> tuple[StoreDeepZoom, tuple[float, float
     sources: list[tuple[Any, float]] = [(store.pixels, 1.0)]
     group = store.group
     if "overview" in group:
-        overview = group["overview"]
+        overview = store.array("overview")
         sources.append((overview, float(overview.attrs["overview_mpp"]) / px_mpp))
     mask_mpp = store.meta.get("mask_mpp")
     if "thumbnail" in group and mask_mpp:
-        sources.append((group["thumbnail"], float(mask_mpp) / px_mpp))
+        sources.append((store.array("thumbnail"), float(mask_mpp) / px_mpp))
     tiles = StoreDeepZoom(sources)
     return tiles, (tiles.width_px * px_mpp, tiles.height_px * px_mpp)
 

@@ -1,14 +1,21 @@
-"""The tile store: the only module that imports zarr.
+"""The tile store: the only package that imports zarr.
 
 One zarr v3 group per slide, ``<out>/<slide-id>/store.zarr``.  The layout (also in the
 README, so any zarr reader can use it without wsiscan):
 
 ``store.zarr/`` attributes ``wsiscan``: schema version, slide identity, resolution and
-its provenance, geometry, resolved config, versions, timings, status.
+its provenance, geometry, resolved config, versions, timings, status, ``checksums``.
+
+Every array's chunks are Blosc-LZ4 followed by a CRC-32C checksum (zarr v3's ``crc32c``
+codec), so a damaged chunk is refused by name (:class:`DamagedChunkError`) instead of
+being decoded into wrong pixels or probabilities.  Schema version 1 stores (no
+checksums) still read, with an :class:`UncheckedStoreWarning`.  Each chunk is written to
+a temporary file beside it and renamed into place, so a kill never leaves a torn chunk
+and a rewritten chunk is a new file (a hard-linked copy of the store keeps the old one).
 
 - ``pixels``   (height_px, width_px, 3) uint8, the slide at ``effective_mpp``; chunks
-  (supertile_px, supertile_px, 3), Blosc-LZ4; fill value 255 (glass).  Only chunks near
-  tissue are written; a written chunk is complete (zarr writes chunks atomically).
+  (supertile_px, supertile_px, 3); fill value 255 (glass).  Only chunks near tissue are
+  written; a written chunk is complete.
 - ``thumbnail`` (rows, cols, 3) uint8 at ``mask_mpp``.
 - ``tissue_mask`` (rows, cols) uint8 at ``mask_mpp``, 1 = tissue.
 - ``overview`` (rows, cols, 3) uint8 at the ``overview_mpp`` attribute: only for a small
@@ -24,20 +31,25 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.abc.codec import BytesBytesCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
-from .errors import StoreError, StoreExistsError
+from ..errors import StoreError, StoreExistsError, UncheckedStoreWarning
+from .chunks import HEATMAP, AtomicLocalStore, StoredArray, sweep_partial_writes
 
 __all__ = [
     "SCHEMA_VERSION",
+    "StoredArray",
     "TileStore",
     "StoredGrid",
     "create_tile_store",
@@ -45,14 +57,17 @@ __all__ = [
     "store_exists",
 ]
 
-SCHEMA_VERSION = 1
-HEATMAP = "heatmap"
+SCHEMA_VERSION = 2  # 2: every chunk carries a CRC-32C checksum; 1 (still read): none
+_READABLE_SCHEMAS = (1, SCHEMA_VERSION)
+CHECKSUM = "crc32c"  # the store attribute ``checksums`` of a schema 2 store
 _ATTR = "wsiscan"
 _KIND = "wsiscan-tile-store"
+_Mode = Literal["r", "r+", "a", "w", "w-"]
 
 
-def _codec(level: int) -> BloscCodec:
-    return BloscCodec(cname="lz4", clevel=level, shuffle="noshuffle")
+def _codecs(level: int) -> tuple[BytesBytesCodec, ...]:
+    """The bytes-to-bytes codecs of every stored array: Blosc-LZ4, then a CRC-32C of the result."""
+    return BloscCodec(cname="lz4", clevel=level, shuffle="noshuffle"), Crc32cCodec()
 
 
 @dataclass(frozen=True)
@@ -81,19 +96,36 @@ class TileStore:
     # -- metadata ----------------------------------------------------------
     @property
     def meta(self) -> dict[str, Any]:
-        return dict(self.group.attrs.get(_ATTR, {}))
+        return _attr_dict(self.group.attrs.get(_ATTR))
 
     def update_meta(self, **values: Any) -> None:
+        """Merge ``values`` into the store attributes.  A run marking the store complete
+        also removes the temporary chunk files that killed writers left
+        (:func:`~wsiscan.store.chunks.sweep_partial_writes`): once per run, as it walks the store."""
         meta = self.meta
         meta.update(values)
         self.group.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
+        if values.get("status") == "complete":
+            sweep_partial_writes(self.path)
+
+    @property
+    def checksums(self) -> bool:
+        """Whether the store's chunks carry checksums (schema 2); a schema 1 store's do not."""
+        return self.meta.get("checksums") == CHECKSUM
+
+    def array(self, name: str, *, probabilities: bool = False) -> StoredArray:
+        """The array at ``name`` (e.g. ``thumbnail``, ``grids/s96/rc``), with checked reads."""
+        node = self.group.get(name)
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"{self.path}/{name}: {'missing' if node is None else 'a group, not an array'}; "
+                             f"rerun with --overwrite to rebuild the store")
+        return StoredArray(node, store_path=self.path, probabilities=probabilities)
 
     # -- pixels -----------------------------------------------------------
     @functools.cached_property
-    def pixels(self) -> zarr.Array:
+    def pixels(self) -> StoredArray:
         # opened once per TileStore: each group lookup re-reads the array's metadata
-        # (0.2 ms; read_px used it three times per chunk)
-        return self.group["pixels"]
+        return self.array("pixels")
 
     def chunk_done(self, ci: int, cj: int) -> bool:
         """Whether pixel chunk (row ci, col cj) has been written completely."""
@@ -129,18 +161,18 @@ class TileStore:
 
     # -- thumbnail and mask ---------------------------------------------------
     def thumbnail(self) -> np.ndarray:
-        return self.group["thumbnail"][...]
+        return self.array("thumbnail")[...]
 
     def overview(self) -> tuple[np.ndarray, float]:
         """The whole-slide picture for overlays and its um/px: the sharper ``overview`` of a
         small slide when the store has one, else the thumbnail at ``mask_mpp``."""
         if "overview" in self.group:
-            arr = self.group["overview"]
+            arr = self.array("overview")
             return arr[...], float(arr.attrs["overview_mpp"])
         return self.thumbnail(), float(self.meta["mask_mpp"])
 
     def tissue_mask(self) -> np.ndarray:
-        return self.group["tissue_mask"][...].astype(bool)
+        return self.array("tissue_mask")[...].astype(bool)
 
     # -- grids ------------------------------------------------------------------
     def write_grid(
@@ -167,7 +199,7 @@ class TileStore:
         ):
             arr = np.asarray(arr, dtype)
             a = g.create_array(key, shape=arr.shape, dtype=dtype, chunks=(max(n, 1),) + arr.shape[1:],
-                               compressors=_codec(5))
+                               compressors=_codecs(5))
             if n:
                 a[...] = arr
         g.attrs[_ATTR] = json.loads(json.dumps(
@@ -175,32 +207,38 @@ class TileStore:
              "n_tiles": n, **attrs}, default=_json_default))
 
     def has_grid(self, stride_px: int) -> bool:
-        return f"grids/s{stride_px}" in self.group and "rc" in self.group[f"grids/s{stride_px}"]
+        return f"grids/s{stride_px}/rc" in self.group
 
     def grid(self, stride_px: int) -> StoredGrid:
-        try:
-            g = self.group[f"grids/s{stride_px}"]
-        except KeyError as exc:
-            raise StoreError(f"{self.path}: no tile grid at stride {stride_px} px; run `wsiscan tile` with --stride-px {stride_px}") from exc
-        a = dict(g.attrs[_ATTR])
-        return StoredGrid(a["stride_px"], a["tile_size_px"], a["n_rows"], a["n_cols"],
-                          g["rc"][...], g["l0_xy"][...], g["tissue_fraction"][...], a)
+        name = f"grids/s{stride_px}"
+        if name not in self.group:
+            raise StoreError(f"{self.path}: no tile grid at stride {stride_px} px; run `wsiscan tile` with --stride-px {stride_px}")
+        a = _attr_dict(self.group[name].attrs.get(_ATTR))
+        return StoredGrid(int(a["stride_px"]), int(a["tile_size_px"]), int(a["n_rows"]), int(a["n_cols"]),
+                          self.array(f"{name}/rc")[...], self.array(f"{name}/l0_xy")[...],
+                          self.array(f"{name}/tissue_fraction")[...], a)
 
     # -- heatmap (OME-Zarr multiscale image inside the store) -----------------------
     def has_heatmap(self) -> bool:
         return HEATMAP in self.group
 
     def heatmap_meta(self) -> dict[str, Any]:
-        return dict(self.group[HEATMAP].attrs.get(_ATTR, {})) if self.has_heatmap() else {}
+        return _attr_dict(self.group[HEATMAP].attrs.get(_ATTR)) if self.has_heatmap() else {}
 
     def update_heatmap_meta(self, **values: Any) -> None:
-        g = self.group[HEATMAP]
-        meta = dict(g.attrs.get(_ATTR, {}))
+        meta = self.heatmap_meta()
         meta.update(values)
-        g.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
+        self._heatmap_group().attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
+
+    def _heatmap_group(self) -> zarr.Group:
+        g = self.group[HEATMAP]
+        if not isinstance(g, zarr.Group):
+            raise StoreError(f"{self.path}/{HEATMAP}: an array, not the heatmap group; rerun `wsiscan predict` "
+                             f"with --overwrite to rebuild it")
+        return g
 
     def set_heatmap_ome(self, ome: dict[str, Any]) -> None:
-        self.group[HEATMAP].attrs["ome"] = json.loads(json.dumps(ome, default=_json_default))
+        self._heatmap_group().attrs["ome"] = json.loads(json.dumps(ome, default=_json_default))
 
     def delete_heatmap(self) -> None:
         if self.has_heatmap():
@@ -213,27 +251,29 @@ class TileStore:
         g.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
         self.create_heatmap_level(0, shape=shape, chunk=chunk)
 
-    def create_heatmap_level(self, level: int, *, shape: tuple[int, ...], chunk: int) -> zarr.Array:
-        g = self.group[HEATMAP]
+    def create_heatmap_level(self, level: int, *, shape: tuple[int, ...], chunk: int) -> StoredArray:
+        g = self._heatmap_group()
         if str(level) in g:
             del g[str(level)]
         lead = tuple(shape[:-2])  # (n_classes,) for a multi-class heatmap, else ()
-        return g.create_array(
+        arr = g.create_array(
             str(level), shape=shape, dtype=np.float32,
             chunks=(*lead, min(chunk, max(shape[-2], 1)), min(chunk, max(shape[-1], 1))),
-            compressors=_codec(5), fill_value=float("nan"),
+            compressors=_codecs(5), fill_value=float("nan"),
             chunk_key_encoding={"name": "default", "separator": "/"},
             config={"write_empty_chunks": True}, dimension_names=(*("c" * len(lead)), "y", "x"),
         )
+        return StoredArray(arr, store_path=self.path, probabilities=True)
 
-    def heatmap_level(self, level: int) -> zarr.Array:
-        return self.group[f"{HEATMAP}/{level}"]
+    def heatmap_level(self, level: int) -> StoredArray:
+        """Level ``level`` of the heatmap: reads refuse damaged chunks and values outside [0, 1]."""
+        return self.array(f"{HEATMAP}/{level}", probabilities=True)
 
-    def heatmap_levels(self) -> list[zarr.Array]:
-        g = self.group[HEATMAP]
+    def heatmap_levels(self) -> list[StoredArray]:
+        g = self._heatmap_group()
         out, k = [], 0
         while str(k) in g:
-            out.append(g[str(k)])
+            out.append(self.heatmap_level(k))
             k += 1
         return out
 
@@ -247,6 +287,11 @@ class TileStore:
         a = self.heatmap_level(0)
         c = a.chunks[-1]
         a[..., ci * c : ci * c + data.shape[-2], cj * c : cj * c + data.shape[-1]] = data
+
+
+def _attr_dict(value: Any) -> dict[str, Any]:
+    """A wsiscan attribute block as a dict ({} when absent or not a mapping)."""
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _json_default(value: Any) -> Any:
@@ -263,22 +308,32 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def open_tile_store(path: str | Path, *, mode: str = "r+") -> TileStore:
+def _open_group(path: Path, mode: _Mode) -> zarr.Group:
+    return zarr.open_group(store=AtomicLocalStore(path, read_only=mode == "r"), mode=mode, zarr_format=3)
+
+
+def open_tile_store(path: str | Path, *, mode: _Mode = "r+") -> TileStore:
+    """Open the tile store at ``path``.  Schema 1 stores (no checksums) open with an
+    :class:`UncheckedStoreWarning` from the main process (decode workers stay quiet)."""
     p = Path(path)
     if not store_exists(p):
         raise StoreError(f"{p}: not a wsiscan tile store (no zarr.json); run `wsiscan tile` or `wsiscan predict` first")
     try:
-        group = zarr.open_group(str(p), mode=mode)
+        group = _open_group(p, mode)
     except Exception as exc:  # zarr raises several types for damaged metadata
         raise StoreError(f"{p}: cannot open the zarr store ({exc.__class__.__name__}: {exc}); remove it or pass --overwrite") from exc
-    meta = dict(group.attrs.get(_ATTR, {}))
+    meta = _attr_dict(group.attrs.get(_ATTR))
     if meta.get("kind") != _KIND:
         raise StoreError(f"{p}: a zarr group but not a wsiscan tile store; choose another output folder")
-    if meta.get("schema_version") != SCHEMA_VERSION:
+    if meta.get("schema_version") not in _READABLE_SCHEMAS:
         raise StoreError(
-            f"{p}: tile store schema version {meta.get('schema_version')} is not the supported {SCHEMA_VERSION}; "
-            f"rerun with --overwrite to rebuild it"
+            f"{p}: tile store schema version {meta.get('schema_version')} is not one this wsiscan reads "
+            f"({', '.join(map(str, _READABLE_SCHEMAS))}); rerun with --overwrite to rebuild it"
         )
+    if meta.get("checksums") != CHECKSUM and multiprocessing.parent_process() is None:
+        warnings.warn(UncheckedStoreWarning(
+            f"{p} was written without chunk checksums (tile store schema version {meta.get('schema_version')}), "
+            f"so damage to it cannot be detected; rerun with --overwrite to rebuild it with checksums"), stacklevel=2)
     return TileStore(p, group)
 
 
@@ -307,13 +362,13 @@ def create_tile_store(
     for stale in final.parent.glob(f".{final.name}.creating-*"):  # left by a killed creation
         shutil.rmtree(stale, ignore_errors=True)
     p = final.with_name(f".{final.name}.creating-{os.getpid()}")
-    group = zarr.open_group(str(p), mode="w-", zarr_format=3)
+    group = _open_group(p, "w-")
     group.create_array(
         "pixels",
         shape=(height_px, width_px, 3),
         dtype=np.uint8,
         chunks=(supertile_px, supertile_px, 3),
-        compressors=_codec(compression_level),
+        compressors=_codecs(compression_level),
         fill_value=255,
         chunk_key_encoding={"name": "default", "separator": "/"},
         config={"write_empty_chunks": True},
@@ -323,16 +378,16 @@ def create_tile_store(
     _write_picture(group, "tissue_mask", tissue_mask.astype(np.uint8))
     if overview is not None:
         _write_picture(group, "overview", overview, attributes={"overview_mpp": overview_mpp})
-    TileStore(p, group).update_meta(kind=_KIND, schema_version=SCHEMA_VERSION, **meta)
+    TileStore(p, group).update_meta(kind=_KIND, schema_version=SCHEMA_VERSION, checksums=CHECKSUM, **meta)
     os.replace(p, final)
-    return TileStore(final, zarr.open_group(str(final), mode="r+"))
+    return TileStore(final, _open_group(final, "r+"))
 
 
 def _write_picture(group: zarr.Group, name: str, data: np.ndarray, *, attributes: dict[str, Any] | None = None) -> None:
     """A whole-slide picture (rows, cols[, 3]) uint8 in 1,024 px chunks: thumbnail, mask, overview."""
     dims = ("y", "x", "c")[: data.ndim]
     chunks = (min(1024, data.shape[0]), min(1024, data.shape[1])) + data.shape[2:]
-    arr = group.create_array(name, shape=data.shape, dtype=np.uint8, chunks=chunks, compressors=_codec(5),
+    arr = group.create_array(name, shape=data.shape, dtype=np.uint8, chunks=chunks, compressors=_codecs(5),
                              dimension_names=dims, attributes=attributes)
     arr[...] = data
 
