@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .grid import cell_offset_px
 from .store import TileStore
 
 __all__ = [
@@ -50,7 +51,7 @@ class HeatmapFrame:
 
     @property
     def offset_px(self) -> float:
-        return (self.tile_size_px - self.stride_px) / 2.0
+        return cell_offset_px(tile_size_px=self.tile_size_px, stride_px=self.stride_px)
 
     @property
     def cell_um(self) -> float:

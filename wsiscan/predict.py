@@ -33,6 +33,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .config import Config, runtime_versions
+from .decode import default_workers
 from .errors import CheckpointError, ConfigError, StoreExistsError
 from .heatmap import (
     HeatmapFrame,
@@ -43,10 +44,11 @@ from .heatmap import (
     slide_scores,
     write_json_atomic,
 )
-from .store import open_tile_store
-from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
-    slide_id_for, write_grid, write_qc
+from .qc import overview_picture, write_qc
 from .results import class_regions_block, threshold_outputs
+from .store import open_tile_store
+from .store_meta import write_grid
+from .tiling import STORE_NAME, make_slide_dir, plan_slide_output, prepare_store, slide_id_for
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "predict_in_turn", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "result_record", "expand_slide_inputs", "OVERLAY_NAME",

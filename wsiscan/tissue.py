@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import TissueConfig
+from .grid import cell_offset_px
 
 _STRIPE_ROWS = 256  # rows per stripe of the stripe-wise passes over a mask
 
@@ -418,7 +419,7 @@ def cell_tissue_fractions(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px
                           px_mpp: float) -> np.ndarray:
     """(N,) float32: tissue fraction of each tile's heatmap cell, the ``stride_px`` square
     centred on the tile at store-px origin ``px_xy`` (see :func:`keep_tiles`)."""
-    offset_px = (tile_size_px - stride_px) / 2.0
+    offset_px = cell_offset_px(tile_size_px=tile_size_px, stride_px=stride_px)
     frac, _ = _box_fractions(tissue.mask, px_xy=np.asarray(px_xy, np.float64) + offset_px, size_px=stride_px,
                              scale=px_mpp / tissue.mask_mpp)
     return frac.astype(np.float32)
