@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import DeviceError
-from .models import ModelSpec
+from .models import ModelSpec, class_proba_from_logits
 
 __all__ = [
     "UnitPlan",
@@ -164,7 +164,7 @@ class Ensemble:
         shape = (n, self.n_channels) if self.n_channels else (n,)
         total = torch.zeros(shape, device=self.device, dtype=torch.float32)
         n_views = 8 if self.tta else 1
-        for model, spec, x in zip(self.models, self.specs, x_by_model):
+        for model, spec, x in zip(self.models, self.specs, x_by_model, strict=True):
             size = spec.input_size_px  # a WSInfer model's Resize; linear with weights summing
             # to one, so resizing the normalised patch equals normalising the resized one (as normalise does)
             if size is not None and tuple(x.shape[-2:]) != (size, size):
@@ -173,7 +173,7 @@ class Ensemble:
             for v in dihedral_views(x) if self.tta else [x]:
                 with torch.autocast(self.device.type, dtype=self.input_dtype, enabled=self.autocast_dtype is not None):
                     logits = model(v.to(self.input_dtype))
-                probs = torch.softmax(logits.float() / spec.temperature, dim=1)
+                probs = class_proba_from_logits(logits, spec)
                 total += probs if self.n_channels else probs[:, spec.positive_class]
         return total / (len(self.models) * n_views)
 

@@ -348,6 +348,16 @@ class Slide:
         return DeepZoomGenerator(self._handle, tile_size=tile_size_px, overlap=overlap_px, limit_bounds=False)
 
 
+def openslide_library_version() -> str | None:
+    """Version of the OpenSlide C library, None when it cannot be loaded (metadata must not fail on it)."""
+    try:
+        import openslide
+    except Exception:  # a missing or broken library raises ImportError or OSError, depending on the platform
+        return None
+    version = getattr(openslide, "__library_version__", None)
+    return None if version is None else str(version)
+
+
 def _inside_px(dims_px: tuple[int, int], lv_xy: tuple[int, int], size_px: tuple[int, int]) -> int:
     """How many px of a rectangle lie inside a level of ``dims_px``."""
     w = min(lv_xy[0] + size_px[0], dims_px[0]) - max(lv_xy[0], 0)

@@ -29,7 +29,7 @@ import torch
 
 from .. import metrics as M
 from ..errors import DatasetError
-from ..models import ModelSpec, normalise
+from ..models import ModelSpec, predict_proba
 
 __all__ = ["score_patches", "positional_check", "plot_positional"]
 
@@ -47,11 +47,10 @@ def score_patches(models: Sequence[torch.nn.Module], specs: Sequence[ModelSpec],
         x01 = torch.from_numpy(np.ascontiguousarray(patches_uint8[start : start + batch_size])).to(device)
         x01 = x01.permute(0, 3, 1, 2).float() / 255.0
         total = torch.zeros(len(x01), dtype=torch.float64, device=device)
-        for model, spec in zip(models, specs):
+        for model, spec in zip(models, specs, strict=True):
             model = model.to(device).eval()
             for i in views:
-                logits = model(normalise(dihedral(x01, i), spec)).float()
-                total += torch.softmax(logits / spec.temperature, dim=1)[:, spec.positive_class].double()
+                total += predict_proba(model, spec, dihedral(x01, i)).double()
         out[start : start + len(x01)] = (total / (len(models) * len(views))).cpu().numpy()
     return out
 
