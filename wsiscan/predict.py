@@ -436,7 +436,7 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
     qc_done.result()
     # complete: planned, grid written, every chunk this run needed decoded; pixels_kept:
     # every needed chunk is in the store (a later run at another stride reads them)
-    pixels_kept = all(store.chunk_done(int(ci), int(cj)) for ci, cj in np.argwhere(plan.chunks_needed))
+    pixels_kept = scan.pixels_complete
     store.update_meta(status="complete", pixels_kept=pixels_kept)
     written, resumed, decoded = scan.chunks_written, scan.chunks_from_store, scan.decoded_bytes
     stats = {"tiles": scorer.stats["tiles"], "tiles_resumed": resumed_tiles}
