@@ -11,7 +11,6 @@ units are done; a rerun skips the heatmap chunks already on disk.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -76,14 +75,6 @@ class UnitPlan:
     @property
     def hm_chunk(self) -> int:
         return self.tiles_per_unit * self.units_per_chunk
-
-    @property
-    def n_chunk_rows(self) -> int:
-        return math.ceil(self.n_rows / self.hm_chunk)
-
-    @property
-    def n_chunk_cols(self) -> int:
-        return math.ceil(self.n_cols / self.hm_chunk)
 
     def unit_px_box(self, ur: int, uc: int) -> tuple[int, int, int, int]:
         """Store px (x0, y0, x1, y1) covering every tile of unit (ur, uc) (full-size, may pass the edge)."""
