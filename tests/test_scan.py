@@ -160,7 +160,7 @@ def test_device_stage_pads_the_last_batch_only_for_a_fixed_shape_and_writes_ever
         units, tiles, per_chunk, resumed = units_with_work(uplan, kept, lambda ci, cj: (ci, cj) == (0, 0))
         written: dict = {}
         fake = _PatchMean(fixed)
-        scorer = DeviceScorer(fake, uplan, units, tiles, per_chunk, batch_size=7,  # type: ignore[arg-type]
+        scorer = DeviceScorer(fake, uplan, units, tiles, per_chunk, batch_size=7,
                               write_chunk=lambda ci, cj, data, written=written: written.__setitem__((ci, cj), data.copy()))
         regions = ((i, np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8))
                    for i in range(len(units)))

@@ -137,7 +137,8 @@ class Config:
         return dataclasses.replace(self, **{section: new_section})
 
 
-_SECTIONS: dict[str, type] = typing.get_type_hints(Config)  # section name -> its dataclass
+# section name -> its dataclass
+_SECTIONS: dict[str, type] = {f.name: type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)}
 
 
 def _coerce(value: Any, annotation: Any, where: str, source: str) -> Any:
