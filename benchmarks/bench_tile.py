@@ -305,7 +305,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from wsiscan.config import runtime_versions
-    from wsiscan.tiling import default_workers
+    from wsiscan.decode import default_workers
 
     argv = list(sys.argv[1:] if argv is None else argv)
     make_slide = load_make_slide()

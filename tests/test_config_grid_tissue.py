@@ -148,7 +148,7 @@ def test_score_tiles_fraction_and_max_saturation_footprint():
 
 def test_saturation_gray_and_box_sums_equal_the_float_reference():
     """The memory-lean uint8/int32 paths give exactly the straightforward float results."""
-    from wsiscan.tissue import _gray, _saturation, box_counts, summed_area_table
+    from wsiscan.tissue import box_counts, gray_of, saturation_of, summed_area_table
 
     rng = np.random.default_rng(7)
     rgb = rng.integers(0, 256, (61, 47, 3), dtype=np.uint8)
@@ -156,8 +156,8 @@ def test_saturation_gray_and_box_sums_equal_the_float_reference():
     f = rgb.astype(np.float32)
     mx, mn = f.max(axis=2), f.min(axis=2)
     expected_sat = np.divide(mx - mn, mx, out=np.zeros_like(mx), where=mx > 0)
-    np.testing.assert_array_equal(_saturation(rgb), expected_sat)
-    np.testing.assert_array_equal(_gray(rgb), f.mean(axis=2))
+    np.testing.assert_array_equal(saturation_of(rgb), expected_sat)
+    np.testing.assert_array_equal(gray_of(rgb), f.mean(axis=2))
 
     mask = rng.random((61, 47)) < 0.3
     y0 = rng.integers(0, 60, 200)
@@ -198,7 +198,7 @@ def test_disk_closing_and_small_holes_equal_scipy(radius_px):
     scipy's binary_closing / binary_fill_holes + small-object removal give."""
     from scipy import ndimage
 
-    from wsiscan.tissue import _close_disk, _dilate_or_erode_disk, _remove_small, _small_holes
+    from wsiscan.tissue import close_disk, dilate_or_erode_disk, remove_small, small_holes
 
     rng = np.random.default_rng(int(radius_px * 10))
     masks = [rng.random((120, 97)) < 0.55, ndimage.binary_opening(rng.random((150, 140)) < 0.6),
@@ -208,14 +208,14 @@ def test_disk_closing_and_small_holes_equal_scipy(radius_px):
     disk = xx**2 + yy**2 <= radius_px**2
     for mask in masks:
         for dilate, reference in ((True, ndimage.binary_dilation), (False, ndimage.binary_erosion)):
-            np.testing.assert_array_equal(_dilate_or_erode_disk(mask, radius_px, dilate=dilate),
+            np.testing.assert_array_equal(dilate_or_erode_disk(mask, radius_px, dilate=dilate),
                                           reference(mask, structure=disk, border_value=0))
         expected = ndimage.binary_closing(np.pad(mask, r), structure=disk)[r:-r, r:-r]
-        np.testing.assert_array_equal(_close_disk(mask, radius_px), expected)
+        np.testing.assert_array_equal(close_disk(mask, radius_px), expected)
         holes = ndimage.binary_fill_holes(mask) & ~mask
         for min_px in (1, 2, 5, 30):
-            expected_small = holes & ~_remove_small(holes, min_px) if min_px > 1 else np.zeros_like(mask)
-            np.testing.assert_array_equal(_small_holes(mask, min_px), expected_small)
+            expected_small = holes & ~remove_small(holes, min_px) if min_px > 1 else np.zeros_like(mask)
+            np.testing.assert_array_equal(small_holes(mask, min_px), expected_small)
 
 
 @pytest.mark.parametrize("threads", [2, 3, 5])

@@ -19,7 +19,7 @@ def _summary(out, name="synthetic"):
     return json.loads((out / name / "summary.json").read_text())
 
 
-def test_streamed_heatmap_equals_the_stored_pixel_heatmap_bit_for_bit(synthetic_slide, resnet_ckpt, tmp_path):
+def test_streamed_heatmap_equals_the_stored_pixel_heatmap_bit_for_bit(synthetic_slide, resnet_ckpt, tmp_path):  # noqa: F811 - the fixture imported above
     """ResNet-18, CPU fp32, stride 32 (units overlap four store chunks): decoded straight to the
     model, decoded and kept behind the stream, and read back from a tile store made by `tile`."""
     common = ["--model", resnet_ckpt, "-q", "--stride-px", "32", "--device", "cpu", "--precision", "fp32"]
@@ -72,11 +72,13 @@ def test_units_are_cut_from_chunks_exactly_as_a_store_read(synthetic_slide, tmp_
     units = sorted({(int(r) // uplan.tiles_per_unit, int(c) // uplan.tiles_per_unit) for r, c in plan.kept_rc})
     needed = [tuple(map(int, ij)) for ij in np.argwhere(plan.chunks_needed)]
     # a second store of the same plan holds no pixels: every chunk is decoded from the slide
-    from wsiscan.tiling import _glass_tile_keep, prepare_store
+    from wsiscan.tiling import prepare_store
 
     empty, _ = prepare_store(plan, tmp_path / "empty.zarr", overwrite=False)
     stats = ScanStats()
-    chunks = stream_chunks(plan, empty, needed, workers=2, stats=stats, tile_keep=_glass_tile_keep(plan))
+    stored = {c for c in needed if empty.chunk_done(*c)}
+    chunks = stream_chunks(plan, empty, needed, workers=2, stats=stats, tile_keep=plan.glass_tile_keep(),
+                           stored=stored)
     n = 0
     for i, region in stream_units(plan, uplan, units, chunks):
         want = store.read_px(px_box=uplan.unit_px_box(*units[i]))

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import tifffile
 
+import wsiscan.decode as decode
 import wsiscan.tiling as tiling
 from wsiscan.config import load_config
 from wsiscan.errors import ConfigError, StoreExistsError
 from wsiscan.slide import open_slide
 from wsiscan.store import open_tile_store
+from wsiscan.store_meta import pixel_identity
 from wsiscan.testing import synthetic_tissue, write_synthetic_slide
 from wsiscan.tiffread import open_raw_reader
 from wsiscan.tiling import plan_tiling, prepare_store, tile_slide
@@ -180,7 +182,7 @@ def test_openslide_store_is_not_resumed_by_the_raw_reader(jpeg_slide, tmp_path):
 def test_openslide_reads_keep_the_identity_of_older_stores(jpeg_slide):
     cfg = load_config().replace("tile", reader="openslide")
     plan = plan_tiling(jpeg_slide.path, cfg)
-    assert plan.identity == tiling._pixel_identity(plan.fingerprint, cfg, plan.selection, plan.base_mpp)
+    assert plan.identity == pixel_identity(plan.fingerprint, cfg, plan.selection, plan.base_mpp)
 
 
 # -- glass skip -----------------------------------------------------------------------------------
@@ -225,7 +227,7 @@ def test_glass_skip_is_on_at_any_min_tissue(jpeg_slide):
     may be skipped whatever --min-tissue says, 0 included."""
     plan = plan_tiling(jpeg_slide.path, load_config().replace("tile", min_tissue=0.0))
     assert plan.pixel_reader == "tifffile-jpeg" and plan.glass_skip
-    keep = tiling._glass_tile_keep(plan)
+    keep = plan.glass_tile_keep()
     assert keep is not None and 0 < keep.sum() < keep.size
 
 
@@ -233,9 +235,9 @@ def test_glass_skip_in_worker_processes(tmp_path, monkeypatch):
     boxes = ((900, 700, 1500, 1250),)
     slide = write_synthetic_slide(tmp_path / "one.tif", dimensions_px=(4096, 3072), boxes=boxes, compression="jpeg")
     cfg = load_config().replace("tile", supertile_px=192)
-    monkeypatch.setattr(tiling, "PROCESS_MIN_CHUNKS", 1)
+    monkeypatch.setattr(decode, "PROCESS_MIN_CHUNKS", 1)
     procs = tile_slide(slide.path, tmp_path / "procs", cfg, progress=False, workers=2)
-    monkeypatch.setattr(tiling, "PROCESS_MIN_CHUNKS", 10**9)
+    monkeypatch.setattr(decode, "PROCESS_MIN_CHUNKS", 10**9)
     one = tile_slide(slide.path, tmp_path / "one", cfg, progress=False, workers=1)
     assert procs.decoded_bytes == one.decoded_bytes
     assert open_tile_store(procs.store_path).meta["decode"]["glass_skipped_bytes"] > 0

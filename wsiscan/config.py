@@ -133,7 +133,7 @@ class Config:
         if not values:
             return self
         merged = {**dataclasses.asdict(getattr(self, section)), **values}
-        new_section = _build(type(getattr(self, section)), merged, f"{section}", "<options>")
+        new_section = build_section(type(getattr(self, section)), merged, f"{section}", "<options>")
         return dataclasses.replace(self, **{section: new_section})
 
 
@@ -169,7 +169,7 @@ def _coerce(value: Any, annotation: Any, where: str, source: str) -> Any:
     )
 
 
-def _build(cls: type, values: Mapping[str, Any], section: str, source: str) -> Any:
+def build_section(cls: type, values: Mapping[str, Any], section: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -184,7 +184,7 @@ def _build(cls: type, values: Mapping[str, Any], section: str, source: str) -> A
         raise ConfigError(f"{source}: {exc}") from exc
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError as exc:
@@ -208,12 +208,12 @@ def load_config(path: str | Path | None = None) -> Config:
     file can configure several commands.
     """
     merged: dict[str, dict[str, Any]] = {
-        name: dict(sec) for name, sec in _read_yaml(DEFAULTS_PATH).items()
+        name: dict(sec) for name, sec in read_yaml(DEFAULTS_PATH).items()
     }
     source = str(DEFAULTS_PATH)
     if path is not None:
         source = str(path)
-        for name, section in _read_yaml(Path(path)).items():
+        for name, section in read_yaml(Path(path)).items():
             if name not in _SECTIONS:
                 continue
             if not isinstance(section, dict):
@@ -221,7 +221,7 @@ def load_config(path: str | Path | None = None) -> Config:
             merged.setdefault(name, {}).update(section)
     sections = {}
     for name in _SECTIONS:
-        sections[name] = _build(_SECTIONS[name], merged.get(name, {}), name, source)
+        sections[name] = build_section(_SECTIONS[name], merged.get(name, {}), name, source)
     return Config(**sections)
 
 
@@ -237,10 +237,9 @@ def runtime_versions() -> dict[str, str]:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-    try:
-        import openslide
+    from .slide import openslide_library_version  # slide.py alone loads OpenSlide
 
-        out["openslide-library"] = openslide.__library_version__
-    except Exception:  # noqa: BLE001 - a missing library must not break metadata
-        pass
+    library = openslide_library_version()
+    if library is not None:
+        out["openslide-library"] = library
     return out

@@ -23,6 +23,9 @@ __all__ = [
     "build_grid",
     "tile_coverage",
     "grid_border",
+    "cell_offset_px",
+    "coarsest_level_within",
+    "paste_overlap",
 ]
 
 
@@ -58,16 +61,24 @@ def select_level(
     if close:
         _, i = min(close)
         return LevelSelection(requested_mpp, i, level_mpps[i], level_mpps[i], False, 1.0)
-    finer = [(m, i) for i, m in enumerate(level_mpps) if m < requested_mpp]
-    if not finer:
+    # no level equals the request (that one would be close): a finer one is strictly finer
+    i_finer = coarsest_level_within(level_mpps, max_mpp=requested_mpp)
+    if i_finer is None:
         available = ", ".join(f"level {i}: {m:.4g}" for i, m in enumerate(level_mpps))
         raise ResolutionError(
             f"{source}: cannot provide {requested_mpp:g} um/px without upsampling; "
             f"its resolutions are {available} um/px; use a model or --target-mpp at "
             f"{min(level_mpps):.4g} um/px or coarser, or a higher-magnification scan"
         )
-    m, i = max(finer)
-    return LevelSelection(requested_mpp, i, m, requested_mpp, True, requested_mpp / m)
+    m = level_mpps[i_finer]
+    return LevelSelection(requested_mpp, i_finer, m, requested_mpp, True, requested_mpp / m)
+
+
+def coarsest_level_within(level_mpps: tuple[float, ...], *, max_mpp: float) -> int | None:
+    """Index of the coarsest level whose resolution is ``max_mpp`` um/px or finer (of equal
+    ones the last); None when every level is coarser."""
+    within = [(m, i) for i, m in enumerate(level_mpps) if m <= max_mpp]
+    return max(within)[1] if within else None
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,27 @@ class StoreGeometry:
         """(x0, y0, x1, y1) of chunk (row ci, col cj) in store px, clipped to the slide."""
         s = self.supertile_px
         return (cj * s, ci * s, min((cj + 1) * s, self.width_px), min((ci + 1) * s, self.height_px))
+
+    def chunks_in_box(self, px_box: tuple[int, int, int, int]) -> list[tuple[int, int]]:
+        """(ci, cj) row-major of the chunks that store-px box (x0, y0, x1, y1) overlaps inside the store."""
+        x0, y0, x1, y1 = px_box
+        s = self.supertile_px
+        x1, y1 = min(x1, self.width_px), min(y1, self.height_px)
+        if x1 <= x0 or y1 <= y0:
+            return []
+        return [(ci, cj) for ci in range(max(y0, 0) // s, (y1 - 1) // s + 1)
+                for cj in range(max(x0, 0) // s, (x1 - 1) // s + 1)]
+
+
+def paste_overlap(dst: np.ndarray, dst_xy: tuple[int, int], src: np.ndarray, src_xy: tuple[int, int]) -> None:
+    """Copy into ``dst`` the part of ``src`` that overlaps it, both (rows, cols, ...) arrays
+    placed at top-left px (x, y) of one frame (``dst_xy``, ``src_xy``)."""
+    x0, y0 = dst_xy
+    sx0, sy0 = src_xy
+    ax0, ay0 = max(x0, sx0), max(y0, sy0)
+    ax1, ay1 = min(x0 + dst.shape[1], sx0 + src.shape[1]), min(y0 + dst.shape[0], sy0 + src.shape[0])
+    if ax1 > ax0 and ay1 > ay0:
+        dst[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = src[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0]
 
 
 def store_geometry(
@@ -148,7 +180,13 @@ class TileGrid:
         (r, c): for a 96 px tile at stride 32 it is the tile's centre 32 x 32 px, the
         region a PCam label describes; at stride 96 it is the tile itself.
         """
-        return (self.tile_size_px - self.stride_px) / 2.0
+        return cell_offset_px(tile_size_px=self.tile_size_px, stride_px=self.stride_px)
+
+
+def cell_offset_px(*, tile_size_px: int, stride_px: int) -> float:
+    """Store px from a tile's origin to the origin of its heatmap cell, the ``stride_px``
+    square centred on the tile (see :attr:`TileGrid.hm_offset_px`)."""
+    return (tile_size_px - stride_px) / 2.0
 
 
 def _grid_count(size_px: int, tile_size_px: int, stride_px: int, pad_px: int) -> int:

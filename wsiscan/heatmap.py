@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from .grid import cell_offset_px
 from .layout import write_figure_atomic, write_geojson_atomic, write_json_atomic
 from .store import TileStore
 
@@ -50,7 +51,7 @@ class HeatmapFrame:
 
     @property
     def offset_px(self) -> float:
-        return (self.tile_size_px - self.stride_px) / 2.0
+        return cell_offset_px(tile_size_px=self.tile_size_px, stride_px=self.stride_px)
 
     @property
     def cell_um(self) -> float:
@@ -408,19 +409,25 @@ def scored_cells(store: TileStore) -> np.ndarray:
 
 
 def export_class_regions(store: TileStore, frame: HeatmapFrame, path: str | Path, *, slide_name: str,
-                         threshold: float, min_area_um2: float, simplify_tolerance_um: float) -> list[dict[str, Any]]:
+                         threshold: float, min_area_um2: float, simplify_tolerance_um: float,
+                         on_channel: Callable[[int, np.ndarray], None] | None = None) -> list[dict[str, Any]]:
     """Regions of every class of a multi-class heatmap (c, y, x), written as one GeoJSON.
 
     Each region carries ``class_name`` and each feature is classified with it in QuPath.
-    Returns the regions written.  A 2-class result's regions come from
-    :func:`wsiscan.results.threshold_outputs` instead.
+    Returns the regions written.  Each class's level-0 channel is read once, and handed to
+    ``on_channel(k, cells)`` for whatever else needs it.  A 2-class result's regions come
+    from :func:`wsiscan.results.threshold_outputs` instead.
     """
     names = heatmap_class_names(store)
     if names is None:
         raise ValueError("export_class_regions needs a multi-class heatmap (one with class_names)")
     features, regions = [], []
+    level0 = store.heatmap_level(0)
     for k, name in enumerate(names):
-        found = tumour_regions(store.heatmap_level(0)[k], frame, threshold=threshold, min_area_um2=min_area_um2,
+        cells = np.asarray(level0[k])
+        if on_channel is not None:
+            on_channel(k, cells)
+        found = tumour_regions(cells, frame, threshold=threshold, min_area_um2=min_area_um2,
                                simplify_tolerance_um=simplify_tolerance_um)
         regions += [{**r, "class_name": name} for r in found]
         for f in geojson_collection(found, slide_name=slide_name, threshold=threshold, class_name=name)["features"]:

@@ -11,7 +11,6 @@ units are done; a rerun skips the heatmap chunks already on disk.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import DeviceError
-from .models import ModelSpec
+from .models import ModelSpec, class_proba_from_logits
 
 if TYPE_CHECKING:
     from .scan import Channel, Pipeline
@@ -79,14 +78,6 @@ class UnitPlan:
     @property
     def hm_chunk(self) -> int:
         return self.tiles_per_unit * self.units_per_chunk
-
-    @property
-    def n_chunk_rows(self) -> int:
-        return math.ceil(self.n_rows / self.hm_chunk)
-
-    @property
-    def n_chunk_cols(self) -> int:
-        return math.ceil(self.n_cols / self.hm_chunk)
 
     def unit_px_box(self, ur: int, uc: int) -> tuple[int, int, int, int]:
         """Store px (x0, y0, x1, y1) covering every tile of unit (ur, uc) (full-size, may pass the edge)."""
@@ -175,7 +166,7 @@ class Ensemble:
             for v in dihedral_views(x) if self.tta else [x]:
                 with torch.autocast(self.device.type, dtype=self.input_dtype, enabled=self.autocast_dtype is not None):
                     logits = model(v.to(self.input_dtype))
-                probs = torch.softmax(logits.float() / spec.temperature, dim=1)
+                probs = class_proba_from_logits(logits, spec)
                 total += probs if self.n_channels else probs[:, spec.positive_class]
         return total / (len(self.models) * n_views)
 

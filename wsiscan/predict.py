@@ -33,6 +33,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .config import Config, runtime_versions
+from .decode import default_workers
 from .errors import CheckpointError, ConfigError, StoreExistsError
 from .heatmap import (
     HeatmapFrame,
@@ -45,10 +46,12 @@ from .heatmap import (
 )
 from .layout import GEOJSON_NAME, OVERLAY_NAME, QC_NAME, RESULT_FILES, STORE_NAME, SUMMARY_NAME, slide_dir_for
 from .output_folder import make_slide_dir, plan_slide_output
+from .qc import overview_picture, write_qc
 from .records import SlideSummary, summary_or_none
 from .results import class_regions_block, threshold_outputs
 from .store import open_tile_store
-from .tiling import default_workers, overview_picture, prepare_store, write_grid, write_qc
+from .store_meta import write_grid
+from .tiling import prepare_store
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "predict_in_turn", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "expand_slide_inputs"]
@@ -410,7 +413,7 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
     qc_done.result()
     # complete: planned, grid written, every chunk this run needed decoded; pixels_kept:
     # every needed chunk is in the store (a later run at another stride reads them)
-    pixels_kept = all(store.chunk_done(int(ci), int(cj)) for ci, cj in np.argwhere(plan.chunks_needed))
+    pixels_kept = scan.pixels_complete
     store.update_meta(status="complete", pixels_kept=pixels_kept)
     written, resumed, decoded = scan.chunks_written, scan.chunks_from_store, scan.decoded_bytes
     stats = {"tiles": scorer.stats["tiles"], "tiles_resumed": resumed_tiles}
@@ -428,9 +431,23 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
         store.set_heatmap_ome(ome_multiscales(frame, n_levels, name=f"{slide_id} tumour probability",
                                               class_names=tuple(class_axis["class_names"]) if class_axis else None))
         store.update_heatmap_meta(status="complete", n_levels=n_levels)
-        cells = scored_cells(store)  # the positive class's channel of a multi-class heatmap
-        # every threshold-dependent output and figure in one call (results.threshold_outputs); a
-        # multi-class model's tumor.geojson holds the regions of every class (export_class_regions)
+        # a multi-class model's tumor.geojson holds the regions of every class (export_class_regions);
+        # each class's channel is read once, for its regions and its scores
+        class_scores: dict[int, dict[str, Any]] = {}
+        channels: dict[int, np.ndarray] = {}
+
+        def class_channel(k: int, cells_k: np.ndarray) -> None:
+            class_scores[k] = slide_scores(cells_k, threshold=pc.threshold, top_k=pc.top_k, cell_um=frame.cell_um)
+            if k == spec.positive_class:
+                channels[k] = cells_k
+
+        class_regions = export_class_regions(store, frame, slide_dir / GEOJSON_NAME, slide_name=plan.slide_path.name,
+                                             threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
+                                             simplify_tolerance_um=pc.simplify_tolerance_um,
+                                             on_channel=class_channel) if class_axis else []
+        # the positive class's channel of a multi-class heatmap
+        cells = channels[spec.positive_class] if class_axis else scored_cells(store)
+        # every threshold-dependent output and figure in one call (results.threshold_outputs)
         picture, picture_mpp = overview_picture(plan)
         outs = threshold_outputs(slide_dir, cells, frame, threshold=pc.threshold, top_k=pc.top_k,
                                  min_region_area_um2=pc.min_region_area_um2,
@@ -439,9 +456,6 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
                                  picture_mpp=picture_mpp, tissue=tissue_figures(plan),
                                  geojson_name=GEOJSON_NAME, overlay_name=OVERLAY_NAME,
                                  write_geojson_file=not class_axis)
-        class_regions = export_class_regions(store, frame, slide_dir / GEOJSON_NAME, slide_name=plan.slide_path.name,
-                                             threshold=pc.threshold, min_area_um2=pc.min_region_area_um2,
-                                             simplify_tolerance_um=pc.simplify_tolerance_um) if class_axis else []
         if class_axis:
             outs["regions"] = class_regions_block(outs["regions"], class_regions)
         timings["outputs_s"] = time.perf_counter() - t
@@ -455,7 +469,7 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
                         "pixel_reader": plan.pixel_reader, "glass_skip": plan.glass_skip},
             scores=outs["scores"], regions=outs["regions"], areas=outs["areas"], smoke_model=outs["smoke_model"],
             exports={GEOJSON_NAME: {"threshold": pc.threshold}, OVERLAY_NAME: {"threshold": pc.threshold}},
-            classes=_class_summary(store, class_regions, pc, frame.cell_um) if class_axis else None,
+            classes=_class_summary(store, class_regions, class_scores) if class_axis else None,
             tiles={"n_tiles": plan.n_tiles, "tile_size_px": grid.tile_size_px, "stride_px": grid.stride_px,
                    "grid_shape": [grid.n_rows, grid.n_cols], "scored_this_run": stats["tiles"],
                    "resumed_tiles": stats["tiles_resumed"], "pixel_chunks_written": written,
@@ -524,13 +538,14 @@ def tissue_figures(plan) -> dict[str, Any]:
             "scored_tissue_fraction": plan.scored_tissue_fraction}
 
 
-def _class_summary(store: Any, regions: list[dict[str, Any]], pc: Any, cell_um: float) -> dict[str, Any]:
-    """Per class of a multi-class heatmap: its scores and its number of regions."""
+def _class_summary(store: Any, regions: list[dict[str, Any]], class_scores: dict[int, dict[str, Any]]
+                   ) -> dict[str, Any]:
+    """Per class of a multi-class heatmap: its scores (``class_scores``, by channel) and its number of regions."""
     meta = store.heatmap_meta()
     names = meta["class_names"]
     per_class = {}
     for k, name in enumerate(names):
-        scores = slide_scores(store.heatmap_level(0)[k], threshold=pc.threshold, top_k=pc.top_k, cell_um=cell_um)
+        scores = dict(class_scores[k])
         scores["area_above_threshold_mm2"] = scores.pop("tumour_area_mm2")
         per_class[name] = {**scores, "n_regions": sum(r.get("class_name") == name for r in regions)}
     return {"names": names, "positive_class": names[meta["positive_class"]], "per_class": per_class}

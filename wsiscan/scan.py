@@ -28,13 +28,19 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Generator, Iterator
 
 import numpy as np
 
+from . import decode
+from .decode import CHUNKS_PER_WRITE, chunk_runs, read_chunk_run, write_pixels
+from .grid import paste_overlap
+from .heap import bound_heap
 from .inference import UnitPlan
+from .slide import Slide
 from .store import TileStore
-from .tiling import PROCESS_MIN_CHUNKS, TilingPlan, _decode_run, _glass_tile_keep, open_configured_slide, write_pixels
+from .store_meta import decode_record
+from .tiling import TilingPlan, open_configured_slide
 
 __all__ = ["Pipeline", "ScanStats", "units_with_work", "stream_chunks", "stream_units", "scan_slide"]
 
@@ -116,12 +122,19 @@ class Pipeline:
 
 @dataclass
 class ScanStats:
+    chunks_needed: int = 0  # pixel chunks of the plan (``chunks_needed``)
+    chunks_resumed: int = 0  # of those, in the store before this run
     chunks_decoded: int = 0
-    chunks_from_store: int = 0
+    chunks_from_store: int = 0  # chunks the stream read from the store
     chunks_written: int = 0  # pixel chunks kept in the store by this run
     decoded_bytes: int = 0  # bytes decoded at the level read
     glass_skipped_bytes: int = 0
     timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pixels_complete(self) -> bool:
+        """Whether every needed chunk is in the store after this run."""
+        return self.chunks_resumed + self.chunks_written == self.chunks_needed
 
 
 def units_with_work(plan: UnitPlan, kept_rc: np.ndarray, hm_chunk_done: Callable[[int, int], bool]
@@ -145,7 +158,7 @@ def units_with_work(plan: UnitPlan, kept_rc: np.ndarray, hm_chunk_done: Callable
     per_chunk: dict[tuple[int, int], int] = {}
     done_cache: dict[tuple[int, int], bool] = {}
     resumed = 0
-    for a, b in zip(starts, ends):
+    for a, b in zip(starts, ends, strict=True):
         ur, uc = int(unit_r[a]), int(unit_c[a])
         chunk = (ur * u // hc, uc * u // hc)
         if chunk not in done_cache:
@@ -159,61 +172,35 @@ def units_with_work(plan: UnitPlan, kept_rc: np.ndarray, hm_chunk_done: Callable
     return units, tiles, per_chunk, resumed
 
 
-def _unit_chunks(tplan: TilingPlan, uplan: UnitPlan, ur: int, uc: int) -> list[tuple[int, int]]:
-    """Store chunks (row-major) that the box of unit (ur, uc) overlaps, clipped to the slide."""
-    geo = tplan.geometry
-    s = geo.supertile_px
-    x0, y0, x1, y1 = uplan.unit_px_box(ur, uc)
-    x1, y1 = min(x1, geo.width_px), min(y1, geo.height_px)
-    return [(ci, cj) for ci in range(y0 // s, (y1 - 1) // s + 1) for cj in range(x0 // s, (x1 - 1) // s + 1)]
-
-
 def stream_chunks(tplan: TilingPlan, store: TileStore, chunks: list[tuple[int, int]], *, workers: int,
-                  stats: ScanStats, tile_keep: np.ndarray | None, max_run: int = 4) -> Iterator[tuple[tuple[int, int], np.ndarray, bool]]:
+                  stats: ScanStats, tile_keep: np.ndarray | None, stored: Collection[tuple[int, int]],
+                  max_run: int = CHUNKS_PER_WRITE) -> Iterator[tuple[tuple[int, int], np.ndarray, bool]]:
     """Yield ((ci, cj), pixels, decoded) for ``chunks`` in row-major order.
 
-    A chunk already in the store is read from it (``decoded`` False); the others are
-    decoded from the slide by ``workers`` threads, each with its own slide handle, in
-    runs of up to ``max_run`` neighbours (one read call each, as ``tile`` stores them).
-    At most ``2 * workers`` runs are in flight.  ``tile_keep``: the TIFF tiles to decode
-    (``tiling._glass_tile_keep``; None decodes every tile).
+    A chunk in ``stored`` (those the store holds) is read from the store (``decoded``
+    False); the others are decoded from the slide by ``workers`` threads, each with its
+    own slide handle, in runs of up to ``max_run`` neighbours (one read call each, as
+    ``tile`` stores them).  At most ``2 * workers`` runs are in flight.  ``tile_keep``:
+    the TIFF tiles to decode (``TilingPlan.glass_tile_keep``; None decodes every tile).
     """
-    chunks = sorted(chunks)
-    stored = [store.chunk_done(ci, cj) for ci, cj in chunks]
-    runs: list[tuple[int, int, int, bool]] = []  # (ci, cj0, cj1, from store)
-    for (ci, cj), from_store in zip(chunks, stored):
-        last = runs[-1] if runs else None
-        if last and last[0] == ci and last[2] == cj and last[3] == from_store and last[2] - last[1] < max_run:
-            runs[-1] = (ci, last[1], cj + 1, from_store)
-        else:
-            runs.append((ci, cj, cj + 1, from_store))
+    runs = chunk_runs(sorted(chunks), max_len=max_run, from_store=stored)
     sel, geo, s = tplan.selection, tplan.geometry, tplan.geometry.supertile_px
     local = threading.local()
-    handles: list[Any] = []
+    handles: list[Slide] = []
     lock = threading.Lock()
-
-    class _Parts:  # collects what _decode_run would have written, so it can be streamed instead
-        def __init__(self) -> None:
-            self.data: np.ndarray | None = None
-
-        def write_chunk(self, ci: int, cj: int, data: np.ndarray) -> None:
-            self.data = data
 
     def work(run: tuple[int, int, int, bool]) -> tuple[np.ndarray, int, int]:
         ci, cj0, cj1, from_store = run
         if from_store:
             x0, y0, _, y1 = geo.chunk_box_px(ci, cj0)
             x1 = geo.chunk_box_px(ci, cj1 - 1)[2]
-            return store.pixels[y0:y1, x0:x1], 0, 0
+            return np.asarray(store.pixels[y0:y1, x0:x1]), 0, 0
         slide = getattr(local, "slide", None)
         if slide is None:
             slide = local.slide = open_configured_slide(tplan.slide_path, tplan.config)
             with lock:
                 handles.append(slide)
-        sink = _Parts()
-        _, decoded, skipped = _decode_run(ci, cj0, cj1, sel, geo, slide, sink, tile_keep)  # type: ignore[arg-type]
-        assert sink.data is not None
-        return sink.data, decoded, skipped
+        return read_chunk_run(slide, sel, geo, ci, cj0, cj1, tile_keep)
 
     n_workers = max(1, workers)
     try:
@@ -251,9 +238,9 @@ def stream_chunks(tplan: TilingPlan, store: TileStore, chunks: list[tuple[int, i
 
 def stream_units(tplan: TilingPlan, uplan: UnitPlan, units: list[tuple[int, int]],
                  chunks: Iterator[tuple[tuple[int, int], np.ndarray, bool]],
-                 region_buffer: Callable[[tuple[int, int]], np.ndarray] | None = None,
+                 region_buffer: Callable[[tuple[int, int, int]], np.ndarray] | None = None,
                  on_chunk: Callable[[tuple[int, int], np.ndarray, bool], None] | None = None,
-                 ) -> Iterator[tuple[int, np.ndarray]]:
+                 ) -> Generator[tuple[int, np.ndarray], None, None]:
     """Yield (unit index, (H, W, 3) uint8 region) in unit order as the chunks arrive.
 
     A region holds exactly what ``TileStore.read_px(unit_px_box)`` would return: the
@@ -263,7 +250,7 @@ def stream_units(tplan: TilingPlan, uplan: UnitPlan, units: list[tuple[int, int]
     """
     geo = tplan.geometry
     s = geo.supertile_px
-    needs = [_unit_chunks(tplan, uplan, ur, uc) for ur, uc in units]
+    needs = [geo.chunks_in_box(uplan.unit_px_box(ur, uc)) for ur, uc in units]
     refs: dict[tuple[int, int], int] = {}
     for cs in needs:
         for c in cs:
@@ -284,12 +271,7 @@ def stream_units(tplan: TilingPlan, uplan: UnitPlan, units: list[tuple[int, int]
             for c in needs[i]:
                 data = cache.get(c)
                 if data is not None:
-                    cx0, cy0 = c[1] * s, c[0] * s
-                    ax0, ay0 = max(x0, cx0), max(y0, cy0)
-                    ax1, ay1 = min(x1, cx0 + data.shape[1]), min(y1, cy0 + data.shape[0])
-                    if ax1 > ax0 and ay1 > ay0:
-                        region[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = data[ay0 - cy0 : ay1 - cy0,
-                                                                               ax0 - cx0 : ax1 - cx0]
+                    paste_overlap(region, (x0, y0), data, (c[1] * s, c[0] * s))
                 refs[c] -= 1
                 if refs[c] == 0:
                     cache.pop(c, None)
@@ -307,62 +289,40 @@ def stream_units(tplan: TilingPlan, uplan: UnitPlan, units: list[tuple[int, int]
     yield from emit_ready()
 
 
-_HEAP_BOUNDED = False
-
-
-def _bound_heap() -> None:
-    """Serve allocations from 1 MiB up with mmap, returned to the OS when freed (glibc only).
-
-    glibc raises its mmap threshold after each large free (up to 32 MiB), after which the
-    1.7 MB chunk and region buffers of the decode threads and the varying patch batches
-    come from the heap arenas, fragment them and stay resident: measured on the
-    Camelyon-sized slide, resident memory grew by about 800 MB over the scan.  A fixed
-    threshold stops that.
-    """
-    global _HEAP_BOUNDED
-    if _HEAP_BOUNDED:
-        return
-    import ctypes
-    import ctypes.util
-
-    _HEAP_BOUNDED = True
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):  # not glibc
-        return
-    if mallopt is not None:
-        mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-
-
 def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels: bool,
                uplan: UnitPlan | None = None, units: list[tuple[int, int]] | None = None,
                consume: Callable[[Iterator[tuple[int, np.ndarray]]], None] | None = None,
-               region_buffer: Callable[[tuple[int, int]], np.ndarray] | None = None,
+               region_buffer: Callable[[tuple[int, int, int]], np.ndarray] | None = None,
                pipeline: Pipeline | None = None, queue_units: int = 4, progress: bool = False) -> ScanStats:
     """Decode the chunks the ``units`` need (and, with ``keep_pixels``, every needed chunk
     not yet stored, written behind the stream) and hand the unit regions to ``consume``
     (run in this thread; the device stage).  Returns the counters."""
-    _bound_heap()
+    bound_heap()
     stats = ScanStats()
     t0 = time.perf_counter()
-    needed = {tuple(map(int, ij)) for ij in np.argwhere(tplan.chunks_needed)}
+    needed = [(int(ci), int(cj)) for ci, cj in np.argwhere(tplan.chunks_needed)]
+    stored = {c for c in needed if store.chunk_done(*c)}  # the one look at the store's chunks
+    stats.chunks_needed, stats.chunks_resumed = len(needed), len(stored)
     units = units or []
     want: set[tuple[int, int]] = set()
     if uplan is not None:
+        needed_set = set(needed)
         for ur, uc in units:
-            want.update(c for c in _unit_chunks(tplan, uplan, ur, uc) if c in needed)
+            want.update(c for c in tplan.geometry.chunks_in_box(uplan.unit_px_box(ur, uc)) if c in needed_set)
     if keep_pixels:
-        want.update(c for c in needed if not store.chunk_done(*c))
-    if consume is None and keep_pixels and workers > 1 and len(want) >= PROCESS_MIN_CHUNKS:
+        want.update(c for c in needed if c not in stored)
+    tile_keep = tplan.glass_tile_keep()  # for the decoders and the store's decode record
+    if consume is None and keep_pixels and decode.use_processes(len(want), workers):
         # nothing consumes the pixels (``tile``) and there are many: decoding processes
         # write their chunks themselves (zarr's per-chunk Python does not scale in threads)
-        written, resumed, decoded = write_pixels(tplan, store, workers=workers, progress=progress)
-        stats.chunks_decoded = stats.chunks_written = written
-        stats.decoded_bytes = decoded
+        todo = sorted(c for c in want if c not in stored)
+        stats.decoded_bytes, stats.glass_skipped_bytes = write_pixels(tplan, store, todo, workers=workers,
+                                                                      tile_keep=tile_keep, progress=progress)
+        stats.chunks_decoded = stats.chunks_written = len(todo)
         stats.timings_s["scan_s"] = stats.timings_s["decode_s"] = time.perf_counter() - t0
+        store.update_meta(decode=decode_record(tplan, tile_keep, decoded_bytes=stats.decoded_bytes,
+                                               glass_skipped_bytes=stats.glass_skipped_bytes))
         return stats
-    tile_keep = _glass_tile_keep(tplan)  # for the decode threads and the store's decode record
     pipe = pipeline or Pipeline()
     # several writers: zarr compresses and writes distinct chunks independently
     n_writers = max(1, min(4, workers))
@@ -391,7 +351,8 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
             writer_q.put((key, data))
 
     try:
-        chunk_stream = stream_chunks(tplan, store, sorted(want), workers=workers, stats=stats, tile_keep=tile_keep)
+        chunk_stream = stream_chunks(tplan, store, sorted(want), workers=workers, stats=stats, tile_keep=tile_keep,
+                                     stored=stored)
         if uplan is None or consume is None:
             for key, data, decoded in chunk_stream:
                 on_chunk(key, data, decoded)
@@ -420,9 +381,6 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
         bar.close()
     pipe.join()
     stats.timings_s["scan_s"] = time.perf_counter() - t0
-    store.update_meta(decode={
-        "reader": tplan.pixel_reader, "glass_skip": tplan.glass_skip, "decoded_bytes": stats.decoded_bytes,
-        "glass_skipped_bytes": stats.glass_skipped_bytes,
-        "lv_tiles_near_tissue": None if tile_keep is None else int(tile_keep.sum()),
-        "lv_tiles_total": None if tile_keep is None else int(tile_keep.size)})
+    store.update_meta(decode=decode_record(tplan, tile_keep, decoded_bytes=stats.decoded_bytes,
+                                           glass_skipped_bytes=stats.glass_skipped_bytes))
     return stats

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ConfigError, MissingMppError, ResolutionError, SlideOpenError
+from .grid import coarsest_level_within
 from .tiffread import RawTiffReader, open_raw_reader
 
 __all__ = [
@@ -311,11 +312,9 @@ class Slide:
         Falls back to level 0 when every level is coarser.
         """
         base = self.require_mpp().mpp
-        best = 0
-        for lvl in self.info.levels:
-            if base * lvl.downsample <= mpp * (1 + tolerance):
-                best = lvl.index
-        return best
+        level_mpps = tuple(base * lvl.downsample for lvl in self.info.levels)
+        best = coarsest_level_within(level_mpps, max_mpp=mpp * (1 + tolerance))
+        return 0 if best is None else best
 
     def read_thumbnail(self, *, mpp: float, block_px: int = 512) -> np.ndarray:
         """The whole slide at ``mpp`` um/px, read block by block from the best level.
@@ -347,6 +346,16 @@ class Slide:
         from openslide.deepzoom import DeepZoomGenerator
 
         return DeepZoomGenerator(self._handle, tile_size=tile_size_px, overlap=overlap_px, limit_bounds=False)
+
+
+def openslide_library_version() -> str | None:
+    """Version of the OpenSlide C library, None when it cannot be loaded (metadata must not fail on it)."""
+    try:
+        import openslide
+    except Exception:  # a missing or broken library raises ImportError or OSError, depending on the platform
+        return None
+    version = getattr(openslide, "__library_version__", None)
+    return None if version is None else str(version)
 
 
 def _inside_px(dims_px: tuple[int, int], lv_xy: tuple[int, int], size_px: tuple[int, int]) -> int:

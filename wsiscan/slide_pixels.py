@@ -4,8 +4,8 @@
 so a result folder may hold a heatmap and no pixels.  :func:`open_store_pixels` gives a
 reader of store-px boxes either way: the store's own pixels where every chunk the box
 overlaps is there, else the slide file the store records (checked by size and quick
-hash), decoded chunk by chunk with the very call the scan uses (``Slide.read_resampled``
-over :meth:`StoreGeometry.chunk_box_px`), so a patch is exactly the one predict scored.
+hash), decoded chunk by chunk with the very call the scan uses
+(:func:`wsiscan.decode.read_chunk_run`), so a patch is exactly the one predict scored.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SlideOpenError, StoreError
-from .grid import StoreGeometry
+from .grid import LevelSelection, StoreGeometry, paste_overlap
 from .store import TileStore
 
 __all__ = ["PIXELS_NOT_KEPT", "StorePixels", "open_store_pixels", "recorded_slide_problem", "slide_file_problem_of"]
@@ -58,34 +58,27 @@ class StorePixels:
     def __init__(self, store: TileStore, *, cache_chunks: int = 16) -> None:
         self.store = store
         self.geometry = _geometry(store)
+        self.selection = LevelSelection(**store.meta["level_selection"])
         self._slide: Any = None
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_chunks = cache_chunks
 
-    def _chunks(self, px_box: tuple[int, int, int, int]) -> list[tuple[int, int]]:
-        x0, y0, x1, y1 = px_box
-        s, geo = self.geometry.supertile_px, self.geometry
-        x1, y1 = min(x1, geo.width_px), min(y1, geo.height_px)
-        if x1 <= x0 or y1 <= y0:
-            return []
-        return [(ci, cj) for ci in range(max(y0, 0) // s, (y1 - 1) // s + 1)
-                for cj in range(max(x0, 0) // s, (x1 - 1) // s + 1)]
-
     def stored(self, px_box: tuple[int, int, int, int]) -> bool:
         """Whether the store itself holds every chunk ``px_box`` overlaps."""
-        return all(self.store.chunk_done(ci, cj) for ci, cj in self._chunks(px_box))
+        return all(self.store.chunk_done(ci, cj) for ci, cj in self.geometry.chunks_in_box(px_box))
 
     def read_px(self, *, px_box: tuple[int, int, int, int]) -> np.ndarray:
         """(h, w, 3) uint8 of a store-px box (outside the store: white), as predict scored it."""
-        if self.stored(px_box):
+        chunks = self.geometry.chunks_in_box(px_box)
+        done = [self.store.chunk_done(ci, cj) for ci, cj in chunks]
+        if all(done):
             return self.store.read_px(px_box=px_box)
         x0, y0, x1, y1 = px_box
         out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
-        for ci, cj in self._chunks(px_box):
+        for (ci, cj), in_store in zip(chunks, done, strict=True):
             cx0, cy0, cx1, cy1 = self.geometry.chunk_box_px(ci, cj)
-            data = self.store.pixels[cy0:cy1, cx0:cx1] if self.store.chunk_done(ci, cj) else self._decode(ci, cj)
-            ax0, ay0, ax1, ay1 = max(x0, cx0), max(y0, cy0), min(x1, cx1), min(y1, cy1)
-            out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = data[ay0 - cy0 : ay1 - cy0, ax0 - cx0 : ax1 - cx0]
+            data = np.asarray(self.store.pixels[cy0:cy1, cx0:cx1]) if in_store else self._decode(ci, cj)
+            paste_overlap(out, (x0, y0), data, (cx0, cy0))
         return out
 
     def _decode(self, ci: int, cj: int) -> np.ndarray:
@@ -93,12 +86,9 @@ class StorePixels:
         if hit is not None:
             self._cache.move_to_end((ci, cj))
             return hit
-        slide = self._open_slide()
-        sel = self.store.meta["level_selection"]
-        s = float(sel["lv_per_px"])
-        x0, y0, x1, y1 = self.geometry.chunk_box_px(ci, cj)
-        data = slide.read_resampled(level=int(sel["level"]), lv_box=(x0 * s, y0 * s, x1 * s, y1 * s),
-                                    out_size_px=(x1 - x0, y1 - y0))
+        from .decode import read_chunk_run
+
+        data, _, _ = read_chunk_run(self._open_slide(), self.selection, self.geometry, ci, cj, cj + 1)
         self._cache[(ci, cj)] = data
         while len(self._cache) > self._cache_chunks:
             self._cache.popitem(last=False)

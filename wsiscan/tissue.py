@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import TissueConfig
+from .grid import cell_offset_px
 
 _STRIPE_ROWS = 256  # rows per stripe of the stripe-wise passes over a mask
 
@@ -130,7 +131,7 @@ def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -
     return out
 
 
-def _saturation(rgb: np.ndarray) -> np.ndarray:
+def saturation_of(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation (max - min) / max of an RGB uint8 image, float32.
 
     Channel max and min are taken plane by plane in uint8, so no float32 copy of the whole
@@ -145,7 +146,7 @@ def _saturation(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def _gray(rgb: np.ndarray) -> np.ndarray:
+def gray_of(rgb: np.ndarray) -> np.ndarray:
     """Mean of the three channels, float32, summed in uint16 (no float32 copy of the image)."""
     total = rgb[..., 0].astype(np.uint16)
     total += rgb[..., 1]
@@ -206,7 +207,7 @@ def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
     return sizes
 
 
-def _remove_small(mask: np.ndarray, min_px: int, *, count: np.ndarray | None = None) -> np.ndarray:
+def remove_small(mask: np.ndarray, min_px: int, *, count: np.ndarray | None = None) -> np.ndarray:
     """``mask`` without its (4-)connected parts of fewer than ``min_px`` pixels; with ``count``,
     a part's size is its number of ``count`` pixels, and only those are returned."""
     if min_px <= 1 or not mask.any():
@@ -225,7 +226,7 @@ def _disk_rows(radius_px: float) -> list[tuple[int, int]]:
             if dy * dy <= radius_px**2]
 
 
-def _dilate_or_erode_disk(mask: np.ndarray, radius_px: float, *, dilate: bool) -> np.ndarray:
+def dilate_or_erode_disk(mask: np.ndarray, radius_px: float, *, dilate: bool) -> np.ndarray:
     """Binary dilation or erosion by a disk, outside the image False (scipy's border_value=0).
 
     The disk is a union of horizontal segments: one 1-D max (min) filter per distinct
@@ -253,16 +254,16 @@ def _dilate_or_erode_disk(mask: np.ndarray, radius_px: float, *, dilate: bool) -
     return out
 
 
-def _close_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
+def close_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
     """Morphological closing by a disk, padded so that tissue touching the border is not eroded."""
     r = int(math.ceil(radius_px))
     padded = np.pad(mask, r, mode="constant")
-    dilated = _stripewise(lambda m: _dilate_or_erode_disk(m, radius_px, dilate=True), padded, halo=r)
-    closed = _stripewise(lambda m: _dilate_or_erode_disk(m, radius_px, dilate=False), dilated, halo=r)
+    dilated = _stripewise(lambda m: dilate_or_erode_disk(m, radius_px, dilate=True), padded, halo=r)
+    closed = _stripewise(lambda m: dilate_or_erode_disk(m, radius_px, dilate=False), dilated, halo=r)
     return closed[r:-r, r:-r]
 
 
-def _small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
+def small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
     """Holes of ``mask`` (4-connected background parts not touching the border, as
     ``ndimage.binary_fill_holes`` finds them) smaller than ``min_px`` pixels.
 
@@ -285,19 +286,19 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
     sigma_px = config.blur_sigma_um / mask_mpp
     ink = None
     if config.ink_filter:
-        ink = _remove_small(_stripewise(detect_ink, thumbnail, halo=0), int(INK_MIN_AREA_UM2 / mask_mpp**2))
+        ink = remove_small(_stripewise(detect_ink, thumbnail, halo=0), int(INK_MIN_AREA_UM2 / mask_mpp**2))
         margin_px = INK_MARGIN_UM / mask_mpp
         if margin_px >= 1 and ink.any():
-            ink = _stripewise(lambda m: _dilate_or_erode_disk(m, margin_px, dilate=True), ink,
+            ink = _stripewise(lambda m: dilate_or_erode_disk(m, margin_px, dilate=True), ink,
                               halo=int(math.ceil(margin_px)))
-    sat = _stripewise(_saturation, thumbnail, halo=0)
+    sat = _stripewise(saturation_of, thumbnail, halo=0)
     if ink is not None and ink.any():  # ink's saturation must not bleed through the blur onto the glass beside it
         sat[ink] = 0.0
     if sigma_px > 0.3:  # scipy's kernel reaches int(4 sigma + 0.5) px (truncate=4)
         sat = _stripewise(lambda x: ndimage.gaussian_filter(x, sigma_px), sat, halo=int(4.0 * sigma_px + 0.5) + 1)
 
     def dark_or_bright(rgb: np.ndarray) -> np.ndarray:
-        gray = _gray(rgb)
+        gray = gray_of(rgb)
         return (gray < config.dark_threshold) | (gray > config.bright_threshold)
 
     dark_bright = _stripewise(dark_or_bright, thumbnail, halo=0)
@@ -311,19 +312,19 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
 
     radius_px = config.closing_radius_um / mask_mpp
     if radius_px >= 1:
-        mask = _close_disk(mask, radius_px)
+        mask = close_disk(mask, radius_px)
     min_object_px = int(config.min_object_area_um2 / mask_mpp**2)
     min_hole_px = int(config.min_hole_area_um2 / mask_mpp**2)
     if ink is None or not ink.any():
-        mask = _remove_small(mask, min_object_px)
-        mask |= _small_holes(mask, min_hole_px)
+        mask = remove_small(mask, min_object_px)
+        mask |= small_holes(mask, min_hole_px)
     else:
         # a stroke across tissue must neither cut it into islands that then count as small
         # nor open its holes: sizes and holes are those of tissue + ink, then ink is removed
         # (it is never tissue, even where the closing bridged it)
         joined = mask | ink
-        mask = _remove_small(joined, min_object_px, count=mask)
-        mask |= _small_holes(joined, min_hole_px)
+        mask = remove_small(joined, min_object_px, count=mask)
+        mask |= small_holes(joined, min_hole_px)
         mask &= ~ink
     return TissueMask(mask=mask, saturation=sat, dark_bright=dark_bright,
                       mask_mpp=mask_mpp, threshold=float(threshold), ink=ink)
@@ -420,7 +421,7 @@ def cell_tissue_fractions(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px
                           px_mpp: float) -> np.ndarray:
     """(N,) float32: tissue fraction of each tile's heatmap cell, the ``stride_px`` square
     centred on the tile at store-px origin ``px_xy`` (see :func:`keep_tiles`)."""
-    offset_px = (tile_size_px - stride_px) / 2.0
+    offset_px = cell_offset_px(tile_size_px=tile_size_px, stride_px=stride_px)
     frac, _ = _box_fractions(tissue.mask, px_xy=np.asarray(px_xy, np.float64) + offset_px, size_px=stride_px,
                              scale=px_mpp / tissue.mask_mpp)
     return frac.astype(np.float32)

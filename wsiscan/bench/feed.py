@@ -31,9 +31,10 @@ def bench_feed(slide: Path, stride_px: int, device: Any, opts: BenchOptions, wor
     import shutil
 
     from ..config import load_config
+    from ..decode import default_workers
     from ..inference import DeviceScorer, RegionRing, plan_units
     from ..scan import Pipeline, scan_slide, units_with_work
-    from ..tiling import default_workers, plan_tiling, prepare_store
+    from ..tiling import plan_tiling, prepare_store
 
     cfg = load_config().replace("tile", stride_px=stride_px)
     t = time.perf_counter()

@@ -91,12 +91,12 @@ def bench_decode(slide: Path, opts: BenchOptions) -> dict[str, Any]:
     ``read_region`` against the raw TIFF tile reader, without and with the glass skip."""
     from ..config import load_config
     from ..slide import open_slide
-    from ..tiling import _glass_tile_keep, plan_tiling
+    from ..tiling import plan_tiling
 
     plan = plan_tiling(slide, load_config())
     sel, geo = plan.selection, plan.geometry
     chunks = [tuple(map(int, ij)) for ij in np.argwhere(plan.chunks_needed)][:DECODE_MAX_CHUNKS]
-    keep = _glass_tile_keep(plan)
+    keep = plan.glass_tile_keep()
 
     def contender(reader: str, tile_keep: np.ndarray | None) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:

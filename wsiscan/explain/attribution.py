@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DatasetError
-from ..models import ModelSpec, normalise
+from ..models import ModelSpec, calibrated_logits, predict_proba
 
 __all__ = ["METHODS", "Attribution", "default_layer", "explain_patches", "dihedral", "undo_dihedral"]
 
@@ -45,7 +45,7 @@ class _LogOdds(nn.Module):
         self.model, self.spec = model, spec
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        logits = self.model(normalise(x01, self.spec)).float() / self.spec.temperature
+        logits = calibrated_logits(self.model, self.spec, x01)
         pos = self.spec.positive_class
         others = torch.cat([logits[:, :pos], logits[:, pos + 1 :]], dim=1)
         return logits[:, pos] - torch.logsumexp(others, dim=1)
@@ -168,8 +168,7 @@ def explain_patches(
             for i in views:
                 v = dihedral(x01, i).contiguous()
                 with torch.no_grad():
-                    logits = model(normalise(v, spec)).float()
-                    p = torch.softmax(logits / spec.temperature, dim=1)[:, spec.positive_class]
+                    p = predict_proba(model, spec, v)
                 probs[start : start + len(x01)] += p.double().cpu().numpy()
                 for m in methods:
                     member[m] += undo_dihedral(_one_view(m, wrapped, layer_module, v, ig_steps).detach(), i)

@@ -29,7 +29,7 @@ import torch
 
 from .. import metrics as M
 from ..errors import DatasetError
-from ..models import ModelSpec, normalise
+from ..models import ModelSpec, predict_proba
 
 __all__ = ["score_patches", "positional_check", "plot_positional"]
 
@@ -50,8 +50,7 @@ def score_patches(models: Sequence[torch.nn.Module], specs: Sequence[ModelSpec],
         for model, spec in zip(models, specs, strict=True):
             model = model.to(device).eval()
             for i in views:
-                logits = model(normalise(dihedral(x01, i), spec)).float()
-                total += torch.softmax(logits / spec.temperature, dim=1)[:, spec.positive_class].double()
+                total += predict_proba(model, spec, dihedral(x01, i)).double()
         out[start : start + len(x01)] = (total / (len(models) * len(views))).cpu().numpy()
     return out
 

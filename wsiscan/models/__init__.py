@@ -44,7 +44,14 @@ from .checkpoint import (
 )
 from .convert import convert_tiatoolbox_state_dict, tiatoolbox_spec
 from .hub import hf_cache_dir, tiatoolbox_models_dir
-from .proba import normalise, predict_class_proba, predict_proba, tiny_expected_proba
+from .proba import (
+    calibrated_logits,
+    class_proba_from_logits,
+    normalise,
+    predict_class_proba,
+    predict_proba,
+    tiny_expected_proba,
+)
 from .pull import PulledModel, fetch_model, local_copy, pull_model
 from .registry import (
     RegistryEntry,
@@ -71,6 +78,8 @@ __all__ = [
     "normalise",
     "predict_proba",
     "predict_class_proba",
+    "calibrated_logits",
+    "class_proba_from_logits",
     "register_model",
     "unregister_model",
     "list_architectures",

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from ..errors import CheckpointError
-from .spec import _REGISTERED, _RESNETS, ARCHITECTURES, EXTERNAL_ARCH, TORCHSCRIPT_ARCH, ModelSpec, known_architectures
+from .spec import ARCHITECTURES, EXTERNAL_ARCH, REGISTERED, RESNETS, TORCHSCRIPT_ARCH, ModelSpec, known_architectures
 
 ModelFactory = Callable[[ModelSpec], nn.Module]
 
@@ -91,9 +91,9 @@ def register_model(name: str, factory: ModelFactory | None = None, *, replace: b
     def add(fn: ModelFactory) -> ModelFactory:
         if not callable(fn):
             raise TypeError(f"register_model({name!r}): the factory must be callable, got {type(fn).__name__}")
-        if name in _REGISTERED and not replace and _REGISTERED[name] is not fn:
+        if name in REGISTERED and not replace and REGISTERED[name] is not fn:
             raise ValueError(f"arch {name!r} is registered already; pass replace=True to change it")
-        _REGISTERED[name] = fn
+        REGISTERED[name] = fn
         return fn
 
     return add if factory is None else add(factory)
@@ -101,7 +101,7 @@ def register_model(name: str, factory: ModelFactory | None = None, *, replace: b
 
 def unregister_model(name: str) -> None:
     """Forget a registered arch (tests, notebooks)."""
-    _REGISTERED.pop(name, None)
+    REGISTERED.pop(name, None)
 
 
 def list_architectures() -> list[str]:
@@ -126,8 +126,8 @@ def _timm_model(spec: ModelSpec) -> nn.Module:
 def build_model(spec: ModelSpec) -> nn.Module:
     """A randomly initialised network for ``spec.arch`` with ``spec.num_classes`` logits."""
     n = len(spec.class_names)
-    if spec.arch in _REGISTERED:
-        model = _REGISTERED[spec.arch](spec)
+    if spec.arch in REGISTERED:
+        model = REGISTERED[spec.arch](spec)
         if not isinstance(model, nn.Module):
             raise CheckpointError(
                 f"the factory registered for arch {spec.arch!r} returned a {type(model).__name__}, not an nn.Module"
@@ -140,7 +140,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
             f"arch {spec.arch!r} has no architecture to build: a 'torchscript' model loads from its WSInfer "
             "folder (config.json + torchscript_model.pt), an 'external' one is the callable given to wsiscan.predict"
         )
-    if spec.arch in _RESNETS:
+    if spec.arch in RESNETS:
         return getattr(torchvision.models, spec.arch)(weights=None, num_classes=n)
     if spec.arch == "smallcnn":
         return SmallCNN(n)

@@ -15,9 +15,9 @@ from torch import nn
 
 from ..errors import CheckpointError, DeviceError, OutputError
 from .architectures import build_model
-from .convert import _unwrap_state_dict
-from .spec import ModelSpec, _is_int, _one_line
-from .state_dict import _expected_shapes, _state_dict_problem, _strip_prefixes
+from .convert import unwrap_state_dict
+from .spec import ModelSpec, is_int, one_line
+from .state_dict import expected_shapes, state_dict_problem, strip_prefixes
 
 CHECKPOINT_FORMAT = "wsiscan-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -25,7 +25,7 @@ _RESERVED_KEYS = frozenset({"format", "format_version", "spec", "state_dict"})
 
 
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    sd = _strip_prefixes(model.state_dict())
+    sd = strip_prefixes(model.state_dict())
     return {k: v.detach().cpu() for k, v in sd.items()}
 
 
@@ -58,7 +58,7 @@ def save_checkpoint(
     if clash:
         raise ValueError(f"extra must not contain the reserved key(s) {', '.join(clash)}")
     state_dict = _plain_state_dict(model)
-    problem = _state_dict_problem(state_dict, _expected_shapes(spec))
+    problem = state_dict_problem(state_dict, expected_shapes(spec))
     if problem:
         raise CheckpointError(
             f"cannot save {path}: the model's weights do not match arch '{spec.arch}' "
@@ -98,7 +98,7 @@ def save_checkpoint(
 
 # What torch.load raises on damaged or foreign files (an OSError too: a few bytes of a
 # zip file give EINVAL).  Permission problems are caught earlier, when opening.
-_LOAD_ERRORS = (
+LOAD_ERRORS = (
     pickle.UnpicklingError,
     RuntimeError,
     EOFError,
@@ -119,7 +119,7 @@ def _looks_like_state_dict(obj: object) -> bool:
     return (
         isinstance(obj, Mapping)
         and len(obj) > 0
-        and all(isinstance(v, torch.Tensor) for v in _unwrap_state_dict(obj).values())
+        and all(isinstance(v, torch.Tensor) for v in unwrap_state_dict(obj).values())
     )
 
 
@@ -148,7 +148,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     with f:
         try:
             obj = torch.load(f, map_location="cpu", weights_only=True)
-        except _LOAD_ERRORS as exc:
+        except LOAD_ERRORS as exc:
             if "Unsupported global" in str(exc):
                 raise CheckpointError(
                     f"checkpoint {path} contains pickled Python objects, which wsiscan does not "
@@ -156,12 +156,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                 ) from exc
             raise CheckpointError(
                 f"checkpoint {path} cannot be read as a PyTorch file "
-                f"({type(exc).__name__}: {_one_line(exc, 100) or 'no detail'}): it is truncated "
+                f"({type(exc).__name__}: {one_line(exc, 100) or 'no detail'}): it is truncated "
                 "or not a checkpoint; download or save it again"
             ) from exc
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         if isinstance(obj, dict) and "format" in obj:
-            hint = f"its format is {_one_line(obj['format'], 60)!r}, not {CHECKPOINT_FORMAT!r}"
+            hint = f"its format is {one_line(obj['format'], 60)!r}, not {CHECKPOINT_FORMAT!r}"
         elif _looks_like_state_dict(obj):
             hint = ("it holds a bare state dict (e.g. a TIAToolbox .pth); fetch registered weights "
                     "with `wsiscan models pull NAME`, or convert them with "
@@ -171,7 +171,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not a wsiscan checkpoint: {hint}")
     version = obj.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
-        if _is_int(version) and version > CHECKPOINT_FORMAT_VERSION:
+        if is_int(version) and version > CHECKPOINT_FORMAT_VERSION:
             fix = "upgrade wsiscan to read it"
         else:
             fix = "the file is damaged; save it again"
@@ -202,8 +202,8 @@ def load_checkpoint(
         spec = ModelSpec.from_dict(payload["spec"])
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}; the file is damaged or from another tool") from exc
-    state_dict = _strip_prefixes(payload["state_dict"])
-    problem = _state_dict_problem(state_dict, _expected_shapes(spec))
+    state_dict = strip_prefixes(payload["state_dict"])
+    problem = state_dict_problem(state_dict, expected_shapes(spec))
     if problem:
         raise CheckpointError(
             f"checkpoint {path}: weights do not match its spec (arch '{spec.arch}', "
@@ -214,7 +214,7 @@ def load_checkpoint(
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:  # defensive: the check above should catch everything
-        raise CheckpointError(f"checkpoint {path}: {_one_line(exc)}") from exc
+        raise CheckpointError(f"checkpoint {path}: {one_line(exc)}") from exc
     model.eval()
     if isinstance(map_location, (str, torch.device)) and str(map_location) != "cpu":
         try:
@@ -222,6 +222,6 @@ def load_checkpoint(
         except (RuntimeError, AssertionError) as exc:
             raise DeviceError(
                 f"cannot move model from {path.name} to device {map_location!s}: "
-                f"{_one_line(exc, 120)}; choose another device (e.g. cpu)"
+                f"{one_line(exc, 120)}; choose another device (e.g. cpu)"
             ) from exc
     return model, spec

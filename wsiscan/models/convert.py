@@ -7,8 +7,8 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import CheckpointError
-from .spec import _RESNETS, ModelSpec
-from .state_dict import _expected_shapes, _state_dict_problem, _strip_prefixes
+from .spec import RESNETS, ModelSpec
+from .state_dict import expected_shapes, state_dict_problem, strip_prefixes
 
 # TIAToolbox's CNNModel (tiatoolbox/models/architecture/vanilla.py) is
 # feat_extract = nn.Sequential(*torchvision_resnet.children()[:-2]),
@@ -26,7 +26,7 @@ _TIA_PREFIXES: tuple[tuple[str, str], ...] = (
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
 
-def _unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Any]:
+def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Unwrap ``{"state_dict": {...}}``-style containers and ``module.`` prefixes."""
     for _ in range(3):
         if not isinstance(obj, Mapping):
@@ -35,7 +35,7 @@ def _unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Any]:
         if inner is None or any(isinstance(v, torch.Tensor) for v in obj.values()):
             break
         obj = inner
-    return _strip_prefixes(obj) if isinstance(obj, Mapping) else {}
+    return strip_prefixes(obj) if isinstance(obj, Mapping) else {}
 
 
 def convert_tiatoolbox_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, torch.Tensor]:
@@ -45,15 +45,15 @@ def convert_tiatoolbox_state_dict(state_dict: Mapping[str, Any], arch: str) -> d
     prefixes).  The number of classes is read from ``classifier.weight``.  Unexpected
     keys or shapes raise :class:`CheckpointError` naming the first one.
     """
-    if arch not in _RESNETS:
+    if arch not in RESNETS:
         raise CheckpointError(
-            f"TIAToolbox conversion supports {', '.join(_RESNETS)}, not {arch!r}"
+            f"TIAToolbox conversion supports {', '.join(RESNETS)}, not {arch!r}"
         )
     if not isinstance(state_dict, Mapping):
         raise CheckpointError(
             f"TIAToolbox weights must be a state dict, got {type(state_dict).__name__}"
         )
-    source = _unwrap_state_dict(state_dict)
+    source = unwrap_state_dict(state_dict)
     if not source:
         raise CheckpointError("the TIAToolbox weights are empty: no state dict found in the file")
     out: dict[str, torch.Tensor] = {}
@@ -79,11 +79,11 @@ def convert_tiatoolbox_state_dict(state_dict: Mapping[str, Any], arch: str) -> d
     if num_classes < 2:
         raise CheckpointError(f"TIAToolbox classifier has {num_classes} output(s); expected at least 2")
     class_names = ("normal", "tumor") if num_classes == 2 else tuple(f"class{i}" for i in range(num_classes))
-    expected = _expected_shapes(ModelSpec(arch=arch, class_names=class_names))
+    expected = expected_shapes(ModelSpec(arch=arch, class_names=class_names))
     for key in expected:  # weights saved by old torch versions lack num_batches_tracked
         if key.endswith("num_batches_tracked") and key not in out:
             out[key] = torch.tensor(0, dtype=torch.long)
-    problem = _state_dict_problem(out, expected)
+    problem = state_dict_problem(out, expected)
     if problem:
         raise CheckpointError(
             f"TIAToolbox weights do not fit a {arch} (keys after conversion): {problem}; "
@@ -94,8 +94,8 @@ def convert_tiatoolbox_state_dict(state_dict: Mapping[str, Any], arch: str) -> d
 
 def tiatoolbox_spec(arch: str) -> ModelSpec:
     """The spec of TIAToolbox's ``<arch>-pcam`` weights: 96 px at 1.0 um/px, RGB in [0, 1]."""
-    if arch not in _RESNETS:
-        raise CheckpointError(f"TIAToolbox PCam weights exist here for {', '.join(_RESNETS)}, not {arch!r}")
+    if arch not in RESNETS:
+        raise CheckpointError(f"TIAToolbox PCam weights exist here for {', '.join(RESNETS)}, not {arch!r}")
     return ModelSpec(
         arch=arch,
         class_names=("normal", "tumor"),

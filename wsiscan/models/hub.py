@@ -25,9 +25,9 @@ from typing import Any, Literal, overload
 import torch
 
 from ..errors import CheckpointError, OfflineError
-from .checkpoint import _LOAD_ERRORS, file_sha256
+from .checkpoint import LOAD_ERRORS, file_sha256
 from .registry import RegistryEntry
-from .spec import _one_line
+from .spec import one_line
 
 
 @dataclass(frozen=True)
@@ -121,18 +121,18 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def _load_foreign_weights(path: Path, what: str) -> Any:
+def load_foreign_weights(path: Path, what: str) -> Any:
     try:
         with open(path, "rb") as f:
             return torch.load(f, map_location="cpu", weights_only=True)
-    except _LOAD_ERRORS as exc:
+    except LOAD_ERRORS as exc:
         raise CheckpointError(
             f"{what} {path} cannot be read as PyTorch weights ({type(exc).__name__}: "
-            f"{_one_line(exc, 100) or 'no detail'}); pull it again with --force"
+            f"{one_line(exc, 100) or 'no detail'}); pull it again with --force"
         ) from exc
 
 
-def _wsiscan_version() -> str:
+def wsiscan_version() -> str:
     from importlib import metadata
 
     try:
@@ -169,7 +169,7 @@ def _hub_file(entry: RegistryEntry, filename: str) -> Path | None:
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
-def _local_sources(entry: RegistryEntry, filename: str) -> list[tuple[Path, str, str | None]]:
+def local_sources(entry: RegistryEntry, filename: str) -> list[tuple[Path, str, str | None]]:
     out = []
     hub = _hub_file(entry, filename)
     if hub is not None:
@@ -223,7 +223,7 @@ def download_source(entry: RegistryEntry, filename: str, *, force: bool) -> Path
                                                 revision=entry.revision, cache_dir=hf_cache_dir(),
                                                 force_download=force)
     except _network_errors() as exc:
-        reason = f"{type(exc).__name__}: {_one_line(exc, 120)}"
+        reason = f"{type(exc).__name__}: {one_line(exc, 120)}"
         raise OfflineError(f"model '{entry.name}' ({where}) could not be downloaded ({reason}): run {hint}, "
                            "or pass --model PATH to a checkpoint") from exc
     return Path(local)
@@ -248,7 +248,7 @@ def locate_source(entry: RegistryEntry, filename: str | None = None, *, force: b
     if not filename:
         raise CheckpointError(f"model '{entry.name}' names no file in its source {entry.source!r} (expected "
                               f"hf://OWNER/REPO/FILE); give the file with `wsiscan models pull {entry.name} --from FILE`")
-    local = [] if force else _local_sources(entry, filename)
+    local = [] if force else local_sources(entry, filename)
     if local:  # the first found is the one used: a pinned hash it fails is refused, not skipped
         path, origin, revision = local[0]
         return verify_source(path, entry, origin, revision)

@@ -31,10 +31,20 @@ def normalise(x01: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     return (x01 - mean) / std
 
 
+def calibrated_logits(model: nn.Module, spec: ModelSpec, x01: torch.Tensor) -> torch.Tensor:
+    """The network's logits of float RGB ``x01`` in float32, divided by ``spec.temperature``, shape (N, num_classes)."""
+    return model(normalise(x01, spec)).float() / spec.temperature
+
+
+def class_proba_from_logits(logits: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """Calibrated probabilities of every class from raw logits (N, num_classes): the softmax
+    of ``logits / spec.temperature`` in float32, whatever the logits' dtype (autocast)."""
+    return torch.softmax(logits.float() / spec.temperature, dim=1)
+
+
 def predict_class_proba(model: nn.Module, spec: ModelSpec, x01: torch.Tensor) -> torch.Tensor:
     """Probabilities of every class, shape (N, num_classes), float32 (see :func:`predict_proba`)."""
-    logits = model(normalise(x01, spec)).float()
-    return torch.softmax(logits / spec.temperature, dim=1)
+    return torch.softmax(calibrated_logits(model, spec, x01), dim=1)
 
 
 def predict_proba(model: nn.Module, spec: ModelSpec, x01: torch.Tensor) -> torch.Tensor:

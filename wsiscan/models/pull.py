@@ -24,7 +24,7 @@ from ..errors import CheckpointError, OfflineError, OutputError
 from .architectures import build_model
 from .checkpoint import save_checkpoint
 from .convert import convert_tiatoolbox_state_dict, tiatoolbox_spec
-from .hub import SourceFile, _load_foreign_weights, _local_sources, _wsiscan_version, locate_source, looked_in
+from .hub import SourceFile, load_foreign_weights, local_sources, locate_source, looked_in, wsiscan_version
 from .registry import RegistryEntry, cache_dir, cached_checkpoint_path, find_cached_checkpoint, get_registry_entry
 from .spec import ModelSpec
 from .wsinfer import WSINFER_CONFIG_NAME, WSINFER_TORCHSCRIPT_NAME, is_wsinfer_folder
@@ -58,7 +58,7 @@ def _builtin(entry: RegistryEntry) -> PulledModel:
         spec = ModelSpec(
             arch=entry.arch, class_names=entry.class_names, positive_class=entry.positive_class,
             patch_size_px=entry.patch_size_px, input_mpp=entry.input_mpp, name=entry.name,
-            provenance={"source": entry.source, "wsiscan_version": _wsiscan_version()},
+            provenance={"source": entry.source, "wsiscan_version": wsiscan_version()},
         )
         save_checkpoint(target, build_model(spec), spec)
     return PulledModel(entry.name, target, "built in", None, None, None)
@@ -70,7 +70,7 @@ def _convert(entry: RegistryEntry, source: SourceFile) -> Path:
     if target.is_file():
         return target
     _cache_writable()
-    raw = _load_foreign_weights(source.path, f"{source.origin} file for '{entry.name}'")
+    raw = load_foreign_weights(source.path, f"{source.origin} file for '{entry.name}'")
     try:
         state_dict = convert_tiatoolbox_state_dict(raw, entry.arch)
     except CheckpointError as exc:
@@ -94,7 +94,7 @@ def _convert(entry: RegistryEntry, source: SourceFile) -> Path:
         "downloaded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "converted_by": "wsiscan.models.convert_tiatoolbox_state_dict",
         "licence": entry.licence,
-        "wsiscan_version": _wsiscan_version(),
+        "wsiscan_version": wsiscan_version(),
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
     })
@@ -186,7 +186,7 @@ def local_copy(name: str) -> tuple[str, Path] | None:
     if entry.kind == "builtin":
         return "built in", cached_checkpoint_path(entry.name)
     filename = WSINFER_TORCHSCRIPT_NAME if entry.kind == "wsinfer" else entry.hf_filename
-    local = _local_sources(entry, filename) if filename else []
+    local = local_sources(entry, filename) if filename else []
     if local:
         return local[0][1], local[0][0]
     cached = find_cached_checkpoint(entry.name, source_sha256=entry.sha256,

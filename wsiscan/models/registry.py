@@ -171,7 +171,7 @@ def list_models() -> list[RegistryEntry]:
     return list(_all_entries().values())
 
 
-def _registered_names() -> str:
+def registered_names() -> str:
     return ", ".join(_all_entries())
 
 
@@ -189,13 +189,13 @@ def get_registry_entry(name: str) -> RegistryEntry:
     if key is not None:
         return _all_entries()[key]
     raise UnknownModelError(
-            f"'{name}' is not a registered model{_did_you_mean(name)}; registered: "
-            f"{_registered_names()} (see `wsiscan models list`); for your own weights pass "
+            f"'{name}' is not a registered model{did_you_mean(name)}; registered: "
+            f"{registered_names()} (see `wsiscan models list`); for your own weights pass "
             "--model PATH to a checkpoint or a WSInfer model folder"
         )
 
 
-def _did_you_mean(name: str) -> str:
+def did_you_mean(name: str) -> str:
     close = difflib.get_close_matches(str(name), list(_all_entries()), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import CheckpointError, UnknownModelError
 from .checkpoint import file_sha256, load_checkpoint
 from .pull import pull_model
-from .registry import _did_you_mean, _registered_names, registry_name
+from .registry import did_you_mean, registered_names, registry_name
 from .spec import ModelSpec
 from .wsinfer import WSINFER_CONFIG_NAME, WSINFER_TORCHSCRIPT_NAME, is_wsinfer_folder, load_wsinfer_folder
 
@@ -32,7 +32,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
         return pull_model(key)
     raise UnknownModelError(
         f"'{text}' is neither an existing checkpoint file, a WSInfer model folder nor a registered model"
-        f"{_did_you_mean(text)}; registered: {_registered_names()} (see `wsiscan models list`)"
+        f"{did_you_mean(text)}; registered: {registered_names()} (see `wsiscan models list`)"
     )
 
 

@@ -9,22 +9,22 @@ from typing import Any, Mapping, TypeGuard
 
 from ..errors import CheckpointError
 
-_RESNETS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+RESNETS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # The built-in architectures; :func:`wsiscan.models.register_model` adds more at run time,
 # ``timm:<name>`` names a timm network (optional extra), ``torchscript`` a WSInfer model.
-ARCHITECTURES: tuple[str, ...] = (*_RESNETS, "smallcnn", "logreg", "tiny")
+ARCHITECTURES: tuple[str, ...] = (*RESNETS, "smallcnn", "logreg", "tiny")
 TORCHSCRIPT_ARCH = "torchscript"
 EXTERNAL_ARCH = "external"  # a network not built from its spec: a callable given to wsiscan.predict
-_REGISTERED: dict[str, Any] = {}  # name -> factory(spec) -> nn.Module, filled by register_model
+REGISTERED: dict[str, Any] = {}  # name -> factory(spec) -> nn.Module, filled by register_model
 
 
 def known_architectures() -> tuple[str, ...]:
     """Every arch a spec may name now: built-in, registered, ``torchscript`` and ``external``."""
-    return (*ARCHITECTURES, *_REGISTERED, TORCHSCRIPT_ARCH, EXTERNAL_ARCH)
+    return (*ARCHITECTURES, *REGISTERED, TORCHSCRIPT_ARCH, EXTERNAL_ARCH)
 
 
 def _arch_problem(arch: object) -> str | None:
-    if isinstance(arch, str) and (arch in ARCHITECTURES or arch in _REGISTERED or arch in (TORCHSCRIPT_ARCH,
+    if isinstance(arch, str) and (arch in ARCHITECTURES or arch in REGISTERED or arch in (TORCHSCRIPT_ARCH,
                                                                                            EXTERNAL_ARCH)):
         return None
     if isinstance(arch, str) and arch.startswith("timm:") and len(arch) > 5:
@@ -35,13 +35,13 @@ def _arch_problem(arch: object) -> str | None:
 _MPP_MIN, _MPP_MAX = 0.05, 20.0
 
 
-def _one_line(text: object, limit: int = 200) -> str:
+def one_line(text: object, limit: int = 200) -> str:
     """Collapse ``text`` to one line of at most ``limit`` characters."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def _is_int(value: object) -> TypeGuard[int]:
+def is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -102,10 +102,10 @@ class ModelSpec:
             return f"class_names must be distinct non-empty strings, got {list(names)!r}"
         if self.arch == "tiny" and len(names) != 2:
             return f"arch 'tiny' has exactly 2 classes, got {len(names)}"
-        if not _is_int(self.positive_class) or not 0 <= self.positive_class < len(names):
+        if not is_int(self.positive_class) or not 0 <= self.positive_class < len(names):
             return (f"positive_class must be an index into class_names (0..{len(names) - 1}), "
                     f"got {self.positive_class!r}")
-        if not _is_int(self.patch_size_px) or self.patch_size_px < 8:
+        if not is_int(self.patch_size_px) or self.patch_size_px < 8:
             return f"patch_size_px must be an integer >= 8, got {self.patch_size_px!r}"
         if not _is_real(self.input_mpp) or not _MPP_MIN <= self.input_mpp <= _MPP_MAX:
             return f"input_mpp must be within {_MPP_MIN}..{_MPP_MAX} um/px, got {self.input_mpp!r}"
@@ -120,7 +120,7 @@ class ModelSpec:
                 return f"std must be > 0, got {list(self.std)!r}"
         if not _is_real(self.temperature) or self.temperature <= 0:
             return f"temperature must be a finite number > 0, got {self.temperature!r}"
-        if self.input_size_px is not None and (not _is_int(self.input_size_px) or self.input_size_px < 8):
+        if self.input_size_px is not None and (not is_int(self.input_size_px) or self.input_size_px < 8):
             return f"input_size_px must be None or an integer >= 8, got {self.input_size_px!r}"
         if not isinstance(self.name, str):
             return f"name must be a string, got {self.name!r}"
@@ -131,7 +131,7 @@ class ModelSpec:
             try:
                 json.dumps(value, allow_nan=True)
             except (TypeError, ValueError) as exc:
-                return f"{key} is not JSON-serialisable ({_one_line(exc, 120)})"
+                return f"{key} is not JSON-serialisable ({one_line(exc, 120)})"
         return None
 
     @property

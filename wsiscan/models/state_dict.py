@@ -10,7 +10,7 @@ from .architectures import build_model
 from .spec import ModelSpec
 
 
-def _strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Drop the ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes."""
     out = dict(state_dict)
     for prefix in ("module.", "_orig_mod."):
@@ -19,14 +19,14 @@ def _strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """State-dict keys and shapes of ``build_model(spec)``, built on the meta device."""
     with torch.device("meta"):
         model = build_model(spec)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _state_dict_problem(state_dict: Mapping[str, Any], expected: Mapping[str, tuple]) -> str | None:
+def state_dict_problem(state_dict: Mapping[str, Any], expected: Mapping[str, tuple]) -> str | None:
     """The first way ``state_dict`` fails to match ``expected`` (keys, then shapes)."""
     not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .checkpoint import file_sha256
-from .spec import TORCHSCRIPT_ARCH, ModelSpec, _one_line
+from .spec import TORCHSCRIPT_ARCH, ModelSpec, one_line
 
 WSINFER_CONFIG_NAME = "config.json"
 WSINFER_TORCHSCRIPT_NAME = "torchscript_model.pt"
@@ -128,7 +128,7 @@ def load_wsinfer_folder(folder: str | os.PathLike, *, name: str = "", provenance
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{config_path}: cannot read it as JSON ({_one_line(exc, 100)}); "
+        raise CheckpointError(f"{config_path}: cannot read it as JSON ({one_line(exc, 100)}); "
                               "fetch the model again") from exc
     ts_sha256 = file_sha256(weights_path)
     spec = wsinfer_spec(config, where=str(config_path), name=name or folder.name,
@@ -137,7 +137,7 @@ def load_wsinfer_folder(folder: str | os.PathLike, *, name: str = "", provenance
     try:
         model = torch.jit.load(str(weights_path), map_location=map_location)
     except (RuntimeError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{weights_path}: not a TorchScript file ({_one_line(exc, 100)}); "
+        raise CheckpointError(f"{weights_path}: not a TorchScript file ({one_line(exc, 100)}); "
                               "fetch the model again") from exc
     model.eval()
     return model, spec, wsinfer_sha256(folder, torchscript_sha256=ts_sha256)

@@ -13,7 +13,7 @@ OFFICIAL_SPLITS = ("train", "valid", "test")
 Log = Callable[[str], None]
 
 
-def _silent(message: str) -> None:
+def silent(message: str) -> None:
     del message
 
 

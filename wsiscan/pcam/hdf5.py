@@ -16,7 +16,7 @@ from ..errors import DatasetError
 from ..layout import atomic_path
 from .dataset import PATCH_SHAPE, Log, PatchDataset
 
-_OFFICIAL_PREFIX = "camelyonpatch_level_2_split_"
+OFFICIAL_PREFIX = "camelyonpatch_level_2_split_"
 
 
 class H5PatchDataset(PatchDataset):
@@ -142,7 +142,7 @@ def _check_meta_rows(path: Path, n_images: int) -> None:
 def official_path(data_dir: Path, split: str, kind: str) -> Path:
     """Where a split's ``x``/``y`` HDF5 file (or ``meta`` CSV) is expected."""
     suffix = ".csv" if kind == "meta" else ".h5"
-    return Path(data_dir) / f"{_OFFICIAL_PREFIX}{split}_{kind}{suffix}"
+    return Path(data_dir) / f"{OFFICIAL_PREFIX}{split}_{kind}{suffix}"
 
 
 def default_cache_dir() -> Path:
@@ -186,14 +186,14 @@ def _decompress_once(gz_path: Path, cache_dir: Path | None, log: Log) -> Path:
     return target
 
 
-def _resolve_h5(data_dir: Path, split: str, kind: str, cache_dir: Path | None, log: Log) -> Path:
+def resolve_h5(data_dir: Path, split: str, kind: str, cache_dir: Path | None, log: Log) -> Path:
     path = official_path(data_dir, split, kind)
     if path.is_file():
         return path
     gz_path = path.with_name(path.name + ".gz")
     if gz_path.is_file():
         return _decompress_once(gz_path, cache_dir, log)
-    present = sorted(p.name for p in Path(data_dir).glob(f"{_OFFICIAL_PREFIX}*"))
+    present = sorted(p.name for p in Path(data_dir).glob(f"{OFFICIAL_PREFIX}*"))
     raise DatasetError(
         f"{data_dir}: missing {path.name} (or {gz_path.name}) for the '{split}' split; "
         f"found {', '.join(present) or 'no PCam files'}; download all six camelyonpatch_level_2_split_* files"

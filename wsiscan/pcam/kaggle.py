@@ -12,9 +12,9 @@ import numpy as np
 
 from ..errors import DatasetError
 from ..layout import atomic_path
-from .dataset import OFFICIAL_SPLITS, PATCH_SHAPE, Log, PatchDataset, _silent
+from .dataset import OFFICIAL_SPLITS, PATCH_SHAPE, Log, PatchDataset, silent
 
-_KAGGLE_LABELS = "train_labels.csv"
+KAGGLE_LABELS = "train_labels.csv"
 
 
 class KaggleDataset(PatchDataset):
@@ -45,7 +45,7 @@ def _read_tif(path: Path) -> np.ndarray:
     try:
         image = tifffile.imread(path)
     except FileNotFoundError as exc:
-        raise DatasetError(f"{path}: patch listed in {_KAGGLE_LABELS} is missing; restore the file") from exc
+        raise DatasetError(f"{path}: patch listed in {KAGGLE_LABELS} is missing; restore the file") from exc
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: not a readable TIFF ({exc}); re-download the patch") from exc
     if image.shape != PATCH_SHAPE or image.dtype != np.uint8:
@@ -58,11 +58,11 @@ def _read_tif(path: Path) -> np.ndarray:
 def read_kaggle_labels(root: Path) -> tuple[list[str], np.ndarray]:
     """Ids and labels from ``train_labels.csv``, checked against the ``train/`` folder."""
     root = Path(root)
-    csv_path = root / _KAGGLE_LABELS
+    csv_path = root / KAGGLE_LABELS
     if not csv_path.is_file():
         raise DatasetError(
-            f"{root}: {_KAGGLE_LABELS} not found; the Kaggle layout needs train/<id>.tif and "
-            f"{_KAGGLE_LABELS} (id,label) side by side"
+            f"{root}: {KAGGLE_LABELS} not found; the Kaggle layout needs train/<id>.tif and "
+            f"{KAGGLE_LABELS} (id,label) side by side"
         )
     ids: list[str] = []
     labels: list[int] = []
@@ -86,7 +86,7 @@ def read_kaggle_labels(root: Path) -> tuple[list[str], np.ndarray]:
     missing = [i for i in ids if i not in present]
     if missing:
         raise DatasetError(
-            f"{train_dir}: {len(missing)} of {len(ids)} patches in {_KAGGLE_LABELS} have no .tif, "
+            f"{train_dir}: {len(missing)} of {len(ids)} patches in {KAGGLE_LABELS} have no .tif, "
             f"first {missing[0]}.tif; restore the files or remove their rows"
         )
     return ids, np.asarray(labels, dtype=np.int64)
@@ -200,7 +200,7 @@ def load_or_make_split(
     *,
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
-    log: Log = _silent,
+    log: Log = silent,
 ) -> SplitAssignment:
     """The split saved in ``split_file`` if it exists (checked against the labels), else a
     new stratified one, written to ``split_file`` when given."""
@@ -211,7 +211,7 @@ def load_or_make_split(
         for pid, label in zip(saved.ids, saved.labels, strict=True):
             if by_id.get(pid) != label:
                 raise DatasetError(
-                    f"{split_file}: patch {pid} is not in {Path(root) / _KAGGLE_LABELS} with label {label}; "
+                    f"{split_file}: patch {pid} is not in {Path(root) / KAGGLE_LABELS} with label {label}; "
                     "the split belongs to other data: remove it or point --data at the matching folder"
                 )
         return saved

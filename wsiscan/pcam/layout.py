@@ -8,9 +8,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DatasetError
-from .dataset import OFFICIAL_SPLITS, Log, PatchDataset, _silent
-from .hdf5 import _OFFICIAL_PREFIX, H5PatchDataset, _resolve_h5, official_path
-from .kaggle import _KAGGLE_LABELS, KaggleDataset, load_or_make_split, read_kaggle_labels
+from .dataset import OFFICIAL_SPLITS, Log, PatchDataset, silent
+from .hdf5 import OFFICIAL_PREFIX, H5PatchDataset, official_path, resolve_h5
+from .kaggle import KAGGLE_LABELS, KaggleDataset, load_or_make_split, read_kaggle_labels
 
 _SPLIT_ALIASES = {"val": "valid", "validation": "valid"}
 
@@ -24,13 +24,13 @@ def detect_layout(data_dir: Path) -> str:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetError(f"{data_dir}: data folder not found; pass the folder holding the PCam files to --data")
-    if any(data_dir.glob(f"{_OFFICIAL_PREFIX}*")):
+    if any(data_dir.glob(f"{OFFICIAL_PREFIX}*")):
         return "official"
-    if (data_dir / _KAGGLE_LABELS).exists() or (data_dir / "train").is_dir():
+    if (data_dir / KAGGLE_LABELS).exists() or (data_dir / "train").is_dir():
         return "kaggle"
     raise DatasetError(
         f"{data_dir}: neither PCam layout found; expected camelyonpatch_level_2_split_{{train,valid,test}}_{{x,y}}.h5"
-        f"[.gz] (official) or train/<id>.tif with {_KAGGLE_LABELS} (Kaggle)"
+        f"[.gz] (official) or train/<id>.tif with {KAGGLE_LABELS} (Kaggle)"
     )
 
 
@@ -42,7 +42,7 @@ def open_split(
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     cache_dir: Path | None = None,
-    log: Log = _silent,
+    log: Log = silent,
 ) -> PatchDataset:
     """One split (``train``, ``valid`` or ``test``; ``all`` for a Kaggle folder) of a PCam folder.
 
@@ -55,8 +55,8 @@ def open_split(
     if layout == "official":
         if split not in OFFICIAL_SPLITS:
             raise DatasetError(f"unknown split {split!r} for the official PCam files; use train, valid or test")
-        x_path = _resolve_h5(data_dir, split, "x", cache_dir, log)
-        y_path = _resolve_h5(data_dir, split, "y", cache_dir, log)
+        x_path = resolve_h5(data_dir, split, "x", cache_dir, log)
+        y_path = resolve_h5(data_dir, split, "y", cache_dir, log)
         meta = official_path(data_dir, split, "meta")
         return H5PatchDataset(x_path, y_path, meta_path=meta if meta.is_file() else None, split=split)
     if split not in (*OFFICIAL_SPLITS, "all"):

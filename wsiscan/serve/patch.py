@@ -152,7 +152,7 @@ class PatchModels:
         """Class probabilities of the image, resized to the model's patch size."""
         import torch
 
-        from ..models import normalise
+        from ..models import predict_class_proba
 
         if model_name not in self.choices:
             raise UploadError(f"model {model_name!r} is not offered here; choose one of {', '.join(self.choices)}")
@@ -160,8 +160,7 @@ class PatchModels:
         patch = resize_patch(rgb, spec.patch_size_px)
         x01 = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))).float().div(255.0)[None]
         with self._lock, torch.inference_mode():
-            logits = model(normalise(x01, spec)).float()
-            proba = torch.softmax(logits / spec.temperature, dim=1)[0].numpy()
+            proba = predict_class_proba(model, spec, x01)[0].numpy()
         best = int(np.argmax(proba))
         h, w = rgb.shape[:2]
         with self._lock:

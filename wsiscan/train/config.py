@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .. import pcam
-from ..config import _build, _read_yaml
+from ..config import build_section, read_yaml
 from ..errors import CheckpointError, ConfigError
 from ..models import list_architectures, read_checkpoint
 
@@ -130,7 +130,7 @@ def load_train_config(
     source = "options"
     if path is not None:
         source = str(path)
-        section = _read_yaml(Path(path)).get("train") or {}
+        section = read_yaml(Path(path)).get("train") or {}
         if not isinstance(section, dict):
             raise ConfigError(f"{path}: section 'train' must be a mapping of keys")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -141,7 +141,7 @@ def load_train_config(
             )
         values.update(section)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return _build(TrainConfig, values, "train", source)
+    return build_section(TrainConfig, values, "train", source)
 
 
 def saved_train_config(out_dir: str | Path) -> dict[str, Any] | None:

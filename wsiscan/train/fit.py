@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import metrics as M
 from .. import pcam
-from ..config import _build
+from ..config import build_section
 from ..errors import ConfigError, DatasetError, StoreExistsError
 from ..layout import atomic_path
 from ..models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
@@ -140,7 +140,7 @@ def fit(
             raise StoreExistsError(f"{out_dir}: holds a training run already (last.pt); "
                                    "add --resume to continue it, or choose another --out")
         state = read_checkpoint(last_path)
-        saved = _build(TrainConfig, state["train_config"], "train", str(last_path))
+        saved = build_section(TrainConfig, state["train_config"], "train", str(last_path))
         changed = sorted(k for k, v in cfg.to_dict().items()
                          if v != saved.to_dict()[k] and k not in _RESUMABLE_CHANGES)
         if changed:
