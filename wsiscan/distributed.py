@@ -65,7 +65,7 @@ from .predict import (
     result_record,
     slide_config,
 )
-from .tiling import check_writable, slide_id_for
+from .tiling import check_writable
 
 __all__ = ["LocalClusterPlan", "ModelPlugin", "plan_local_cluster", "start_local_cluster", "connect",
            "predict_many", "dashboard_link", "ATTEMPTS_DIR", "MANIFEST_NAME"]
@@ -240,7 +240,7 @@ def _score_slide(job: SlideJob, out_dir: str, config: Config, plugin_name: str, 
     """One slide on a worker.  A WsiscanError comes back as a value: recorded, not retried."""
     worker = distributed.get_worker()
     started = time.time()
-    marks = Path(attempts_dir) / slide_id_for(job.path)
+    marks = Path(attempts_dir) / job.slide_id
     marks.mkdir(parents=True, exist_ok=True)
     earlier = sum(1 for _ in marks.glob("*.json"))
     where = {"worker": worker.address, "host": socket.gethostname(), "pid": os.getpid()}
@@ -254,7 +254,7 @@ def _score_slide(job: SlideJob, out_dir: str, config: Config, plugin_name: str, 
     try:
         # --overwrite is for the first attempt; a retry resumes what that attempt wrote
         summary = predict_slide(job.path, out_dir, config, models, device=device,
-                                overwrite=overwrite and earlier == 0, progress=False)
+                                overwrite=overwrite and earlier == 0, progress=False, slide_id=job.slide_id)
     except WsiscanError as exc:
         record.update(status="failed", error=str(exc), error_type=type(exc).__name__)
     else:
@@ -319,7 +319,7 @@ def predict_many(
     for job in jobs:
         job = dataclasses.replace(job, path=Path(os.path.abspath(job.path)))
         cfg = slide_config(config, job)
-        slide_id = slide_id_for(job.path)
+        slide_id = job.slide_id
         entry = {"slide": str(job.path), "slide_id": slide_id, "slide_mpp": job.slide_mpp, "status": "pending",
                  "skipped": False, "error": None, "attempts": 0, "retries": 0, "workers": [],
                  "model_hash": models.identity, "config_hash": config_hash(cfg)}
@@ -330,7 +330,7 @@ def predict_many(
                 f"rename one of the files or score them into separate -o folders"), error_type="StoreExistsError")
             continue
         owner[slide_id] = str(job.path)
-        done = None if overwrite else completed_summary(job.path, out_root, cfg, models)
+        done = None if overwrite else completed_summary(job.path, out_root, cfg, models, slide_id=slide_id)
         if done is not None:  # finished and unchanged: no task
             entry.update(result_record(done))
             entry.update(status="complete", skipped=True, scored_this_run=0, pixel_chunks_written=0, seconds=0.0)

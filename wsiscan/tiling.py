@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-import re
 import tempfile
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import slide_ids
 from .config import Config, runtime_versions
 from .errors import NoTissueError, OutputError, StoreExistsError
 from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, grid_border, select_level, store_geometry, \
@@ -42,15 +42,8 @@ QC_NAME = "qc.png"
 
 
 def slide_id_for(path: str | Path) -> str:
-    """Folder name for a slide's outputs: its file stem, made filesystem-safe."""
-    stem = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    else:
-        stem = Path(stem).stem
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "slide"
+    """Folder name for a slide's outputs: see :mod:`wsiscan.slide_ids`."""
+    return slide_ids.slide_id_for(path)
 
 
 def open_configured_slide(path: str | Path, config: Config) -> Slide:
@@ -377,14 +370,15 @@ def check_writable(out_dir: Path) -> None:
 
 
 def plan_slide_output(slide_path: str | Path, out_dir: str | Path, config: Config, *,
-                      stride_px: int | None = None) -> tuple[TilingPlan, str, Path, Path]:
+                      stride_px: int | None = None, slide_id: str | None = None) -> tuple[TilingPlan, str, Path, Path]:
     """Check that ``out_dir`` is writable, plan the slide; (plan, slide id, slide folder, store path).
 
     Creates nothing: :func:`make_slide_dir` does, once the caller has checked what is there.
+    ``slide_id`` is the run's unique id for the slide (:func:`wsiscan.slide_ids.unique_slide_ids`).
     """
     check_writable(Path(out_dir))
     plan = plan_tiling(slide_path, config, stride_px=stride_px)
-    slide_id = slide_id_for(plan.slide_path)
+    slide_id = slide_id or slide_id_for(plan.slide_path)
     slide_dir = Path(out_dir) / slide_id
     return plan, slide_id, slide_dir, slide_dir / STORE_NAME
 
@@ -613,10 +607,11 @@ def tile_slide(
     overwrite: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    slide_id: str | None = None,
 ) -> TileResult:
     """Tile one slide into ``out_dir/<slide-id>/store.zarr`` (resuming a killed run)."""
     t0 = time.perf_counter()
-    plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config)
+    plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config, slide_id=slide_id)
     make_slide_dir(slide_dir)
     store, _ = prepare_store(plan, store_path, overwrite=overwrite)
     t = time.perf_counter()

@@ -56,7 +56,6 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     """
     from ..inference import select_device
     from ..predict import expand_slide_inputs, load_models, resolution_config
-    from ..tiling import slide_id_for
 
     if workers is not None and scheduler:
         raise click.UsageError("--workers starts a local Dask cluster and --scheduler uses an existing one; give one")
@@ -74,7 +73,7 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     dev = select_device(cfg.predict.device) if not scheduler else None
     models = load_models(cfg.predict.model)
     cfg = resolution_config(cfg, models.spec, target_mpp=target_mpp, tile_size_px=tile_size_px)
-    speak_at_end([Path(out_dir) / slide_id_for(j.path) for j in jobs], play=speak, wav=speak_wav)
+    speak_at_end([Path(out_dir) / j.slide_id for j in jobs], play=speak, wav=speak_wav)
     if workers is not None or scheduler:
         _predict_on_dask(jobs, out_dir, cfg, models, workers=workers, scheduler=scheduler, retries=retries,
                          overwrite=overwrite)
@@ -113,7 +112,6 @@ def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet:
     from ..config import runtime_versions
     from ..manifest import new_run_id, run_totals, write_manifest_merged
     from ..predict import config_hash, predict_in_turn, result_record, slide_config
-    from ..tiling import slide_id_for
 
     t_run = time.perf_counter()
     manifest = {"command": "predict", "run_id": new_run_id(), "cluster": None, "scheduler": None, "dashboard": None,
@@ -127,7 +125,7 @@ def _predict_in_turn(jobs, out_dir, cfg, models, dev, *, overwrite: bool, quiet:
                               job_config=lambda job: slide_config(cfg, job))
     for job, summary, exc in results:
         job_cfg = slide_config(cfg, job)
-        entry = {"slide": os.path.abspath(job.path), "slide_id": slide_id_for(job.path), "slide_mpp": job.slide_mpp,
+        entry = {"slide": os.path.abspath(job.path), "slide_id": job.slide_id, "slide_mpp": job.slide_mpp,
                  "skipped": False, "error": None, "worker": "local", "attempts": 1, "retries": 0,
                  "workers": ["local"], "started": started, "model_hash": models.identity,
                  "config_hash": config_hash(job_cfg)}

@@ -129,13 +129,16 @@ def tile(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_t
     Writes OUT/<slide-id>/store.zarr and OUT/<slide-id>/qc.png.  A killed run resumes
     when rerun with the same arguments.
     """
+    from ..slide_ids import unique_slide_ids
     from ..tiling import tile_slide
 
+    distinct = list(dict.fromkeys(slides))
+    ids = dict(zip(distinct, unique_slide_ids(distinct), strict=True))
     cfg = build_config(config_path, target_mpp=target_mpp, slide_mpp=slide_mpp, tile_size_px=tile_size_px,
                        stride_px=stride_px, min_tissue=min_tissue, workers=workers)
 
     def action(slide: Path):
-        r = tile_slide(slide, out_dir, cfg, overwrite=overwrite, progress=not quiet)
+        r = tile_slide(slide, out_dir, cfg, overwrite=overwrite, progress=not quiet, slide_id=ids[slide])
         geo = r.plan.geometry
         resumed = f", {r.n_chunks_resumed} resumed" if r.n_chunks_resumed else ""
         click.echo(
