@@ -1,14 +1,18 @@
 """The ``wsiscan`` command line: thin commands over the library.
 
 This package is the only importer of click.  It turns :class:`WsiscanError` into a
-one-line message on stderr and exit code 1 (Click's own usage errors exit with 2).
+one-line message on stderr and exit code 1 (Click's own usage errors exit with 2), and so
+is a full disk or a denied permission (an ``OSError`` anywhere in the error's chain).
 Each sub-module attaches its commands to :data:`main`; heavy libraries are imported
 inside the commands so ``wsiscan --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+import warnings
 
 import click
 
@@ -18,22 +22,62 @@ __all__ = ["main"]
 
 
 class _WsiscanGroup(click.Group):
-    """A click group that reports library errors in one line, without a traceback."""
+    """A click group that reports library errors, a full disk and a denied permission in one
+    line, without a traceback, and keeps Python warnings (torch's among them) off stderr
+    unless ``-v`` is given."""
 
     def invoke(self, ctx: click.Context):  # noqa: D401 - click API
-        try:
-            return super().invoke(ctx)
-        except WsiscanError as exc:
-            click.echo(f"wsiscan: error: {exc}", err=True)
-            ctx.exit(1)
-        except KeyboardInterrupt:
-            click.echo("wsiscan: interrupted; rerun the same command to resume", err=True)
-            ctx.exit(130)
+        with warnings.catch_warnings():
+            if not ctx.params.get("verbose"):
+                warnings.simplefilter("ignore")
+            try:
+                return super().invoke(ctx)
+            except WsiscanError as exc:
+                click.echo(f"wsiscan: error: {exc}", err=True)
+                ctx.exit(1)
+            except KeyboardInterrupt:
+                click.echo("wsiscan: interrupted; rerun the same command to resume", err=True)
+                ctx.exit(130)
+            except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+                raise
+            except Exception as exc:
+                line = os_error_line(exc)
+                if line is None:
+                    raise
+                click.echo(f"wsiscan: error: {line}", err=True)
+                ctx.exit(1)
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def os_error_line(exc: BaseException) -> str | None:
+    """The one-line message for a full disk or a denied permission anywhere in ``exc``'s
+    chain (the file, the problem and the fix); None for any other error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_SPACE | _DENIED:
+            name = current.filename or "a file"
+            if current.errno in _NO_SPACE:
+                folder = os.path.dirname(os.path.abspath(name)) if current.filename else "the output folder"
+                return (f"{name}: no space left on the device ({current.strerror}); free space on the disk "
+                        f"holding {folder}, or choose another -o/--out on a disk with room, and rerun")
+            if current.errno == errno.EROFS:
+                return f"{name}: the file system is read-only; choose another -o/--out on a writable disk"
+            return (f"{name}: permission denied ({current.strerror}); make it readable (an input) or writable "
+                    f"(an output folder), or choose another -o/--out")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @click.group(cls=_WsiscanGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="wsiscan")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show Python warnings (from torch and other libraries); off by default.")
+def main(verbose: bool) -> None:
     """wsiscan: tumour-probability heatmaps for whole-slide images."""
 
 
@@ -42,14 +86,14 @@ def echo_err(message: str) -> None:
 
 
 # Sub-modules register their commands on import.
-from . import slides as _slides  # noqa: E402,F401
-from . import predict as _predict  # noqa: E402,F401
+from . import bench as _bench  # noqa: E402,F401
+from . import explain as _explain  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
+from . import predict as _predict  # noqa: E402,F401
+from . import serve as _serve  # noqa: E402,F401
+from . import slides as _slides  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 from . import view as _view  # noqa: E402,F401
-from . import bench as _bench  # noqa: E402,F401
-from . import serve as _serve  # noqa: E402,F401
-from . import explain as _explain  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -35,6 +35,8 @@ def info(slide: Path, as_json: bool, slide_mpp: float | None, properties: bool) 
         # which reader decodes each level, and why OpenSlide where it is OpenSlide
         readers = [{"reader": s.reader_for(lv.index), "why_openslide": s.why_openslide(lv.index) or None}
                    for lv in s.info.levels]
+        # a damaged thumbnail, label or macro is listed as unreadable; the slide's pixels do not need them
+        data["unreadable_associated_images"] = {k: v for k, v in s.associated_image_problems().items() if v}
     for lv, rd in zip(data["levels"], readers):
         lv.update(rd)
     if as_json:
@@ -63,7 +65,9 @@ def info(slide: Path, as_json: bool, slide_mpp: float | None, properties: bool) 
                      f"read by {lv['reader']}{why}")
     assoc = data["associated_images"]
     if assoc:
-        lines.append("associated:      " + ", ".join(f"{k} ({v[0]}x{v[1]})" for k, v in assoc.items()))
+        bad = data["unreadable_associated_images"]
+        lines.append("associated:      " + ", ".join(
+            f"{k} (unreadable: {bad[k]})" if k in bad else f"{k} ({v[0]}x{v[1]})" for k, v in assoc.items()))
     else:
         lines.append("associated:      none")
     click.echo("\n".join(lines))
