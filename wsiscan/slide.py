@@ -484,6 +484,12 @@ def open_slide(
     if p.is_dir():
         raise SlideOpenError(f"{p}: is a folder, not a slide file; for MIRAX pass the .mrxs file next to its data folder")
     try:
+        with p.open("rb"):  # OpenSlide would call an unreadable file an unsupported format
+            pass
+    except PermissionError as exc:
+        raise SlideOpenError(f"{p}: permission denied reading the slide; make the file readable "
+                             f"(e.g. chmod a+r) or run as a user who may read it") from exc
+    try:
         handle = openslide.OpenSlide(str(p))
     except openslide.OpenSlideUnsupportedFormatError as exc:
         raise SlideOpenError(f"{p}: {_describe_unreadable(p)}") from exc

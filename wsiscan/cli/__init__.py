@@ -13,6 +13,7 @@ import errno
 import os
 import sys
 import warnings
+from typing import Any
 
 import click
 
@@ -41,7 +42,7 @@ class _WsiscanGroup(click.Group):
             except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
                 raise
             except Exception as exc:
-                line = os_error_line(exc)
+                line = os_error_line(exc, output=ctx.meta.get(_OUTPUT_KEY))
                 if line is None:
                     raise
                 click.echo(f"wsiscan: error: {line}", err=True)
@@ -52,23 +53,35 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def os_error_line(exc: BaseException) -> str | None:
+_OUTPUT_KEY = "wsiscan.output"
+
+
+def remember_output(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Click callback of an output option (``-o/--out``): the error handler names this folder
+    when a full disk or a denied permission comes without a file name (a failed ``write``)."""
+    if value is not None:
+        ctx.meta[_OUTPUT_KEY] = value
+    return value
+
+
+def os_error_line(exc: BaseException, *, output: Any = None) -> str | None:
     """The one-line message for a full disk or a denied permission anywhere in ``exc``'s
-    chain (the file, the problem and the fix); None for any other error."""
+    chain (the file, the problem and the fix); None for any other error.  ``output`` (the
+    command's output folder) stands in for the file when the error names none."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _NO_SPACE | _DENIED:
-            name = current.filename or "a file"
+            name = str(current.filename or output or "a file")
             if current.errno in _NO_SPACE:
-                folder = os.path.dirname(os.path.abspath(name)) if current.filename else "the output folder"
+                folder = os.path.dirname(os.path.abspath(name)) if current.filename else name
                 return (f"{name}: no space left on the device ({current.strerror}); free space on the disk "
                         f"holding {folder}, or choose another -o/--out on a disk with room, and rerun")
             if current.errno == errno.EROFS:
                 return f"{name}: the file system is read-only; choose another -o/--out on a writable disk"
-            return (f"{name}: permission denied ({current.strerror}); make it readable (an input) or writable "
-                    f"(an output folder), or choose another -o/--out")
+            return (f"{name}: permission denied; make it writable (an output) or readable (an input), "
+                    f"or choose another -o/--out")
         current = current.__cause__ or current.__context__
     return None
 

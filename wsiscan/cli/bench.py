@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from . import echo_err, main
+from . import echo_err, main, remember_output
 
 
 def _command_line() -> str:
@@ -56,7 +56,7 @@ def _command_line() -> str:
               help="Where generated slides are kept (default: bench-out/slides in the source tree).")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where temporary stores and results go (default: the system's temporary folder).")
-@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), callback=remember_output, default=None,
               help="Write the JSON report here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 def bench(slide, size, archs, strides, device, precision, batch_size, compile_, repeats, workers, naive_workers,

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from . import echo_err, main
+from . import echo_err, main, remember_output
 from .slides import build_config, tiling_options
 from .speak import speak_at_end, speak_results, speech_options
 
 
 @main.command()
-@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @tiling_options
 @click.option("--model", "-m", "model_names", multiple=True,
               help="Registry name or checkpoint path; repeat for an ensemble (probabilities averaged). "
@@ -213,7 +213,7 @@ def _predict_on_dask(jobs, out_dir, cfg, models, *, workers, scheduler, retries:
 
 
 @main.command()
-@click.argument("result_dir", type=click.Path(path_type=Path))
+@click.argument("result_dir", type=click.Path(path_type=Path), callback=remember_output)
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Tumour probability threshold.")
 @click.option("--png/--no-png", default=True, help="Rewrite overlay.png.")
 @click.option("--geojson/--no-geojson", default=True, help="Rewrite tumor.geojson.")

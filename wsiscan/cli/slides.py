@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import WsiscanError
-from . import echo_err, main
+from . import echo_err, main, remember_output
 
 
 def _human_bytes(n: int) -> str:
@@ -22,7 +22,7 @@ def _human_bytes(n: int) -> str:
 
 
 @main.command()
-@click.argument("slide", type=click.Path(path_type=Path))
+@click.argument("slide", type=click.Path(path_type=Path, readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--slide-mpp", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the slide's base resolution, um/px.")
 @click.option("--properties", is_flag=True, help="Include every OpenSlide property (with --json).")
@@ -77,7 +77,7 @@ def tiling_options(func):
     """Options shared by ``tile`` and ``predict``."""
     opts = [
         click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
-                     help="Output folder; each slide gets OUT/<slide-id>/."),
+                     callback=remember_output, help="Output folder; each slide gets OUT/<slide-id>/."),
         click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
                      help="YAML config overriding the packaged defaults (configs/default.yaml)."),
         click.option("--slide-mpp", type=click.FloatRange(min=0, min_open=True), default=None, help="Base resolution of the slide(s), um/px (overrides the file)."),
@@ -136,7 +136,7 @@ def run_batch(slides: tuple[Path, ...], action, *, label: str) -> list[dict[str,
 
 
 @main.command()
-@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @tiling_options
 @click.option("--target-mpp", type=click.FloatRange(min=0, min_open=True), default=None, help="Resolution to cut patches at, um/px (default 0.972, PCam's).")
 def tile(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_tissue, workers, overwrite, quiet,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import echo_err, main
+from . import echo_err, main, remember_output
 
 # Static so that `--help` and usage errors need no torch import; wsiscan.train checks
 # the same list against wsiscan.models.ARCHITECTURES.
@@ -19,7 +19,7 @@ _ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "smallcn
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="Official PCam folder (camelyonpatch_level_2_split_*.h5[.gz]) "
                    "or Kaggle folder (train/, train_labels.csv).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), callback=remember_output,
               help="Run folder: best.pt, last.pt, log.csv, tensorboard/, metrics.json.")
 @click.option("--arch", type=click.Choice(_ARCHS), help="Network; logreg is the pixel logistic-regression baseline.")
 @click.option("--weights", help="imagenet (torchvision, needs network or its cache), none, or PATH to weights.")
@@ -87,7 +87,7 @@ def train_command(ctx: click.Context, config_path, data_dir, out_dir, resume, pr
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="PCam folder (either layout).")
 @click.option("--split", default="test", show_default=True, help="train, valid or test (Kaggle folders also: all).")
 @click.option("--tta", is_flag=True, help="Average the 8 flips and 90-degree rotations of each patch.")
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), callback=remember_output,
               help="Output folder [default: eval-SPLIT next to the checkpoint, or ./eval-NAME-SPLIT].")
 @click.option("--split-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Kaggle split CSV [default: split.csv next to the checkpoint].")
