@@ -33,6 +33,7 @@ from .slide import Slide, open_slide, slide_fingerprint
 from .store import TileStore, create_tile_store, open_tile_store, remove_store, store_exists
 from .tissue import TissueMask, TileScores, box_counts, cell_tissue_fractions, detect_tissue, keep_tiles, score_tiles, \
     summed_area_table, usable_cores
+from .workers import die_with_parent
 
 __all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_for", "open_configured_slide",
            "check_writable", "make_slide_dir", "plan_slide_output"]
@@ -323,6 +324,7 @@ def _decode_run(ci: int, cj0: int, cj1: int, selection: LevelSelection, geometry
 
 
 def _worker_init(slide_path: str, config: Config, store_path: str, tile_keep: np.ndarray | None = None) -> None:
+    die_with_parent()
     _WORKER["slide"] = open_configured_slide(slide_path, config)
     _WORKER["store"] = open_tile_store(store_path)
     _WORKER["tile_keep"] = tile_keep
