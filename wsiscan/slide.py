@@ -42,6 +42,7 @@ MAX_SIDE_PX = 1_000_000
 MAX_AREA_PX = 200_000_000_000
 # The most px a whole-slide picture (tissue thumbnail, overview) may have: 768 MiB of RGB.
 MAX_THUMBNAIL_PX = 1 << 28
+MAX_BLOCK_LV_PX = 4096  # the largest side, in level px, of one read behind a whole-slide picture
 READERS = ("auto", "openslide")  # values of open_slide(reader=...) and of tile.reader
 
 
@@ -332,7 +333,9 @@ class Slide:
     def read_thumbnail(self, *, mpp: float, block_px: int = 512) -> np.ndarray:
         """The whole slide at ``mpp`` um/px, read block by block from the best level.
 
-        Memory is bounded by the thumbnail plus one block, whatever the slide size.
+        Memory is bounded by the thumbnail (at most :data:`MAX_THUMBNAIL_PX`, else
+        :class:`SlideTooLargeError`) plus one block of at most :data:`MAX_BLOCK_LV_PX` level
+        px a side, whatever the slide size.
         """
         base = self.require_mpp().mpp
         l0_w, l0_h = self.info.dimensions_px
@@ -346,6 +349,8 @@ class Slide:
                 f"--slide-mpp) or raise tissue.mask_mpp")
         level = self.level_for_mpp(mpp, tolerance=0.0)
         lv_per_out = l0_per_out / self.info.levels[level].downsample
+        # a slide without a coarse enough level: smaller blocks, so one read stays MAX_BLOCK_LV_PX a side
+        block_px = max(1, min(block_px, int(MAX_BLOCK_LV_PX / lv_per_out)))
         thumb = np.empty((out_h, out_w, 3), np.uint8)
         for oy in range(0, out_h, block_px):
             for ox in range(0, out_w, block_px):

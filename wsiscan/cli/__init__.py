@@ -29,7 +29,10 @@ class _WsiscanGroup(click.Group):
 
     def invoke(self, ctx: click.Context):  # noqa: D401 - click API
         with warnings.catch_warnings():
-            if not ctx.params.get("verbose"):
+            if ctx.params.get("verbose"):
+                warnings.simplefilter("default")
+                warnings.showwarning = _show_warning
+            else:
                 warnings.simplefilter("ignore")
             try:
                 return super().invoke(ctx)
@@ -47,6 +50,12 @@ class _WsiscanGroup(click.Group):
                     raise
                 click.echo(f"wsiscan: error: {line}", err=True)
                 ctx.exit(1)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """With -v: a Python warning as one line on stderr."""
+    click.echo(f"wsiscan: warning: {category.__name__}: {message} ({filename}:{lineno})", err=True)
 
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
