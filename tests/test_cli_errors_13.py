@@ -344,32 +344,29 @@ def test_unwritable_model_cache_names_wsiscan_home(tmp_path, monkeypatch):
 
 
 # -- warnings ---------------------------------------------------------------------------------
-def test_library_warnings_stay_off_stderr_unless_verbose(small_slide, monkeypatch):
+def _warn_when_opening(monkeypatch, text: str) -> None:
+    """Make open_slide issue a UserWarning, as torch does on import or load."""
     import wsiscan.slide
 
     real = wsiscan.slide.open_slide
 
     def noisy(*args, **kwargs):
-        warnings.warn("TypedStorage is deprecated (a torch UserWarning)", UserWarning, stacklevel=1)
+        warnings.warn(text, UserWarning, stacklevel=1)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(wsiscan.slide, "open_slide", noisy)
+
+
+def test_library_warnings_stay_off_stderr_unless_verbose(small_slide, monkeypatch):
+    _warn_when_opening(monkeypatch, "TypedStorage is deprecated (a torch UserWarning)")
     quiet = run("info", small_slide)
     assert quiet.exit_code == 0 and "TypedStorage" not in quiet.stderr, quiet.stderr
     loud = run("-v", "info", small_slide)
-    assert loud.exit_code == 0 and "TypedStorage" in loud.stderr, loud.stderr
+    assert loud.exit_code == 0 and "wsiscan: warning: UserWarning: TypedStorage" in loud.stderr, loud.stderr
 
 
 def test_warnings_do_not_precede_the_error_line(tmp_path, monkeypatch):
-    import wsiscan.slide
-
-    real = wsiscan.slide.open_slide
-
-    def noisy(*args, **kwargs):
-        warnings.warn("a torch UserWarning", UserWarning, stacklevel=1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(wsiscan.slide, "open_slide", noisy)
+    _warn_when_opening(monkeypatch, "a torch UserWarning")
     missing = tmp_path / "missing.svs"
     assert_one_line_error(run("info", missing), str(missing))
 
