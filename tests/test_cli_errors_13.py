@@ -287,8 +287,24 @@ def test_a_whole_slide_picture_is_bounded(tmp_path):
     with open_slide(slide) as s:
         with pytest.raises(SlideTooLargeError, match="tissue.mask_mpp"):
             s.read_thumbnail(mpp=4.0)
-    r = run("tile", slide, "-o", tmp_path / "out", "-q")
-    assert_one_line_error(r, str(slide))
+    # 270 x 270 mm at 0.9 um/px: the tissue thumbnail at 4 um/px would be 67,501 px a side
+    wide = write_sparse_tiff(tmp_path / "wide.tif", width_px=300_000, height_px=300_000, mpp=0.9)
+    r = run("tile", wide, "-o", tmp_path / "out", "-q")
+    assert_one_line_error(r, str(wide), "67501 x 67501 px", "tissue.mask_mpp")
+
+
+def test_library_log_records_stay_off_stderr(tmp_path, small_slide):
+    """tifffile logs a warning while a truncated TIFF is examined: not a second stderr line."""
+    slide = tmp_path / "cut.tif"
+    data = small_slide.read_bytes()
+    slide.write_bytes(data[: len(data) // 5])
+    env = {**_env(), "HOME": str(tmp_path)}
+    proc = subprocess.run([PYTHON, "-m", "wsiscan", "info", str(slide)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    _assert_one_line(proc, str(slide), "truncated")
+    proc = subprocess.run([PYTHON, "-m", "wsiscan", "-v", "info", str(slide)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 1 and "wsiscan: warning: tifffile" in proc.stderr, proc.stderr
 
 
 def test_thumbnail_reads_stay_small_without_a_pyramid(tmp_path, monkeypatch):

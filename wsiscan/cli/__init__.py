@@ -9,10 +9,13 @@ inside the commands so ``wsiscan --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -28,12 +31,7 @@ class _WsiscanGroup(click.Group):
     unless ``-v`` is given."""
 
     def invoke(self, ctx: click.Context):  # noqa: D401 - click API
-        with warnings.catch_warnings():
-            if ctx.params.get("verbose"):
-                warnings.simplefilter("default")
-                warnings.showwarning = _show_warning
-            else:
-                warnings.simplefilter("ignore")
+        with _library_messages(verbose=bool(ctx.params.get("verbose"))):
             try:
                 return super().invoke(ctx)
             except WsiscanError as exc:
@@ -50,6 +48,30 @@ class _WsiscanGroup(click.Group):
                     raise
                 click.echo(f"wsiscan: error: {line}", err=True)
                 ctx.exit(1)
+
+
+@contextlib.contextmanager
+def _library_messages(*, verbose: bool) -> Iterator[None]:
+    """Python warnings and library log records (torch, tifffile...) while a command runs:
+    dropped, or with ``verbose`` one ``wsiscan: warning:`` line each on stderr."""
+    handler = _EchoLogHandler(logging.WARNING) if verbose else logging.NullHandler()
+    root = logging.getLogger()
+    root.addHandler(handler)  # with a handler on the root, logging's last-resort stderr printer stays silent
+    try:
+        with warnings.catch_warnings():
+            if verbose:
+                warnings.simplefilter("default")
+                warnings.showwarning = _show_warning
+            else:
+                warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeHandler(handler)
+
+
+class _EchoLogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"wsiscan: warning: {record.name}: {record.getMessage()}", err=True)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
