@@ -117,18 +117,14 @@ _LOAD_ERRORS = (
 
 
 def _refused_by_safe_loader(exc: BaseException) -> str | None:
-    """What torch's weights-only unpickler refused (a global, or a pickle opcode), or None when
-    ``exc`` is not such a refusal (a truncated or foreign file)."""
+    """The global torch's weights-only unpickler refused to load, or None when ``exc`` is no
+    such refusal (a truncated or foreign file)."""
     text = str(exc)
     if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in text:
         return None
     found = re.search(r"GLOBAL ([\w.]+)", text)
-    if found:
-        return f"the global {found.group(1)}"
-    found = re.search(r"Unsupported operand (\d+)", text)
-    if found:
-        return f"pickle opcode {found.group(1)}"
-    return None
+    # an "Unsupported operand" is no evidence of objects: random bytes read as a pickle give it too
+    return f"the global {found.group(1)}" if found else None
 
 
 def _looks_like_state_dict(obj: object) -> bool:
