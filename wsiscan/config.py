@@ -37,6 +37,15 @@ class SlideConfig:
     mpp_max: float = 40.0
     mpp_xy_max_rel_diff: float = 0.05
 
+    def __post_init__(self) -> None:
+        if self.slide_mpp is not None and not self.slide_mpp > 0:
+            raise ConfigError(f"slide.slide_mpp must be > 0 um/px (or null), got {self.slide_mpp}")
+        if not 0 < self.mpp_min < self.mpp_max:
+            raise ConfigError(f"slide.mpp_min and slide.mpp_max must satisfy 0 < mpp_min < mpp_max, "
+                              f"got {self.mpp_min} and {self.mpp_max}")
+        if self.mpp_xy_max_rel_diff < 0:
+            raise ConfigError(f"slide.mpp_xy_max_rel_diff must be >= 0, got {self.mpp_xy_max_rel_diff}")
+
 
 @dataclass(frozen=True)
 class TileConfig:
@@ -71,6 +80,8 @@ class TileConfig:
             raise ConfigError(f"tile.mpp_tolerance must be in [0, 0.5), got {self.mpp_tolerance}")
         if not 0 <= self.compression_level <= 9:
             raise ConfigError(f"tile.compression_level must be 0-9, got {self.compression_level}")
+        if self.workers < 0:
+            raise ConfigError(f"tile.workers must be >= 0 (0: one per usable core), got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,15 @@ class TissueConfig:
     def __post_init__(self) -> None:
         if self.mask_mpp <= 0:
             raise ConfigError(f"tissue.mask_mpp must be > 0 um/px, got {self.mask_mpp}")
+        for key in ("blur_sigma_um", "closing_radius_um", "min_object_area_um2", "min_hole_area_um2"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"tissue.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("min_saturation", "max_dark_bright_fraction", "pcam_min_max_saturation"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"tissue.{key} must be in [0, 1], got {getattr(self, key)}")
+        for key in ("dark_threshold", "bright_threshold"):
+            if not 0 <= getattr(self, key) <= 255:
+                raise ConfigError(f"tissue.{key} must be 0-255, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,12 @@ class PredictConfig:
             raise ConfigError(f"predict.threshold must be in [0, 1], got {self.threshold}")
         if not self.model:
             raise ConfigError("predict.model must name at least one model")
+        for key, low in (("batch_size", 0), ("loader_workers", 0), ("top_k", 1), ("heatmap_chunk_cells", 1)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"predict.{key} must be >= {low}, got {getattr(self, key)}")
+        for key in ("min_region_area_um2", "simplify_tolerance_um"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"predict.{key} must be >= 0, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -194,7 +220,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise ConfigError(f"{path}: not valid YAML ({where}{problem}); fix the syntax there") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
     return data

@@ -19,6 +19,7 @@ from .grid import LevelSelection, StoreGeometry
 from .store import TileStore, open_tile_store
 from .tiling import TilingPlan, open_configured_slide
 from .tissue import usable_cores
+from .workers import die_with_parent
 
 if TYPE_CHECKING:
     from .slide import Slide
@@ -78,6 +79,7 @@ def use_processes(n_chunks: int, workers: int) -> bool:
 
 
 def _worker_init(slide_path: str, config: Config, store_path: str, tile_keep: np.ndarray | None) -> None:
+    die_with_parent()
     _WORKER["slide"] = open_configured_slide(slide_path, config)
     _WORKER["store"] = open_tile_store(store_path)
     _WORKER["tile_keep"] = tile_keep

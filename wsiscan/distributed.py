@@ -60,7 +60,6 @@ from .output_folder import check_writable
 from .predict import LoadedModels, SlideJob, completed_summary, config_hash, predict_slide, slide_config
 from .records import ManifestEntry, SlideFigures
 from .runner import RunProgress, SlideOutcome, pending_entry, run_slides
-from .tiling import slide_id_for
 
 __all__ = ["LocalClusterPlan", "ModelPlugin", "plan_local_cluster", "start_local_cluster", "connect",
            "predict_many", "dashboard_link", "DaskBackend"]
@@ -233,7 +232,7 @@ def _score_slide(job: SlideJob, out_dir: str, config: Config, plugin_name: str, 
     """One slide on a worker.  A WsiscanError comes back as a value: recorded, not retried."""
     worker = distributed.get_worker()
     started = time.time()
-    marks = Path(attempts_dir) / slide_id_for(job.path)
+    marks = Path(attempts_dir) / job.slide_id
     marks.mkdir(parents=True, exist_ok=True)
     earlier = sum(1 for _ in marks.glob("*.json"))
     where = {"worker": worker.address, "host": socket.gethostname(), "pid": os.getpid()}
@@ -247,7 +246,7 @@ def _score_slide(job: SlideJob, out_dir: str, config: Config, plugin_name: str, 
     try:
         # --overwrite is for the first attempt; a retry resumes what that attempt wrote
         summary = predict_slide(job.path, out_dir, config, models, device=device,
-                                overwrite=overwrite and earlier == 0, progress=False)
+                                overwrite=overwrite and earlier == 0, progress=False, slide_id=job.slide_id)
     except WsiscanError as exc:
         record.update(status="failed", error=str(exc), error_type=type(exc).__name__)
     else:
@@ -368,7 +367,8 @@ def predict_many(
                              config_hash=config_hash(slide_config(config, job)))
 
     def finished(job: SlideJob) -> Any:
-        return None if overwrite else completed_summary(job.path, out_root, slide_config(config, job), models)
+        return None if overwrite else completed_summary(job.path, out_root, slide_config(config, job), models,
+                                                        slide_id=job.slide_id)
 
     jobs = [dataclasses.replace(job, path=Path(os.path.abspath(job.path))) for job in jobs]
     return run_slides(jobs, out_root, backend, header=header, entry_for=entry_for, finished=finished,

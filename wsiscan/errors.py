@@ -11,6 +11,8 @@ from __future__ import annotations
 __all__ = [
     "WsiscanError",
     "SlideOpenError",
+    "SlideDecodeError",
+    "SlideTooLargeError",
     "MissingMppError",
     "ResolutionError",
     "NoTissueError",
@@ -39,6 +41,14 @@ class WsiscanError(Exception):
 
 class SlideOpenError(WsiscanError, OSError):
     """The slide file is missing, unreadable, or not a format OpenSlide can tile."""
+
+
+class SlideDecodeError(SlideOpenError):
+    """Pixels of the slide (or one of its associated images) cannot be decoded: the file is damaged."""
+
+
+class SlideTooLargeError(SlideOpenError):
+    """The slide declares more pixels than any scanner makes, or than a whole-slide picture may hold."""
 
 
 class MissingMppError(WsiscanError, ValueError):

@@ -88,16 +88,18 @@ def check_writable(out_dir: Path) -> None:
 
 
 def plan_slide_output(slide_path: str | Path, out_dir: str | Path, config: Config, *,
-                      stride_px: int | None = None) -> tuple[TilingPlan, str, Path, Path]:
+                      stride_px: int | None = None, slide_id: str | None = None) -> tuple[TilingPlan, str, Path, Path]:
     """Check that ``out_dir`` is writable, plan the slide; (plan, slide id, slide folder, store path).
 
     Creates nothing: :func:`make_slide_dir` does, once the caller has checked what is there.
+    ``slide_id`` is the run's unique id for the slide (:func:`wsiscan.slide_ids.unique_slide_ids`);
+    None: the id of the slide's file name.
     """
     from .tiling import plan_tiling
 
     check_writable(Path(out_dir))
     plan = plan_tiling(slide_path, config, stride_px=stride_px)
-    slide_dir = slide_dir_for(out_dir, plan.slide_path)
+    slide_dir = Path(out_dir) / slide_id if slide_id else slide_dir_for(out_dir, plan.slide_path)
     return plan, slide_dir.name, slide_dir, store_path(slide_dir)
 
 

@@ -49,6 +49,7 @@ from .output_folder import make_slide_dir, plan_slide_output
 from .qc import overview_picture, write_qc
 from .records import SlideSummary, summary_or_none
 from .results import class_regions_block, threshold_outputs
+from .slide_ids import slide_id_for, unique_slide_ids
 from .store import open_tile_store
 from .store_meta import write_grid
 from .tiling import prepare_store
@@ -133,6 +134,11 @@ class SlideJob:
 
     path: Path
     slide_mpp: float | None = None
+    slide_id: str = ""  # the run's unique id (expand_slide_inputs); empty: the file name's id
+
+    def __post_init__(self) -> None:
+        if not self.slide_id:
+            object.__setattr__(self, "slide_id", slide_id_for(self.path))
 
 
 def slide_config(config: Config, job: SlideJob) -> Config:
@@ -173,7 +179,8 @@ def expand_slide_inputs(items: Sequence[str | Path]) -> list[SlideJob]:
         if key not in seen:
             seen.add(key)
             unique.append(job)
-    return unique
+    ids = unique_slide_ids([job.path for job in unique])
+    return [dataclasses.replace(job, slide_id=slide_id) for job, slide_id in zip(unique, ids, strict=True)]
 
 
 def _read_slide_list(path: Path) -> list[SlideJob]:
@@ -217,7 +224,7 @@ def _read_slide_list(path: Path) -> list[SlideJob]:
 
 
 def completed_summary(slide_path: str | Path, out_dir: str | Path, config: Config,
-                      models: LoadedModels) -> SlideSummary | None:
+                      models: LoadedModels, *, slide_id: str | None = None) -> SlideSummary | None:
     """The summary of a finished result for this slide, models and config; None if there is none.
 
     Finished: ``OUT/<slide-id>/summary.json`` exists (it is written last) and every
@@ -228,7 +235,7 @@ def completed_summary(slide_path: str | Path, out_dir: str | Path, config: Confi
     from .slide import slide_fingerprint
 
     slide_path = Path(slide_path)
-    slide_dir = slide_dir_for(out_dir, slide_path)
+    slide_dir = Path(out_dir) / slide_id if slide_id else slide_dir_for(out_dir, slide_path)
     summary = summary_or_none(slide_dir / SUMMARY_NAME)
     try:
         st = slide_path.stat()
@@ -271,6 +278,7 @@ def predict_slide(
     overwrite: bool = False,
     progress: bool = True,
     defer_outputs: bool = False,
+    slide_id: str | None = None,
 ) -> Any:
     """Run the whole pipeline on one slide; returns the summary written to summary.json.
 
@@ -289,7 +297,7 @@ def predict_slide(
     prep_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wsiscan-prep")
     device_ready = prep_pool.submit(_device_side, models, device, autocast, pc, config.tile.tile_size_px)
     try:
-        plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config)
+        plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config, slide_id=slide_id)
     except BaseException:
         prep_pool.shutdown(wait=True)
         raise
@@ -522,7 +530,7 @@ def predict_in_turn(jobs: Sequence[SlideJob], out_dir: str | Path, config: Confi
             cfg = job_config(job) if job_config else config
             try:
                 finish = predict_slide(job.path, out_dir, cfg, models, device=device, overwrite=overwrite,
-                                       progress=progress, defer_outputs=True)
+                                       progress=progress, defer_outputs=True, slide_id=job.slide_id)
             except WsiscanError as exc:
                 yield from drain()
                 yield job, None, exc

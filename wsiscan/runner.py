@@ -91,7 +91,7 @@ class TileBackend:
             t0 = time.perf_counter()
             try:
                 r = tile_slide(job.path, self.out_dir, slide_config(self.config, job), overwrite=self.overwrite,
-                               progress=self.progress)
+                               progress=self.progress, slide_id=job.slide_id)
             except WsiscanError as exc:
                 yield SlideOutcome(index, entry.failed(exc, seconds=time.perf_counter() - t0), error=exc)
                 continue
@@ -127,10 +127,9 @@ class InTurnBackend:
 
 
 def pending_entry(job: Any, *, worker: str | None, model_hash: str | None, config_hash: str | None) -> ManifestEntry:
-    """The entry of a slide before its work starts (the slide's path made absolute)."""
-    from .tiling import slide_id_for
-
-    return ManifestEntry(slide=os.path.abspath(job.path), slide_id=slide_id_for(job.path), slide_mpp=job.slide_mpp,
+    """The entry of a slide before its work starts (the slide's path made absolute; its id is
+    the run's unique id, ``job.slide_id``)."""
+    return ManifestEntry(slide=os.path.abspath(job.path), slide_id=job.slide_id, slide_mpp=job.slide_mpp,
                          worker=worker, workers=(worker,) if worker else (), model_hash=model_hash,
                          config_hash=config_hash)
 

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import ConfigError, MissingMppError, ResolutionError, SlideOpenError
+from .errors import ConfigError, MissingMppError, ResolutionError, SlideDecodeError, SlideOpenError, SlideTooLargeError
 from .grid import coarsest_level_within
-from .tiffread import RawTiffReader, open_raw_reader
+from .tiffread import RawTiffReader, describe_refused_tiff, open_raw_reader
 
 __all__ = [
     "LevelInfo",
@@ -36,6 +36,14 @@ __all__ = [
 ]
 
 _CM_PER_UNIT = {"centimeter": 1.0, "inch": 2.54}
+# Level 0 larger than any scanner makes is refused before anything is allocated: a whole
+# 75 x 25 mm slide at 0.1 um/px (finer than any 80x scanner) is 750,000 x 250,000 px =
+# 1.9e11 px, so no real scan passes 1,000,000 px on a side or 2e11 px in all.
+MAX_SIDE_PX = 1_000_000
+MAX_AREA_PX = 200_000_000_000
+# The most px a whole-slide picture (tissue thumbnail, overview) may have: 768 MiB of RGB.
+MAX_THUMBNAIL_PX = 1 << 28
+MAX_BLOCK_LV_PX = 4096  # the largest side, in level px, of one read behind a whole-slide picture
 READERS = ("auto", "openslide")  # values of open_slide(reader=...) and of tile.reader
 
 
@@ -275,7 +283,12 @@ class Slide:
             return rgb
         ds = self.info.levels[level].downsample
         l0_xy = (int(round(lv_xy[0] * ds)), int(round(lv_xy[1] * ds)))
-        rgba = np.asarray(self._handle.read_region(l0_xy, level, (w, h)))
+        try:
+            rgba = np.asarray(self._handle.read_region(l0_xy, level, (w, h)))
+        except _openslide_error() as exc:
+            raise SlideDecodeError(
+                f"{self.path}: OpenSlide cannot decode level {level} at level-0 ({l0_xy[0]}, {l0_xy[1]}) ({exc}); "
+                f"the slide file is damaged: copy it again from the scanner or re-export it") from exc
         self.decoded_px[reader] = self.decoded_px.get(reader, 0) + w * h
         return rgba_to_rgb_white(rgba)
 
@@ -319,15 +332,24 @@ class Slide:
     def read_thumbnail(self, *, mpp: float, block_px: int = 512) -> np.ndarray:
         """The whole slide at ``mpp`` um/px, read block by block from the best level.
 
-        Memory is bounded by the thumbnail plus one block, whatever the slide size.
+        Memory is bounded by the thumbnail (at most :data:`MAX_THUMBNAIL_PX`, else
+        :class:`SlideTooLargeError`) plus one block of at most :data:`MAX_BLOCK_LV_PX` level
+        px a side, whatever the slide size.
         """
         base = self.require_mpp().mpp
         l0_w, l0_h = self.info.dimensions_px
         l0_per_out = mpp / base
         out_w = max(1, int(math.ceil(l0_w / l0_per_out)))
         out_h = max(1, int(math.ceil(l0_h / l0_per_out)))
+        if out_w * out_h > MAX_THUMBNAIL_PX:
+            raise SlideTooLargeError(
+                f"{self.path}: a picture of the whole slide at {mpp:g} um/px would be {out_w} x {out_h} px, more "
+                f"than the {MAX_THUMBNAIL_PX:,} px wsiscan allows; check the slide's resolution ({base:.4g} um/px, "
+                f"--slide-mpp) or raise tissue.mask_mpp")
         level = self.level_for_mpp(mpp, tolerance=0.0)
         lv_per_out = l0_per_out / self.info.levels[level].downsample
+        # a slide without a coarse enough level: smaller blocks, so one read stays MAX_BLOCK_LV_PX a side
+        block_px = max(1, min(block_px, int(MAX_BLOCK_LV_PX / lv_per_out)))
         thumb = np.empty((out_h, out_w, 3), np.uint8)
         for oy in range(0, out_h, block_px):
             for ox in range(0, out_w, block_px):
@@ -339,7 +361,31 @@ class Slide:
         return thumb
 
     def associated_image(self, name: str) -> np.ndarray:
-        return rgba_to_rgb_white(np.asarray(self._handle.associated_images[name]))
+        """An associated image (thumbnail, label, macro) as RGB; :class:`SlideDecodeError` if it is damaged."""
+        try:
+            return rgba_to_rgb_white(np.asarray(self._handle.associated_images[name]))
+        except _openslide_error() as exc:
+            raise SlideDecodeError(f"{self.path}: the associated image {name!r} cannot be decoded ({exc}); "
+                                   f"the slide's pixels are not affected") from exc
+
+    def associated_image_problems(self) -> dict[str, str]:
+        """Why each associated image cannot be decoded ('' when it can).
+
+        Each image is decoded through its own OpenSlide handle: a failed read leaves an
+        OpenSlide handle unusable, and this slide's handle must stay good for its pixels.
+        """
+        import openslide
+
+        problems = {}
+        for name in self.info.associated_images:
+            try:
+                with openslide.OpenSlide(str(self.path)) as probe:
+                    probe.associated_images[name]
+            except openslide.OpenSlideError as exc:
+                problems[name] = str(exc) or type(exc).__name__
+            else:
+                problems[name] = ""
+        return problems
 
     def deep_zoom(self, *, tile_size_px: int = 254, overlap_px: int = 1) -> Any:
         """OpenSlide's ``DeepZoomGenerator`` over the whole slide in level-0 px (for ``wsiscan serve``)."""
@@ -356,6 +402,33 @@ def openslide_library_version() -> str | None:
         return None
     version = getattr(openslide, "__library_version__", None)
     return None if version is None else str(version)
+def _openslide_error() -> type[Exception]:
+    import openslide
+
+    return openslide.OpenSlideError
+
+
+def _associated_dimensions(props: dict[str, str], names: list[str]) -> dict[str, tuple[int, int]]:
+    """(width, height) of each associated image from OpenSlide's properties, without decoding
+    it; (0, 0) where the properties do not say."""
+    dims = {}
+    for name in names:
+        try:
+            dims[name] = (int(props[f"openslide.associated.{name}.width"]),
+                          int(props[f"openslide.associated.{name}.height"]))
+        except (KeyError, ValueError):
+            dims[name] = (0, 0)
+    return dims
+
+
+def check_slide_size(path: Path, dimensions_px: tuple[int, int]) -> None:
+    """Refuse a level 0 larger than any scanner makes (:data:`MAX_SIDE_PX`, :data:`MAX_AREA_PX`)."""
+    w, h = dimensions_px
+    if max(w, h) > MAX_SIDE_PX or w * h > MAX_AREA_PX:
+        raise SlideTooLargeError(
+            f"{path}: level 0 declares {w:,} x {h:,} px, larger than any scanner makes (at most "
+            f"{MAX_SIDE_PX:,} px a side and {MAX_AREA_PX:.0e} px in all); the file's header is damaged or "
+            f"it is not a slide scan")
 
 
 def _inside_px(dims_px: tuple[int, int], lv_xy: tuple[int, int], size_px: tuple[int, int]) -> int:
@@ -386,7 +459,7 @@ def _describe_unreadable(path: Path) -> str:
     if head.startswith(b"\x89PNG"):
         return "a PNG image is not a whole-slide image; convert it to a tiled pyramidal TIFF (e.g. `vips tiffsave in.png out.tif --tile --pyramid --compression jpeg`)"
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "a TIFF that is not tiled (stripped) or not in a known slide layout; convert it to a tiled pyramidal TIFF (e.g. `vips tiffsave in.tif out.tif --tile --pyramid --compression jpeg`)"
+        return describe_refused_tiff(path)
     if head[:2] == b"\xff\xd8":
         return "a plain JPEG is not a whole-slide image; convert it to a tiled pyramidal TIFF"
     return "not a slide format OpenSlide can read (Aperio SVS, generic tiled TIFF, Hamamatsu NDPI/VMS, MIRAX MRXS, Leica SCN, Philips TIFF, Ventana BIF, DICOM WSI, ...); check that the file is complete and not corrupt"
@@ -423,6 +496,12 @@ def open_slide(
     if p.is_dir():
         raise SlideOpenError(f"{p}: is a folder, not a slide file; for MIRAX pass the .mrxs file next to its data folder")
     try:
+        with p.open("rb"):  # OpenSlide would call an unreadable file an unsupported format
+            pass
+    except PermissionError as exc:
+        raise SlideOpenError(f"{p}: permission denied reading the slide; make the file readable "
+                             f"(e.g. chmod a+r) or run as a user who may read it") from exc
+    try:
         handle = openslide.OpenSlide(str(p))
     except openslide.OpenSlideUnsupportedFormatError as exc:
         raise SlideOpenError(f"{p}: {_describe_unreadable(p)}") from exc
@@ -454,7 +533,7 @@ def open_slide(
             power = float(props["openslide.objective-power"]) if "openslide.objective-power" in props else None
         except ValueError:
             power = None
-        assoc = {name: tuple(int(v) for v in img.size) for name, img in handle.associated_images.items()}
+        assoc = _associated_dimensions(props, list(handle.associated_images.keys()))  # nothing decoded
         st = p.stat()
         info = SlideInfo(
             path=str(p.resolve()),
@@ -474,6 +553,11 @@ def open_slide(
     if info.dimensions_px[0] <= 0 or info.dimensions_px[1] <= 0:
         handle.close()
         raise SlideOpenError(f"{p}: the slide has no pixels (level 0 is {info.dimensions_px}); check the file")
+    try:
+        check_slide_size(p, info.dimensions_px)
+    except SlideTooLargeError:
+        handle.close()
+        raise
     raw, raw_problem, raw_level_problems = None, "", {}
     if reader == "auto":
         try:

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SlideOpenError
+from .errors import SlideDecodeError, SlideOpenError
 
-__all__ = ["TiffLevel", "RawTiffReader", "open_raw_reader", "RAW_VENDORS"]
+__all__ = ["TiffLevel", "RawTiffReader", "open_raw_reader", "describe_refused_tiff", "RAW_VENDORS"]
 
 RAW_VENDORS = ("aperio", "generic-tiff")  # OpenSlide vendors whose levels are plain tiled TIFF pages
 _JPEG = 7
@@ -135,15 +135,18 @@ class RawTiffReader:
             else:
                 tile = imagecodecs.jpeg2k_decode(data)
         except (imagecodecs.Jpeg8Error, imagecodecs.Jpeg2kError, ValueError) as exc:
-            raise SlideOpenError(
+            short = f", {len(data)} of {count} bytes present: the file is truncated" if len(data) < count else ""
+            raise SlideDecodeError(
                 f"{self.path}: level {lev.level} tile (row {tr}, col {tc}) at byte {int(lev.offsets[tr, tc])} "
-                f"is not valid {lev.codec} ({exc}); check the file, or set tile.reader: openslide"
+                f"is not valid {lev.codec} ({exc}{short}); set tile.reader: openslide in a --config file to "
+                f"read it with OpenSlide, and if that fails too the slide file is damaged"
             ) from exc
         tw, th = lev.tile_px
         if tile.ndim != 3 or tile.shape[2] < 3 or tile.shape[0] < th or tile.shape[1] < tw:
-            raise SlideOpenError(
-                f"{self.path}: level {lev.level} tile (row {tr}, col {tc}) decodes to {tile.shape}, "
-                f"expected ({th}, {tw}, 3); check the file, or set tile.reader: openslide"
+            raise SlideDecodeError(
+                f"{self.path}: level {lev.level} tile (row {tr}, col {tc}) decodes to {tile.shape}, expected "
+                f"({th}, {tw}, 3); set tile.reader: openslide in a --config file to read it with OpenSlide, "
+                f"and if that fails too the slide file is damaged"
             )
         return tile[..., :3]
 
@@ -192,6 +195,29 @@ def _level_from_page(page, level: int, vendor: str) -> tuple[TiffLevel | None, s
                      offsets=offsets.reshape(rows, cols), bytecounts=counts.reshape(rows, cols),
                      jpegtables=bytes(page.jpegtables) if page.jpegtables else None,
                      jpeg_colorspace=colorspace), ""
+
+
+def describe_refused_tiff(path: Path) -> str:
+    """Why OpenSlide may have refused a file with a TIFF header: truncated or damaged, not
+    tiled (stripped), or tiled but in no slide layout it knows; with the fix."""
+    convert = "convert it to a tiled pyramidal TIFF (e.g. `vips tiffsave in.tif out.tif --tile --pyramid --compression jpeg`)"
+    try:
+        import tifffile
+
+        size = path.stat().st_size
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            ends = [int(o) + int(c) for pg in pages for o, c in zip(pg.dataoffsets, pg.databytecounts, strict=True)]
+            tiled = bool(pages) and bool(getattr(pages[0], "is_tiled", False))
+    except Exception as exc:  # noqa: BLE001 - any parse failure of a file with a TIFF header means damage
+        return (f"a TIFF that is truncated or damaged (tifffile: {exc}); copy it again from the scanner or "
+                f"re-export it")
+    if ends and max(ends) > size:
+        return (f"a TIFF that is truncated: its tiles reach byte {max(ends):,} but the file has {size:,} bytes; "
+                f"copy it again from the scanner or re-export it")
+    if not tiled:
+        return f"a TIFF that is not tiled (stripped); {convert}"
+    return f"a tiled TIFF in no slide layout OpenSlide knows, or damaged; {convert}"
 
 
 def open_raw_reader(path: str | Path, *, vendor: str, level_dimensions_px: tuple[tuple[int, int], ...],

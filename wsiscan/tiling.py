@@ -11,7 +11,6 @@ decoding in :mod:`wsiscan.decode` and the QC picture in :mod:`wsiscan.qc`.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import slide_ids
 from .config import Config
 from .errors import NoTissueError, StoreExistsError
 from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, select_level, store_geometry, tile_coverage
@@ -35,15 +35,8 @@ __all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_fo
 
 
 def slide_id_for(path: str | Path) -> str:
-    """Folder name for a slide's outputs: its file stem, made filesystem-safe."""
-    stem = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    else:
-        stem = Path(stem).stem
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "slide"
+    """Folder name for a slide's outputs: see :mod:`wsiscan.slide_ids`."""
+    return slide_ids.slide_id_for(path)
 
 
 def open_configured_slide(path: str | Path, config: Config) -> Slide:
@@ -219,12 +212,13 @@ def tile_slide(
     overwrite: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    slide_id: str | None = None,
 ) -> TileResult:
     """Tile one slide into ``out_dir/<slide-id>/store.zarr`` (resuming a killed run)."""
     from .output_folder import make_slide_dir, plan_slide_output
 
     t0 = time.perf_counter()
-    plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config)
+    plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config, slide_id=slide_id)
     make_slide_dir(slide_dir)
     store, _ = prepare_store(plan, store_path, overwrite=overwrite)
     t = time.perf_counter()

@@ -75,8 +75,10 @@ def _naive_predict(*, slide: str, ckpt: str, stride_px: int, device: str, worker
                 rgb = np.asarray(Image.fromarray(rgb).resize((spec.patch_size_px,) * 2, Image.Resampling.BOX))
             return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0, i
 
+    from ..workers import torch_worker_init
+
     loader = torch.utils.data.DataLoader(Patches(), batch_size=batch_size, num_workers=workers,
-                                         pin_memory=device.startswith("cuda"))
+                                         pin_memory=device.startswith("cuda"), worker_init_fn=torch_worker_init)
     s = plan.grid.stride_px
     canvas = np.full((plan.grid.n_rows * s, plan.grid.n_cols * s), np.nan, np.float32)  # the whole-slide canvas
     with torch.inference_mode():

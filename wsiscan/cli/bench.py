@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from . import echo_err, main
+from . import echo_err, main, remember_output
 
 
 def _command_line() -> str:
@@ -27,24 +27,24 @@ def _command_line() -> str:
                    "(made once with benchmarks/make_slide.py, then cached).")
 @click.option("--arch", "archs", multiple=True, help="Architecture(s) for the model-only figures (repeat); the first "
               "one runs end to end (random weights: speed does not depend on them). Default: resnet18.")
-@click.option("--stride-px", "strides", type=int, multiple=True,
+@click.option("--stride-px", "strides", type=click.IntRange(min=1), multiple=True,
               help="Stride(s) of the end-to-end runs, px (repeat; 32 gives ~9x the patches). Default: 96.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
               help="Model precision of wsiscan's runs (auto: bf16 on CUDA, fp32 on CPU); the baseline is always fp32.")
-@click.option("--batch-size", type=int, default=None, help="wsiscan's batch size (default: fit to the device).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="wsiscan's batch size (default: fit to the device).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model in the model-only figures.")
-@click.option("--repeats", type=int, default=3, show_default=True,
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Runs of each contender, interleaved; the fastest is reported.")
-@click.option("--workers", type=int, default=None, help="wsiscan's decode threads (default: one per usable core that memory allows).")
-@click.option("--naive-workers", type=int, default=None,
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="wsiscan's decode threads (default: one per usable core that memory allows).")
+@click.option("--naive-workers", type=click.IntRange(min=1), default=None,
               help="DataLoader workers of the naive pipeline (default: one per usable core, as peers set it).")
-@click.option("--naive-batch-size", type=int, default=64, show_default=True, help="Batch size of the naive pipeline.")
-@click.option("--naive-max-tiles", type=int, default=2000, show_default=True,
+@click.option("--naive-batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size of the naive pipeline.")
+@click.option("--naive-max-tiles", type=click.IntRange(min=1), default=2000, show_default=True,
               help="The naive tiling run reads at most this many patches; its rate is extrapolated to all of them.")
-@click.option("--model-batches", type=int, default=10, show_default=True,
+@click.option("--model-batches", type=click.IntRange(min=1), default=10, show_default=True,
               help="Timed batches per model-only run, at least; each run lasts --model-seconds too.")
-@click.option("--model-seconds", type=float, default=5.0, show_default=True,
+@click.option("--model-seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Shortest timed model-only run (stable figures need seconds, not a few batches).")
 @click.option("--compare-src", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Also run `wsiscan tile` and `wsiscan predict` from this source tree (a folder holding the "
@@ -56,7 +56,7 @@ def _command_line() -> str:
               help="Where generated slides are kept (default: bench-out/slides in the source tree).")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where temporary stores and results go (default: the system's temporary folder).")
-@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), callback=remember_output, default=None,
               help="Write the JSON report here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 def bench(slide, size, archs, strides, device, precision, batch_size, compile_, repeats, workers, naive_workers,
@@ -69,7 +69,6 @@ def bench(slide, size, archs, strides, device, precision, batch_size, compile_, 
     GPU utilisation and memory (with CUDA), each beside the naive figure and the ratio.
     """
     from ..bench import BenchOptions, format_table, run_bench
-
     from ..tissue import usable_cores
 
     naive_workers = naive_workers if naive_workers is not None else usable_cores(at_most=1 << 16)

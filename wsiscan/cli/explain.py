@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from . import echo_err, main
+from . import echo_err, main, remember_output
 
 _METHODS = ("gradcam", "ig")  # static so `--help` needs no torch; wsiscan.explain checks the same list
 
 
 @main.command("explain")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), callback=remember_output,
               help="Output folder: one PNG panel per patch and index.json (refused if it exists, see --overwrite).")
 @click.option("--model", "model_refs", multiple=True,
               help="Checkpoint path or registered name; repeat for an ensemble [default for a result folder: "
@@ -60,7 +60,7 @@ def explain_command(inputs, out_dir, model_refs, methods, tta, top_k, region, sp
 @click.option("--labels", "labels_csv", type=click.Path(dir_okay=False, path_type=Path),
               help="CSV of slide labels (Camelyon16 reference.csv, or a header with slide,label) "
                    "[default: tumour iff the slide has a tumour annotation].")
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), callback=remember_output,
               help="Output folder [default: RESULTS_DIR/slide-eval].")
 @click.option("--threshold", type=click.FloatRange(0, 1),
               help="Probability for cell-level Dice/IoU [default: each slide's predict threshold].")

@@ -19,8 +19,7 @@ def models_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def list_cmd(as_json: bool) -> None:
     """List the registered models and whether each is on this machine already."""
-    from ..models import cache_dir, list_models
-    from ..models import local_copy
+    from ..models import cache_dir, list_models, local_copy
 
     rows = []
     for entry in list_models():

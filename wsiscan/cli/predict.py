@@ -7,34 +7,34 @@ from pathlib import Path
 import click
 
 from ..layout import GEOJSON_NAME, MANIFEST_NAME, OVERLAY_NAME, STORE_NAME, SUMMARY_NAME
-from . import echo_err, main
+from . import echo_err, main, remember_output
 from .slides import build_config, tiling_options
 from .speak import speak_at_end, speak_results, speech_options
 
 
 @main.command()
-@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @tiling_options
 @click.option("--model", "-m", "model_names", multiple=True,
               help="Registry name or checkpoint path; repeat for an ensemble (probabilities averaged). "
                    "Default: tiatoolbox/resnet18-pcam.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto).")
-@click.option("--batch-size", type=int, default=None, help="Patches per forward pass (default: fit to the device).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Patches per forward pass (default: fit to the device).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None,
               help="auto: bf16 on CUDA, fp32 on CPU.")
 @click.option("--tta/--no-tta", default=None, help="Average the 8 flips/rotations of each patch.")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model(s).")
-@click.option("--threshold", type=float, default=None, help="Tumour probability threshold for regions and area.")
-@click.option("--target-mpp", type=float, default=None, help="Override the model's input resolution, um/px.")
-@click.option("--loader-workers", type=int, default=None,
-              help="Unit regions decoded and queued ahead of the model (default 2).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Tumour probability threshold for regions and area.")
+@click.option("--target-mpp", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the model's input resolution, um/px.")
+@click.option("--loader-workers", type=click.IntRange(min=0), default=None,
+              help="Unit regions decoded and queued ahead of the model (default 2; 0 counts as 1).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask cluster, one task per slide (e.g. tcp://host:8786).")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="With --workers/--scheduler: how often a slide is given to another worker after its worker "
                    "died (or an unexpected error); a slide's own error (corrupt file...) is never retried.")
-@click.option("--decode-workers", type=int, default=None,
-              help="Decode threads of a single-process run (default: one per usable core that memory allows).")
+@click.option("--decode-workers", type=click.IntRange(min=0), default=None,
+              help="Decode threads of a single-process run (0 or unset: one per usable core that memory allows).")
 @click.option("--keep-pixels/--no-keep-pixels", default=None,
               help="Also keep the decoded pixels in store.zarr/pixels (default: no, predict.keep_pixels; "
                    "the heatmap chunks alone make a killed run resumable).")
@@ -54,7 +54,6 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     retried on another, and a rerun skips the slides already finished and unchanged.
     """
     from ..inference import select_device
-    from ..layout import slide_dir_for
     from ..predict import expand_slide_inputs, load_models, resolution_config
 
     if workers is not None and scheduler:
@@ -73,7 +72,7 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     dev = select_device(cfg.predict.device) if not scheduler else None
     models = load_models(cfg.predict.model)
     cfg = resolution_config(cfg, models.spec, target_mpp=target_mpp, tile_size_px=tile_size_px)
-    speak_at_end([slide_dir_for(out_dir, j.path) for j in jobs], play=speak, wav=speak_wav)
+    speak_at_end([Path(out_dir) / j.slide_id for j in jobs], play=speak, wav=speak_wav)
     if workers is not None or scheduler:
         _predict_on_dask(jobs, out_dir, cfg, models, workers=workers, scheduler=scheduler, retries=retries,
                          overwrite=overwrite)
@@ -199,8 +198,8 @@ def _predict_on_dask(jobs, out_dir, cfg, models, *, workers, scheduler, retries:
 
 
 @main.command()
-@click.argument("result_dir", type=click.Path(path_type=Path))
-@click.option("--threshold", type=float, default=None, help="Tumour probability threshold.")
+@click.argument("result_dir", type=click.Path(path_type=Path), callback=remember_output)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Tumour probability threshold.")
 @click.option("--png/--no-png", default=True, help="Rewrite overlay.png.")
 @click.option("--geojson/--no-geojson", default=True, help="Rewrite tumor.geojson.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..layout import MANIFEST_NAME
-from . import echo_err, main
+from . import echo_err, main, remember_output
 
 
 def _human_bytes(n: int) -> str:
@@ -21,9 +21,9 @@ def _human_bytes(n: int) -> str:
 
 
 @main.command()
-@click.argument("slide", type=click.Path(path_type=Path))
+@click.argument("slide", type=click.Path(path_type=Path, readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--slide-mpp", type=float, default=None, help="Override the slide's base resolution, um/px.")
+@click.option("--slide-mpp", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the slide's base resolution, um/px.")
 @click.option("--properties", is_flag=True, help="Include every OpenSlide property (with --json).")
 def info(slide: Path, as_json: bool, slide_mpp: float | None, properties: bool) -> None:
     """Describe SLIDE: vendor, levels, resolution and where it came from."""
@@ -34,6 +34,8 @@ def info(slide: Path, as_json: bool, slide_mpp: float | None, properties: bool) 
         # which reader decodes each level, and why OpenSlide where it is OpenSlide
         readers = [{"reader": s.reader_for(lv.index), "why_openslide": s.why_openslide(lv.index) or None}
                    for lv in s.info.levels]
+        # a damaged thumbnail, label or macro is listed as unreadable; the slide's pixels do not need them
+        data["unreadable_associated_images"] = {k: v for k, v in s.associated_image_problems().items() if v}
     for lv, rd in zip(data["levels"], readers, strict=True):
         lv.update(rd)
     if as_json:
@@ -62,7 +64,9 @@ def info(slide: Path, as_json: bool, slide_mpp: float | None, properties: bool) 
                      f"read by {lv['reader']}{why}")
     assoc = data["associated_images"]
     if assoc:
-        lines.append("associated:      " + ", ".join(f"{k} ({v[0]}x{v[1]})" for k, v in assoc.items()))
+        bad = data["unreadable_associated_images"]
+        lines.append("associated:      " + ", ".join(
+            f"{k} (unreadable: {bad[k]})" if k in bad else f"{k} ({v[0]}x{v[1]})" for k, v in assoc.items()))
     else:
         lines.append("associated:      none")
     click.echo("\n".join(lines))
@@ -72,14 +76,14 @@ def tiling_options(func):
     """Options shared by ``tile`` and ``predict``."""
     opts = [
         click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
-                     help="Output folder; each slide gets OUT/<slide-id>/."),
+                     callback=remember_output, help="Output folder; each slide gets OUT/<slide-id>/."),
         click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
                      help="YAML config overriding the packaged defaults (configs/default.yaml)."),
-        click.option("--slide-mpp", type=float, default=None, help="Base resolution of the slide(s), um/px (overrides the file)."),
-        click.option("--tile-size-px", type=int, default=None, help="Patch side in px at the target resolution."),
-        click.option("--stride-px", type=int, default=None, help="Distance between patches in px (32: one patch per PCam centre cell)."),
-        click.option("--min-tissue", type=float, default=None, help="Smallest tissue fraction of a kept patch (0-1)."),
-        click.option("--workers", type=int, default=None, help="Parallel decoders: threads below 256 chunks, processes from 256 (default: one per usable core that memory allows)."),
+        click.option("--slide-mpp", type=click.FloatRange(min=0, min_open=True), default=None, help="Base resolution of the slide(s), um/px (overrides the file)."),
+        click.option("--tile-size-px", type=click.IntRange(min=8), default=None, help="Patch side in px at the target resolution."),
+        click.option("--stride-px", type=click.IntRange(min=1), default=None, help="Distance between patches in px (32: one patch per PCam centre cell)."),
+        click.option("--min-tissue", type=click.FloatRange(0, 1), default=None, help="Smallest tissue fraction of a kept patch (0-1)."),
+        click.option("--workers", type=click.IntRange(min=0), default=None, help="Parallel decoders: threads below 256 chunks, processes from 256 (0 or unset: one per usable core that memory allows)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing result for another slide or configuration."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
     ]
@@ -91,18 +95,31 @@ def tiling_options(func):
 def build_config(config_path: Path | None, *, target_mpp=None, slide_mpp=None, tile_size_px=None, stride_px=None,
                  min_tissue=None, workers=None):
     from ..config import load_config
+    from ..errors import ConfigError
 
     cfg = load_config(config_path)
-    cfg = cfg.replace("slide", slide_mpp=slide_mpp)
-    cfg = cfg.replace("tile", target_mpp=target_mpp, tile_size_px=tile_size_px, stride_px=stride_px,
-                      min_tissue=min_tissue, workers=workers)
+    try:
+        cfg = cfg.replace("slide", slide_mpp=slide_mpp)
+        cfg = cfg.replace("tile", target_mpp=target_mpp, tile_size_px=tile_size_px, stride_px=stride_px,
+                          min_tissue=min_tissue, workers=workers)
+    except ConfigError as exc:  # options that clash with each other or with the config file: bad usage
+        message = str(exc).removeprefix("<options>: ")
+        for key, option in _OPTION_OF_KEY.items():
+            message = message.replace(key, option)
+        raise click.UsageError(message) from exc
     return cfg
 
 
+# the tile options' config keys, as the options name them in a usage error
+_OPTION_OF_KEY = {"tile.tile_size_px": "--tile-size-px", "tile.stride_px": "--stride-px",
+                  "tile.target_mpp": "--target-mpp", "tile.min_tissue": "--min-tissue",
+                  "tile.workers": "--workers", "slide.slide_mpp": "--slide-mpp"}
+
+
 @main.command()
-@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @tiling_options
-@click.option("--target-mpp", type=float, default=None, help="Resolution to cut patches at, um/px (default 0.972, PCam's).")
+@click.option("--target-mpp", type=click.FloatRange(min=0, min_open=True), default=None, help="Resolution to cut patches at, um/px (default 0.972, PCam's).")
 def tile(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_tissue, workers, overwrite, quiet,
          target_mpp) -> None:
     """Find the tissue in each SLIDE and write its patches into a zarr tile store.
@@ -113,7 +130,10 @@ def tile(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_t
     from ..manifest import run_header
     from ..predict import SlideJob, config_hash, slide_config
     from ..runner import TileBackend, pending_entry, run_slides
+    from ..slide_ids import unique_slide_ids
 
+    distinct = list(dict.fromkeys(slides))
+    ids = dict(zip(distinct, unique_slide_ids(distinct), strict=True))
     cfg = build_config(config_path, target_mpp=target_mpp, slide_mpp=slide_mpp, tile_size_px=tile_size_px,
                        stride_px=stride_px, min_tissue=min_tissue, workers=workers)
 
@@ -130,7 +150,7 @@ def tile(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, min_t
             f"{r.n_chunks_written} chunks written{resumed} in {r.timings_s['total_s']:.1f} s -> {r.store_path}"
         )
 
-    jobs = [SlideJob(Path(s)) for s in slides]
+    jobs = [SlideJob(Path(s), slide_id=ids[s]) for s in slides]
     run = run_slides(jobs, out_dir, TileBackend(out_dir, cfg, overwrite=overwrite, progress=not quiet),
                      header=run_header("tile", config_hash=config_hash(cfg)),
                      entry_for=lambda job: pending_entry(job, worker="local", model_hash=None,

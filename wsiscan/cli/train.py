@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import echo_err, main
+from . import echo_err, main, remember_output
 
 # Static so that `--help` and usage errors need no torch import; wsiscan.train checks
 # the same list against wsiscan.models.ARCHITECTURES.
@@ -19,32 +19,32 @@ _ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "smallcn
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="Official PCam folder (camelyonpatch_level_2_split_*.h5[.gz]) "
                    "or Kaggle folder (train/, train_labels.csv).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), callback=remember_output,
               help="Run folder: best.pt, last.pt, log.csv, tensorboard/, metrics.json.")
 @click.option("--arch", type=click.Choice(_ARCHS), help="Network; logreg is the pixel logistic-regression baseline.")
 @click.option("--weights", help="imagenet (torchvision, needs network or its cache), none, or PATH to weights.")
 @click.option("--strategy", type=click.Choice(["finetune", "linear"]), help="finetune: all layers; linear: head only.")
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1))
-@click.option("--lr", type=float, help="Peak learning rate of the backbone.")
-@click.option("--head-lr-mult", type=float, help="Head learning rate = lr x this (10 in the published recipe).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate of the backbone.")
+@click.option("--head-lr-mult", type=click.FloatRange(min=0, min_open=True), help="Head learning rate = lr x this (10 in the published recipe).")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]))
-@click.option("--weight-decay", type=float)
-@click.option("--label-smoothing", type=float)
-@click.option("--warmup-epochs", type=float)
+@click.option("--weight-decay", type=click.FloatRange(min=0))
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True))
+@click.option("--warmup-epochs", type=click.FloatRange(min=0))
 @click.option("--patience", "early_stopping_patience", type=click.IntRange(min=0),
               help="Stop after this many epochs without a better validation AUC (0: never).")
 @click.option("--flips/--no-flips", default=None, help="Random horizontal and vertical flips.")
 @click.option("--rot90/--no-rot90", default=None, help="Random 90-degree rotations.")
-@click.option("--color-jitter", type=float, help="Brightness/contrast/saturation jitter strength (0: off).")
-@click.option("--hed-jitter", type=float, help="HED stain jitter strength (0: off).")
+@click.option("--color-jitter", type=click.FloatRange(min=0), help="Brightness/contrast/saturation jitter strength (0: off).")
+@click.option("--hed-jitter", type=click.FloatRange(min=0), help="HED stain jitter strength (0: off).")
 @click.option("--crop-px", type=click.IntRange(min=1, max=96), help="Random crop size in px (96: no crop).")
 @click.option("--crop-mode", type=click.Choice(["pad", "resize"]), help="Back to 96 px by reflect padding or resizing.")
 @click.option("--drop-dark-bright/--keep-dark-bright", default=None,
               help="Drop mostly over-dark (<10) or over-bright (>245) training patches.")
 @click.option("--max-train-patches", type=click.IntRange(min=0), help="Train on a random subset (0: all).")
 @click.option("--max-val-patches", type=click.IntRange(min=0), help="Validate on a random subset (0: all).")
-@click.option("--seed", type=int)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1))
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), help="auto: bf16 on CUDA, fp32 on CPU.")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes.")
@@ -87,7 +87,7 @@ def train_command(ctx: click.Context, config_path, data_dir, out_dir, resume, pr
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="PCam folder (either layout).")
 @click.option("--split", default="test", show_default=True, help="train, valid or test (Kaggle folders also: all).")
 @click.option("--tta", is_flag=True, help="Average the 8 flips and 90-degree rotations of each patch.")
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), callback=remember_output,
               help="Output folder [default: eval-SPLIT next to the checkpoint, or ./eval-NAME-SPLIT].")
 @click.option("--split-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Kaggle split CSV [default: split.csv next to the checkpoint].")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import uuid
 import zipfile
 from pathlib import Path
@@ -115,6 +116,17 @@ LOAD_ERRORS = (
 )
 
 
+def _refused_by_safe_loader(exc: BaseException) -> str | None:
+    """The global torch's weights-only unpickler refused to load, or None when ``exc`` is no
+    such refusal (a truncated or foreign file)."""
+    text = str(exc)
+    if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in text:
+        return None
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    # an "Unsupported operand" is no evidence of objects: random bytes read as a pickle give it too
+    return f"the global {found.group(1)}" if found else None
+
+
 def _looks_like_state_dict(obj: object) -> bool:
     return (
         isinstance(obj, Mapping)
@@ -149,10 +161,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         try:
             obj = torch.load(f, map_location="cpu", weights_only=True)
         except LOAD_ERRORS as exc:
-            if "Unsupported global" in str(exc):
+            refused = _refused_by_safe_loader(exc)
+            if refused is not None:
                 raise CheckpointError(
-                    f"checkpoint {path} contains pickled Python objects, which wsiscan does not "
-                    "load (unsafe); re-save the weights with wsiscan.models.save_checkpoint"
+                    f"checkpoint {path} contains pickled Python objects ({refused}), which wsiscan refuses "
+                    "to load (unsafe: they could run code; nothing was run); re-save the weights with "
+                    "wsiscan.models.save_checkpoint, or use a checkpoint from a trusted source"
                 ) from exc
             raise CheckpointError(
                 f"checkpoint {path} cannot be read as a PyTorch file "

@@ -45,11 +45,14 @@ class PulledModel:
 
 
 def _cache_writable() -> None:
+    """Create the model cache and check that a file can be written into it."""
     try:
         cache_dir().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_dir()):
+            pass
     except OSError as exc:
-        raise OutputError(f"cannot create the model cache {cache_dir()}: {exc.strerror or exc}; "
-                          "set WSISCAN_HOME to a writable folder") from exc
+        raise OutputError(f"the model cache {cache_dir()} is not writable ({exc.strerror or exc}); "
+                          "set WSISCAN_HOME to a writable folder (models go to $WSISCAN_HOME/models)") from exc
 
 
 def _builtin(entry: RegistryEntry) -> PulledModel:
@@ -60,6 +63,7 @@ def _builtin(entry: RegistryEntry) -> PulledModel:
             patch_size_px=entry.patch_size_px, input_mpp=entry.input_mpp, name=entry.name,
             provenance={"source": entry.source, "wsiscan_version": wsiscan_version()},
         )
+        _cache_writable()
         save_checkpoint(target, build_model(spec), spec)
     return PulledModel(entry.name, target, "built in", None, None, None)
 

@@ -28,6 +28,7 @@ from .. import pcam
 from ..errors import CheckpointError, ConfigError, DeviceError, OfflineError
 from ..layout import write_text_atomic
 from ..models import ModelSpec, convert_tiatoolbox_state_dict, normalise, read_checkpoint
+from ..workers import torch_worker_init
 from .augment import augment_batch, dihedral_views
 from .config import TrainConfig
 
@@ -207,6 +208,7 @@ def make_loader(dataset: pcam.PatchDataset, *, batch_size: int, shuffle: bool, g
         pin_memory=device.type == "cuda",
         generator=generator,  # worker seeds come from here, not from the global RNG
         persistent_workers=False,
+        worker_init_fn=torch_worker_init,  # workers die with their parent, even after kill -9
     )
 
 
