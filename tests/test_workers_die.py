@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 # `wsiscan tile` with process workers on a small slide: the chunk count from which tile
 # decodes in spawned processes is lowered to 1 for this run only
 _TILE_WITH_PROCESSES = (
-    "import sys, wsiscan.scan as s, wsiscan.tiling as t; t.PROCESS_MIN_CHUNKS = s.PROCESS_MIN_CHUNKS = 1; "
+    "import sys, wsiscan.decode as d; d.PROCESS_MIN_CHUNKS = 1; "
     "from wsiscan.cli import main; main(sys.argv[1:])"
 )
 
