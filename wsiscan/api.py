@@ -20,6 +20,8 @@ from .config import Config, load_config
 from .errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
+    import torch
+
     from .predict import LoadedModels
     from .result import Result
     from .tiling import TilingPlan
@@ -28,7 +30,7 @@ __all__ = ["Patch", "plan_slide", "iter_patches", "score_patches", "as_models", 
 
 # A network (nn.Module) run with its ModelSpec, or a function of a float32 tensor (N, 3, H, W)
 # of RGB in [0, 1] returning probabilities: (N,) of the positive class or (N, C) of every class.
-Scorer = Union[Callable[[Any], Any], "torch.nn.Module"]  # noqa: F821 - torch is imported lazily
+Scorer = Union[Callable[[Any], Any], "torch.nn.Module"]  # a string: torch is imported lazily
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def plan_slide(slide_path: str | os.PathLike, *, config: Config | None = None, t
     cfg = cfg.replace("slide", slide_mpp=slide_mpp).replace(
         "tile", target_mpp=target_mpp or getattr(spec, "input_mpp", None),
         tile_size_px=tile_size_px or getattr(spec, "patch_size_px", None), stride_px=stride_px)
-    return plan_tiling(slide_path, cfg)
+    return plan_tiling(Path(slide_path), cfg)
 
 
 def iter_patches(plan: TilingPlan, *, rc: np.ndarray | None = None) -> Iterator[Patch]:
@@ -106,16 +108,16 @@ def score_patches(patches: Iterable[Patch], scorer: Scorer, *, spec: Any = None,
 
     from .models import predict_class_proba
 
-    is_net = isinstance(scorer, torch.nn.Module)
-    if is_net and spec is None:
+    net = scorer if isinstance(scorer, torch.nn.Module) else None
+    if net is not None and spec is None:
         raise ConfigError("score_patches: a network needs its spec (ModelSpec) to be scored; pass spec=")
     dev = torch.device(device)
-    if is_net:
-        scorer = scorer.to(dev).eval()
+    if net is not None:
+        net = net.to(dev).eval()
     for batch in _batches(patches, batch_size):
         x = torch.from_numpy(np.stack([p.image for p in batch])).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
         with torch.inference_mode():
-            out = predict_class_proba(scorer, spec, x) if is_net else scorer(x)
+            out = predict_class_proba(net, spec, x) if net is not None else scorer(x)
         probs = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
         if len(probs) != len(batch):
             raise ValueError(f"the scorer returned {len(probs)} results for {len(batch)} patches")

@@ -238,7 +238,7 @@ def _score_slide(job: SlideJob, out_dir: str, config: Config, plugin_name: str, 
     where = {"worker": worker.address, "host": socket.gethostname(), "pid": os.getpid()}
     write_json_atomic({**where, "started": started}, marks / f"{started:.6f}-{uuid.uuid4().hex[:8]}.json")
     plugin = worker.plugins.get(plugin_name)
-    if plugin is None:
+    if not isinstance(plugin, ModelPlugin):
         raise RuntimeError(f"worker {worker.address} has no {plugin_name} plugin; the client registers it first")
     models, device = plugin.load()  # raises: a worker that cannot load the model is retried elsewhere
     t0 = time.perf_counter()
@@ -317,7 +317,11 @@ class DaskBackend:
             else:
                 where = {k: record[k] for k in ("worker", "host", "pid", "started", "finished", "seconds")}
                 if record["status"] == "complete":
-                    entry = entry.complete(SlideFigures.from_json(record["figures"]), **where)
+                    figures = SlideFigures.from_json(record["figures"])
+                    if figures is None:  # _score_slide stores a finished slide's figures, which always have both
+                        raise RuntimeError(f"{entry.slide}: the worker's record lacks n_tiles or effective_mpp: "
+                                           f"{record['figures']!r}")
+                    entry = entry.complete(figures, **where)
                 else:
                     entry = entry.replace(status="failed", error=record["error"], error_type=record["error_type"],
                                           **where)

@@ -409,8 +409,12 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
 
     bar = tqdm(total=len(per_chunk), unit="chunk", desc=f"scanning {plan.slide_path.name}", disable=not progress,
                leave=False, dynamic_ncols=True)
+
+    def chunk_written() -> None:
+        bar.update(1)
+
     scorer = DeviceScorer(ensemble, units, todo, todo_tiles, per_chunk, batch_size=batch_size,
-                          write_chunk=store.write_heatmap_chunk, ring=ring, on_chunk_written=lambda: bar.update(1))
+                          write_chunk=store.write_heatmap_chunk, ring=ring, on_chunk_written=chunk_written)
     pipe = Pipeline()
     try:
         scan = scan_slide(plan, store, workers=workers, keep_pixels=pc.keep_pixels, uplan=units, units=todo,

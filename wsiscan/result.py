@@ -45,7 +45,7 @@ class Heatmap:
 
     @property
     def shape_cells(self) -> tuple[int, int]:
-        return tuple(self.values.shape[-2:])  # type: ignore[return-value]
+        return tuple(self.values.shape[-2:])
 
     def channel(self, class_name: str) -> np.ndarray:
         """(rows, cols) of one class; for a 2-class heatmap only the scored class exists."""

@@ -26,8 +26,9 @@ MIN_PICTURE_HEIGHT_PX = 360  # room for about two patches' panels at the dock's 
 def _pixmap(picture: np.ndarray) -> QPixmap:
     rgb = np.ascontiguousarray(picture[..., :3])
     h, w = rgb.shape[:2]
-    image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888)
-    return QPixmap.fromImage(image.copy())  # copy: the numpy buffer goes away
+    pixels = rgb.tobytes()
+    image = QImage(pixels, w, h, 3 * w, QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(image.copy())  # copy: QImage does not own ``pixels``, which goes away
 
 
 class HotspotExplainPanel(QWidget):
@@ -57,12 +58,12 @@ class HotspotExplainPanel(QWidget):
         self.pictures = QLabel()
         self.pictures.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignHCenter)
         self.pictures.setMinimumWidth(1)  # the label follows the dock's width, not its pixmap's
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.scroll.setMinimumHeight(MIN_PICTURE_HEIGHT_PX)
-        self.scroll.setWidget(self.pictures)
-        layout.addWidget(self.scroll, 1)
+        self.scroll_area = QScrollArea()  # not self.scroll: that is QWidget.scroll()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll_area.setMinimumHeight(MIN_PICTURE_HEIGHT_PX)
+        self.scroll_area.setWidget(self.pictures)
+        layout.addWidget(self.scroll_area, 1)
         if self.review is not None:
             self.review.table.currentCellChanged.connect(self._on_row)
 
@@ -71,7 +72,10 @@ class HotspotExplainPanel(QWidget):
         if self._picture is None:
             self.pictures.clear()
             return
-        width = max(self.scroll.viewport().width() - 4, 100)
+        viewport = self.scroll_area.viewport()
+        if viewport is None:  # a QScrollArea makes its viewport; the Qt stubs allow None
+            raise RuntimeError("the explanation panel's scroll area has no viewport")
+        width = max(viewport.width() - 4, 100)
         self.pictures.setPixmap(self._picture.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation))
 
     def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API

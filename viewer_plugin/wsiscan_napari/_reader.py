@@ -30,4 +30,6 @@ def read_result(path: str | Path | list) -> list[tuple[Any, dict, str]]:
     """The slide (lazy multiscale, um) and the heatmap (um; one layer per class for more than 2) at ``path``."""
     if isinstance(path, (list, tuple)):
         path = path[0]
+    if not isinstance(path, (str, Path)):  # napari calls this only for what get_reader accepted
+        raise TypeError(f"read_result takes a result folder's path, not {type(path).__name__}")
     return layer_data(path)

@@ -140,8 +140,11 @@ class HeatmapReviewWidget(QWidget):
         col.addLayout(rank_row)
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["#", "max p", "mean p", "area mm²"])
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        rows_header, columns_header = self.table.verticalHeader(), self.table.horizontalHeader()
+        if rows_header is None or columns_header is None:  # a QTableWidget makes both; the Qt stubs allow None
+            raise RuntimeError("the hotspot table has no header views")
+        rows_header.setVisible(False)
+        columns_header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -176,8 +179,9 @@ class HeatmapReviewWidget(QWidget):
         box = QGroupBox("Legend")
         col = QVBoxLayout(box)
         rgb = legend_rgb(200, 14)
-        self._legend_rgb = rgb  # QImage does not own its buffer
-        image = QImage(rgb.data, rgb.shape[1], rgb.shape[0], 3 * rgb.shape[1], QImage.Format.Format_RGB888)
+        self._legend_pixels = rgb.tobytes()  # QImage does not own its buffer
+        image = QImage(self._legend_pixels, rgb.shape[1], rgb.shape[0], 3 * rgb.shape[1],
+                       QImage.Format.Format_RGB888)
         ramp = QLabel()
         ramp.setPixmap(QPixmap.fromImage(image))
         row = QHBoxLayout()
@@ -260,21 +264,21 @@ class HeatmapReviewWidget(QWidget):
         tumour_mm2 = int((finite & (self.cells >= self.threshold)).sum()) * self.result.frame.cell_um**2 / 1e6
         self.regions_label.setText(f"p ≥ {self.threshold:.2f}: {len(self.regions)} region(s), region area "
                                    f"{area:.3f} mm², tumour area {tumour_mm2:.3f} mm²")
-        self._draw_regions()
+        self._draw_regions(self.result)
         self._refresh_hotspots()
 
     def _outline_width_um(self) -> float:
         zoom = _camera(self.viewer).zoom
         return OUTLINE_WIDTH_SCREEN_PX / zoom if zoom > 0 else 1.0
 
-    def _draw_regions(self) -> None:
-        rings = region_rings_um(self.regions, l0_mpp=self.result.l0_mpp)
-        name = f"{self.result.slide_id} regions"
+    def _draw_regions(self, result: WsiscanResult) -> None:
+        rings = region_rings_um(self.regions, l0_mpp=result.l0_mpp)
+        name = f"{result.slide_id} regions"
         layer = self.regions_layer
         if layer is None:
             layer = self.viewer.add_shapes(name=name, units=("um", "um"), opacity=1.0,
                                            metadata={"wsiscan": {"role": "regions",
-                                                                 "slide_dir": str(self.result.slide_dir)}})
+                                                                 "slide_dir": str(result.slide_dir)}})
             self.regions_layer = layer
             self.viewer.layers.selection.active = self.heatmap_layer
         layer.data = []
@@ -336,7 +340,11 @@ class HeatmapReviewWidget(QWidget):
     def read_aloud(self) -> None:
         from wsiscan.speech import read_summary_aloud
 
-        problem = read_summary_aloud(self.result.summary) if self.result is not None else ""
+        if self.result is None:
+            return
+        summary = self.result.summary
+        problem = (read_summary_aloud(summary.to_json()) if summary is not None
+                   else "no summary.json yet: the run has not finished; run `wsiscan predict` on the slide again")
         if problem:
             self.regions_label.setText(problem)
 
@@ -382,6 +390,8 @@ def save_window_screenshot(viewer: "napari.viewer.Viewer", path: str | Path, *,
     from qtpy.QtWidgets import QApplication
 
     app = QApplication.instance()
+    if app is None:
+        raise RuntimeError("no Qt application is running; open a napari viewer first")
     viewer.window.resize(*size_px)
     for _ in range(2):  # the multiscale level is chosen on draw: draw, let it load, draw again
         for _ in range(20):

@@ -100,7 +100,7 @@ def info_cmd(name_or_path: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    norm = "none (RGB in [0, 1])" if spec.mean is None else f"mean {list(spec.mean)}, std {list(spec.std)}"
+    norm = "none (RGB in [0, 1])" if spec.mean is None or spec.std is None else f"mean {list(spec.mean)}, std {list(spec.std)}"
     lines = [
         f"file:           {data['path']}",
         f"sha256:         {data['sha256']}",

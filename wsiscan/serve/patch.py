@@ -41,7 +41,7 @@ def decode_patch(data: bytes, *, filename: str = "upload") -> np.ndarray:
                           f"the patch demo takes; upload a patch or a small image (for a whole slide use "
                           f"`wsiscan predict`)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))  # not only an ImageFile: flattened onto white below
         w, h = img.size
         if max(w, h) > MAX_SIDE_PX:
             raise UploadError(f"{filename}: {w} x {h} px is larger than the {MAX_SIDE_PX} x {MAX_SIDE_PX} px the "
