@@ -50,9 +50,8 @@ class Server:
     def __init__(self, out: Path) -> None:
         import uvicorn
 
-        from wsiscan.serve.app import create_app
-
         from wsiscan.cli.serve import bind_socket  # the CLI's socket (TCP, so asyncio sets TCP_NODELAY)
+        from wsiscan.serve.app import create_app
 
         self.sock = bind_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]

@@ -32,8 +32,8 @@ import torch
 
 from wsiscan import pcam, train
 from wsiscan.models import ModelSpec, build_model, normalise
-from wsiscan.train.engine import autocast
 from wsiscan.testing_pcam import make_patches, write_pcam_h5
+from wsiscan.train.engine import autocast
 
 
 def _sync(device: torch.device) -> None:

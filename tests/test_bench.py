@@ -133,7 +133,8 @@ def test_compare_src_contender_imports_the_given_tree_even_from_the_repository_r
     import shutil
     from pathlib import Path
 
-    from wsiscan.bench.runner import check_compare_src
+    from wsiscan_bench.runner import check_compare_src
+
     from wsiscan.errors import ConfigError
 
     repo = Path(__file__).resolve().parents[1]
@@ -154,3 +155,35 @@ def test_compare_src_without_a_wsiscan_package_is_one_line(tmp_path):
                  "-o", tmp_path / "x.json")
     assert_one_line_error(result, "--compare-src", str(tmp_path / "empty"), "holds a wsiscan/ package")
     assert not (tmp_path / "x.json").exists()
+
+
+def _wsiscan_without_benchmarks_on_path(cwd, *args):
+    """`python -m wsiscan ARGS` in ``cwd`` with only the wsiscan package importable (as installed)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import wsiscan
+
+    env = {**os.environ, "PYTHONPATH": str(Path(wsiscan.__file__).resolve().parents[1]), "PYTHONSAFEPATH": "1"}
+    return subprocess.run([sys.executable, "-m", "wsiscan", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_bench_outside_a_checkout_says_how_to_get_one_in_one_line(tmp_path):
+    proc = _wsiscan_without_benchmarks_on_path(tmp_path, "bench", "--smoke", "-o", str(tmp_path / "x.json"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("wsiscan: error: "), proc.stderr
+    assert "source checkout" in lines[0] and str(tmp_path) in lines[0] and "clone the wsiscan repository" in lines[0]
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_inside_a_checkout_finds_the_benchmarks_package(tmp_path):
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    proc = _wsiscan_without_benchmarks_on_path(benchmarks, "bench", "--help")  # a sub-folder of the checkout
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: python -m wsiscan bench [OPTIONS]" in proc.stdout and "--naive-max-tiles" in proc.stdout
