@@ -21,6 +21,7 @@ def _positive(value) -> bool:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    """One `wsiscan bench --smoke` run (the slow part: every test that reads it is marked slow)."""
     d = tmp_path_factory.mktemp("bench")
     out = d / "x.json"
     result = CliRunner().invoke(main, ["bench", "--smoke", "--device", "cpu", "-q", "--work-dir", str(d / "work"),
@@ -30,6 +31,7 @@ def report(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_report_header(report):
     assert report["benchmark"] == "wsiscan-bench" and report["schema_version"] == 1 and report["smoke"] is True
     assert isinstance(report["command"], str) and report["command"]
@@ -46,6 +48,7 @@ def test_report_header(report):
     assert isinstance(report["notes"], list) and all(isinstance(n, str) for n in report["notes"])
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_feed_rate_streams_every_kept_patch_without_the_model(report):
     (f,) = report["feed"]  # one per stride
     (t,) = report["tiling"]
@@ -55,6 +58,7 @@ def test_feed_rate_streams_every_kept_patch_without_the_model(report):
     assert f["patches_per_s"] == pytest.approx(f["n_patches"] / f["seconds"])
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_decode_figures_compare_openslide_and_raw_tiles(report):
     dc = report["decode"]
     assert dc["n_chunks"] >= 1 and dc["openslide"]["reader"] == "openslide"
@@ -67,6 +71,7 @@ def test_decode_figures_compare_openslide_and_raw_tiles(report):
         assert dc["raw_glass_skip"]["decoded_mb"] <= dc["raw"]["decoded_mb"]
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_tiling_figures_and_ratios(report):
     (t,) = report["tiling"]  # one per stride
     assert t["stride_px"] == 96
@@ -90,6 +95,7 @@ def test_tiling_figures_and_ratios(report):
     assert tm["ratio"]["speedup_vs_naive"] == pytest.approx(tm["naive"]["seconds"] / tm["wsiscan"]["seconds"])
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_model_figures_and_ratios(report):
     (m,) = report["model"]
     assert m["arch"] == "resnet18" and m["batch_size"] == 8 and m["patch_size_px"] == 96
@@ -102,6 +108,7 @@ def test_model_figures_and_ratios(report):
     assert m["ratio"]["patches_per_s_vs_naive"] == pytest.approx(ws["patches_per_s"] / nv["patches_per_s"])
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_end_to_end_figures_and_ratios(report):
     (e,) = report["end_to_end"]
     assert e["stride_px"] == 96
