@@ -65,6 +65,18 @@ def shared_slides() -> Path:
     return SLIDES
 
 
+@pytest.fixture
+def offline_model_homes(tmp_path, monkeypatch):
+    """Own wsiscan, Hugging Face and TIAToolbox homes for one test, and no network."""
+    monkeypatch.setenv("WSISCAN_HOME", str(tmp_path / "wsiscan"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("TIATOOLBOX_HOME", str(tmp_path / "tia"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     """A checkpoint of the deterministic tiny model (``tiny_expected_proba`` predicts its output)."""

@@ -19,18 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
+from cli_helpers import run
 
 distributed = pytest.importorskip("distributed")
 
-from wsiscan.cli import main  # noqa: E402
 from wsiscan.config import load_config  # noqa: E402
 from wsiscan.predict import SlideJob, expand_slide_inputs, load_models, resolution_config  # noqa: E402
 from wsiscan.testing import write_synthetic_slide  # noqa: E402
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def heatmap(out: Path, slide_id: str) -> np.ndarray:
