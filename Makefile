@@ -4,7 +4,10 @@ VENV ?= .venv
 OUT ?= out
 SLIDE ?=
 ARGS ?=
+# pytest-xdist workers of `make test` / `make test-fast` (one per core of the 2-core CI machine)
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install predict tile test test-fast lint bench clean
 
@@ -25,10 +28,10 @@ tile: $(VENV)/.installed
 	$(BIN)/wsiscan tile $(SLIDE) -o $(OUT) $(ARGS)
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -1,6 +1,6 @@
 """End-to-end `wsiscan predict` against the naive pipeline, on benchmark slides of several sizes.
 
-A thin wrapper over :func:`wsiscan.bench.bench_end_to_end` (the code behind
+A thin wrapper over :func:`wsiscan_bench.bench_end_to_end` (the code behind
 ``wsiscan bench``): for each size, in the same run and on the same slide, contenders
 interleaved and repeated (the fastest run is reported):
 
@@ -27,21 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-
-
-def _load_make_slide():
-    """benchmarks/ is a folder of scripts, not a package: load make_slide.py by path."""
-    import importlib.util
-
-    if "make_slide" in sys.modules:
-        return sys.modules["make_slide"]
-    spec = importlib.util.spec_from_file_location("make_slide", HERE / "make_slide.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_slide"] = module  # its worker processes and dataclasses find it by this name
-    spec.loader.exec_module(module)
-    return module
+from wsiscan_bench import BenchOptions, bench_end_to_end, device_info, load_avg_1m, make_checkpoint, make_slide
+from wsiscan_bench.options import REPO
+from wsiscan_bench.report import cell, ratio_cell
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -58,7 +46,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--compare-src", type=Path, default=None, help="also run wsiscan predict from this source tree")
     args = ap.parse_args(argv)
 
-    from wsiscan.bench import BenchOptions, bench_end_to_end, device_info, load_avg_1m, make_checkpoint
     from wsiscan.config import runtime_versions
     from wsiscan.inference import select_device
 
@@ -75,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             slide = args.cache / f"bench-{size}.tif"
             if not slide.exists():
                 t = time.perf_counter()
-                _load_make_slide().make_benchmark_slide(slide, width_px=size, height_px=size)
+                make_slide.make_benchmark_slide(slide, width_px=size, height_px=size)
                 print(f"made {slide} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
             for stride in args.stride_px:
                 row = bench_end_to_end(slide, ckpt, stride, device, opts, work)
@@ -88,12 +75,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'slide px':>9} {'stride':>6} {'patches':>8} {'wsiscan s':>10} {'before s':>9} {'naive s':>8} "
           f"{'speed-up':>9} {'wsiscan RSS MB':>15} {'before RSS MB':>14} {'naive RSS MB':>13}")
-    nan = float("nan")
     for r in rows:
         w, b, n = r["wsiscan"], r.get("before", {}), r["naive"]
-        print(f"{r['size_px'][0]:>9} {r['stride_px']:>6} {r['n_patches']:>8} {w['wall_s']:>10.1f} "
-              f"{b.get('wall_s', nan):>9.1f} {n['wall_s']:>8.1f} {r['ratio']['speedup_vs_naive']:>8.2f}x "
-              f"{w['peak_rss_mb']:>15.0f} {b.get('peak_rss_mb', nan):>14.0f} {n['peak_rss_mb']:>13.0f}")
+        print(f"{r['size_px'][0]:>9} {r['stride_px']:>6} {r['n_patches']:>8} {cell(w['wall_s'], 10)} "
+              f"{cell(b.get('wall_s'), 9)} {cell(n['wall_s'], 8)} {ratio_cell(r['ratio']['speedup_vs_naive'])} "
+              f"{cell(w['peak_rss_mb'], 15, '.0f')} {cell(b.get('peak_rss_mb'), 14, '.0f')} "
+              f"{cell(n['peak_rss_mb'], 13, '.0f')}")
     print(f"wrote {args.out}")
     return result
 

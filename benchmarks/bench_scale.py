@@ -33,10 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def device_info() -> dict[str, Any]:
-    """wsiscan.bench's device description (the CUDA device when present), load average, torch threads."""
+    """wsiscan_bench's device description (the CUDA device when present), load average, torch threads."""
     import torch
-
-    from wsiscan.bench import device_info as library_device_info
+    from wsiscan_bench import device_info as library_device_info
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return {**library_device_info(device), "load_avg_1m_at_start": round(os.getloadavg()[0], 2),

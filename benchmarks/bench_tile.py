@@ -3,25 +3,25 @@
 Times ``wsiscan.tiling.tile_slide`` on a slide (by default a 20,000 x 20,000 px
 benchmark slide at 0.25 um/px made by make_slide.py, cached under bench-out/slides),
 then the naive approach of many research scripts on the same kept tiles: one
-``openslide.OpenSlide.read_region`` per patch at the level wsiscan reads, resampled
-to the patch size with PIL's BOX filter, in one process, and again split over the
-same number of worker processes (to separate the read pattern from parallelism).
-A naive run longer than ``--naive-max-tiles`` patches is timed on a contiguous
-row-major run of that many kept tiles from a seeded random start (the order a full
-run reads them in, so OpenSlide's tile cache helps it as much) and extrapolated.
+OpenSlide ``read_region`` per patch at the level wsiscan reads, resampled to the patch
+size with PIL's BOX filter (``wsiscan_bench.naive.read_patches``, the loop ``wsiscan
+bench`` times too), in one process, and again split over the same number of worker
+processes (to separate the read pattern from parallelism).  A naive run longer than
+``--naive-max-tiles`` patches is timed on a contiguous row-major run of that many kept
+tiles from a seeded random start (the order a full run reads them in, so OpenSlide's
+tile cache helps it as much) and extrapolated.
 
     python benchmarks/bench_tile.py                      # 20k slide, one worker per core
     python benchmarks/bench_tile.py --slide my.svs --workers 8 --out bench-out/my.json
 
 Writes JSON (device, versions, command, slide, figures, ratios) and prints a table.
-``wsiscan bench`` (wsiscan/bench/) measures tiling the same way beside the model
-and the whole pipeline; this script adds the parallel naive run and extrapolation notes.
+``wsiscan bench`` measures tiling the same way beside the model and the whole pipeline;
+this script adds the parallel naive run and extrapolation notes.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import multiprocessing as mp
@@ -34,30 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-MiB = 2**20
-
-
-def load_make_slide():
-    """benchmarks/ is a folder of scripts, not a package: load make_slide.py by path."""
-    if "make_slide" in sys.modules:
-        return sys.modules["make_slide"]
-    spec = importlib.util.spec_from_file_location("make_slide", HERE / "make_slide.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_slide"] = module  # its worker processes find their functions by this name
-    spec.loader.exec_module(module)
-    return module
-
+from wsiscan_bench import PeakRss, make_slide
+from wsiscan_bench import device_info as library_device_info
+from wsiscan_bench.naive import read_patches
+from wsiscan_bench.options import REPO, MiB
+from wsiscan_bench.report import cell
 
 # -- measurement --------------------------------------------------------------------
 
 
 def device_info() -> dict[str, Any]:
-    """wsiscan.bench's device description plus the load average before any work."""
-    from wsiscan.bench import device_info as library_device_info
-
+    """wsiscan_bench's device description plus the load average before any work."""
     # other work on the machine skews timings
     return {**library_device_info(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
 
@@ -72,39 +59,16 @@ def warm_page_cache(path: Path) -> None:
 # -- the naive baseline -----------------------------------------------------------------
 
 
-def _naive_read(slide_path: str, l0_xy: np.ndarray, level: int, read_px: int, patch_px: int) -> int:
-    """One read_region per patch, RGBA -> RGB, BOX resize: how many research scripts cut patches."""
-    import openslide
-    from PIL import Image
-
-    handle = openslide.OpenSlide(slide_path)
-    checksum = 0
-    try:
-        for x, y in l0_xy:
-            img = handle.read_region((int(x), int(y)), level, (read_px, read_px)).convert("RGB")
-            img = img.resize((patch_px, patch_px), Image.Resampling.BOX)
-            checksum += int(np.asarray(img)[0, 0, 0])  # make sure the pixels are materialised
-    finally:
-        handle.close()
-    return checksum
-
-
 def run_naive(slide_path: Path, l0_xy: np.ndarray, *, level: int, read_px: int, patch_px: int,
               workers: int) -> dict[str, Any]:
-    from wsiscan.bench import PeakRss
-
     t0 = time.perf_counter()
     with PeakRss() as rss:
         if workers <= 1:
-            _naive_read(str(slide_path), l0_xy, level, read_px, patch_px)
-        else:
-            # each worker its own handle and a contiguous share of the tiles; workers find
-            # this script by name, so its folder must be importable in them
-            if str(HERE) not in sys.path:
-                sys.path.insert(0, str(HERE))
+            read_patches(str(slide_path), l0_xy, level, read_px, patch_px)
+        else:  # each worker its own handle and a contiguous share of the tiles
             parts = [p for p in np.array_split(l0_xy, workers) if len(p)]
             with mp.get_context("spawn").Pool(len(parts)) as pool:
-                pool.starmap(_naive_read, [(str(slide_path), p, level, read_px, patch_px) for p in parts])
+                pool.starmap(read_patches, [(str(slide_path), p, level, read_px, patch_px) for p in parts])
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "peak_rss_mib": rss.peak_bytes / MiB, "start_rss_mib": rss.start_bytes / MiB}
 
@@ -132,7 +96,6 @@ def _rates(n_tiles: int, seconds: float, decoded_bytes: float, patch_bytes: floa
 
 def run_benchmark(slide_path: Path, *, work_dir: Path, config_path: Path | None, workers: int, naive_workers: int,
                   naive_max_tiles: int, seed: int, repeats: int = 1) -> dict[str, Any]:
-    from wsiscan.bench import PeakRss
     from wsiscan.config import load_config
     from wsiscan.slide import open_slide
     from wsiscan.tiling import tile_slide
@@ -273,9 +236,8 @@ def format_table(report: dict[str, Any]) -> str:
     ]
 
     def row(name: str, n: int, sec: float, r: dict[str, float], rss: float | None, mark: str = "") -> None:
-        rss_s = f"{rss:>14.0f}" if rss is not None else f"{'':>14}"
-        lines.append(f"{name:<34}{n:>8}{sec:>10.2f}{r['tiles_per_s']:>10.0f}{r['decoded_mb_per_s']:>10.1f}"
-                     f"{r['patch_mb_per_s']:>10.1f}{rss_s}{mark}")
+        lines.append(f"{name:<34}{n:>8}{cell(sec, 10, '.2f')}{cell(r['tiles_per_s'], 10, '.0f')}"
+                     f"{cell(r['decoded_mb_per_s'], 10)}{cell(r['patch_mb_per_s'], 10)}{cell(rss, 14, '.0f', '')}{mark}")
 
     ws = report["wsiscan"]
     row(f"wsiscan tile_slide x{ws['workers']} (end to end)", ws["n_tiles"], ws["seconds"], ws, ws["peak_rss_mib"])
@@ -308,7 +270,6 @@ def main(argv: list[str] | None = None) -> int:
     from wsiscan.decode import default_workers
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    make_slide = load_make_slide()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--slide", type=Path, help="slide to tile (default: a generated benchmark slide of --size)")
     p.add_argument("--size", choices=sorted(make_slide.PRESETS), default="20k", help="generated slide preset (default 20k)")

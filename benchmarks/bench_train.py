@@ -12,7 +12,7 @@ It also reports how fast the HDF5 reader feeds patches (DataLoader over a small
 generated official-layout file), the bound a real run cannot beat.  Results go to
 JSON with the device, versions and settings.
 
-    python benchmarks/bench_train.py                       # ~1 min on 2 CPU cores
+    python benchmarks/bench_train.py                       # defaults: both architectures, a few steps each
     python benchmarks/bench_train.py --batch-size 256 --steps 30 -o bench-out/train-h100.json
 """
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # wsiscan from this checkout; wsiscan_bench sits beside this script (sys.path[0])
 
 
 def model_rows(device, archs, precisions, batch_sizes, seconds: float, log) -> list[dict]:
@@ -95,11 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+    from wsiscan_bench import BenchOptions, GpuSampler, PeakRss, bench_end_to_end, device_info, load_avg_1m
+    from wsiscan_bench.feed import bench_feed
+    from wsiscan_bench.inputs import benchmark_slide, make_checkpoint, smoke_slide
 
-    from wsiscan.bench import BenchOptions, GpuSampler, PeakRss, device_info, load_avg_1m
-    from wsiscan.bench.feed import bench_feed
-    from wsiscan.bench.inputs import benchmark_slide, make_checkpoint, smoke_slide
-    from wsiscan.bench.stages import bench_end_to_end
     from wsiscan.inference import select_device
     from wsiscan.tissue import usable_cores
 

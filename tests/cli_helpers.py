@@ -1,6 +1,8 @@
-"""Helpers shared by the CLI tests: run a command in-process, check a one-line error."""
+"""Helpers shared by the CLI tests: run a command in-process, check a one-line error, make a result."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -20,3 +22,17 @@ def assert_one_line_error(result, *needles):
     assert len(lines) == 1 and lines[0].startswith("wsiscan: error: "), result.stderr
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+def make_result(tmp: Path, slide, *, keep_pixels: bool = True) -> Path:
+    """OUT folder of `wsiscan predict` on ``slide`` with the tiny deterministic model (saved in ``tmp``)."""
+    from wsiscan.models import ModelSpec, build_model, save_checkpoint
+
+    spec = ModelSpec(arch="tiny")
+    ckpt = tmp / "tiny.pt"
+    save_checkpoint(ckpt, build_model(spec), spec)
+    out = tmp / "out"
+    # --keep-pixels: the viewer's store copy (used when the slide file is gone) exists only when kept
+    res = run("predict", slide, "-o", out, "--model", ckpt, "-q", "--keep-pixels" if keep_pixels else "--no-keep-pixels")
+    assert res.exit_code == 0, res.output
+    return out

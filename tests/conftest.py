@@ -22,6 +22,27 @@ SHARED_DATA = Path(os.environ.get("WSISCAN_SHARED_DATA", REPO.parent / "shared" 
 SLIDES = SHARED_DATA / "slides"
 
 
+# `make test` runs the suite on pytest-xdist workers with `--dist loadfile`: each test file on one
+# worker, so a module-scoped fixture is built once.  These files also share one worker: the napari
+# tests that worker's Xvfb display and QApplication, the serve and browser tests the results
+# test_serve_fixtures.make_results builds once per process.
+SHARED_WORKER_FILES = {"test_napari", "test_explain_napari", "test_serve", "test_serve_browser"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With ``--dist loadfile``: one work unit per test file, the SHARED_WORKER_FILES one unit."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "gui-and-serve" if Path(path).stem in SHARED_WORKER_FILES else path
+
+    return FileScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     missing_data = not SLIDES.is_dir()
     try:
@@ -42,6 +63,18 @@ def shared_slides() -> Path:
     if not SLIDES.is_dir():
         pytest.skip(f"real data folder {SLIDES} is absent")
     return SLIDES
+
+
+@pytest.fixture
+def offline_model_homes(tmp_path, monkeypatch):
+    """Own wsiscan, Hugging Face and TIAToolbox homes for one test, and no network."""
+    monkeypatch.setenv("WSISCAN_HOME", str(tmp_path / "wsiscan"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("TIATOOLBOX_HOME", str(tmp_path / "tia"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ def _positive(value) -> bool:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    """One `wsiscan bench --smoke` run (the slow part: every test that reads it is marked slow)."""
     d = tmp_path_factory.mktemp("bench")
     out = d / "x.json"
     result = CliRunner().invoke(main, ["bench", "--smoke", "--device", "cpu", "-q", "--work-dir", str(d / "work"),
@@ -30,6 +31,7 @@ def report(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_report_header(report):
     assert report["benchmark"] == "wsiscan-bench" and report["schema_version"] == 1 and report["smoke"] is True
     assert isinstance(report["command"], str) and report["command"]
@@ -46,6 +48,7 @@ def test_report_header(report):
     assert isinstance(report["notes"], list) and all(isinstance(n, str) for n in report["notes"])
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_feed_rate_streams_every_kept_patch_without_the_model(report):
     (f,) = report["feed"]  # one per stride
     (t,) = report["tiling"]
@@ -55,6 +58,7 @@ def test_feed_rate_streams_every_kept_patch_without_the_model(report):
     assert f["patches_per_s"] == pytest.approx(f["n_patches"] / f["seconds"])
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_decode_figures_compare_openslide_and_raw_tiles(report):
     dc = report["decode"]
     assert dc["n_chunks"] >= 1 and dc["openslide"]["reader"] == "openslide"
@@ -67,6 +71,7 @@ def test_decode_figures_compare_openslide_and_raw_tiles(report):
         assert dc["raw_glass_skip"]["decoded_mb"] <= dc["raw"]["decoded_mb"]
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_tiling_figures_and_ratios(report):
     (t,) = report["tiling"]  # one per stride
     assert t["stride_px"] == 96
@@ -90,6 +95,7 @@ def test_tiling_figures_and_ratios(report):
     assert tm["ratio"]["speedup_vs_naive"] == pytest.approx(tm["naive"]["seconds"] / tm["wsiscan"]["seconds"])
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_model_figures_and_ratios(report):
     (m,) = report["model"]
     assert m["arch"] == "resnet18" and m["batch_size"] == 8 and m["patch_size_px"] == 96
@@ -102,6 +108,7 @@ def test_model_figures_and_ratios(report):
     assert m["ratio"]["patches_per_s_vs_naive"] == pytest.approx(ws["patches_per_s"] / nv["patches_per_s"])
 
 
+@pytest.mark.slow  # the smoke run behind `report` takes about a minute
 def test_end_to_end_figures_and_ratios(report):
     (e,) = report["end_to_end"]
     assert e["stride_px"] == 96
@@ -133,7 +140,8 @@ def test_compare_src_contender_imports_the_given_tree_even_from_the_repository_r
     import shutil
     from pathlib import Path
 
-    from wsiscan.bench.runner import check_compare_src
+    from wsiscan_bench.runner import check_compare_src
+
     from wsiscan.errors import ConfigError
 
     repo = Path(__file__).resolve().parents[1]
@@ -154,3 +162,35 @@ def test_compare_src_without_a_wsiscan_package_is_one_line(tmp_path):
                  "-o", tmp_path / "x.json")
     assert_one_line_error(result, "--compare-src", str(tmp_path / "empty"), "holds a wsiscan/ package")
     assert not (tmp_path / "x.json").exists()
+
+
+def _wsiscan_without_benchmarks_on_path(cwd, *args):
+    """`python -m wsiscan ARGS` in ``cwd`` with only the wsiscan package importable (as installed)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import wsiscan
+
+    env = {**os.environ, "PYTHONPATH": str(Path(wsiscan.__file__).resolve().parents[1]), "PYTHONSAFEPATH": "1"}
+    return subprocess.run([sys.executable, "-m", "wsiscan", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_bench_outside_a_checkout_says_how_to_get_one_in_one_line(tmp_path):
+    proc = _wsiscan_without_benchmarks_on_path(tmp_path, "bench", "--smoke", "-o", str(tmp_path / "x.json"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("wsiscan: error: "), proc.stderr
+    assert "source checkout" in lines[0] and str(tmp_path) in lines[0] and "clone the wsiscan repository" in lines[0]
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_inside_a_checkout_finds_the_benchmarks_package(tmp_path):
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    proc = _wsiscan_without_benchmarks_on_path(benchmarks, "bench", "--help")  # a sub-folder of the checkout
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: python -m wsiscan bench [OPTIONS]" in proc.stdout and "--naive-max-tiles" in proc.stdout

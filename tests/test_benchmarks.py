@@ -1,39 +1,25 @@
-"""The benchmark scripts run end to end on tiny inputs (they are scripts, loaded by path)."""
+"""The benchmark scripts run end to end on tiny inputs (benchmarks/ is on the test path, see pyproject)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from wsiscan_bench import make_slide
 
 from wsiscan.config import load_config
 from wsiscan.slide import open_slide
 from wsiscan.tiling import plan_tiling
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SOURCE_NAME = "CMU-1-Small-Region.svs"
 
 pytestmark = pytest.mark.realdata  # the benchmark slide is made from the tissue of a real slide
 
 
-def load_script(name: str):
-    """benchmarks/ is a folder of scripts, not a package."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # worker processes find the script's functions by this name
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tiny_slide(shared_slides, tmp_path_factory):
-    make_slide = load_script("make_slide")
     path = tmp_path_factory.mktemp("bench") / "tiny.tif"
     info = make_slide.make_benchmark_slide(path, width_px=2048, height_px=2048, seed=1,
                                            source=shared_slides / SOURCE_NAME, workers=2)
@@ -62,7 +48,6 @@ def test_benchmark_slide_is_a_pyramid_at_025_mpp_with_tissue(tiny_slide):
 def test_benchmark_slide_is_deterministic_and_can_be_aperio(shared_slides, tmp_path):
     import openslide  # to compare raw pixels level by level
 
-    make_slide = load_script("make_slide")
     kwargs = dict(width_px=1536, height_px=1024, seed=5, source=shared_slides / SOURCE_NAME)
     generic = make_slide.make_benchmark_slide(tmp_path / "a.tif", workers=1, **kwargs)
     aperio = make_slide.make_benchmark_slide(tmp_path / "b.svs", workers=2, aperio=True, **kwargs)
@@ -84,7 +69,7 @@ def test_benchmark_slide_is_deterministic_and_can_be_aperio(shared_slides, tmp_p
 
 
 def test_bench_tile_writes_its_report(tiny_slide, tmp_path):
-    bench_tile = load_script("bench_tile")
+    import bench_tile
     out = tmp_path / "report.json"
     rc = bench_tile.main(["--slide", str(tiny_slide[0]), "--out", str(out), "--work-dir", str(tmp_path / "work"),
                           "--workers", "2", "--naive-max-tiles", "5"])
@@ -105,7 +90,7 @@ def test_bench_tile_writes_its_report(tiny_slide, tmp_path):
 
 
 def test_rss_timeline_samples_main_process_and_children(tmp_path):
-    rss_timeline = load_script("rss_timeline")
+    import rss_timeline
     out = tmp_path / "tl.json"
     child = "import time; y = bytes(range(256)) * 240_000; time.sleep(1.5)"  # 61 MB, written
     code = ("import subprocess, sys; x = bytes(range(256)) * 320_000; "  # 82 MB, written

@@ -23,14 +23,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(autouse=True)
-def _offline_homes(tmp_path, monkeypatch):
-    """Own wsiscan, Hugging Face and TIAToolbox homes per test, and no network."""
-    monkeypatch.setenv("WSISCAN_HOME", str(tmp_path / "wsiscan"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    monkeypatch.setenv("TIATOOLBOX_HOME", str(tmp_path / "tia"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _offline_homes(offline_model_homes):
+    """Own wsiscan, Hugging Face and TIAToolbox homes per test, and no network (conftest)."""
 
 
 @pytest.fixture(scope="module")

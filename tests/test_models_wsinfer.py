@@ -17,12 +17,9 @@ from wsiscan import models as M
 
 
 @pytest.fixture(autouse=True)
-def _offline_homes(tmp_path, monkeypatch):
-    monkeypatch.setenv("WSISCAN_HOME", str(tmp_path / "wsiscan"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("TIATOOLBOX_HOME", str(tmp_path / "tia"))
-    monkeypatch.setenv("WSINFER_ZOO_REGISTRY", str(tmp_path / "zoo.json"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _offline_homes(offline_model_homes, monkeypatch):
+    """Own model homes and no network (conftest), and an own WSInfer zoo registry file."""
+    monkeypatch.setenv("WSINFER_ZOO_REGISTRY", str(offline_model_homes / "zoo.json"))
 
 
 @pytest.fixture(scope="module")

@@ -38,19 +38,12 @@ def viewer(napari_viewer):
 
 @pytest.fixture(scope="module")
 def result_dir(tmp_path_factory, synthetic_slide) -> Path:
-    """`wsiscan predict` on the synthetic slide with the tiny deterministic model."""
-    from click.testing import CliRunner
+    """`wsiscan predict` on the synthetic slide with the tiny deterministic model (predict's default:
+    no pixels kept)."""
+    from cli_helpers import make_result
 
-    from wsiscan.cli import main
-    from wsiscan.models import ModelSpec, build_model, save_checkpoint
-
-    tmp = tmp_path_factory.mktemp("napari")
-    spec = ModelSpec(arch="tiny")
-    save_checkpoint(tmp / "tiny.pt", build_model(spec), spec)
-    res = CliRunner().invoke(main, ["predict", str(synthetic_slide.path), "-o", str(tmp / "out"),
-                                    "--model", str(tmp / "tiny.pt"), "-q"])
-    assert res.exit_code == 0, res.output
-    return tmp / "out" / synthetic_slide.path.stem
+    out = make_result(tmp_path_factory.mktemp("napari"), synthetic_slide.path, keep_pixels=False)
+    return out / synthetic_slide.path.stem
 
 
 def _process_events(n: int = 10) -> None:

@@ -179,10 +179,20 @@ def test_openslide_store_is_not_resumed_by_the_raw_reader(jpeg_slide, tmp_path):
         prepare_store(plan_tiling(jpeg_slide.path, load_config()), old.store_path, overwrite=False)
 
 
+# The identity of an OpenSlide-read store of a slide with this size and hash, read at 0.486 um/px
+# level 0 resampled to 0.972 um/px with the packaged defaults: the value older stores carry, so
+# a change to the recipe (or to a default that shapes the pixels) shows here.
+GOLDEN_FINGERPRINT = {"size_bytes": 1_000_000, "quick_sha256": "0123456789abcdef" * 4}
+GOLDEN_OPENSLIDE_IDENTITY = "39aba117a51b7d67"
+
+
 def test_openslide_reads_keep_the_identity_of_older_stores(jpeg_slide):
     cfg = load_config().replace("tile", reader="openslide")
     plan = plan_tiling(jpeg_slide.path, cfg)
+    assert (plan.selection.level, plan.base_mpp, plan.selection.effective_mpp) == (0, 0.486, 0.972)
     assert plan.identity == pixel_identity(plan.fingerprint, cfg, plan.selection, plan.base_mpp)
+    golden = pixel_identity(GOLDEN_FINGERPRINT, cfg, plan.selection, plan.base_mpp)
+    assert golden == GOLDEN_OPENSLIDE_IDENTITY
 
 
 # -- glass skip -----------------------------------------------------------------------------------

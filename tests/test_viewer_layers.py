@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import make_result
 from click.testing import CliRunner
 from wsiscan_napari import _layers as L
 from wsiscan_napari._reader import get_reader
@@ -18,21 +19,6 @@ from wsiscan.cli import main
 from wsiscan.testing import synthetic_tissue
 
 REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared/data" / "slides" / "CMU-1-Small-Region.svs"
-
-
-def make_result(tmp: Path, slide, *, keep_pixels: bool = True) -> Path:
-    """OUT folder of `wsiscan predict` on ``slide`` with the tiny deterministic model."""
-    from wsiscan.models import ModelSpec, build_model, save_checkpoint
-
-    spec = ModelSpec(arch="tiny")
-    ckpt = tmp / "tiny.pt"
-    save_checkpoint(ckpt, build_model(spec), spec)
-    out = tmp / "out"
-    # --keep-pixels: the viewer's store copy (used when the slide file is gone) exists only when kept
-    res = CliRunner().invoke(main, ["predict", str(slide), "-o", str(out), "--model", str(ckpt), "-q",
-                                    "--keep-pixels" if keep_pixels else "--no-keep-pixels"])
-    assert res.exit_code == 0, res.output
-    return out
 
 
 @pytest.fixture(scope="module")

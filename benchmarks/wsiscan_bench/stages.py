@@ -22,8 +22,8 @@ def bench_tiling(slide: Path, stride_px: int, opts: BenchOptions, work: Path) ->
     wsiscan decodes the pixels near tissue once whatever the stride; one read per patch
     reads (tile / stride)^2 times as many patches at a finer stride.
     """
-    from ..config import load_config
-    from ..tiling import plan_tiling
+    from wsiscan.config import load_config
+    from wsiscan.tiling import plan_tiling
 
     plan = plan_tiling(slide, load_config().replace("tile", stride_px=stride_px))
     sel, n = plan.selection, plan.n_tiles
@@ -89,9 +89,9 @@ DECODE_MAX_CHUNKS = 200  # supertile chunks timed per decode contender (the firs
 def bench_decode(slide: Path, opts: BenchOptions) -> dict[str, Any]:
     """Reading the needed supertile chunks, nothing stored, in one thread: OpenSlide's
     ``read_region`` against the raw TIFF tile reader, without and with the glass skip."""
-    from ..config import load_config
-    from ..slide import open_slide
-    from ..tiling import plan_tiling
+    from wsiscan.config import load_config
+    from wsiscan.slide import open_slide
+    from wsiscan.tiling import plan_tiling
 
     plan = plan_tiling(slide, load_config())
     sel, geo = plan.selection, plan.geometry
@@ -134,9 +134,9 @@ def bench_tissue(slide: Path, opts: BenchOptions) -> dict[str, Any]:
     """wsiscan's thumbnail + mask against one read of the whole level + PIL resize + the same mask."""
     from PIL import Image
 
-    from ..config import load_config
-    from ..slide import open_slide
-    from ..tissue import detect_tissue
+    from wsiscan.config import load_config
+    from wsiscan.slide import open_slide
+    from wsiscan.tissue import detect_tissue
 
     cfg = load_config().tissue
 
@@ -169,8 +169,8 @@ def bench_model(arch: str, device: Any, opts: BenchOptions) -> dict[str, Any]:
     """Patches/s of the network as predict runs it against plain fp32 NCHW, same weights and device."""
     import torch
 
-    from ..inference import Ensemble, default_batch_size, resolve_precision
-    from ..models import ModelSpec, build_model, normalise
+    from wsiscan.inference import Ensemble, default_batch_size, resolve_precision
+    from wsiscan.models import ModelSpec, build_model, normalise
 
     torch.manual_seed(0)
     spec = ModelSpec(arch=arch, name=f"random {arch} (benchmark)")

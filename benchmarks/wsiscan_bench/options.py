@@ -1,4 +1,4 @@
-"""BenchOptions, the preset slide sizes, the notes printed with every report, and where the repository is."""
+"""BenchOptions, the preset slide sizes, the notes printed with every report, and where the checkout is."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .make_slide import PRESETS
+
 SCHEMA_VERSION = 1
-REPO = Path(__file__).resolve().parents[2]
-BENCHMARKS_DIR = REPO / "benchmarks"
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1]  # this package sits in the checkout's benchmarks/
+REPO = BENCHMARKS_DIR.parent
 MB = 1e6
 MiB = 2**20
 NOTES = [
@@ -32,7 +34,7 @@ NOTES = [
     "ratio keys: *_vs_naive = wsiscan / naive for rates, speedup_vs_naive = naive seconds / wsiscan seconds,"
     " peak_rss_vs_naive = wsiscan / naive (< 1: wsiscan uses less); *_vs_before likewise against --compare-src",
 ]
-SIZES = {"small": (8_000, 8_000), "20k": (20_000, 20_000), "camelyon": (100_000, 100_000)}
+SIZES = PRESETS
 
 
 @dataclass

@@ -18,9 +18,9 @@ def run_bench(opts: BenchOptions, *, command: str) -> dict[str, Any]:
     """Every section of the benchmark; returns the JSON-ready report."""
     import tempfile
 
-    from ..config import runtime_versions
-    from ..inference import select_device
-    from ..slide import open_slide
+    from wsiscan.config import runtime_versions
+    from wsiscan.inference import select_device
+    from wsiscan.slide import open_slide
 
     load_start = load_avg_1m()
     device = select_device(opts.device)
@@ -111,6 +111,16 @@ def _max_of(report: dict[str, Any], key: str) -> float | None:
     return max(vals) if vals else None
 
 
+def cell(value: float | None, width: int = 12, fmt: str = ".1f", missing: str = "-") -> str:
+    """One right-aligned table cell of every benchmark table: ``missing`` when there is no figure."""
+    return f"{value:>{width}{fmt}}" if value is not None else f"{missing:>{width}}"
+
+
+def ratio_cell(ratio: float | None, width: int = 9) -> str:
+    """A ratio cell: ``1.23x``, or ``-`` when either figure is missing."""
+    return f"{ratio:>{width - 1}.2f}x" if ratio else f"{'-':>{width}}"
+
+
 def format_table(r: dict[str, Any]) -> str:
     """The report as a readable table: each figure, its naive baseline and the ratio."""
     d, s = r["device"], r["slide"]
@@ -122,9 +132,8 @@ def format_table(r: dict[str, Any]) -> str:
              f"{'figure':<44}" + "".join(f"{c:>12}" for c in cols) + f"{'ratio':>9}"]
 
     def row(label: str, get: Callable[[dict], float | None], section: dict, ratio: float | None, fmt: str = ".1f"):
-        vals = [get(section[c]) if c in section else None for c in cols]
-        cells = "".join(f"{v:>12{fmt}}" if v is not None else f"{'-':>12}" for v in vals)
-        lines.append(f"{label:<44}{cells}{(f'{ratio:>8.2f}x' if ratio else f'{chr(45):>9}')}")
+        cells = "".join(cell(get(section[c]) if c in section else None, 12, fmt) for c in cols)
+        lines.append(f"{label:<44}{cells}{ratio_cell(ratio)}")
 
     for t in r.get("tiling") or []:
         lines.append(f"tiling, stride {t['stride_px']} px: {t['n_tiles']} tiles of {t['tile_size_px']} px, level "
@@ -146,10 +155,9 @@ def format_table(r: dict[str, Any]) -> str:
     if dc:
         lines.append(f"decode only, {dc['n_chunks']} supertile chunks, one thread, nothing stored "
                      f"(columns: OpenSlide, raw tiles, raw + glass skip)")
-        vals = [dc.get(k, {}).get("region_mb_per_s") for k in ("openslide", "raw", "raw_glass_skip")]
-        cells = "".join(f"{v:>12.0f}" if v is not None else f"{'-':>12}" for v in vals)
-        ratio = dc["ratio"]["raw_glass_skip_vs_openslide"]
-        lines.append(f"{'  region MB/s':<44}{cells}{(f'{ratio:>8.2f}x' if ratio else f'{chr(45):>9}')}")
+        cells = "".join(cell(dc.get(k, {}).get("region_mb_per_s"), 12, ".0f")
+                        for k in ("openslide", "raw", "raw_glass_skip"))
+        lines.append(f"{'  region MB/s':<44}{cells}{ratio_cell(dc['ratio']['raw_glass_skip_vs_openslide'])}")
     tm = r.get("tissue_mask")
     if tm:
         row("tissue mask s", lambda x: x["seconds"], tm, tm["ratio"]["speedup_vs_naive"], ".2f")

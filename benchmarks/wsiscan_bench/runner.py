@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ConfigError
+from wsiscan.errors import ConfigError
+
+from .options import BENCHMARKS_DIR
 from .sampling import GpuSampler, PeakRss
 
 
@@ -20,8 +22,10 @@ def _child_env(env_src: Path | None) -> dict[str, str]:
     # `python -m` and `-c` put the working folder first on sys.path, ahead of PYTHONPATH: run from
     # a checkout, every contender would import that checkout's wsiscan, --compare-src's too
     env["PYTHONSAFEPATH"] = "1"
-    if env_src is not None:  # another source tree of wsiscan, ahead of the installed one
-        env["PYTHONPATH"] = os.pathsep.join([str(env_src), *filter(None, [env.get("PYTHONPATH")])])
+    # another source tree of wsiscan ahead of the installed one; this package's folder last, for
+    # the naive contenders (`python -m wsiscan_bench.naive`): it holds no wsiscan to shadow
+    paths = [str(env_src)] if env_src is not None else []
+    env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")]), str(BENCHMARKS_DIR)])
     return env
 
 
@@ -69,12 +73,12 @@ def _children_cpu_s() -> float | None:
 def _child_cmd(kind: str, args: dict[str, Any], work: Path) -> list[str]:
     path = work / f"{kind}-args.json"
     path.write_text(json.dumps(args))
-    return [sys.executable, "-c", "import sys, wsiscan.bench as b; b.child_main(sys.argv[1:])", kind, str(path)]
+    return [sys.executable, "-m", "wsiscan_bench.naive", kind, str(path)]
 
 
 def _wsiscan_tile(slide: Path, out: Path, *, stride_px: int, workers: int | None, src: Path | None) -> dict[str, Any]:
-    from ..store import open_tile_store
-    from ..tiling import slide_id_for
+    from wsiscan.store import open_tile_store
+    from wsiscan.tiling import slide_id_for
 
     cmd = [sys.executable, "-m", "wsiscan", "tile", str(slide), "-o", str(out), "-q", "--overwrite",
            "--stride-px", str(stride_px)]
@@ -93,7 +97,7 @@ def _wsiscan_tile(slide: Path, out: Path, *, stride_px: int, workers: int | None
 
 def _wsiscan_predict(slide: Path, out: Path, ckpt: Path, *, stride_px: int, device: str, precision: str,
                      batch_size: int | None, workers: int | None, src: Path | None, gpu: GpuSampler) -> dict[str, Any]:
-    from ..tiling import slide_id_for
+    from wsiscan.tiling import slide_id_for
 
     shutil.rmtree(out, ignore_errors=True)  # a cold run: nothing to resume
     cmd = [sys.executable, "-m", "wsiscan", "predict", str(slide), "-o", str(out), "--model", str(ckpt), "-q",
@@ -113,7 +117,9 @@ def _wsiscan_predict(slide: Path, out: Path, ckpt: Path, *, stride_px: int, devi
 
 def _decode_workers_option(src: Path | None) -> str:
     """The `wsiscan predict` option for decode workers in the tree that runs (this one or --compare-src)."""
-    cli = (Path(src) / "wsiscan" if src else Path(__file__).parents[1]) / "cli" / "predict.py"
+    import wsiscan
+
+    cli = (Path(src) / "wsiscan" if src else Path(wsiscan.__file__).parent) / "cli" / "predict.py"
     try:
         return "--decode-workers" if "--decode-workers" in cli.read_text() else "--workers"
     except OSError:

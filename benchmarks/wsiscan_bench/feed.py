@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,11 @@ def bench_feed(slide: Path, stride_px: int, device: Any, opts: BenchOptions, wor
     """Plan once, then stream every unit to the device (decode, cut, convert) with the model skipped."""
     import shutil
 
-    from ..config import load_config
-    from ..decode import default_workers
-    from ..inference import DeviceScorer, RegionRing, plan_units
-    from ..scan import Pipeline, scan_slide, units_with_work
-    from ..tiling import plan_tiling, prepare_store
+    from wsiscan.config import load_config
+    from wsiscan.decode import default_workers
+    from wsiscan.inference import DeviceScorer, RegionRing, plan_units
+    from wsiscan.scan import Pipeline, scan_slide, units_with_work
+    from wsiscan.tiling import plan_tiling, prepare_store
 
     cfg = load_config().replace("tile", stride_px=stride_px)
     t = time.perf_counter()
@@ -57,7 +58,7 @@ def bench_feed(slide: Path, stride_px: int, device: Any, opts: BenchOptions, wor
         pipe = Pipeline()
         t = time.perf_counter()
         stats = scan_slide(plan, store, workers=workers, keep_pixels=False, uplan=uplan, units=units,
-                           consume=lambda regions: scorer.run(regions, pipe), region_buffer=ring, pipeline=pipe,
+                           consume=functools.partial(scorer.run, pipeline=pipe), region_buffer=ring, pipeline=pipe,
                            queue_units=4)
         if device.type == "cuda":
             import torch

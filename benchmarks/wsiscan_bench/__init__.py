@@ -1,4 +1,8 @@
-"""Throughput measurement: the code behind ``wsiscan bench`` and ``benchmarks/*.py``.
+"""Throughput measurement: the code behind ``wsiscan bench`` and the scripts in ``benchmarks/``.
+
+This package lives in the source checkout only (``benchmarks/wsiscan_bench``), never in the
+installed ``wsiscan``: ``wsiscan bench`` imports it from a checkout, the scripts beside it
+import it as their sibling package.
 
 Every figure comes with a naive baseline measured in the same run on the same slide;
 contenders are interleaved (A, B, A, B, ...) and repeated, the fastest run of each is
@@ -22,15 +26,13 @@ Peak host RSS is sampled (20 ms) over a contender's process tree; GPU utilisatio
 memory with pynvml or ``nvidia-smi`` while CUDA is in use (``None`` without CUDA).
 """
 
-# Also importable from here, as before the split: the names below that are not in __all__
-# (child_main is the entry point of the naive subprocesses: `wsiscan.bench.child_main`).
-from .environment import device_info, load_avg_1m  # noqa: F401
-from .inputs import benchmark_slide, load_benchmark_script, make_checkpoint, smoke_slide  # noqa: F401
-from .naive import child_main  # noqa: F401
-from .options import BENCHMARKS_DIR, MB, NOTES, REPO, SCHEMA_VERSION, SIZES, BenchOptions, MiB  # noqa: F401
+from .environment import device_info, load_avg_1m
+from .inputs import benchmark_slide, make_checkpoint, smoke_slide
+from .options import SIZES, BenchOptions
 from .report import format_table, run_bench
 from .sampling import GpuSampler, PeakRss
-from .stages import bench_end_to_end, bench_model, bench_tiling, bench_tissue  # noqa: F401
+from .stages import bench_end_to_end, bench_model, bench_tiling, bench_tissue
 
 __all__ = ["BenchOptions", "PeakRss", "GpuSampler", "SIZES", "run_bench", "format_table", "benchmark_slide",
-           "make_checkpoint", "device_info", "load_benchmark_script"]
+           "make_checkpoint", "smoke_slide", "device_info", "load_avg_1m", "bench_end_to_end", "bench_model",
+           "bench_tiling", "bench_tissue"]
