@@ -17,6 +17,7 @@ __all__ = [
     "StoreExistsError",
     "StoreError",
     "OutputError",
+    "SlideLockedError",
     "UnknownModelError",
     "CheckpointError",
     "ConfigError",
@@ -59,6 +60,10 @@ class StoreError(WsiscanError, OSError):
 
 class OutputError(WsiscanError, OSError):
     """The output location cannot be written."""
+
+
+class SlideLockedError(WsiscanError, BlockingIOError):
+    """Another run holds the slide folder's lock (see :mod:`wsiscan.slide_lock`)."""
 
 
 class UnknownModelError(WsiscanError, KeyError):

@@ -43,6 +43,7 @@ from .heatmap import (
     slide_scores,
     write_json_atomic,
 )
+from .staging import slide_build
 from .store import open_tile_store
 from .tiling import STORE_NAME, default_workers, make_slide_dir, overview_picture, plan_slide_output, prepare_store, \
     slide_id_for, write_grid, write_qc
@@ -315,10 +316,11 @@ def predict_slide(
     except BaseException:
         prep_pool.shutdown(wait=True)
         raise
-    try:
-        finish = _predict_planned(plan, slide_id, slide_dir, store_path, config, models, device=device,
-                                  overwrite=overwrite, progress=progress, t_start=t_start, device_ready=device_ready,
-                                  autocast=autocast, prep_pool=prep_pool)
+    try:  # built beside a finished result and swapped in by finish() (wsiscan.staging)
+        with slide_build(out_dir, slide_id, overwrite=overwrite) as build:
+            finish = build.committing(_predict_planned(
+                plan, slide_id, build.dir, build.dir / STORE_NAME, config, models, device=device, overwrite=overwrite,
+                progress=progress, t_start=t_start, device_ready=device_ready, autocast=autocast, prep_pool=prep_pool))
     finally:
         prep_pool.shutdown(wait=True)
     return finish if defer_outputs else finish()

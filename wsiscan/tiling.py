@@ -30,6 +30,7 @@ from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, grid_bord
     tile_coverage
 from .render import render_tissue_qc, save_png_atomic
 from .slide import Slide, open_slide, slide_fingerprint
+from .staging import slide_build
 from .store import TileStore, create_tile_store, open_tile_store, remove_store, store_exists
 from .tissue import TissueMask, TileScores, box_counts, cell_tissue_fractions, detect_tissue, keep_tiles, score_tiles, \
     summed_area_table, usable_cores
@@ -617,24 +618,26 @@ def tile_slide(
     """Tile one slide into ``out_dir/<slide-id>/store.zarr`` (resuming a killed run)."""
     t0 = time.perf_counter()
     plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config)
-    make_slide_dir(slide_dir)
-    store, _ = prepare_store(plan, store_path, overwrite=overwrite)
-    t = time.perf_counter()
-    n_workers = workers if workers is not None else (config.tile.workers or default_workers())
-    from .scan import scan_slide  # the pipeline predict runs, here without a model: pixels kept
+    # built beside a finished result and swapped in at the end of the block (wsiscan.staging)
+    with slide_build(Path(out_dir), slide_id, overwrite=overwrite) as build:
+        make_slide_dir(build.dir)
+        store, _ = prepare_store(plan, build.dir / STORE_NAME, overwrite=overwrite)
+        t = time.perf_counter()
+        n_workers = workers if workers is not None else (config.tile.workers or default_workers())
+        from .scan import scan_slide  # the pipeline predict runs, here without a model: pixels kept
 
-    n_needed = int(plan.chunks_needed.sum())
-    resumed = sum(store.chunk_done(int(ci), int(cj)) for ci, cj in np.argwhere(plan.chunks_needed))
-    stats = scan_slide(plan, store, workers=n_workers, keep_pixels=True, progress=progress)
-    written, decoded = stats.chunks_written, stats.decoded_bytes
-    if resumed + written != n_needed:
-        raise RuntimeError(f"{store_path}: {n_needed - resumed - written} pixel chunks were left unwritten")
-    timings = dict(plan.timings_s)
-    timings["pixels_s"] = time.perf_counter() - t
-    write_grid(plan, store)
-    qc_path = write_qc(plan, slide_dir / QC_NAME)
-    timings["total_s"] = time.perf_counter() - t0
-    store.update_meta(status="complete", timings_s=timings, workers=n_workers,
-                      last_run={"chunks_written": written, "chunks_resumed": resumed, "decoded_bytes": decoded})
-    return TileResult(slide_id, slide_dir, store_path, qc_path, plan.n_tiles, int(plan.chunks_needed.sum()),
+        n_needed = int(plan.chunks_needed.sum())
+        resumed = sum(store.chunk_done(int(ci), int(cj)) for ci, cj in np.argwhere(plan.chunks_needed))
+        stats = scan_slide(plan, store, workers=n_workers, keep_pixels=True, progress=progress)
+        written, decoded = stats.chunks_written, stats.decoded_bytes
+        if resumed + written != n_needed:
+            raise RuntimeError(f"{store_path}: {n_needed - resumed - written} pixel chunks were left unwritten")
+        timings = dict(plan.timings_s)
+        timings["pixels_s"] = time.perf_counter() - t
+        write_grid(plan, store)
+        write_qc(plan, build.dir / QC_NAME)
+        timings["total_s"] = time.perf_counter() - t0
+        store.update_meta(status="complete", timings_s=timings, workers=n_workers,
+                          last_run={"chunks_written": written, "chunks_resumed": resumed, "decoded_bytes": decoded})
+    return TileResult(slide_id, slide_dir, store_path, slide_dir / QC_NAME, plan.n_tiles, int(plan.chunks_needed.sum()),
                       written, resumed, decoded, timings, plan)
