@@ -43,7 +43,7 @@ from .errors import OutputError, StoreExistsError
 from .heatmap import write_json_atomic
 from .slide_lock import SlideLock, acquire_slide_lock
 
-__all__ = ["WORK_DIR", "SlideBuild", "slide_build", "staging_dir", "recover_swap"]
+__all__ = ["WORK_DIR", "SlideBuild", "slide_build", "staging_dir", "recover_swap", "lock_result_folder"]
 
 WORK_DIR = ".wsiscan"
 _T = TypeVar("_T")
@@ -68,8 +68,18 @@ def _io_error(path: Path, what: str, exc: OSError) -> OutputError:
 
 
 def _remove_tree(path: Path) -> None:
+    """Remove a folder of results this run replaces or discards, also where a folder inside it
+    was made read-only (its owner may always make it writable again)."""
+
+    def writable_and_retry(func: Callable[..., object], failed: str, exc_info: tuple) -> None:
+        if not isinstance(exc_info[1], PermissionError):
+            raise exc_info[1]
+        parent = os.path.dirname(failed)
+        os.chmod(parent, os.stat(parent).st_mode | 0o700)
+        func(failed)
+
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        shutil.rmtree(path, onerror=writable_and_retry)  # onexc from Python 3.12 on
     elif path.exists() or path.is_symlink():
         path.unlink()
 
@@ -90,6 +100,23 @@ def recover_swap(out_dir: str | Path, slide_id: str) -> None:
             _remove_tree(trash)
     except OSError as exc:
         raise _io_error(final, "finish the interrupted swap of its results", exc) from exc
+
+
+def lock_result_folder(result_dir: str | Path) -> Callable[[], None]:
+    """Lock ``OUT/<slide-id>`` for a command that rewrites files inside it (``heatmap``), after
+    finishing any swap a killed run left half done; returns the function that releases it.
+    A folder that is not there (and is no slide folder of an OUT) is left alone: the
+    command's own error names it."""
+    result_dir = Path(result_dir)
+    if not (result_dir.is_dir() or (result_dir.parent / WORK_DIR).is_dir()):
+        return lambda: None
+    lock = acquire_slide_lock(result_dir.parent, result_dir.name)
+    try:
+        recover_swap(result_dir.parent, result_dir.name)
+    except BaseException:
+        lock.release()
+        raise
+    return lock.release
 
 
 def _swap_in(final: Path, staged: Path, trash: Path) -> None:
