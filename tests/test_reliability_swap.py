@@ -50,7 +50,7 @@ def test_a_live_holder_is_named_and_a_run_can_wait_for_it(tmp_path):
         message = str(info.value)
         assert f"pid {holder.pid} on host {socket.gethostname()}" in message and "--wait-lock" in message
         t0 = time.monotonic()
-        with acquire_slide_lock(tmp_path, "s", wait_s=30) as lock:  # the holder lets go after 2 s
+        with acquire_slide_lock(tmp_path, "s", wait_s=30):  # the holder lets go after 2 s
             assert time.monotonic() - t0 < 25
             assert json.loads(lock_path(tmp_path, "s").read_text())["pid"] == os.getpid()
     finally:
