@@ -12,38 +12,20 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from reliability_helpers import start_lock_holder
 
 from wsiscan import staging
 from wsiscan.errors import OutputError, SlideLockedError, StoreExistsError
 from wsiscan.slide_lock import acquire_slide_lock, lock_path
 from wsiscan.staging import recover_swap, slide_build, staging_dir
 
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from wsiscan.slide_lock import acquire_slide_lock
-    lock = acquire_slide_lock(sys.argv[1], sys.argv[2], wait_s=0)
-    print("locked", flush=True)
-    time.sleep(float(sys.argv[3]))
-    lock.release()
-""")
-
-
-def _start_holder(out: Path, slide_id: str, hold_s: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), slide_id, str(hold_s)], stdout=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-    return proc
-
 
 def test_a_live_holder_is_named_and_a_run_can_wait_for_it(tmp_path):
-    holder = _start_holder(tmp_path, "s", 2.0)
+    holder = start_lock_holder(tmp_path, "s", 2.0)
     try:
         with pytest.raises(SlideLockedError) as info:
             acquire_slide_lock(tmp_path, "s", wait_s=0)
@@ -67,7 +49,7 @@ def test_two_holders_in_one_process_exclude_each_other(tmp_path):
 
 
 def test_a_killed_holder_s_lock_is_taken_over_and_said_so(tmp_path, capsys):
-    holder = _start_holder(tmp_path, "s", 600)
+    holder = start_lock_holder(tmp_path, "s", 600)
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     assert json.loads(lock_path(tmp_path, "s").read_text())["pid"] == holder.pid, "the dead holder's record stays"

@@ -166,7 +166,13 @@ class SlideBuild:
                 journal, trash = _journal(self.out_dir, self.slide_id), _trash_dir(self.out_dir, self.slide_id)
                 try:
                     write_json_atomic({"slide_id": self.slide_id, "staging": str(self.dir)}, journal)
-                    _swap_in(self.final_dir, self.dir, trash)
+                    try:
+                        _swap_in(self.final_dir, self.dir, trash)
+                    except OSError:  # refused (a read-only folder...): put back what moved, forget the swap
+                        if not self.final_dir.exists() and trash.exists():
+                            os.rename(trash, self.final_dir)
+                        journal.unlink()
+                        raise
                     journal.unlink()
                 except OSError as exc:
                     raise _io_error(self.final_dir, "swap the new results in", exc) from exc
