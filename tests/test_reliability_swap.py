@@ -192,3 +192,17 @@ def test_an_unwritable_out_is_one_error(tmp_path):
                 pass
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_heatmap_s_lock_finishes_an_interrupted_swap_and_leaves_a_missing_folder_alone(tmp_path):
+    staged = staging_dir(tmp_path, "s")
+    staged.mkdir(parents=True)
+    (staged / "summary.json").write_text("new")
+    (tmp_path / ".wsiscan" / "partial" / "s.swap").write_text("{}")  # killed between the two renames
+    release = staging.lock_result_folder(tmp_path / "s")
+    with pytest.raises(SlideLockedError):
+        acquire_slide_lock(tmp_path, "s", wait_s=0)
+    release()
+    assert (tmp_path / "s" / "summary.json").read_text() == "new" and not staged.exists()
+    staging.lock_result_folder(tmp_path / "nowhere" / "s")()
+    assert not (tmp_path / "nowhere").exists()
