@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -216,17 +217,24 @@ def _nobody_run(prefix: list[str], folder: Path, *args: object) -> subprocess.Co
     return subprocess.run([*prefix, *wsiscan_cmd(*args)], capture_output=True, text=True, env=env, cwd=folder)
 
 
-def test_overwrite_tta_into_a_folder_with_read_only_parts(env, tmp_path):
+@pytest.fixture
+def nobody_folder():
+    """A folder another user can reach (pytest's own are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="wsiscan-nobody-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_overwrite_tta_into_a_folder_with_read_only_parts(env, nobody_folder):
     """A read-only heatmap group no longer stops --overwrite --tta after deleting summary.json: the
     new result is built beside the old one and swapped in.  A read-only slide folder (which cannot be
     moved aside) refuses the swap in one line and leaves the old result byte-identical."""
-    work = tmp_path / "nobody"
-    work.mkdir()
+    work = nobody_folder
     out, keep = seeded_out(env, work)
     shutil.copytree(env["refs"][96], out / "s")
     shutil.copy(env["slide"], work / "s.tif")
     shutil.copy(env["config"], work / "c.yaml")
-    work.chmod(0o755)
     prefix = _as_nobody_or_skip(work)
     args = ["predict", work / "s.tif", "-o", out, "--config", work / "c.yaml", *MODEL, "--overwrite", "--tta"]
 
