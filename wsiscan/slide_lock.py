@@ -6,7 +6,7 @@ the slide folder, so the folder can be swapped (:mod:`wsiscan.staging`) while it
 
 * The lock is a ``fcntl.flock`` on that file, which the kernel drops when its holder
   dies, however it dies (``kill -9`` included).  The holder writes who it is into the
-  file (host, pid, the process's start time, command, start of the run) and empties it
+  file (host, pid, the process's start time, command, start of the run) and removes it
   on release.
 * A file that names a holder but whose flock is free was left by a run that was killed
   on this host: the lock is taken over and one line on stderr says whose it was.
@@ -31,9 +31,10 @@ from typing import Any
 
 from .errors import OutputError, SlideLockedError
 
-__all__ = ["LOCKS_DIR", "WAIT_ENV", "LockHolder", "SlideLock", "acquire_slide_lock", "lock_path", "wait_seconds"]
+__all__ = ["WORK_DIR", "LOCKS_DIR", "prune_work_dirs", "WAIT_ENV", "LockHolder", "SlideLock", "acquire_slide_lock", "lock_path", "wait_seconds"]
 
-LOCKS_DIR = Path(".wsiscan") / "locks"
+WORK_DIR = ".wsiscan"
+LOCKS_DIR = Path(WORK_DIR) / "locks"
 WAIT_ENV = "WSISCAN_WAIT_LOCK_S"
 _POLL_S = 0.2
 
@@ -104,14 +105,18 @@ class SlideLock:
         return self._fd >= 0
 
     def release(self) -> None:
+        """Remove the lock file (while still holding it: a run waiting on it then sees that
+        the path is gone or names another file, and opens it again), then drop the flock and
+        remove ``OUT/.wsiscan`` if nothing else is in it."""
         if self._fd < 0:
             return
         try:
-            os.ftruncate(self._fd, 0)  # empty: released, not stale
+            os.unlink(self.path)
         except OSError:
             pass
         os.close(self._fd)  # closing drops the flock
         self._fd = -1
+        prune_work_dirs(self.path.parent.parent.parent)
 
     def __enter__(self) -> SlideLock:
         return self
@@ -120,10 +125,24 @@ class SlideLock:
         self.release()
 
 
+def prune_work_dirs(out_dir: Path) -> None:
+    """Remove the empty folders of ``OUT/.wsiscan`` (a run leaves none behind once done)."""
+    work = out_dir / WORK_DIR
+    for folder in (work / "locks", work / "partial", work / "trash", work):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def _open_locked(path: Path) -> tuple[int, bool]:
     """(fd, locked): the lock file opened, and whether its flock was taken (non-blocking)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # another run removed the empty lock folder just now
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

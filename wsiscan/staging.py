@@ -41,11 +41,10 @@ from typing import Callable, Iterator, TypeVar
 
 from .errors import OutputError, StoreExistsError
 from .heatmap import write_json_atomic
-from .slide_lock import SlideLock, acquire_slide_lock
+from .slide_lock import WORK_DIR, SlideLock, acquire_slide_lock
 
 __all__ = ["WORK_DIR", "SlideBuild", "slide_build", "staging_dir", "recover_swap", "lock_result_folder"]
 
-WORK_DIR = ".wsiscan"
 _T = TypeVar("_T")
 
 
