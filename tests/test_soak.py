@@ -163,6 +163,25 @@ def _poll_until(pid: int, ready, timeout_s: float = 300) -> float | None:
     raise AssertionError("the run neither reached the stage nor ended")
 
 
+def _stage_times(pid: int, slide_dir: Path) -> tuple[float, float | None, list[float]]:
+    """When the store appeared, when summary.json appeared, and when each heatmap chunk was written
+    (seconds from now), watching a running first run."""
+    t0 = time.monotonic()
+    t_store, times = None, []
+    while True:
+        now = time.monotonic() - t0
+        if t_store is None and (slide_dir / "store.zarr").exists():
+            t_store = now
+        n = _heatmap_chunks(slide_dir)
+        times.extend([now] * (n - len(times)))
+        if (slide_dir / "summary.json").exists():
+            assert t_store is not None
+            return t_store, now, times
+        if not _alive(pid):
+            return t_store or now, None, times
+        time.sleep(0.002)
+
+
 @pytest.mark.slow
 def test_twenty_kill_9_points_each_rerun_bit_identical(tmp_path):
     seed = int(os.environ.get("WSISCAN_SOAK_SEED") or random.SystemRandom().randrange(1 << 30))
@@ -183,14 +202,11 @@ def test_twenty_kill_9_points_each_rerun_bit_identical(tmp_path):
         ref_out = tmp_path / "ref"
         pid, log = launcher.start(args(ref_out))
         ref_dir = ref_out / "s"
-        t_store = _poll_until(pid, lambda: (ref_dir / "store.zarr").exists())
-        t_chunk = _poll_until(pid, lambda: _heatmap_chunks(ref_dir) >= 1)
-        t_pyramid = _poll_until(pid, lambda: (ref_dir / "store.zarr" / "heatmap" / "1").exists())
-        t_summary = _poll_until(pid, lambda: (ref_dir / "summary.json").exists())
+        t_store, t_summary, times = _stage_times(pid, ref_dir)
         assert launcher.wait(pid) == 0, Path(f"{log}.err").read_text()
-        assert None not in (t_store, t_chunk, t_pyramid, t_summary)
         n_chunks = _heatmap_chunks(ref_dir)
-        t_scan, t_outputs = t_pyramid - t_chunk, t_summary - t_pyramid
+        assert t_summary is not None and len(times) == n_chunks, "every heatmap chunk was seen as it was written"
+        t_scan, t_outputs = times[-1] - times[0], t_summary - times[-1]
         print(f"uninterrupted: store after {t_store:.2f} s, scan {t_scan:.2f} s ({n_chunks} heatmap chunks), "
               f"outputs {t_outputs:.2f} s")
         assert n_chunks >= 20, "the slide should have many heatmap chunks"
