@@ -270,3 +270,63 @@ def test_heatmap_threshold_failing_midway_keeps_the_summary(env, tmp_path):
     assert (out / "s" / "summary.json").read_bytes() == summary
     assert_no_leftovers(out, "s")
     assert tree_hashes(out / "keep") == keep
+
+
+# -- failures in the middle of a rebuild: the finished result stays byte-identical ----------------
+def _one_line_or_xfail(stderr: str) -> None:
+    """The one-line form of an I/O or decode error comes from the CLI's error handler (issue 13,
+    helper 13a); until it is there, a traceback here is an expected failure, not a pass."""
+    if "Traceback" in stderr:
+        pytest.xfail("the CLI reports this OSError with a traceback (one-line I/O errors: issue 13, 13a)")
+    one_error_line(stderr)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of its own, so that a run can fill it up; skipped where it cannot be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs for a full disk here: {r.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_midway_leaves_the_finished_result_byte_identical(env, small_disk):
+    out, keep = seeded_out(env, small_disk)
+    shutil.copytree(env["refs"][96], out / "s")
+    before = tree_hashes(out / "s")
+    used = shutil.disk_usage(small_disk).used
+    subprocess.run(["mount", "-o", f"remount,size={used + (400 << 10)}", str(small_disk)], check=True)
+    args = predict_args(env, out, "--stride-px", 32, "--overwrite")
+    r = subprocess.run(wsiscan_cmd(*args), capture_output=True, text=True, env=subprocess_env())
+    assert r.returncode == 1, r.stderr
+    assert tree_hashes(out / "s") == before, "the full disk cost the finished result"
+    assert tree_hashes(out / "keep") == keep
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    again = run(*args)
+    assert again.exit_code == 0, again.output
+    assert_same_result(out / "s", env["refs"][32])
+    assert_no_leftovers(out, "s")
+    _one_line_or_xfail(r.stderr)
+
+
+def test_a_decode_error_midway_leaves_the_finished_result_byte_identical(env, tmp_path):
+    out, keep = seeded_out(env, tmp_path)
+    shutil.copytree(env["refs"][96], out / "s")
+    before = tree_hashes(out / "s")
+    damaged = tmp_path / "damaged" / "s.tif"
+    damaged.parent.mkdir()
+    data = bytearray(env["slide"].read_bytes())
+    for at in range(len(data) // 5, len(data) // 2, 997):  # level 0's tiles, not the header or level 1
+        data[at] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    r = subprocess.run(wsiscan_cmd("predict", damaged, "-o", out, "--config", env["config"], *MODEL, "--overwrite"),
+                       capture_output=True, text=True, env=subprocess_env())
+    assert r.returncode == 1, r.stderr
+    assert staging_dir(out, "s").is_dir(), "the error came while the new result was being built"
+    assert tree_hashes(out / "s") == before, "the decode error cost the finished result"
+    assert tree_hashes(out / "keep") == keep
+    _one_line_or_xfail(r.stderr)

@@ -1,7 +1,7 @@
 """Soak: 20 kill -9 points chosen at random during `predict --model wsiscan/tiny`, each followed by
 a rerun that must give a result bit-identical to an uninterrupted run.
 
-The slide has many pixel and heatmap chunks (supertiles of 192 px, heatmap chunks of 6 x 6 cells
+The slide has many pixel and heatmap chunks (supertiles of 192 px, heatmap chunks of 4 x 4 cells
 at stride 32).  Each kill point is a kind of run and a stage, drawn with a seeded generator
 (the seed is printed; set WSISCAN_SOAK_SEED to replay one):
 
@@ -42,7 +42,7 @@ from wsiscan.staging import staging_dir
 from wsiscan.testing import write_synthetic_slide
 
 N_KILLS = 20
-CONFIG = "tile:\n  supertile_px: 192\n  stride_px: 32\npredict:\n  heatmap_chunk_cells: 6\n  loader_workers: 0\n"
+CONFIG = "tile:\n  supertile_px: 192\n  stride_px: 32\npredict:\n  heatmap_chunk_cells: 4\n  loader_workers: 0\n"
 SWAP_STEPS = ("journal_written", "old_in_trash", "new_in_place", "trash_left")
 
 # The launcher: reads one JSON request per line; "run" forks a child running the CLI (with its
@@ -187,7 +187,7 @@ def test_twenty_kill_9_points_each_rerun_bit_identical(tmp_path):
     seed = int(os.environ.get("WSISCAN_SOAK_SEED") or random.SystemRandom().randrange(1 << 30))
     print(f"soak seed {seed} (WSISCAN_SOAK_SEED={seed} replays it)")
     rng = random.Random(seed)
-    slide = write_synthetic_slide(tmp_path / "s.tif", dimensions_px=(4096, 3072), mpp=0.486).path
+    slide = write_synthetic_slide(tmp_path / "s.tif", dimensions_px=(3072, 2048), mpp=0.486).path
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG)
     logs = tmp_path / "logs"
