@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -267,3 +268,23 @@ def test_gpu_cluster_without_dask_cuda_pins_one_gpu_per_worker():
         failures = c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
     assert sorted(seen.values()) == ["3", "5"]
     assert failures == 1
+
+
+def test_a_slide_locked_by_another_run_fails_on_its_worker_naming_the_holder(slides, tiny_ckpt, client, tmp_path):
+    """Workers score through predict_slide, so they take the slide lock: a live holder is named."""
+    from reliability_helpers import start_lock_holder
+
+    out = tmp_path / "out"
+    holder = start_lock_holder(out, "wide", 600)
+    try:
+        r = run("predict", slides[1], slides[0], "-o", out, "--model", tiny_ckpt, "-q",
+                "--scheduler", client.scheduler.address)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.exit_code == 1, r.output
+    entries = manifest_by_id(out)
+    assert entries["wide"]["status"] == "failed" and entries["wide"]["attempts"] == 1
+    assert f"pid {holder.pid} on host {socket.gethostname()}" in entries["wide"]["error"]
+    assert entries["synthetic"]["status"] == "complete"
+    assert not (out / "wide").exists()

@@ -20,6 +20,7 @@ __all__ = [
     "StoreError",
     "RecordError",
     "OutputError",
+    "SlideLockedError",
     "UnknownModelError",
     "CheckpointError",
     "ConfigError",
@@ -77,6 +78,10 @@ class RecordError(StoreError, ValueError):
 
 class OutputError(WsiscanError, OSError):
     """The output location cannot be written."""
+
+
+class SlideLockedError(WsiscanError, BlockingIOError):
+    """Another run holds the slide folder's lock (see :mod:`wsiscan.slide_lock`)."""
 
 
 class UnknownModelError(WsiscanError, KeyError):

@@ -50,6 +50,7 @@ from .qc import overview_picture, write_qc
 from .records import SlideSummary, summary_or_none
 from .results import class_regions_block, threshold_outputs
 from .slide_ids import slide_id_for, unique_slide_ids
+from .staging import slide_build
 from .store import open_tile_store
 from .store_meta import write_grid
 from .tiling import prepare_store
@@ -301,10 +302,11 @@ def predict_slide(
     except BaseException:
         prep_pool.shutdown(wait=True)
         raise
-    try:
-        finish = _predict_planned(plan, slide_id, slide_dir, store_path, config, models, device=device,
-                                  overwrite=overwrite, progress=progress, t_start=t_start, device_ready=device_ready,
-                                  autocast=autocast, prep_pool=prep_pool)
+    try:  # built beside a finished result and swapped in by finish() (wsiscan.staging)
+        with slide_build(out_dir, slide_id, overwrite=overwrite) as build:
+            finish = build.committing(_predict_planned(
+                plan, slide_id, build.dir, build.dir / STORE_NAME, config, models, device=device, overwrite=overwrite,
+                progress=progress, t_start=t_start, device_ready=device_ready, autocast=autocast, prep_pool=prep_pool))
     finally:
         prep_pool.shutdown(wait=True)
     return finish if defer_outputs else finish()

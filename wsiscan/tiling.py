@@ -24,9 +24,10 @@ from .errors import NoTissueError, StoreExistsError
 from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, select_level, store_geometry, tile_coverage
 from .heap import release_free_heap
 from .keep import chunks_needed, glass_tile_keep, keep_grid_tiles
-from .layout import QC_NAME
+from .layout import QC_NAME, STORE_NAME
 from .qc import read_overview, write_qc
 from .slide import Slide, open_slide, slide_fingerprint
+from .staging import slide_build
 from .store import TileStore, create_tile_store, open_tile_store, remove_store, store_exists
 from .store_meta import pixel_identity, store_meta, write_grid
 from .tissue import TileScores, TissueMask, detect_tissue
@@ -219,23 +220,25 @@ def tile_slide(
 
     t0 = time.perf_counter()
     plan, slide_id, slide_dir, store_path = plan_slide_output(slide_path, out_dir, config, slide_id=slide_id)
-    make_slide_dir(slide_dir)
-    store, _ = prepare_store(plan, store_path, overwrite=overwrite)
-    t = time.perf_counter()
-    from .decode import default_workers
-    from .scan import scan_slide  # the pipeline predict runs, here without a model: pixels kept
+    # built beside a finished result and swapped in at the end of the block (wsiscan.staging)
+    with slide_build(Path(out_dir), slide_id, overwrite=overwrite) as build:
+        make_slide_dir(build.dir)
+        store, _ = prepare_store(plan, build.dir / STORE_NAME, overwrite=overwrite)
+        t = time.perf_counter()
+        from .decode import default_workers
+        from .scan import scan_slide  # the pipeline predict runs, here without a model: pixels kept
 
-    n_workers = workers if workers is not None else (config.tile.workers or default_workers())
-    stats = scan_slide(plan, store, workers=n_workers, keep_pixels=True, progress=progress)
-    written, resumed, decoded = stats.chunks_written, stats.chunks_resumed, stats.decoded_bytes
-    if not stats.pixels_complete:
-        raise RuntimeError(f"{store_path}: {stats.chunks_needed - resumed - written} pixel chunks were left unwritten")
-    timings = dict(plan.timings_s)
-    timings["pixels_s"] = time.perf_counter() - t
-    write_grid(plan, store)
-    qc_path = write_qc(plan, slide_dir / QC_NAME)
-    timings["total_s"] = time.perf_counter() - t0
-    store.update_meta(status="complete", timings_s=timings, workers=n_workers,
-                      last_run={"chunks_written": written, "chunks_resumed": resumed, "decoded_bytes": decoded})
-    return TileResult(slide_id, slide_dir, store_path, qc_path, plan.n_tiles, int(plan.chunks_needed.sum()),
+        n_workers = workers if workers is not None else (config.tile.workers or default_workers())
+        stats = scan_slide(plan, store, workers=n_workers, keep_pixels=True, progress=progress)
+        written, resumed, decoded = stats.chunks_written, stats.chunks_resumed, stats.decoded_bytes
+        if not stats.pixels_complete:
+            raise RuntimeError(f"{store_path}: {stats.chunks_needed - resumed - written} pixel chunks were left unwritten")
+        timings = dict(plan.timings_s)
+        timings["pixels_s"] = time.perf_counter() - t
+        write_grid(plan, store)
+        write_qc(plan, build.dir / QC_NAME)
+        timings["total_s"] = time.perf_counter() - t0
+        store.update_meta(status="complete", timings_s=timings, workers=n_workers,
+                          last_run={"chunks_written": written, "chunks_resumed": resumed, "decoded_bytes": decoded})
+    return TileResult(slide_id, slide_dir, store_path, slide_dir / QC_NAME, plan.n_tiles, int(plan.chunks_needed.sum()),
                       written, resumed, decoded, timings, plan)

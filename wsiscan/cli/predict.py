@@ -216,8 +216,10 @@ def heatmap(result_dir: Path, threshold, png, geojson, config_path, speak, speak
     from ..heatmap import HeatmapFrame, export_class_regions, heatmap_class_names, scored_cells
     from ..records import read_summary
     from ..results import class_regions_block, threshold_outputs
+    from ..staging import lock_result_folder
     from ..store import open_tile_store
 
+    click.get_current_context().call_on_close(lock_result_folder(result_dir))  # one writer per slide
     summary_path = result_dir / SUMMARY_NAME
     store = open_tile_store(result_dir / STORE_NAME, mode="r+")
     hm = store.heatmap_meta()

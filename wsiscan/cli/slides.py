@@ -72,6 +72,15 @@ def info(slide: Path, as_json: bool, slide_mpp: float | None, properties: bool) 
     click.echo("\n".join(lines))
 
 
+def _wait_lock_env(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
+    import os
+
+    from ..slide_lock import WAIT_ENV
+
+    if value is not None:  # read by wsiscan.slide_lock here and in the Dask workers this run starts
+        os.environ[WAIT_ENV] = repr(value)
+
+
 def tiling_options(func):
     """Options shared by ``tile`` and ``predict``."""
     opts = [
@@ -86,6 +95,10 @@ def tiling_options(func):
         click.option("--workers", type=click.IntRange(min=0), default=None, help="Parallel decoders: threads below 256 chunks, processes from 256 (0 or unset: one per usable core that memory allows)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing result for another slide or configuration."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+        click.option("--wait-lock", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+                     expose_value=False, callback=_wait_lock_env,
+                     help="Wait up to SECONDS for another run writing the same slide folder to finish "
+                          "(default 0: refuse at once). Sets WSISCAN_WAIT_LOCK_S for this run."),
     ]
     for opt in reversed(opts):
         func = opt(func)
