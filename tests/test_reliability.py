@@ -229,7 +229,7 @@ def nobody_folder():
 def test_overwrite_tta_into_a_folder_with_read_only_parts(env, nobody_folder):
     """A read-only heatmap group no longer stops --overwrite --tta after deleting summary.json: the
     new result is built beside the old one and swapped in.  A read-only slide folder (which cannot be
-    moved aside) refuses the swap in one line and leaves the old result byte-identical."""
+    moved aside) is refused in one line before any work, and the old result stays byte-identical."""
     work = nobody_folder
     out, keep = seeded_out(env, work)
     shutil.copytree(env["refs"][96], out / "s")
@@ -243,7 +243,8 @@ def test_overwrite_tta_into_a_folder_with_read_only_parts(env, nobody_folder):
     r = _nobody_run(prefix, work, *args)
     assert r.returncode == 1, r.stderr
     line = one_error_line(r.stderr)
-    assert f"{out / 's'}: cannot swap the new results in (permission denied)" in line, line
+    assert f"{out / 's'}: permission denied: the slide folder is not writable" in line, line
+    assert not (out / ".wsiscan" / "partial" / "s").exists()  # refused before anything was built
     assert tree_hashes(out / "s") == before
 
     (out / "s").chmod(0o755)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from .errors import OutputError, StoreExistsError
+from .errors import DamagedChunkError, OutputError, StoreExistsError
 from .heatmap import write_json_atomic
 from .slide_lock import WORK_DIR, SlideLock, acquire_slide_lock
 
@@ -222,7 +222,8 @@ def slide_build(out_dir: str | Path, slide_id: str, *, overwrite: bool,
     On a normal exit the build is committed (swapped in, lock released), unless the body
     handed it to :meth:`SlideBuild.committing` for a later ``finish``; on an error the
     lock is released and the staging folder kept for the next run to resume, except when
-    the error is a refusal (:class:`StoreExistsError`) of a staging copy this run made.
+    the error is a refusal (:class:`StoreExistsError`, or :class:`DamagedChunkError` for a
+    damaged store) of a staging copy this run made.
     """
     out_dir = Path(out_dir)
     lock = acquire_slide_lock(out_dir, slide_id, wait_s=wait_lock_s)
@@ -234,7 +235,7 @@ def slide_build(out_dir: str | Path, slide_id: str, *, overwrite: bool,
         raise
     try:
         yield build
-    except StoreExistsError as exc:
+    except (StoreExistsError, DamagedChunkError) as exc:  # a refusal: the copy this run made holds nothing new
         build.release()
         if seeded:
             _remove_tree(build.dir)
@@ -251,6 +252,9 @@ def slide_build(out_dir: str | Path, slide_id: str, *, overwrite: bool,
 
 def _prepare(out_dir: Path, slide_id: str, *, overwrite: bool, lock: SlideLock) -> tuple[SlideBuild, bool]:
     final, staged = out_dir / slide_id, staging_dir(out_dir, slide_id)
+    if final.is_dir() and not os.access(final, os.W_OK | os.X_OK):  # the swap moves it aside: it must be writable
+        raise OutputError(f"{final}: permission denied: the slide folder is not writable, so its result cannot be "
+                          f"replaced; make it writable (chmod u+w) or choose another -o/--out")
     created = False
     try:
         if overwrite and (staged.exists() or staged.is_symlink()):
