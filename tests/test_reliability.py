@@ -274,14 +274,6 @@ def test_heatmap_threshold_failing_midway_keeps_the_summary(env, tmp_path):
 
 
 # -- failures in the middle of a rebuild: the finished result stays byte-identical ----------------
-def _one_line_or_xfail(stderr: str) -> None:
-    """The one-line form of an I/O or decode error comes from the CLI's error handler (issue 13,
-    helper 13a); until it is there, a traceback here is an expected failure, not a pass."""
-    if "Traceback" in stderr:
-        pytest.xfail("the CLI reports this OSError with a traceback (one-line I/O errors: issue 13, 13a)")
-    one_error_line(stderr)
-
-
 @pytest.fixture
 def small_disk(tmp_path):
     """A tmpfs of its own, so that a run can fill it up; skipped where it cannot be mounted."""
@@ -311,7 +303,8 @@ def test_a_full_disk_midway_leaves_the_finished_result_byte_identical(env, small
     assert again.exit_code == 0, again.output
     assert_same_result(out / "s", env["refs"][32])
     assert_no_leftovers(out, "s")
-    _one_line_or_xfail(r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    one_error_line(r.stderr)
 
 
 def test_a_decode_error_midway_leaves_the_finished_result_byte_identical(env, tmp_path):
@@ -330,4 +323,5 @@ def test_a_decode_error_midway_leaves_the_finished_result_byte_identical(env, tm
     assert staging_dir(out, "s").is_dir(), "the error came while the new result was being built"
     assert tree_hashes(out / "s") == before, "the decode error cost the finished result"
     assert tree_hashes(out / "keep") == keep
-    _one_line_or_xfail(r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    one_error_line(r.stderr)
