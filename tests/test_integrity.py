@@ -286,3 +286,19 @@ def test_kill_9_during_chunk_writes_never_leaves_a_torn_chunk(tmp_path):
         assert store.pixels[...].shape == (256, 256, 3)  # decodes and passes its checksum: a whole chunk
         store.update_meta(status="complete")  # what the resumed run does at its end: sweeps the partial file
         assert not [p for p in (tmp_path / "s.zarr").rglob("*") if ".partial-" in p.name]
+
+
+def test_heatmap_group_left_without_level_0_by_a_kill_is_created_again(result, synthetic_slide, tiny_ckpt):
+    """A run killed inside the heatmap's creation (its group written, level 0 not yet) left a
+    store the rerun must resume, not refuse as damaged."""
+    out, slide_dir, cfg = result
+    store = slide_dir / "store.zarr"
+    expected = zarr.open_array(store / "heatmap" / "0", mode="r")[...]
+    for level in sorted((store / "heatmap").iterdir()):
+        if level.is_dir():
+            shutil.rmtree(level)
+    (slide_dir / "summary.json").unlink()  # the killed run had not finished
+    r = _predict(synthetic_slide.path, out, tiny_ckpt, cfg)
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(zarr.open_array(store / "heatmap" / "0", mode="r")[...], expected)
+    assert (slide_dir / "summary.json").is_file()

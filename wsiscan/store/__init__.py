@@ -220,7 +220,11 @@ class TileStore:
 
     # -- heatmap (OME-Zarr multiscale image inside the store) -----------------------
     def has_heatmap(self) -> bool:
-        return HEATMAP in self.group
+        """Whether the store holds a heatmap: its group with level 0 in it.  A group without
+        level 0 is what a run killed inside :meth:`create_heatmap` leaves; the next run
+        creates the heatmap again."""
+        node = self.group.get(HEATMAP)
+        return isinstance(node, zarr.Group) and "0" in node
 
     def heatmap_meta(self) -> dict[str, Any]:
         return _attr_dict(self.group[HEATMAP].attrs.get(_ATTR)) if self.has_heatmap() else {}
@@ -241,13 +245,13 @@ class TileStore:
         self._heatmap_group().attrs["ome"] = json.loads(json.dumps(ome, default=_json_default))
 
     def delete_heatmap(self) -> None:
-        if self.has_heatmap():
+        if HEATMAP in self.group:
             del self.group[HEATMAP]
 
     def create_heatmap(self, *, shape: tuple[int, ...], chunk: int, meta: dict[str, Any]) -> None:
         """An empty level 0 of cells (NaN = not scored), chunked (chunk, chunk); shape (c, y, x)
         for a model of more than 2 classes (one channel per class, all in each chunk)."""
-        g = self.group.create_group(HEATMAP)
+        g = self.group.create_group(HEATMAP, overwrite=True)  # over what a killed create left
         g.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
         self.create_heatmap_level(0, shape=shape, chunk=chunk)
 
