@@ -276,6 +276,8 @@ class Slide:
         reader = self.reader_for(level)
         self.last_reader = reader
         if reader != "openslide":
+            if self._raw is None:  # reader_for names the raw reader only when one is open
+                raise RuntimeError(f"{self.path}: level {level} has no raw reader")
             rgb, n_px = self._raw.read(level=level, lv_xy=lv_xy, size_px=(w, h), tile_keep=tile_keep)
             self.decoded_px[reader] = self.decoded_px.get(reader, 0) + n_px
             if tile_keep is not None:
@@ -447,7 +449,8 @@ def rgba_to_rgb_white(rgba: np.ndarray) -> np.ndarray:
     if alpha.min(initial=255) == 255:
         return np.ascontiguousarray(rgb)
     out = rgb.astype(np.uint16) + (255 - alpha.astype(np.uint16))[..., None]
-    return np.minimum(out, 255).astype(np.uint8)
+    composited: np.ndarray = np.minimum(out, 255).astype(np.uint8)
+    return composited
 
 
 def _describe_unreadable(path: Path) -> str:
@@ -523,7 +526,7 @@ def open_slide(
         levels = tuple(
             LevelInfo(
                 index=i,
-                dimensions_px=tuple(int(v) for v in handle.level_dimensions[i]),
+                dimensions_px=(int(handle.level_dimensions[i][0]), int(handle.level_dimensions[i][1])),
                 downsample=float(handle.level_downsamples[i]),
                 mpp=None if mpp is None else mpp.mpp * float(handle.level_downsamples[i]),
             )
@@ -558,7 +561,9 @@ def open_slide(
     except SlideTooLargeError:
         handle.close()
         raise
-    raw, raw_problem, raw_level_problems = None, "", {}
+    raw: RawTiffReader | None = None
+    raw_problem = ""
+    raw_level_problems: dict[int, str] = {}
     if reader == "auto":
         try:
             raw, raw_problem, raw_level_problems = open_raw_reader(
