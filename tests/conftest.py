@@ -27,6 +27,11 @@ SLIDES = SHARED_DATA / "slides"
 # tests that worker's Xvfb display and QApplication, the serve and browser tests the results
 # test_serve_fixtures.make_results builds once per process.
 SHARED_WORKER_FILES = {"test_napari", "test_explain_napari", "test_serve", "test_serve_browser"}
+# Work units handed out first, longest first, so that no long file starts last and runs alone
+# at the end (xdist would otherwise order them by their number of tests).
+LONG_UNITS_FIRST = ("test_soak", "gui-and-serve", "test_train", "test_cli_errors_13", "test_reliability",
+                    "test_distributed", "test_bench", "test_reliability_swap", "test_integrity", "test_explain",
+                    "test_predict")
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -40,6 +45,12 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             return "gui-and-serve" if Path(path).stem in SHARED_WORKER_FILES else path
 
+        def _assign_work_unit(self, node):
+            for name in reversed(LONG_UNITS_FIRST):
+                for scope in [s for s in self.workqueue if Path(s).stem == name]:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
     return FileScheduling(config, log)
 
 
@@ -49,7 +60,7 @@ def pytest_collection_modifyitems(config, items):
         import torch
 
         has_cuda = torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
+    except Exception:
         has_cuda = False
     for item in items:
         if "realdata" in item.keywords and missing_data:

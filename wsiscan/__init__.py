@@ -22,23 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DatasetError,
-    DeviceError,
-    MissingMppError,
-    NoTissueError,
-    OfflineError,
-    OutputError,
-    RecordError,
-    ResolutionError,
-    SlideOpenError,
-    StoreError,
-    StoreExistsError,
-    UnknownModelError,
-    WsiscanError,
-)
+from . import errors as _errors
+from .errors import *  # noqa: F403  (the error tree is public API: errors.__all__)
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
     from .api import Patch, Scorer, iter_patches, plan_slide, score_patches, score_slide
@@ -113,22 +98,8 @@ __all__ = [
     "fetch_model",
     "register_weights",
     "RegistryEntry",
-    # errors
-    "WsiscanError",
-    "SlideOpenError",
-    "MissingMppError",
-    "ResolutionError",
-    "NoTissueError",
-    "StoreExistsError",
-    "StoreError",
-    "RecordError",
-    "OutputError",
-    "UnknownModelError",
-    "CheckpointError",
-    "ConfigError",
-    "DeviceError",
-    "OfflineError",
-    "DatasetError",
+    # errors: the whole tree
+    *_errors.__all__,
 ]
 
 

@@ -158,7 +158,7 @@ def dashboard_link(client: Client) -> str | None:
             return None
     try:
         return client.dashboard_link
-    except Exception:  # noqa: BLE001 - only decorative; distributed raises several types here
+    except Exception:
         return None
 
 
@@ -189,7 +189,7 @@ class ModelPlugin(WorkerPlugin):
         state.update(_loaded=None, _lock=None)
         return state
 
-    def setup(self, worker) -> None:  # noqa: D401 - distributed API
+    def setup(self, worker) -> None:
         self._lock = threading.Lock()
         self._where = f"worker {worker.address} on {socket.gethostname()}"
         self.load()
@@ -312,7 +312,7 @@ class DaskBackend:
                     f"and logs, then rerun the same command to resume"))
             except WsiscanError as exc:  # raised outside predict_slide, e.g. loading the model
                 error, entry = exc, entry.failed(exc)
-            except Exception as exc:  # noqa: BLE001 - a task's unexpected error is recorded, the run goes on
+            except Exception as exc:
                 error, entry = exc, entry.failed(exc, error=f"{entry.slide}: {type(exc).__name__}: {exc}")
             else:
                 where = {k: record[k] for k in ("worker", "host", "pid", "started", "finished", "seconds")}

@@ -106,7 +106,7 @@ class Pipeline:
         def body() -> None:
             try:
                 fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread by join()
+            except BaseException as exc:
                 self.fail(exc)
 
         t = threading.Thread(target=body, name=f"wsiscan-{name}", daemon=True)

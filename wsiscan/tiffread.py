@@ -209,7 +209,7 @@ def describe_refused_tiff(path: Path) -> str:
             pages = list(tif.pages)
             ends = [int(o) + int(c) for pg in pages for o, c in zip(pg.dataoffsets, pg.databytecounts, strict=True)]
             tiled = bool(pages) and bool(getattr(pages[0], "is_tiled", False))
-    except Exception as exc:  # noqa: BLE001 - any parse failure of a file with a TIFF header means damage
+    except Exception as exc:
         return (f"a TIFF that is truncated or damaged (tifffile: {exc}); copy it again from the scanner or "
                 f"re-export it")
     if ends and max(ends) > size:

@@ -87,7 +87,7 @@ class GpuSampler:
             self.source = "pynvml"
             return lambda: (float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
                             pynvml.nvmlDeviceGetMemoryInfo(handle).used / MiB)
-        except Exception:  # noqa: BLE001 - pynvml absent or unusable: try nvidia-smi
+        except Exception:
             pass
         exe = shutil.which("nvidia-smi")
         if exe is None:
@@ -110,14 +110,14 @@ class GpuSampler:
         while not self._stop.wait(self.interval_s):
             try:
                 self.samples.append(self._read())
-            except Exception:  # noqa: BLE001 - a failed sample is skipped, never fatal
+            except Exception:
                 continue
 
     def __enter__(self) -> "GpuSampler":
         if self._read is not None:
             try:
                 self._before_mb = self._read()[1]
-            except Exception:  # noqa: BLE001
+            except Exception:
                 self._before_mb = 0.0
             self._thread.start()
         return self

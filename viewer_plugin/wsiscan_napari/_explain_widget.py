@@ -78,7 +78,7 @@ class HotspotExplainPanel(QWidget):
         width = max(viewport.width() - 4, 100)
         self.pictures.setPixmap(self._picture.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation))
 
-    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+    def resizeEvent(self, event: Any) -> None:
         super().resizeEvent(event)
         QTimer.singleShot(0, self._show_picture)  # after the scroll area's viewport has its new size
 

@@ -97,7 +97,7 @@ class HeatmapReviewWidget(QWidget):
                                   (_camera(self.viewer).events.zoom, self._on_zoom)):
             emitter.disconnect(callback)
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+    def closeEvent(self, event: Any) -> None:
         self.detach()
         super().closeEvent(event)
 

@@ -30,7 +30,7 @@ class _WsiscanGroup(click.Group):
     line, without a traceback, and keeps Python warnings (torch's among them) off stderr
     unless ``-v`` is given."""
 
-    def invoke(self, ctx: click.Context):  # noqa: D401 - click API
+    def invoke(self, ctx: click.Context):
         with _library_messages(verbose=bool(ctx.params.get("verbose"))):
             try:
                 return super().invoke(ctx)
@@ -141,14 +141,14 @@ def echo_err(message: str) -> None:
 
 
 # Sub-modules register their commands on import.
-from . import bench as _bench  # noqa: E402,F401
-from . import explain as _explain  # noqa: E402,F401
-from . import models as _models  # noqa: E402,F401
-from . import predict as _predict  # noqa: E402,F401
-from . import serve as _serve  # noqa: E402,F401
-from . import slides as _slides  # noqa: E402,F401
-from . import train as _train  # noqa: E402,F401
-from . import view as _view  # noqa: E402,F401
+from . import bench as _bench  # noqa: F401
+from . import explain as _explain  # noqa: F401
+from . import models as _models  # noqa: F401
+from . import predict as _predict  # noqa: F401
+from . import serve as _serve  # noqa: F401
+from . import slides as _slides  # noqa: F401
+from . import train as _train  # noqa: F401
+from . import view as _view  # noqa: F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -9,7 +9,7 @@ from __future__ import annotations
 __all__ = ["create_app"]
 
 
-def create_app(*args, **kwargs):  # noqa: ANN002, ANN003 - the signature is app.create_app's
+def create_app(*args, **kwargs):
     """See :func:`wsiscan.serve.app.create_app` (imported on first use: it needs the serve extra)."""
     from .app import create_app as _create_app
 
