@@ -14,7 +14,8 @@ Measures, with host RSS and GPU utilisation (nvidia-smi / pynvml) sampled throug
    interleaved in the same run.
 
 ``--dry-run`` shrinks everything (a small synthetic slide, one architecture, short rows, the CPU
-when there is no GPU) so that the script runs unchanged on a machine without one; CI runs it so.
+when there is no GPU) so that the script can be checked on a machine without one and then runs
+unchanged where a GPU is.
 """
 
 from __future__ import annotations
