@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 
 __all__ = [
     "STORE_NAME", "SUMMARY_NAME", "OVERLAY_NAME", "GEOJSON_NAME", "QC_NAME", "MANIFEST_NAME", "ATTEMPTS_DIR",
+    "WORK_DIR", "WORK_SUBDIRS", "lock_path", "staging_dir", "trash_dir", "swap_journal_path",
     "SPEECH_WAV_NAME", "RESULT_FILES", "MEDIA_TYPES", "json_default", "atomic_path", "write_json_atomic",
     "write_text_atomic", "write_png_atomic", "write_figure_atomic", "write_geojson_atomic", "slide_dir_for",
     "store_path", "summary_path", "is_result_folder", "has_store", "result_folders", "exported_geojson_name",
@@ -42,6 +43,9 @@ QC_NAME = "qc.png"
 SPEECH_WAV_NAME = "summary.wav"
 MANIFEST_NAME = "manifest.json"
 ATTEMPTS_DIR = ".wsiscan-attempts"
+WORK_DIR = ".wsiscan"  # OUT/.wsiscan: the slide locks and the builds not yet swapped in (wsiscan.staging)
+LOCKS_SUBDIR, PARTIAL_SUBDIR, TRASH_SUBDIR = "locks", "partial", "trash"
+WORK_SUBDIRS = (LOCKS_SUBDIR, PARTIAL_SUBDIR, TRASH_SUBDIR)  # what OUT/.wsiscan holds
 
 # the files of a finished predict result that the summary lists under ``outputs`` (key -> name)
 RESULT_FILES = {"overlay": OVERLAY_NAME, "geojson": GEOJSON_NAME, "qc": QC_NAME, "store": STORE_NAME}
@@ -63,10 +67,30 @@ def exported_geojson_name(threshold: float) -> str:
 
 # -- where things are -----------------------------------------------------------------------
 def slide_dir_for(out_dir: str | Path, slide_path: str | Path) -> Path:
-    """``OUT/<slide-id>``: the folder of a slide's outputs (the id from :func:`wsiscan.tiling.slide_id_for`)."""
-    from .tiling import slide_id_for
+    """``OUT/<slide-id>``: the folder of a slide's outputs (the id from :func:`wsiscan.slide_ids.slide_id_for`)."""
+    from .slide_ids import slide_id_for
 
     return Path(out_dir) / slide_id_for(slide_path)
+
+
+def lock_path(out_dir: str | Path, slide_id: str) -> Path:
+    """``OUT/.wsiscan/locks/<slide-id>.lock``: the slide's lock (:mod:`wsiscan.slide_lock`)."""
+    return Path(out_dir) / WORK_DIR / LOCKS_SUBDIR / f"{slide_id}.lock"
+
+
+def staging_dir(out_dir: str | Path, slide_id: str) -> Path:
+    """``OUT/.wsiscan/partial/<slide-id>``: where a run over an existing result builds (:mod:`wsiscan.staging`)."""
+    return Path(out_dir) / WORK_DIR / PARTIAL_SUBDIR / slide_id
+
+
+def swap_journal_path(out_dir: str | Path, slide_id: str) -> Path:
+    """``OUT/.wsiscan/partial/<slide-id>.swap``: the record of a swap in progress."""
+    return Path(out_dir) / WORK_DIR / PARTIAL_SUBDIR / f"{slide_id}.swap"
+
+
+def trash_dir(out_dir: str | Path, slide_id: str) -> Path:
+    """``OUT/.wsiscan/trash/<slide-id>``: a replaced result until it is removed."""
+    return Path(out_dir) / WORK_DIR / TRASH_SUBDIR / slide_id
 
 
 def store_path(slide_dir: str | Path) -> Path:

@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError, SlideLockedError
+from .layout import WORK_DIR, WORK_SUBDIRS, lock_path
 
-__all__ = ["WORK_DIR", "LOCKS_DIR", "prune_work_dirs", "WAIT_ENV", "LockHolder", "SlideLock", "acquire_slide_lock", "lock_path", "wait_seconds"]
+__all__ = ["WORK_DIR", "prune_work_dirs", "WAIT_ENV", "LockHolder", "SlideLock", "acquire_slide_lock", "lock_path", "wait_seconds"]
 
-WORK_DIR = ".wsiscan"
-LOCKS_DIR = Path(WORK_DIR) / "locks"
 WAIT_ENV = "WSISCAN_WAIT_LOCK_S"
 _POLL_S = 0.2
 
@@ -65,10 +64,6 @@ def _process_start(pid: int) -> str | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[-1].split()[19]  # field 22; the command name may hold spaces
-
-
-def lock_path(out_dir: str | Path, slide_id: str) -> Path:
-    return Path(out_dir) / LOCKS_DIR / f"{slide_id}.lock"
 
 
 def wait_seconds() -> float:
@@ -128,7 +123,7 @@ class SlideLock:
 def prune_work_dirs(out_dir: Path) -> None:
     """Remove the empty folders of ``OUT/.wsiscan`` (a run leaves none behind once done)."""
     work = out_dir / WORK_DIR
-    for folder in (work / "locks", work / "partial", work / "trash", work):
+    for folder in (*(work / name for name in WORK_SUBDIRS), work):
         try:
             folder.rmdir()
         except OSError:

@@ -40,24 +40,12 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from .errors import DamagedChunkError, OutputError, StoreExistsError
-from .heatmap import write_json_atomic
-from .slide_lock import WORK_DIR, SlideLock, acquire_slide_lock
+from .layout import WORK_DIR, staging_dir, swap_journal_path, trash_dir, write_json_atomic
+from .slide_lock import SlideLock, acquire_slide_lock
 
 __all__ = ["WORK_DIR", "SlideBuild", "slide_build", "staging_dir", "recover_swap", "lock_result_folder"]
 
 _T = TypeVar("_T")
-
-
-def staging_dir(out_dir: str | Path, slide_id: str) -> Path:
-    return Path(out_dir) / WORK_DIR / "partial" / slide_id
-
-
-def _trash_dir(out_dir: Path, slide_id: str) -> Path:
-    return out_dir / WORK_DIR / "trash" / slide_id
-
-
-def _journal(out_dir: Path, slide_id: str) -> Path:
-    return out_dir / WORK_DIR / "partial" / f"{slide_id}.swap"
 
 
 def _io_error(path: Path, what: str, exc: OSError) -> OutputError:
@@ -87,7 +75,7 @@ def recover_swap(out_dir: str | Path, slide_id: str) -> None:
     """Finish a swap a killed run left half done, and remove trash (call under the lock)."""
     out_dir = Path(out_dir)
     final, staged = out_dir / slide_id, staging_dir(out_dir, slide_id)
-    journal, trash = _journal(out_dir, slide_id), _trash_dir(out_dir, slide_id)
+    journal, trash = swap_journal_path(out_dir, slide_id), trash_dir(out_dir, slide_id)
     try:
         if journal.exists():
             if staged.is_dir():
@@ -162,7 +150,7 @@ class SlideBuild:
             return
         try:
             if self.staged:
-                journal, trash = _journal(self.out_dir, self.slide_id), _trash_dir(self.out_dir, self.slide_id)
+                journal, trash = swap_journal_path(self.out_dir, self.slide_id), trash_dir(self.out_dir, self.slide_id)
                 try:
                     write_json_atomic({"slide_id": self.slide_id, "staging": str(self.dir)}, journal)
                     try:

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from . import slide_ids
 from .config import Config
 from .errors import NoTissueError, StoreExistsError
 from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, select_level, store_geometry, tile_coverage
@@ -32,12 +31,7 @@ from .store import TileStore, create_tile_store, open_tile_store, remove_store, 
 from .store_meta import pixel_identity, store_meta, write_grid
 from .tissue import TileScores, TissueMask, detect_tissue
 
-__all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "slide_id_for", "open_configured_slide"]
-
-
-def slide_id_for(path: str | Path) -> str:
-    """Folder name for a slide's outputs: see :mod:`wsiscan.slide_ids`."""
-    return slide_ids.slide_id_for(path)
+__all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "open_configured_slide"]
 
 
 def open_configured_slide(path: str | Path, config: Config) -> Slide:

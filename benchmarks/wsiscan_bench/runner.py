@@ -77,8 +77,8 @@ def _child_cmd(kind: str, args: dict[str, Any], work: Path) -> list[str]:
 
 
 def _wsiscan_tile(slide: Path, out: Path, *, stride_px: int, workers: int | None, src: Path | None) -> dict[str, Any]:
+    from wsiscan.slide_ids import slide_id_for
     from wsiscan.store import open_tile_store
-    from wsiscan.tiling import slide_id_for
 
     cmd = [sys.executable, "-m", "wsiscan", "tile", str(slide), "-o", str(out), "-q", "--overwrite",
            "--stride-px", str(stride_px)]
@@ -97,7 +97,7 @@ def _wsiscan_tile(slide: Path, out: Path, *, stride_px: int, workers: int | None
 
 def _wsiscan_predict(slide: Path, out: Path, ckpt: Path, *, stride_px: int, device: str, precision: str,
                      batch_size: int | None, workers: int | None, src: Path | None, gpu: GpuSampler) -> dict[str, Any]:
-    from wsiscan.tiling import slide_id_for
+    from wsiscan.slide_ids import slide_id_for
 
     shutil.rmtree(out, ignore_errors=True)  # a cold run: nothing to resume
     cmd = [sys.executable, "-m", "wsiscan", "predict", str(slide), "-o", str(out), "--model", str(ckpt), "-q",
