@@ -6,7 +6,6 @@ import hashlib
 import os
 import pickle
 import re
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, DeviceError, OutputError
+from ..layout import atomic_path
 from .architectures import build_model
 from .convert import unwrap_state_dict
 from .spec import ModelSpec, is_int, one_line
@@ -79,15 +79,10 @@ def save_checkpoint(
             f"cannot create folder {path.parent} for checkpoint {path.name}: "
             f"{exc.strerror or exc}; choose a writable location"
         ) from exc
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "xb") as f:
+        with atomic_path(path) as tmp, open(tmp, "xb") as f:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(
             f"cannot write checkpoint {path}: {exc.strerror or exc}; "
             "check free disk space and permissions, or choose another location"
