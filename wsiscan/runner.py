@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from .errors import StoreExistsError, WsiscanError
-from .layout import slide_dir_for
 from .manifest import ManifestWriter
 from .output_folder import check_writable
 from .records import ManifestEntry, SlideFigures, SlideSummary
@@ -166,7 +165,7 @@ def run_slides(
         entries.append(entry)
         if refuse_shared_folders and entry.slide_id in owner:
             error = StoreExistsError(
-                f"{job.path}: writes to the same folder {slide_dir_for(out_dir, job.path)} as {owner[entry.slide_id]}; "
+                f"{job.path}: writes to the same folder {Path(out_dir) / entry.slide_id} as {owner[entry.slide_id]}; "
                 f"rename one of the files or score them into separate -o folders")
             done_now.append(SlideOutcome(index, entry.failed(error), error=error))
             continue
