@@ -304,9 +304,14 @@ def predict_slide(
         raise
     try:  # built beside a finished result and swapped in by finish() (wsiscan.staging)
         with slide_build(out_dir, slide_id, overwrite=overwrite) as build:
-            finish = build.committing(_predict_planned(
-                plan, slide_id, build.dir, build.dir / STORE_NAME, config, models, device=device, overwrite=overwrite,
-                progress=progress, t_start=t_start, device_ready=device_ready, autocast=autocast, prep_pool=prep_pool))
+            try:
+                finish = build.committing(_predict_planned(
+                    plan, slide_id, build.dir, build.dir / STORE_NAME, config, models, device=device,
+                    overwrite=overwrite, progress=progress, t_start=t_start, device_ready=device_ready,
+                    autocast=autocast, prep_pool=prep_pool))
+            except BaseException:
+                prep_pool.shutdown(wait=True)  # its threads write into build.dir (qc.png): stopped before
+                raise  # slide_build keeps or discards that folder
     finally:
         prep_pool.shutdown(wait=True)
     return finish if defer_outputs else finish()

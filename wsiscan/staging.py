@@ -226,7 +226,10 @@ def slide_build(out_dir: str | Path, slide_id: str, *, overwrite: bool,
     except (StoreExistsError, DamagedChunkError) as exc:  # a refusal: the copy this run made holds nothing new
         build.release()
         if seeded:
-            _remove_tree(build.dir)
+            try:
+                _remove_tree(build.dir)
+            except OSError:
+                pass  # the refusal is the error to report; --overwrite (its fix) removes the leftover copy
         raise _user_paths(exc, build) from exc
     except BaseException as exc:
         build.release()
