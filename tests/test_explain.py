@@ -79,13 +79,18 @@ def train(model: torch.nn.Module, *, centre_only: bool, steps: int, lr: float, s
 def mark_model():
     """A small CNN (the smallcnn architecture, narrower) that finds the mark anywhere."""
     spec = ModelSpec(arch="smallcnn", name="mark-cnn")
-    # 200 steps: trained 5 times (seeds 0, 3, 8, 9, 10) every curve's minimum was >= 0.97; at 120
-    # steps one seed in six had not converged
     torch.manual_seed(0)  # the initial weights too: otherwise they depend on what earlier tests drew
-    model = train(SmallCNN(2, widths=(8, 16, 16, 16)), centre_only=False, steps=200, lr=3e-3, seed=0)
+    model = SmallCNN(2, widths=(8, 16, 16, 16))
     x, y = marked_batch(np.random.default_rng(99), 64, centre_only=False)
-    probs = explain_patches([model], [spec], x, methods=("gradcam",)).probabilities
-    assert ((probs >= 0.5) == y).mean() >= 0.95, "the mark model did not learn"
+    # rounds of 100 steps until it reads the mark on a held-out batch: how many steps a seed needs
+    # depends on the CPU's float arithmetic (seed 0's 200 straight steps learnt on the Intel Xeon
+    # this suite was first run on, and did not on an AMD EPYC, where one round of this loop does)
+    for round_ in range(6):
+        model = train(model, centre_only=False, steps=100, lr=3e-3, seed=round_)
+        accuracy = ((explain_patches([model], [spec], x, methods=("gradcam",)).probabilities >= 0.5) == y).mean()
+        if accuracy >= 0.95:
+            break
+    assert accuracy >= 0.95, f"the mark model did not learn (accuracy {accuracy:.2f} after {round_ + 1} rounds)"
     return model, spec
 
 
