@@ -267,7 +267,16 @@ def stream_units(tplan: TilingPlan, uplan: UnitPlan, units: list[tuple[int, int]
             x0, y0, x1, y1 = uplan.unit_px_box(ur, uc)
             shape = (y1 - y0, x1 - x0, 3)
             region = region_buffer(shape) if region_buffer else np.empty(shape, np.uint8)
-            region[...] = 255
+            # white first, unless the streamed chunks cover the whole region (they never overlap)
+            covered = 0
+            for c in needs[i]:
+                data = cache.get(c)
+                if data is not None:
+                    w = min(x1, c[1] * s + data.shape[1]) - max(x0, c[1] * s)
+                    h = min(y1, c[0] * s + data.shape[0]) - max(y0, c[0] * s)
+                    covered += max(0, w) * max(0, h)
+            if covered < shape[0] * shape[1]:
+                region[...] = 255
             for c in needs[i]:
                 data = cache.get(c)
                 if data is not None:
