@@ -444,6 +444,17 @@ class DeviceScorer:
         norm_region: torch.Tensor | None = None  # the region normalised (overlapping patches)
         band = max(1, (256 << 10) // (4 * 3 * max(1, (self.plan.tiles_per_unit - 1) * s + t)))  # rows per ~256 KiB
         model_threads = torch.get_num_threads()
+        batch_rows = batch.view(bs, t, t * 3)
+        # the (3,) scale and bias repeated along a row of pixels: broadcasting a (3,) vector
+        # makes torch's inner loop 3 elements long, a row of them keeps it vectorised
+        row_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def affine_rows(width_px: int) -> tuple[torch.Tensor, torch.Tensor]:
+            assert affine is not None
+            if width_px not in row_cache:
+                row_cache[width_px] = (affine[0].repeat(width_px), affine[1].repeat(width_px))
+            return row_cache[width_px]
+
 
         def cut_threads(n: int) -> None:
             if model_threads > 1:
@@ -483,10 +494,13 @@ class DeviceScorer:
                     if affine is not None and t > s:  # overlapping patches: normalise the region once
                         if norm_region is None or norm_region.shape != src_t.shape:
                             norm_region = torch.empty(src_t.shape, dtype=torch.float32)
-                        for y in range(0, src_t.shape[0], band):  # in bands that stay in cache
-                            dst = norm_region[y : y + band]
-                            torch.mul(src_t[y : y + band], affine[0], out=dst)
-                            dst.add_(affine[1])
+                        rows_u8 = src_t.view(src_t.shape[0], -1)  # (H, W * 3): one long vectorised row each
+                        rows = norm_region.view(rows_u8.shape)
+                        scale_row, bias_row = affine_rows(rows.shape[1] // 3)
+                        for y in range(0, rows.shape[0], band):  # in bands that stay in cache
+                            dst = rows[y : y + band]
+                            dst.copy_(rows_u8[y : y + band])
+                            dst.mul_(scale_row).add_(bias_row)
                         src = norm_region.numpy()
                     else:
                         src = region
@@ -505,10 +519,13 @@ class DeviceScorer:
                             n = min(p1 - p0, bs - n_fill)
                             part = win[r, c : c + n]
                             if normalise_each:
-                                dst = batch[n_fill : n_fill + n]
-                                assert affine is not None
-                                torch.mul(torch.from_numpy(part), affine[0], out=dst)
-                                dst.add_(affine[1])
+                                # (n, t, t * 3): each patch row one long vectorised row
+                                u8 = torch.from_numpy(part)
+                                u8 = torch.as_strided(u8, (n, t, t * 3), (u8.stride(0), u8.stride(1), 1))
+                                dst = batch_rows[n_fill : n_fill + n]
+                                dst.copy_(u8)
+                                scale_row, bias_row = affine_rows(t)
+                                dst.mul_(scale_row).add_(bias_row)
                             else:
                                 batch_np[n_fill : n_fill + n] = part
                             n_fill += n
