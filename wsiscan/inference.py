@@ -282,7 +282,8 @@ class DeviceScorer:
     For each unit the uint8 region goes to the device (non-blocking, from pinned
     memory on CUDA), patches are cut at the stride with ``unfold`` (a view) and the
     kept ones gathered with tile indices uploaded once for the whole run (no host
-    index copies per unit); on the CPU numpy gathers them from the region in place.  Patches wait until a full batch of ``batch_size`` is
+    index copies per unit); on the CPU they are copied straight into one batch buffer
+    reused for the run (:meth:`_run_cpu`).  Patches wait until a full batch of ``batch_size`` is
     there, so the model sees one batch shape (the last one padded when
     :attr:`Ensemble.fixed_shape`).  Probabilities stay on the device, without any
     synchronisation, until every unit of a heatmap chunk is scored; then one
