@@ -212,7 +212,7 @@ def test_cpu_device_stage_scores_the_batches_a_whole_region_normalisation_gives_
         regions = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in units]
         ring = RegionRing((side, side, 3), n_slots=3, device=torch.device("cpu"))
 
-        def fill(regions=regions, ring=ring):
+        def fill(regions=regions, ring=ring, side=side):
             for i, r in enumerate(regions):
                 buf = ring((side, side, 3))
                 buf[...] = r
