@@ -433,7 +433,8 @@ class DeviceScorer:
         hold the patches in unit order, ``batch_size`` at a time, the last one short (or
         zero-padded when :attr:`Ensemble.fixed_shape`), as on every device.  Cutting runs on
         one thread: on a few cores the decode threads use the others, and a fork-join
-        across busy cores costs more than it gains; the models keep torch's threads.
+        across busy cores costs more than it gains.  The models run on torch's threads or
+        on one, whichever is faster (see ``choice`` below).
         """
         t, s, bs = self.plan.tile_size_px, self.plan.stride_px, self.batch_size
         shared = getattr(self.ensemble, "shared_affine", lambda: None)
@@ -455,7 +456,6 @@ class DeviceScorer:
             if width_px not in row_cache:
                 row_cache[width_px] = (affine[0].repeat(width_px), affine[1].repeat(width_px))
             return row_cache[width_px]
-
 
         def cut_threads(n: int) -> None:
             if model_threads > 1:
