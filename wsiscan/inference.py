@@ -466,10 +466,13 @@ class DeviceScorer:
         # core: a cheap model is many times slower on two threads than on one, an expensive one
         # faster.  The first full batch is scored both ways; only when the two agree bit for bit
         # (the model's results do not depend on its threads) are the next full batches timed
-        # both ways, and the faster count is kept for the run.  Otherwise torch's count stays.
+        # both ways, and the faster count is kept, timed again every ``reprobe`` full batches
+        # (the decode threads are busiest while the queues fill, then a slow model idles them).
+        # Otherwise torch's count stays.
         choice: int | None = model_threads if model_threads == 1 else None
         probe_s: dict[int, list[float]] = {model_threads: [], 1: []}
-        checked = False
+        checked = agree = False
+        reprobe, since_probe = 64, 0
 
         def model(x: torch.Tensor, n_threads: int) -> tuple[torch.Tensor, float]:
             cut_threads(n_threads)
@@ -484,18 +487,24 @@ class DeviceScorer:
                 cut_threads(1)
 
         def score_batch() -> None:
-            nonlocal n_fill, choice, checked
+            nonlocal n_fill, choice, checked, agree, since_probe
             k = n_fill
             if k < bs and fixed:  # pad: one shape for compile
                 batch[k:].zero_()
             x = batch if fixed else batch[:k]
             if choice is not None:
                 probs, _ = model(x, choice)
+                since_probe += 1
+                if since_probe >= reprobe and agree:
+                    choice, since_probe = None, 0
+                    probe_s[model_threads].clear()
+                    probe_s[1].clear()
             elif not checked:
                 probs, _ = model(x, model_threads)
                 if k == bs:
                     checked = True
-                    if not torch.equal(probs, model(x, 1)[0]):
+                    agree = torch.equal(probs, model(x, 1)[0])
+                    if not agree:
                         choice = model_threads
             else:
                 n_threads = model_threads if len(probe_s[model_threads]) <= len(probe_s[1]) else 1
