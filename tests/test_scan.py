@@ -184,3 +184,56 @@ def test_device_stage_pads_the_last_batch_only_for_a_fixed_shape_and_writes_ever
                 assert abs(got - want) < 1e-6
         results[fixed] = written
     assert all(np.array_equal(results[False][k], results[True][k], equal_nan=True) for k in results[False])
+
+
+def test_cpu_device_stage_scores_the_batches_a_whole_region_normalisation_gives_bit_for_bit():
+    """The CPU device stage copies (and normalises) patches straight into one reused batch
+    buffer, from a region ring whose buffers are reused; its heatmap equals, bit for bit, the
+    one made the straightforward way: each region converted to float32, times scale plus
+    bias as a whole, every kept patch cut from it, batches of 7 in unit order.  Stride 8
+    (patches overlap: the region is normalised once) and stride 16 (each patch on its own)."""
+    from wsiscan.inference import DeviceScorer, Ensemble, RegionRing, plan_units
+    from wsiscan.models import ModelSpec
+    from wsiscan.scan import Pipeline, units_with_work
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    spec = ModelSpec(arch="smallcnn", patch_size_px=16, mean=(0.7, 0.55, 0.72), std=(0.16, 0.21, 0.13))
+    ens = Ensemble([net], [spec], torch.device("cpu"), autocast_dtype=None, tta=False)
+    scale, bias = ens.shared_affine()
+    rng = np.random.default_rng(3)
+    for stride in (8, 16):
+        uplan = plan_units(n_rows=40, n_cols=30, tile_size_px=16, stride_px=stride, supertile_px=64,
+                           hm_chunk_target=16)
+        kept = np.argwhere(rng.random((40, 30)) < 0.5).astype(np.int32)
+        units, tiles, per_chunk, _ = units_with_work(uplan, kept, lambda ci, cj: False)
+        side = (uplan.tiles_per_unit - 1) * stride + 16
+        regions = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in units]
+        ring = RegionRing((side, side, 3), n_slots=3, device=torch.device("cpu"))
+
+        def fill(regions=regions, ring=ring, side=side):
+            for i, r in enumerate(regions):
+                buf = ring((side, side, 3))
+                buf[...] = r
+                yield i, buf
+
+        written: dict = {}
+        scorer = DeviceScorer(ens, uplan, units, tiles, per_chunk, batch_size=7, ring=ring,
+                              write_chunk=lambda ci, cj, data, written=written: written.__setitem__((ci, cj), data.copy()))
+        pipe = Pipeline()
+        scorer.run(fill(), pipe)
+        pipe.join()
+        # the straightforward way
+        patches = []
+        for i, (ur, uc) in enumerate(units):
+            norm = torch.from_numpy(regions[i]).to(torch.float32).mul_(scale).add_(bias)
+            for r, c in tiles[i]:
+                y, x = (r - ur * uplan.tiles_per_unit) * stride, (c - uc * uplan.tiles_per_unit) * stride
+                patches.append(norm[y : y + 16, x : x + 16])
+        x_all = torch.stack(patches)
+        want = torch.cat([ens.score_normalised(x_all[k : k + 7].permute(0, 3, 1, 2)) for k in range(0, len(x_all), 7)])
+        rc = np.concatenate(tiles)
+        got = np.array([written[(r // 16, c // 16)][r % 16, c % 16] for r, c in rc])
+        assert len(rc) == scorer.stats["tiles"] > 100
+        assert np.array_equal(got, want.numpy()), f"stride {stride}: the heatmap differs"

@@ -24,7 +24,7 @@ from .workers import die_with_parent
 if TYPE_CHECKING:
     from .slide import Slide
 
-__all__ = ["PROCESS_MIN_CHUNKS", "CHUNKS_PER_WRITE", "DECODE_WORKER_BYTES", "chunk_runs", "read_chunk_run",
+__all__ = ["PROCESS_MIN_CHUNKS", "CHUNKS_PER_WRITE", "DECODE_WORKER_BYTES", "chunk_runs", "read_chunks", "read_chunk_run",
            "use_processes", "write_pixels", "default_workers"]
 
 # Thread or process, one slide handle each (a shared handle serialises its reads).
@@ -53,14 +53,10 @@ def chunk_runs(chunks: Iterable[tuple[int, int]], *, max_len: int,
     return runs
 
 
-def read_chunk_run(slide: Slide, selection: LevelSelection, geometry: StoreGeometry, ci: int, cj0: int, cj1: int,
-                   tile_keep: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
-    """Read and resample store chunks (ci, cj0) .. (ci, cj1 - 1): one (rows, cols, 3) uint8 array.
-
-    Also returns the bytes decoded at the level read and the bytes of glass tiles left
-    white instead (``tile_keep``: the TIFF tiles to decode, see
-    :meth:`wsiscan.tiling.TilingPlan.glass_tile_keep`; None decodes every tile).
-    """
+def read_chunks(slide: Slide, selection: LevelSelection, geometry: StoreGeometry, ci: int, cj0: int, cj1: int,
+                tile_keep: np.ndarray | None = None) -> tuple[list[np.ndarray], int, int]:
+    """Read and resample store chunks (ci, cj0) .. (ci, cj1 - 1): one (rows, cols, 3) uint8
+    array each, with the bytes decoded and the glass bytes skipped (as :func:`read_chunk_run`)."""
     parts = []
     decoded0, skipped0 = sum(slide.decoded_px.values()), slide.skipped_px
     s = selection.lv_per_px
@@ -69,8 +65,20 @@ def read_chunk_run(slide: Slide, selection: LevelSelection, geometry: StoreGeome
         box = (x0 * s, y0 * s, x1 * s, y1 * s)
         parts.append(slide.read_resampled(level=selection.level, lv_box=box, out_size_px=(x1 - x0, y1 - y0),
                                           tile_keep=tile_keep))
+    return parts, (sum(slide.decoded_px.values()) - decoded0) * 3, (slide.skipped_px - skipped0) * 3
+
+
+def read_chunk_run(slide: Slide, selection: LevelSelection, geometry: StoreGeometry, ci: int, cj0: int, cj1: int,
+                   tile_keep: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+    """Read and resample store chunks (ci, cj0) .. (ci, cj1 - 1): one (rows, cols, 3) uint8 array.
+
+    Also returns the bytes decoded at the level read and the bytes of glass tiles left
+    white instead (``tile_keep``: the TIFF tiles to decode, see
+    :meth:`wsiscan.tiling.TilingPlan.glass_tile_keep`; None decodes every tile).
+    """
+    parts, decoded, skipped = read_chunks(slide, selection, geometry, ci, cj0, cj1, tile_keep)
     data = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-    return data, (sum(slide.decoded_px.values()) - decoded0) * 3, (slide.skipped_px - skipped0) * 3
+    return data, decoded, skipped
 
 
 def use_processes(n_chunks: int, workers: int) -> bool:

@@ -219,11 +219,14 @@ def _recorded_event(device: torch.device) -> torch.cuda.Event:
 class RegionRing:
     """Host buffers for unit regions, handed out in turn; pinned (page-locked) on CUDA.
 
-    The device copies a region with ``non_blocking=True`` and records an event; the
-    buffer is handed out again only after that copy has finished (:meth:`copied`).
-    Regions are filled and consumed in the same order (FIFO), so ``n_slots`` must
-    exceed the regions that can wait between the two (queue depth + 2).  On the CPU
-    every region is a fresh array (nothing is copied to a device).
+    The device stage releases a region with :meth:`copied` once it no longer reads it: on
+    CUDA when its non-blocking copy to the device is queued (an event is recorded; the
+    buffer is handed out again only after that copy has finished), on the CPU once its
+    patches are cut.  Regions are filled and consumed in the same order (FIFO), so
+    ``n_slots`` must exceed the regions that can wait between the two (queue depth + 2).
+    The same few buffers serve the whole scan: no fresh memory is faulted in per unit.
+    After :meth:`close` (the device stage has stopped) every call gets a fresh array, so
+    a producer waiting for a slot never blocks a failed pipeline.
     """
 
     def __init__(self, shape: tuple[int, int, int], *, n_slots: int, device: torch.device) -> None:
@@ -231,21 +234,24 @@ class RegionRing:
 
         self.device = device
         self.pinned = device.type == "cuda"
-        self._slots = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(n_slots)] \
-            if self.pinned else []
+        self.shape = tuple(shape)
+        self._slots = [torch.empty(shape, dtype=torch.uint8, pin_memory=self.pinned) for _ in range(n_slots)]
         self._events: list[torch.cuda.Event | None] = [None] * n_slots
         self._free = [True] * n_slots
         self._next_fill = 0
         self._next_copied = 0
+        self._closed = False
         self._cond = threading.Condition()
 
     def __call__(self, shape: tuple[int, int, int]) -> np.ndarray:
-        if not self.pinned:
-            return np.empty(shape, np.uint8)
+        if tuple(shape) != self.shape:
+            raise ValueError(f"region shape {tuple(shape)} differs from the ring's {self.shape}")
         with self._cond:
             i = self._next_fill
-            while not self._free[i]:
+            while not self._free[i] and not self._closed:
                 self._cond.wait(timeout=0.05)
+            if self._closed:
+                return np.empty(shape, np.uint8)
             self._free[i] = False
             event = self._events[i]
             self._next_fill = (i + 1) % len(self._slots)
@@ -254,15 +260,19 @@ class RegionRing:
         return self._slots[i].numpy()
 
     def copied(self) -> None:
-        """The oldest handed-out region has been queued for copying to the device."""
-        if not self.pinned:
-            return
-        event = _recorded_event(self.device)
+        """The oldest handed-out region is no longer read (on CUDA: its copy to the device is queued)."""
+        event = _recorded_event(self.device) if self.pinned else None
         with self._cond:
             i = self._next_copied
             self._events[i] = event
             self._free[i] = True
             self._next_copied = (i + 1) % len(self._slots)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """The device stage has stopped: wake a waiting producer and hand out fresh arrays from now on."""
+        with self._cond:
+            self._closed = True
             self._cond.notify_all()
 
 
@@ -272,7 +282,8 @@ class DeviceScorer:
     For each unit the uint8 region goes to the device (non-blocking, from pinned
     memory on CUDA), patches are cut at the stride with ``unfold`` (a view) and the
     kept ones gathered with tile indices uploaded once for the whole run (no host
-    index copies per unit); on the CPU numpy gathers them from the region in place.  Patches wait until a full batch of ``batch_size`` is
+    index copies per unit); on the CPU they are copied straight into one batch buffer
+    reused for the run (:meth:`_run_cpu`).  Patches wait until a full batch of ``batch_size`` is
     there, so the model sees one batch shape (the last one padded when
     :attr:`Ensemble.fixed_shape`).  Probabilities stay on the device, without any
     synchronisation, until every unit of a heatmap chunk is scored; then one
@@ -310,6 +321,13 @@ class DeviceScorer:
 
     def run(self, regions: Iterator[tuple[int, np.ndarray]], pipeline: Pipeline) -> None:
         """Score every region of ``regions``; heatmap chunks are written by a thread of ``pipeline``."""
+        try:
+            self._run(regions, pipeline)
+        finally:
+            if self.ring is not None:
+                self.ring.close()  # a producer waiting for a buffer must not outlive this stage
+
+    def _run(self, regions: Iterator[tuple[int, np.ndarray]], pipeline: Pipeline) -> None:
         t, s, bs = self.plan.tile_size_px, self.plan.stride_px, self.batch_size
         hc, u = self.plan.hm_chunk, self.plan.tiles_per_unit
         cuda = self.device.type == "cuda"
@@ -340,23 +358,13 @@ class DeviceScorer:
                     host, event = p, None
                 out_q.put((chunk, rc, host, event))
 
-        def score(n: int) -> None:
-            nonlocal pending, n_pending, scored, n_scored
-            x = torch.cat(pending) if len(pending) > 1 else pending[0]
-            for i in range(0, n, bs):
-                batch = x[i : min(i + bs, n)]
-                k = len(batch)
-                if k < bs and self.ensemble.fixed_shape:  # pad: one shape for compile and cuDNN
-                    batch = torch.cat([batch, batch.new_zeros((bs - k,) + tuple(batch.shape[1:]))])
-                # (k, t, t, 3) -> (k, 3, t, t) channels_last: a view
-                if batch.dtype == torch.uint8:
-                    probs = self.ensemble.score_uint8(batch.permute(0, 3, 1, 2))
-                else:
-                    probs = self.ensemble.score_normalised(batch.permute(0, 3, 1, 2))
-                scored.append(probs[:k])
-            pending = [x[n:]] if n < len(x) else []
-            n_pending -= n
+        def hand_out(probs: list[torch.Tensor], n: int) -> None:
+            """``n`` more patches are scored (``probs``, in patch order): finish the units now complete."""
+            nonlocal scored, n_scored
+            scored.extend(probs)
             n_scored += n
+            if not waiting or self._count(waiting[0]) > n_scored:
+                return
             done = torch.cat(scored) if len(scored) > 1 else scored[0]
             pos = 0
             while waiting and self._count(waiting[0]) <= n_scored - pos:
@@ -367,46 +375,214 @@ class DeviceScorer:
             scored = [done[pos:]]
             n_scored -= pos
 
-        # on the CPU the region is normalised once and float patches are cut from it; on a GPU
-        # uint8 patches travel and are converted there (a quarter of the bytes to copy)
-        shared = getattr(self.ensemble, "shared_affine", lambda: None)
-        affine = None if cuda else shared()
-        with torch.inference_mode():
-            t_wait = time.perf_counter()
-            for i, region in regions:
-                t0 = time.perf_counter()
-                self.stats["wait_s"] += t0 - t_wait
-                a, b = self._offsets[i], self._offsets[i + 1]
-                # the kept patches as (k, t, t, 3) uint8: rows of t x 3 bytes copied from a
-                # (nr, nc, t, t, 3) view of the region at the stride; channels stay innermost,
-                # so each batch is channels_last without a transpose
-                if cuda:
+        def score(n: int) -> None:
+            nonlocal pending, n_pending
+            x = torch.cat(pending) if len(pending) > 1 else pending[0]
+            out = []
+            for i in range(0, n, bs):
+                batch = x[i : min(i + bs, n)]
+                k = len(batch)
+                if k < bs and self.ensemble.fixed_shape:  # pad: one shape for compile and cuDNN
+                    batch = torch.cat([batch, batch.new_zeros((bs - k,) + tuple(batch.shape[1:]))])
+                # (k, t, t, 3) -> (k, 3, t, t) channels_last: a view
+                out.append(self.ensemble.score_uint8(batch.permute(0, 3, 1, 2))[:k])
+            pending = [x[n:]] if n < len(x) else []
+            n_pending -= n
+            hand_out(out, n)
+
+        if not cuda:
+            self._run_cpu(regions, waiting, hand_out)
+        else:
+            with torch.inference_mode():
+                t_wait = time.perf_counter()
+                for i, region in regions:
+                    t0 = time.perf_counter()
+                    self.stats["wait_s"] += t0 - t_wait
+                    a, b = self._offsets[i], self._offsets[i + 1]
+                    # the kept patches as (k, t, t, 3) uint8, cut from a (nr, nc, t, t, 3) view of
+                    # the region at the stride; channels stay innermost, so each batch is channels_last
                     dev = torch.from_numpy(region).to(self.device, non_blocking=True)
                     if self.ring is not None:
                         self.ring.copied()
                     loc = self._local[a:b]
                     pending.append(dev.unfold(0, t, s).unfold(1, t, s).permute(0, 1, 3, 4, 2)[loc[:, 0], loc[:, 1]])
-                else:
-                    if affine is not None:  # normalise the region once: at stride 32 a pixel is in 9 patches
-                        src = torch.from_numpy(region).to(torch.float32).mul_(affine[0]).add_(affine[1]).numpy()
-                    else:
-                        src = region
-                    win = np.lib.stride_tricks.sliding_window_view(src, (t, t), axis=(0, 1))[::s, ::s]
-                    loc_np = self._local_np[a:b]
-                    pending.append(torch.from_numpy(win.transpose(0, 1, 3, 4, 2)[loc_np[:, 0], loc_np[:, 1]]))
-                waiting.append(i)
-                n_pending += self._count(i)
-                if n_pending >= bs:
-                    score(n_pending - n_pending % bs)
-                t_wait = time.perf_counter()
-                self.stats["device_s"] += t_wait - t0
-            if n_pending:
-                t0 = time.perf_counter()
-                score(n_pending)
-                self.stats["device_s"] += time.perf_counter() - t0
+                    waiting.append(i)
+                    n_pending += self._count(i)
+                    if n_pending >= bs:
+                        score(n_pending - n_pending % bs)
+                    t_wait = time.perf_counter()
+                    self.stats["device_s"] += t_wait - t0
+                if n_pending:
+                    t0 = time.perf_counter()
+                    score(n_pending)
+                    self.stats["device_s"] += time.perf_counter() - t0
         out_q.close()
         if parts or any(self.remaining.values()):
             raise RuntimeError(f"heatmap chunks {sorted(parts)} were left incomplete")
+
+    def _run_cpu(self, regions: Iterator[tuple[int, np.ndarray]], waiting: deque[int],
+                 hand_out: Callable[[list[torch.Tensor], int], None]) -> None:
+        """The CPU device stage: kept patches are copied straight into one batch buffer
+        that serves the whole run (nothing is allocated or faulted in per unit or batch).
+
+        When every model normalises alike (:meth:`Ensemble.shared_affine`) the patches
+        are normalised on the way: a region whose patches overlap (stride < tile) once,
+        into a float buffer of its own, else each patch as it is copied.  The values are
+        those of ``uint8 -> float32, * scale, + bias`` whichever way (elementwise), so the
+        batches equal the ones a whole-region normalisation gives bit for bit.  The batches
+        hold the patches in unit order, ``batch_size`` at a time, the last one short (or
+        zero-padded when :attr:`Ensemble.fixed_shape`), as on every device.  Cutting runs on
+        one thread: on a few cores the decode threads use the others, and a fork-join
+        across busy cores costs more than it gains.  The models run on torch's threads or
+        on one, whichever is faster (see ``choice`` below).
+        """
+        t, s, bs = self.plan.tile_size_px, self.plan.stride_px, self.batch_size
+        shared = getattr(self.ensemble, "shared_affine", lambda: None)
+        affine = shared()
+        fixed = bool(self.ensemble.fixed_shape)
+        batch = torch.empty((bs, t, t, 3), dtype=torch.uint8 if affine is None else torch.float32)
+        batch_np = batch.numpy()
+        n_fill = 0
+        norm_region: torch.Tensor | None = None  # the region normalised (overlapping patches)
+        band = max(1, (256 << 10) // (4 * 3 * max(1, (self.plan.tiles_per_unit - 1) * s + t)))  # rows per ~256 KiB
+        model_threads = torch.get_num_threads()
+        batch_rows = batch.view(bs, t, t * 3)
+        # the (3,) scale and bias repeated along a row of pixels: broadcasting a (3,) vector
+        # makes torch's inner loop 3 elements long, a row of them keeps it vectorised
+        row_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def affine_rows(width_px: int) -> tuple[torch.Tensor, torch.Tensor]:
+            assert affine is not None
+            if width_px not in row_cache:
+                row_cache[width_px] = (affine[0].repeat(width_px), affine[1].repeat(width_px))
+            return row_cache[width_px]
+
+        def cut_threads(n: int) -> None:
+            if model_threads > 1:
+                torch.set_num_threads(n)
+
+        # The models' threads: torch's, or one where that is faster.  On a few cores the decode
+        # threads keep every core busy, and each fork-join of torch's threads then waits for a
+        # core: a cheap model is many times slower on two threads than on one, an expensive one
+        # faster.  The first full batch is scored both ways; only when the two agree bit for bit
+        # (the model's results do not depend on its threads) are the next full batches timed
+        # both ways, and the faster count is kept, timed again every ``reprobe`` full batches
+        # (the decode threads are busiest while the queues fill, then a slow model idles them).
+        # Otherwise torch's count stays.
+        choice: int | None = model_threads if model_threads == 1 else None
+        probe_s: dict[int, list[float]] = {model_threads: [], 1: []}
+        checked = agree = False
+        reprobe, since_probe = 64, 0
+
+        def model(x: torch.Tensor, n_threads: int) -> tuple[torch.Tensor, float]:
+            cut_threads(n_threads)
+            try:
+                t0 = time.perf_counter()
+                if affine is None:
+                    probs = self.ensemble.score_uint8(x.permute(0, 3, 1, 2))
+                else:
+                    probs = self.ensemble.score_normalised(x.permute(0, 3, 1, 2))
+                return probs, time.perf_counter() - t0
+            finally:
+                cut_threads(1)
+
+        def score_batch() -> None:
+            nonlocal n_fill, choice, checked, agree, since_probe
+            k = n_fill
+            if k < bs and fixed:  # pad: one shape for compile
+                batch[k:].zero_()
+            x = batch if fixed else batch[:k]
+            if choice is not None:
+                probs, _ = model(x, choice)
+                since_probe += 1
+                if since_probe >= reprobe and agree:
+                    choice, since_probe = None, 0
+                    probe_s[model_threads].clear()
+                    probe_s[1].clear()
+            elif not checked:
+                probs, _ = model(x, model_threads)
+                if k == bs:
+                    checked = True
+                    agree = torch.equal(probs, model(x, 1)[0])
+                    if not agree:
+                        choice = model_threads
+            else:
+                n_threads = model_threads if len(probe_s[model_threads]) <= len(probe_s[1]) else 1
+                probs, seconds = model(x, n_threads)
+                if k == bs:
+                    probe_s[n_threads].append(seconds)
+                    if min(len(v) for v in probe_s.values()) >= 3:  # the median of three each
+                        choice = min(probe_s, key=lambda n: sorted(probe_s[n])[1])
+            self.stats["model_threads"] = float(choice or model_threads)
+            probs = probs[:k]
+            if probs.untyped_storage().data_ptr() == batch.untyped_storage().data_ptr():
+                probs = probs.clone()  # the batch buffer is refilled next
+            n_fill = 0
+            hand_out([probs], k)
+
+        with torch.inference_mode():
+            cut_threads(1)
+            try:
+                t_wait = time.perf_counter()
+                for i, region in regions:
+                    t0 = time.perf_counter()
+                    self.stats["wait_s"] += t0 - t_wait
+                    a, b = self._offsets[i], self._offsets[i + 1]
+                    loc = self._local_np[a:b]
+                    src_t = torch.from_numpy(region)
+                    normalise_each = False
+                    if affine is not None and t > s:  # overlapping patches: normalise the region once
+                        if norm_region is None or norm_region.shape != src_t.shape:
+                            norm_region = torch.empty(src_t.shape, dtype=torch.float32)
+                        rows_u8 = src_t.view(src_t.shape[0], -1)  # (H, W * 3): one long vectorised row each
+                        rows = norm_region.view(rows_u8.shape)
+                        scale_row, bias_row = affine_rows(rows.shape[1] // 3)
+                        for y in range(0, rows.shape[0], band):  # in bands that stay in cache
+                            dst = rows[y : y + band]
+                            dst.copy_(rows_u8[y : y + band])
+                            dst.mul_(scale_row).add_(bias_row)
+                        src = norm_region.numpy()
+                    else:
+                        src = region
+                        normalise_each = affine is not None
+                    # (nr, nc, t, t, 3): a view of the patches at the stride, channels innermost
+                    win = np.lib.stride_tricks.sliding_window_view(src, (t, t), axis=(0, 1), writeable=True)[::s, ::s]
+                    win = win.transpose(0, 1, 3, 4, 2)
+                    # runs of neighbouring kept tiles in one row: one copy each
+                    k = len(loc)
+                    brk = np.flatnonzero((loc[1:, 0] != loc[:-1, 0]) | (loc[1:, 1] != loc[:-1, 1] + 1)) + 1
+                    starts, ends = np.r_[0, brk].tolist(), np.r_[brk, k].tolist()
+                    waiting.append(i)
+                    for p0, p1 in zip(starts, ends, strict=True):
+                        r, c = int(loc[p0, 0]), int(loc[p0, 1])
+                        while p0 < p1:
+                            n = min(p1 - p0, bs - n_fill)
+                            part = win[r, c : c + n]
+                            if normalise_each:
+                                # (n, t, t * 3): each patch row one long vectorised row
+                                u8 = torch.from_numpy(part)
+                                u8 = torch.as_strided(u8, (n, t, t * 3), (u8.stride(0), u8.stride(1), 1))
+                                dst = batch_rows[n_fill : n_fill + n]
+                                dst.copy_(u8)
+                                scale_row, bias_row = affine_rows(t)
+                                dst.mul_(scale_row).add_(bias_row)
+                            else:
+                                batch_np[n_fill : n_fill + n] = part
+                            n_fill += n
+                            p0 += n
+                            c += n
+                            if n_fill == bs:
+                                score_batch()
+                    if self.ring is not None:
+                        self.ring.copied()  # the region's patches are cut: its buffer is free
+                    t_wait = time.perf_counter()
+                    self.stats["device_s"] += t_wait - t0
+                if n_fill:
+                    t0 = time.perf_counter()
+                    score_batch()
+                    self.stats["device_s"] += time.perf_counter() - t0
+            finally:
+                cut_threads(model_threads)
 
     def _count(self, i: int) -> int:
         return int(self._offsets[i + 1] - self._offsets[i])

@@ -33,7 +33,7 @@ from typing import Any, Callable, Collection, Generator, Iterator
 import numpy as np
 
 from . import decode
-from .decode import CHUNKS_PER_WRITE, chunk_runs, read_chunk_run, write_pixels
+from .decode import CHUNKS_PER_WRITE, chunk_runs, read_chunks, write_pixels
 from .grid import paste_overlap
 from .heap import bound_heap
 from .inference import UnitPlan
@@ -189,18 +189,20 @@ def stream_chunks(tplan: TilingPlan, store: TileStore, chunks: list[tuple[int, i
     handles: list[Slide] = []
     lock = threading.Lock()
 
-    def work(run: tuple[int, int, int, bool]) -> tuple[np.ndarray, int, int]:
+    def work(run: tuple[int, int, int, bool]) -> tuple[list[np.ndarray], int, int]:
+        """The run's chunks, one array each (a run decoded is never joined into one array)."""
         ci, cj0, cj1, from_store = run
         if from_store:
             x0, y0, _, y1 = geo.chunk_box_px(ci, cj0)
             x1 = geo.chunk_box_px(ci, cj1 - 1)[2]
-            return np.asarray(store.pixels[y0:y1, x0:x1]), 0, 0
+            data = np.asarray(store.pixels[y0:y1, x0:x1])
+            return [data[:, (cj - cj0) * s : (cj - cj0 + 1) * s] for cj in range(cj0, cj1)], 0, 0
         slide = getattr(local, "slide", None)
         if slide is None:
             slide = local.slide = open_configured_slide(tplan.slide_path, tplan.config)
             with lock:
                 handles.append(slide)
-        return read_chunk_run(slide, sel, geo, ci, cj0, cj1, tile_keep)
+        return read_chunks(slide, sel, geo, ci, cj0, cj1, tile_keep)
 
     n_workers = max(1, workers)
     try:
@@ -221,13 +223,12 @@ def stream_chunks(tplan: TilingPlan, store: TileStore, chunks: list[tuple[int, i
                     ci, cj0, cj1, from_store = run
                     stats.decoded_bytes += decoded
                     stats.glass_skipped_bytes += skipped
-                    for cj in range(cj0, cj1):
+                    for cj, part in zip(range(cj0, cj1), data, strict=True):
                         if from_store:
                             stats.chunks_from_store += 1
                         else:
                             stats.chunks_decoded += 1
-                        a = (cj - cj0) * s
-                        yield (ci, cj), data[:, a : a + s], not from_store
+                        yield (ci, cj), part, not from_store
             finally:
                 for _, fut in ahead:
                     fut.cancel()
@@ -267,7 +268,16 @@ def stream_units(tplan: TilingPlan, uplan: UnitPlan, units: list[tuple[int, int]
             x0, y0, x1, y1 = uplan.unit_px_box(ur, uc)
             shape = (y1 - y0, x1 - x0, 3)
             region = region_buffer(shape) if region_buffer else np.empty(shape, np.uint8)
-            region[...] = 255
+            # white first, unless the streamed chunks cover the whole region (they never overlap)
+            covered = 0
+            for c in needs[i]:
+                data = cache.get(c)
+                if data is not None:
+                    w = min(x1, c[1] * s + data.shape[1]) - max(x0, c[1] * s)
+                    h = min(y1, c[0] * s + data.shape[0]) - max(y0, c[0] * s)
+                    covered += max(0, w) * max(0, h)
+            if covered < shape[0] * shape[1]:
+                region[...] = 255
             for c in needs[i]:
                 data = cache.get(c)
                 if data is not None:
