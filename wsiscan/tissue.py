@@ -179,14 +179,46 @@ INK_MIN_AREA_UM2 = 4000.0  # an ink blob smaller than this is a speck of dye or 
 INK_MARGIN_UM = 4.0  # ink grows by this much: the anti-aliased, paler rim of a stroke is ink too
 
 
+# A pixel can be ink only when it is dark enough for the black rule (max channel below
+# INK_BLACK's 0.30 * 255 = 76.5) or saturated enough for a colour rule (saturation at least
+# INK_GREEN's 0.15, the lowest): a pixel with max channel >= 77 and (max - min) * 100 < 14 * max
+# (saturation below 0.14) is ink by no rule, so the rules run on the other pixels only.
+_INK_CANDIDATE_MIN_MAX = 77
+_INK_CANDIDATE_SAT_PERCENT = 14
+
+
 def detect_ink(rgb: np.ndarray) -> np.ndarray:
-    """(rows, cols) bool: pixels of an RGB uint8 image that are pen ink by colour (before the margin)."""
+    """(rows, cols) bool: pixels of an RGB uint8 image that are pen ink by colour (before the margin).
+
+    The colour rules (:func:`_ink_rules`, float32 HSV) run only on the pixels that could meet
+    one of them, a cheap integer test on max and min channel: pixel by pixel the same
+    result as running them on every pixel, for a quarter of the work on a slide with
+    glass around its tissue."""
+    mx = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    chroma = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    np.subtract(mx, chroma, out=chroma)  # max - min >= 0: no wrap-around in uint8
+    candidate = chroma.astype(np.uint16)
+    candidate *= 100
+    limit = mx.astype(np.uint16)
+    limit *= _INK_CANDIDATE_SAT_PERCENT
+    cand: np.ndarray = candidate >= limit
+    del candidate, limit, chroma
+    cand |= mx < _INK_CANDIDATE_MIN_MAX
+    del mx
+    ink = np.zeros(rgb.shape[:2], bool)
+    if cand.any():
+        ink[cand] = _ink_rules(rgb[cand])
+    return ink
+
+
+def _ink_rules(rgb: np.ndarray) -> np.ndarray:
+    """(...) bool: the pen-ink colour rules on RGB uint8 pixels (..., 3), in float32 HSV."""
     mx = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
     mn = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
     chroma = mx - mn
     sat = np.divide(chroma, mx, out=np.zeros_like(mx), where=mx > 0)
     hue = _hue_deg(rgb, mx, chroma)
-    ink = np.zeros(rgb.shape[:2], bool)
+    ink = np.zeros(rgb.shape[:-1], bool)
     for lo, hi, min_sat in (INK_BLUE, INK_GREEN):
         ink |= (hue >= lo) & (hue < hi) & (sat >= min_sat)
     lo, hi, min_sat = INK_RED
