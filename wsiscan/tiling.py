@@ -11,7 +11,10 @@ decoding in :mod:`wsiscan.decode` and the QC picture in :mod:`wsiscan.qc`.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,13 +34,89 @@ from .store import TileStore, create_tile_store, open_tile_store, remove_store, 
 from .store_meta import pixel_identity, store_meta, write_grid
 from .tissue import TileScores, TissueMask, detect_tissue
 
-__all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "open_configured_slide"]
+__all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "open_configured_slide", "prefetch_tissue"]
 
 
 def open_configured_slide(path: str | Path, config: Config) -> Slide:
     sc = config.slide
     return open_slide(path, slide_mpp=sc.slide_mpp, mpp_min=sc.mpp_min, mpp_max=sc.mpp_max,
                       mpp_xy_max_rel_diff=sc.mpp_xy_max_rel_diff, reader=config.tile.reader)
+
+
+@dataclass(frozen=True)
+class _SlidePictures:
+    """What a plan reads of a slide before it knows the model: the mask thumbnail, the
+    overview picture, the tissue mask, and how long each took."""
+
+    thumbnail: np.ndarray
+    overview: np.ndarray
+    overview_mpp: float
+    tissue: TissueMask
+    timings_s: dict[str, float]
+
+
+def _read_pictures(slide: Slide, config: Config) -> _SlidePictures:
+    t = time.perf_counter()
+    thumbnail = slide.read_thumbnail(mpp=config.tissue.mask_mpp)
+    overview, overview_mpp = read_overview(slide, thumbnail, mask_mpp=config.tissue.mask_mpp,
+                                           base_mpp=slide.require_mpp().mpp)
+    thumbnail_s = time.perf_counter() - t
+    t = time.perf_counter()
+    tissue = detect_tissue(thumbnail, mask_mpp=config.tissue.mask_mpp, config=config.tissue)
+    return _SlidePictures(thumbnail, overview, overview_mpp, tissue,
+                          {"thumbnail_s": thumbnail_s, "mask_s": time.perf_counter() - t})
+
+
+def _pictures_key(slide_path: str | Path, config: Config) -> tuple[Any, ...] | None:
+    """What the pictures of a slide depend on: the file (path, size, mtime) and the slide,
+    reader and tissue settings; None when the file cannot be read."""
+    try:
+        st = os.stat(slide_path)
+        return (os.path.realpath(slide_path), st.st_size, st.st_mtime_ns, repr(config.slide), config.tile.reader,
+                repr(config.tissue))
+    except OSError:
+        return None
+
+
+_PREFETCHED: dict[tuple[Any, ...], Future] = {}
+_PREFETCH_LOCK = threading.Lock()
+
+
+def prefetch_tissue(slide_path: str | Path, config: Config) -> None:
+    """Read a slide's thumbnail and compute its tissue mask in a thread, for the
+    :func:`plan_tiling` of the same slide and settings that comes next.
+
+    ``predict`` starts it before it imports torch and loads the model (on a 2-core machine
+    the second core is idle while torch imports).  Nothing is written and nothing is
+    raised: whatever goes wrong, :func:`plan_tiling` reads the slide itself and reports it."""
+    key = _pictures_key(slide_path, config)
+    if key is None:
+        return
+    future: Future = Future()
+    with _PREFETCH_LOCK:
+        _PREFETCHED.clear()  # at most one slide's pictures wait
+        _PREFETCHED[key] = future
+
+    def run() -> None:
+        try:
+            with open_configured_slide(slide_path, config) as slide:
+                future.set_result(_read_pictures(slide, config))
+        except BaseException:  # noqa: BLE001  plan_tiling does it again and raises what it finds
+            future.set_result(None)
+
+    threading.Thread(target=run, name="wsiscan-tissue-prefetch", daemon=True).start()
+
+
+def _prefetched(slide_path: str | Path, config: Config) -> _SlidePictures | None:
+    """The pictures :func:`prefetch_tissue` made for this slide and settings (waiting for them), once; or None."""
+    key = _pictures_key(slide_path, config)
+    with _PREFETCH_LOCK:
+        future = _PREFETCHED.pop(key, None) if key is not None else None
+    if future is None:
+        return None
+    pictures: _SlidePictures | None = future.result()
+    # the file changed while it was read: read it again
+    return pictures if pictures is not None and _pictures_key(slide_path, config) == key else None
 
 
 @dataclass(frozen=True)
@@ -125,9 +204,13 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
                                   pad_px=tc.tile_size_px)  # glass for the last partial tiles
         timings["open_s"] = time.perf_counter() - t0
         t = time.perf_counter()
-        thumbnail = slide.read_thumbnail(mpp=config.tissue.mask_mpp)
-        overview, overview_mpp = read_overview(slide, thumbnail, mask_mpp=config.tissue.mask_mpp, base_mpp=mpp.mpp)
-        timings["thumbnail_s"] = time.perf_counter() - t
+        pictures = _prefetched(slide_path, config)  # started before torch was imported (prefetch_tissue)
+        if pictures is None:
+            pictures = _read_pictures(slide, config)
+        else:
+            timings["tissue_wait_s"] = time.perf_counter() - t
+        thumbnail, overview, overview_mpp = pictures.thumbnail, pictures.overview, pictures.overview_mpp
+        timings["thumbnail_s"] = pictures.timings_s["thumbnail_s"]
         info = slide.info.to_dict()
         fingerprint = slide_fingerprint(slide.path)
         spath = slide.path
@@ -137,7 +220,8 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     glass_skip = lv_tile_layout is not None  # glass-only tiles are never kept (keep_tiles)
 
     t = time.perf_counter()
-    tissue = detect_tissue(thumbnail, mask_mpp=config.tissue.mask_mpp, config=config.tissue)
+    tissue, mask_s = pictures.tissue, pictures.timings_s["mask_s"]
+    del pictures
     grid = build_grid(width_px=geometry.slide_width_px, height_px=geometry.slide_height_px,
                       tile_size_px=tc.tile_size_px, stride_px=stride, pad_px=geometry.pad_px)
     if grid.n_tiles == 0:
@@ -163,7 +247,7 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     # the freed temporaries of detection back to the OS
     tissue = replace(tissue, saturation=None, dark_bright=None)
     release_free_heap()
-    timings["tissue_s"] = time.perf_counter() - t
+    timings["tissue_s"] = mask_s + time.perf_counter() - t  # the mask (perhaps made beforehand) and the keep rule
     return TilingPlan(
         slide_path=spath, fingerprint=fingerprint, slide_info=info, base_mpp=mpp.mpp, mpp_source=mpp.source,
         selection=selection, geometry=geometry, grid=grid, thumbnail=thumbnail, tissue=tissue,
