@@ -101,7 +101,7 @@ def prefetch_tissue(slide_path: str | Path, config: Config) -> None:
         try:
             with open_configured_slide(slide_path, config) as slide:
                 future.set_result(_read_pictures(slide, config))
-        except BaseException:  # noqa: BLE001  plan_tiling does it again and raises what it finds
+        except BaseException:  # plan_tiling reads the slide again and raises what it finds
             future.set_result(None)
 
     threading.Thread(target=run, name="wsiscan-tissue-prefetch", daemon=True).start()
