@@ -24,7 +24,7 @@ import numpy as np
 from .config import Config
 from .errors import NoTissueError, StoreExistsError
 from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, select_level, store_geometry, tile_coverage
-from .heap import release_free_heap
+from .heap import bound_heap, release_free_heap
 from .keep import chunks_needed, glass_tile_keep, keep_grid_tiles
 from .layout import QC_NAME, STORE_NAME
 from .qc import read_overview, write_qc
@@ -92,6 +92,9 @@ def prefetch_tissue(slide_path: str | Path, config: Config) -> None:
     key = _pictures_key(slide_path, config)
     if key is None:
         return
+    # large arrays from mmap, unmapped when freed: a thread's heap arena would keep the mask's
+    # temporaries resident through the scan (the scan bounds the heap the same way, scan.py)
+    bound_heap()
     future: Future = Future()
     with _PREFETCH_LOCK:
         _PREFETCHED.clear()  # at most one slide's pictures wait
@@ -100,7 +103,9 @@ def prefetch_tissue(slide_path: str | Path, config: Config) -> None:
     def run() -> None:
         try:
             with open_configured_slide(slide_path, config) as slide:
-                future.set_result(_read_pictures(slide, config))
+                pictures = _read_pictures(slide, config)
+            release_free_heap()  # this thread's heap arena keeps the temporaries of detection otherwise
+            future.set_result(pictures)
         except BaseException:  # plan_tiling reads the slide again and raises what it finds
             future.set_result(None)
 
@@ -238,15 +243,15 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
             f"tissue.min_saturation"
         )
     kept_rc = kept.rc
+    # the plan lives through tiling and inference: keep the mask, drop what only scoring
+    # needed (saturation and dark/bright, two images the size of the mask) before the
+    # passes below make their own mask-sized temporaries
+    tissue = replace(tissue, saturation=None, dark_bright=None)
     chunks = chunks_needed(geometry, tissue, grid, kept_rc)
     unscored = tissue.mask & ~tile_coverage(tissue.mask.shape, mask_mpp=tissue.mask_mpp,
                                             px_mpp=selection.effective_mpp, px_xy=grid.px_origin(kept_rc),
                                             tile_size_px=tc.tile_size_px)
-    # the plan lives through tiling and inference: keep the mask, drop what only scoring
-    # needed (saturation and dark/bright, two float images the size of the mask), and hand
-    # the freed temporaries of detection back to the OS
-    tissue = replace(tissue, saturation=None, dark_bright=None)
-    release_free_heap()
+    release_free_heap()  # hand the freed temporaries of detection back to the OS
     timings["tissue_s"] = mask_s + time.perf_counter() - t  # the mask (perhaps made beforehand) and the keep rule
     return TilingPlan(
         slide_path=spath, fingerprint=fingerprint, slide_info=info, base_mpp=mpp.mpp, mpp_source=mpp.source,

@@ -131,6 +131,35 @@ def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -
     return out
 
 
+def _stripewise_at(fn: Callable[[np.ndarray], np.ndarray], array: np.ndarray, *, halo: int, ys: np.ndarray,
+                   xs: np.ndarray) -> np.ndarray:
+    """``fn(array)[ys, xs]`` computed on the stripes of :func:`_stripewise`, each stripe's
+    result sampled at the points that fall in it and then dropped: no output the size of
+    ``array`` is ever made (the same values, under the same condition on ``fn``)."""
+    n = array.shape[0]
+    threads = _threads()
+    if threads == 1 or n < 4 * _STRIPE_ROWS:
+        return fn(array)[ys, xs]
+    bounds = np.linspace(0, n, min(4 * threads, n // _STRIPE_ROWS) + 1).astype(int)
+    stripe_of = np.searchsorted(bounds, ys, side="right") - 1
+    parts: list[np.ndarray | None] = [None] * (len(bounds) - 1)
+
+    def part(k: int) -> None:
+        a, b = int(bounds[k]), int(bounds[k + 1])
+        lo, hi = max(0, a - halo), min(n, b + halo)
+        sel = np.flatnonzero(stripe_of == k)
+        parts[k] = fn(array[lo:hi])[ys[sel] - lo, xs[sel]] if len(sel) else None
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-tissue") as pool:
+        list(pool.map(part, range(len(bounds) - 1)))
+    first = next((p for p in parts if p is not None), None)
+    out = np.empty(len(ys), first.dtype if first is not None else array.dtype)
+    for k, values in enumerate(parts):
+        if values is not None:
+            out[np.flatnonzero(stripe_of == k)] = values
+    return out
+
+
 def saturation_of(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation (max - min) / max of an RGB uint8 image, float32.
 
@@ -473,11 +502,11 @@ def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_
 
     # max saturation under each footprint: a running maximum over the footprint size,
     # sampled at each footprint's top-left corner
+    # (stripe by stripe, sampled: no running-maximum image the size of the mask is kept)
     fw = max(1, int(round(tile_size_px * scale)))
-    runmax = _stripewise(
+    max_saturation = _stripewise_at(
         lambda x: ndimage.maximum_filter(x, size=fw, origin=-(fw // 2) if fw > 1 else 0, mode="nearest"),
-        tissue.saturation, halo=fw)
-    max_saturation = runmax[y0, x0]
+        tissue.saturation, halo=fw, ys=y0, xs=x0)
     return TileScores(
         tissue_fraction=tissue_fraction.astype(np.float32),
         dark_bright_fraction=dark_bright_fraction.astype(np.float32),
