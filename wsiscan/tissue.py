@@ -139,7 +139,8 @@ def _stripewise_at(fn: Callable[[np.ndarray], np.ndarray], array: np.ndarray, *,
     n = array.shape[0]
     threads = _threads()
     if threads == 1 or n < 4 * _STRIPE_ROWS:
-        return fn(array)[ys, xs]
+        whole: np.ndarray = fn(array)[ys, xs]
+        return whole
     bounds = np.linspace(0, n, min(4 * threads, n // _STRIPE_ROWS) + 1).astype(int)
     stripe_of = np.searchsorted(bounds, ys, side="right") - 1
     parts: list[np.ndarray | None] = [None] * (len(bounds) - 1)
