@@ -62,16 +62,27 @@ def test_simplified_polygons_are_what_every_picture_draws():
     regions = tumour_regions(cells, frame, threshold=0.5, min_area_um2=0, simplify_tolerance_um=60)
     drawn = []
     import matplotlib.axes
+    from matplotlib.lines import Line2D
 
-    real_plot = matplotlib.axes.Axes.plot
+    # every cyan line added over the picture (the axes that shows images; the colour bar's
+    # threshold mark is cyan too), however it is added (ax.plot adds through add_line)
+    real_add_line, real_add_artist = matplotlib.axes.Axes.add_line, matplotlib.axes.Axes.add_artist
 
-    def spy(self, *args, **kwargs):
-        if kwargs.get("color") == "cyan":
-            drawn.append(np.column_stack(args[:2]))
-        return real_plot(self, *args, **kwargs)
+    def seen(ax, artist):
+        if isinstance(artist, Line2D) and artist.get_color() == "cyan" and ax.get_images():
+            drawn.append(np.asarray(artist.get_xydata()))
+
+    def spy_line(self, line):
+        seen(self, line)
+        return real_add_line(self, line)
+
+    def spy_artist(self, artist):
+        seen(self, artist)
+        return real_add_artist(self, artist)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(matplotlib.axes.Axes, "plot", spy)
+        mp.setattr(matplotlib.axes.Axes, "add_line", spy_line)
+        mp.setattr(matplotlib.axes.Axes, "add_artist", spy_artist)
         import tempfile
         from pathlib import Path
 

@@ -168,6 +168,25 @@ def test_saturation_gray_and_box_sums_equal_the_float_reference():
     np.testing.assert_array_equal(box_counts(summed_area_table(mask), y0, x0, y1, x1), brute)
 
 
+def test_ink_candidates_leave_out_only_colours_no_ink_rule_takes():
+    """detect_ink runs the colour rules only on the pixels its integer pre-test lets through:
+    over every one of the 2^24 RGB colours, the same answer as the rules run on every pixel."""
+    from wsiscan.tissue import _ink_rules, detect_ink
+
+    for red in range(0, 256, 16):  # 16 reds at a time: 2^20 colours, (256, 4096, 3)
+        rgb = np.empty((16, 256, 256, 3), np.uint8)
+        rgb[..., 0] = np.arange(red, red + 16, dtype=np.uint8)[:, None, None]
+        rgb[..., 1] = np.arange(256, dtype=np.uint8)[None, :, None]
+        rgb[..., 2] = np.arange(256, dtype=np.uint8)[None, None, :]
+        rgb = rgb.reshape(256, 4096, 3)
+        expected = _ink_rules(rgb)
+        assert expected.shape == (256, 4096)
+        np.testing.assert_array_equal(detect_ink(rgb), expected, err_msg=f"reds {red}..{red + 15}")
+    some_ink = _ink_rules(np.array([[[35, 70, 175], [40, 150, 80], [205, 30, 45], [28, 28, 32], [243, 243, 243]]],
+                                   np.uint8))
+    np.testing.assert_array_equal(some_ink, [[True, True, True, True, False]])  # the markers of test_ink; glass
+
+
 def test_otsu_with_where_equals_otsu_of_the_selected_values():
     rng = np.random.default_rng(3)
     values = np.concatenate([rng.normal(0.2, 0.03, 3000), rng.normal(0.7, 0.05, 3000)]).clip(0, 1)

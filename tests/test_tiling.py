@@ -112,6 +112,55 @@ def test_plan_writes_nothing(synthetic_slide, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _plan_arrays(plan):
+    return (plan.thumbnail, plan.tissue.mask, plan.tissue.ink, plan.kept_rc, plan.kept_scores.tissue_fraction,
+            plan.kept_scores.max_saturation, plan.chunks_needed, plan.unscored_tissue)
+
+
+def test_prefetched_tissue_gives_the_plan_made_without_it(synthetic_slide, tmp_path):
+    """predict makes the thumbnail and tissue mask in a thread while torch imports
+    (prefetch_tissue): plan_tiling takes them only for the same file and settings, and the
+    plan is the one made without them."""
+    from wsiscan import tiling
+
+    cfg = load_config()
+    plain = plan_tiling(synthetic_slide.path, cfg)
+    assert "tissue_wait_s" not in plain.timings_s
+    tiling.prefetch_tissue(synthetic_slide.path, cfg)
+    prefetched = plan_tiling(synthetic_slide.path, cfg)
+    assert "tissue_wait_s" in prefetched.timings_s  # it was taken
+    for a, b in zip(_plan_arrays(plain), _plan_arrays(prefetched), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert prefetched.identity == plain.identity and prefetched.tissue.threshold == plain.tissue.threshold
+    assert plan_tiling(synthetic_slide.path, cfg).timings_s.get("tissue_wait_s") is None  # used once
+
+    # other tissue settings: not taken, the plan follows the settings it is given
+    tiling.prefetch_tissue(synthetic_slide.path, cfg.replace("tissue", closing_radius_um=40.0))
+    again = plan_tiling(synthetic_slide.path, cfg)
+    assert "tissue_wait_s" not in again.timings_s
+    np.testing.assert_array_equal(again.tissue.mask, plain.tissue.mask)
+    # the file changed since (a copy written over, another mtime): not taken either
+    copy = tmp_path / "copy.tif"
+    copy.write_bytes(synthetic_slide.path.read_bytes())
+    tiling.prefetch_tissue(copy, cfg)
+    os.utime(copy, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert "tissue_wait_s" not in plan_tiling(copy, cfg).timings_s
+
+
+def test_a_failed_prefetch_leaves_the_error_to_plan_tiling(bad_inputs):
+    from wsiscan import tiling
+    from wsiscan.errors import WsiscanError
+
+    cfg = load_config()
+    for case in ("random", "no_mpp"):
+        tiling.prefetch_tissue(bad_inputs[case], cfg)
+        with pytest.raises(WsiscanError) as plain_error:
+            plan_tiling(bad_inputs[case], cfg)
+        with pytest.raises(WsiscanError) as again:
+            plan_tiling(bad_inputs[case], cfg)
+        assert str(plain_error.value) == str(again.value) and str(bad_inputs[case]) in str(again.value)
+
+
 @pytest.mark.slow
 def test_resume_after_kill_9_gives_the_same_store(tmp_path):
     slide = write_synthetic_slide(tmp_path / "big.tif", dimensions_px=(6144, 6144), mpp=0.486,

@@ -31,7 +31,7 @@ __all__ = [
     "STORE_NAME", "SUMMARY_NAME", "OVERLAY_NAME", "GEOJSON_NAME", "QC_NAME", "MANIFEST_NAME", "ATTEMPTS_DIR",
     "WORK_DIR", "WORK_SUBDIRS", "lock_path", "staging_dir", "trash_dir", "swap_journal_path",
     "SPEECH_WAV_NAME", "RESULT_FILES", "MEDIA_TYPES", "json_default", "atomic_path", "write_json_atomic",
-    "write_text_atomic", "write_png_atomic", "write_figure_atomic", "write_geojson_atomic", "slide_dir_for",
+    "write_text_atomic", "write_png_atomic", "PNG_COMPRESS_LEVEL", "write_figure_atomic", "write_geojson_atomic", "slide_dir_for",
     "store_path", "summary_path", "is_result_folder", "has_store", "result_folders", "exported_geojson_name",
 ]
 
@@ -187,10 +187,15 @@ def write_geojson_atomic(collection: dict[str, Any], path: str | Path) -> Path:
     return write_json_atomic(collection, path)
 
 
+# zlib level of the PNGs wsiscan writes (qc.png, overlay.png): level 1 compresses a 2000 px picture
+# in about half the time of PIL's default 6, for files about 10 % larger; the pixels are the same
+PNG_COMPRESS_LEVEL = 1
+
+
 def write_png_atomic(image: Any, path: str | Path) -> Path:
     """A PIL image as PNG, atomically."""
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", optimize=False)
+        image.save(tmp, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
     return Path(path)
 
 

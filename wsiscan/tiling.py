@@ -11,7 +11,10 @@ decoding in :mod:`wsiscan.decode` and the QC picture in :mod:`wsiscan.qc`.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import numpy as np
 from .config import Config
 from .errors import NoTissueError, StoreExistsError
 from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, select_level, store_geometry, tile_coverage
-from .heap import release_free_heap
+from .heap import bound_heap, release_free_heap
 from .keep import chunks_needed, glass_tile_keep, keep_grid_tiles
 from .layout import QC_NAME, STORE_NAME
 from .qc import read_overview, write_qc
@@ -31,13 +34,94 @@ from .store import TileStore, create_tile_store, open_tile_store, remove_store, 
 from .store_meta import pixel_identity, store_meta, write_grid
 from .tissue import TileScores, TissueMask, detect_tissue
 
-__all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "open_configured_slide"]
+__all__ = ["TilingPlan", "TileResult", "plan_tiling", "tile_slide", "open_configured_slide", "prefetch_tissue"]
 
 
 def open_configured_slide(path: str | Path, config: Config) -> Slide:
     sc = config.slide
     return open_slide(path, slide_mpp=sc.slide_mpp, mpp_min=sc.mpp_min, mpp_max=sc.mpp_max,
                       mpp_xy_max_rel_diff=sc.mpp_xy_max_rel_diff, reader=config.tile.reader)
+
+
+@dataclass(frozen=True)
+class _SlidePictures:
+    """What a plan reads of a slide before it knows the model: the mask thumbnail, the
+    overview picture, the tissue mask, and how long each took."""
+
+    thumbnail: np.ndarray
+    overview: np.ndarray
+    overview_mpp: float
+    tissue: TissueMask
+    timings_s: dict[str, float]
+
+
+def _read_pictures(slide: Slide, config: Config) -> _SlidePictures:
+    t = time.perf_counter()
+    thumbnail = slide.read_thumbnail(mpp=config.tissue.mask_mpp)
+    overview, overview_mpp = read_overview(slide, thumbnail, mask_mpp=config.tissue.mask_mpp,
+                                           base_mpp=slide.require_mpp().mpp)
+    thumbnail_s = time.perf_counter() - t
+    t = time.perf_counter()
+    tissue = detect_tissue(thumbnail, mask_mpp=config.tissue.mask_mpp, config=config.tissue)
+    return _SlidePictures(thumbnail, overview, overview_mpp, tissue,
+                          {"thumbnail_s": thumbnail_s, "mask_s": time.perf_counter() - t})
+
+
+def _pictures_key(slide_path: str | Path, config: Config) -> tuple[Any, ...] | None:
+    """What the pictures of a slide depend on: the file (path, size, mtime) and the slide,
+    reader and tissue settings; None when the file cannot be read."""
+    try:
+        st = os.stat(slide_path)
+        return (os.path.realpath(slide_path), st.st_size, st.st_mtime_ns, repr(config.slide), config.tile.reader,
+                repr(config.tissue))
+    except OSError:
+        return None
+
+
+_PREFETCHED: dict[tuple[Any, ...], Future] = {}
+_PREFETCH_LOCK = threading.Lock()
+
+
+def prefetch_tissue(slide_path: str | Path, config: Config) -> None:
+    """Read a slide's thumbnail and compute its tissue mask in a thread, for the
+    :func:`plan_tiling` of the same slide and settings that comes next.
+
+    ``predict`` starts it before it imports torch and loads the model (on a 2-core machine
+    the second core is idle while torch imports).  Nothing is written and nothing is
+    raised: whatever goes wrong, :func:`plan_tiling` reads the slide itself and reports it."""
+    key = _pictures_key(slide_path, config)
+    if key is None:
+        return
+    # large arrays from mmap, unmapped when freed: a thread's heap arena would keep the mask's
+    # temporaries resident through the scan (the scan bounds the heap the same way, scan.py)
+    bound_heap()
+    future: Future = Future()
+    with _PREFETCH_LOCK:
+        _PREFETCHED.clear()  # at most one slide's pictures wait
+        _PREFETCHED[key] = future
+
+    def run() -> None:
+        try:
+            with open_configured_slide(slide_path, config) as slide:
+                pictures = _read_pictures(slide, config)
+            release_free_heap()  # this thread's heap arena keeps the temporaries of detection otherwise
+            future.set_result(pictures)
+        except BaseException:  # plan_tiling reads the slide again and raises what it finds
+            future.set_result(None)
+
+    threading.Thread(target=run, name="wsiscan-tissue-prefetch", daemon=True).start()
+
+
+def _prefetched(slide_path: str | Path, config: Config) -> _SlidePictures | None:
+    """The pictures :func:`prefetch_tissue` made for this slide and settings (waiting for them), once; or None."""
+    key = _pictures_key(slide_path, config)
+    with _PREFETCH_LOCK:
+        future = _PREFETCHED.pop(key, None) if key is not None else None
+    if future is None:
+        return None
+    pictures: _SlidePictures | None = future.result()
+    # the file changed while it was read: read it again
+    return pictures if pictures is not None and _pictures_key(slide_path, config) == key else None
 
 
 @dataclass(frozen=True)
@@ -125,9 +209,13 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
                                   pad_px=tc.tile_size_px)  # glass for the last partial tiles
         timings["open_s"] = time.perf_counter() - t0
         t = time.perf_counter()
-        thumbnail = slide.read_thumbnail(mpp=config.tissue.mask_mpp)
-        overview, overview_mpp = read_overview(slide, thumbnail, mask_mpp=config.tissue.mask_mpp, base_mpp=mpp.mpp)
-        timings["thumbnail_s"] = time.perf_counter() - t
+        pictures = _prefetched(slide_path, config)  # started before torch was imported (prefetch_tissue)
+        if pictures is None:
+            pictures = _read_pictures(slide, config)
+        else:
+            timings["tissue_wait_s"] = time.perf_counter() - t
+        thumbnail, overview, overview_mpp = pictures.thumbnail, pictures.overview, pictures.overview_mpp
+        timings["thumbnail_s"] = pictures.timings_s["thumbnail_s"]
         info = slide.info.to_dict()
         fingerprint = slide_fingerprint(slide.path)
         spath = slide.path
@@ -137,7 +225,8 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     glass_skip = lv_tile_layout is not None  # glass-only tiles are never kept (keep_tiles)
 
     t = time.perf_counter()
-    tissue = detect_tissue(thumbnail, mask_mpp=config.tissue.mask_mpp, config=config.tissue)
+    tissue, mask_s = pictures.tissue, pictures.timings_s["mask_s"]
+    del pictures
     grid = build_grid(width_px=geometry.slide_width_px, height_px=geometry.slide_height_px,
                       tile_size_px=tc.tile_size_px, stride_px=stride, pad_px=geometry.pad_px)
     if grid.n_tiles == 0:
@@ -154,16 +243,16 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
             f"tissue.min_saturation"
         )
     kept_rc = kept.rc
+    # the plan lives through tiling and inference: keep the mask, drop what only scoring
+    # needed (saturation and dark/bright, two images the size of the mask) before the
+    # passes below make their own mask-sized temporaries
+    tissue = replace(tissue, saturation=None, dark_bright=None)
     chunks = chunks_needed(geometry, tissue, grid, kept_rc)
     unscored = tissue.mask & ~tile_coverage(tissue.mask.shape, mask_mpp=tissue.mask_mpp,
                                             px_mpp=selection.effective_mpp, px_xy=grid.px_origin(kept_rc),
                                             tile_size_px=tc.tile_size_px)
-    # the plan lives through tiling and inference: keep the mask, drop what only scoring
-    # needed (saturation and dark/bright, two float images the size of the mask), and hand
-    # the freed temporaries of detection back to the OS
-    tissue = replace(tissue, saturation=None, dark_bright=None)
-    release_free_heap()
-    timings["tissue_s"] = time.perf_counter() - t
+    release_free_heap()  # hand the freed temporaries of detection back to the OS
+    timings["tissue_s"] = mask_s + time.perf_counter() - t  # the mask (perhaps made beforehand) and the keep rule
     return TilingPlan(
         slide_path=spath, fingerprint=fingerprint, slide_info=info, base_mpp=mpp.mpp, mpp_source=mpp.source,
         selection=selection, geometry=geometry, grid=grid, thumbnail=thumbnail, tissue=tissue,

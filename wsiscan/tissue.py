@@ -131,6 +131,36 @@ def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -
     return out
 
 
+def _stripewise_at(fn: Callable[[np.ndarray], np.ndarray], array: np.ndarray, *, halo: int, ys: np.ndarray,
+                   xs: np.ndarray) -> np.ndarray:
+    """``fn(array)[ys, xs]`` computed on the stripes of :func:`_stripewise`, each stripe's
+    result sampled at the points that fall in it and then dropped: no output the size of
+    ``array`` is ever made (the same values, under the same condition on ``fn``)."""
+    n = array.shape[0]
+    threads = _threads()
+    if threads == 1 or n < 4 * _STRIPE_ROWS:
+        whole: np.ndarray = fn(array)[ys, xs]
+        return whole
+    bounds = np.linspace(0, n, min(4 * threads, n // _STRIPE_ROWS) + 1).astype(int)
+    stripe_of = np.searchsorted(bounds, ys, side="right") - 1
+    parts: list[np.ndarray | None] = [None] * (len(bounds) - 1)
+
+    def part(k: int) -> None:
+        a, b = int(bounds[k]), int(bounds[k + 1])
+        lo, hi = max(0, a - halo), min(n, b + halo)
+        sel = np.flatnonzero(stripe_of == k)
+        parts[k] = fn(array[lo:hi])[ys[sel] - lo, xs[sel]] if len(sel) else None
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-tissue") as pool:
+        list(pool.map(part, range(len(bounds) - 1)))
+    first = next((p for p in parts if p is not None), None)
+    out = np.empty(len(ys), first.dtype if first is not None else array.dtype)
+    for k, values in enumerate(parts):
+        if values is not None:
+            out[np.flatnonzero(stripe_of == k)] = values
+    return out
+
+
 def saturation_of(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation (max - min) / max of an RGB uint8 image, float32.
 
@@ -179,14 +209,46 @@ INK_MIN_AREA_UM2 = 4000.0  # an ink blob smaller than this is a speck of dye or 
 INK_MARGIN_UM = 4.0  # ink grows by this much: the anti-aliased, paler rim of a stroke is ink too
 
 
+# A pixel can be ink only when it is dark enough for the black rule (max channel below
+# INK_BLACK's 0.30 * 255 = 76.5) or saturated enough for a colour rule (saturation at least
+# INK_GREEN's 0.15, the lowest): a pixel with max channel >= 77 and (max - min) * 100 < 14 * max
+# (saturation below 0.14) is ink by no rule, so the rules run on the other pixels only.
+_INK_CANDIDATE_MIN_MAX = 77
+_INK_CANDIDATE_SAT_PERCENT = 14
+
+
 def detect_ink(rgb: np.ndarray) -> np.ndarray:
-    """(rows, cols) bool: pixels of an RGB uint8 image that are pen ink by colour (before the margin)."""
+    """(rows, cols) bool: pixels of an RGB uint8 image that are pen ink by colour (before the margin).
+
+    The colour rules (:func:`_ink_rules`, float32 HSV) run only on the pixels that could meet
+    one of them, a cheap integer test on max and min channel: pixel by pixel the same
+    result as running them on every pixel, for a quarter of the work on a slide with
+    glass around its tissue."""
+    mx = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    chroma = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    np.subtract(mx, chroma, out=chroma)  # max - min >= 0: no wrap-around in uint8
+    candidate = chroma.astype(np.uint16)
+    candidate *= 100
+    limit = mx.astype(np.uint16)
+    limit *= _INK_CANDIDATE_SAT_PERCENT
+    cand: np.ndarray = candidate >= limit
+    del candidate, limit, chroma
+    cand |= mx < _INK_CANDIDATE_MIN_MAX
+    del mx
+    ink = np.zeros(rgb.shape[:2], bool)
+    if cand.any():
+        ink[cand] = _ink_rules(rgb[cand])
+    return ink
+
+
+def _ink_rules(rgb: np.ndarray) -> np.ndarray:
+    """(...) bool: the pen-ink colour rules on RGB uint8 pixels (..., 3), in float32 HSV."""
     mx = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
     mn = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
     chroma = mx - mn
     sat = np.divide(chroma, mx, out=np.zeros_like(mx), where=mx > 0)
     hue = _hue_deg(rgb, mx, chroma)
-    ink = np.zeros(rgb.shape[:2], bool)
+    ink = np.zeros(rgb.shape[:-1], bool)
     for lo, hi, min_sat in (INK_BLUE, INK_GREEN):
         ink |= (hue >= lo) & (hue < hi) & (sat >= min_sat)
     lo, hi, min_sat = INK_RED
@@ -441,11 +503,11 @@ def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_
 
     # max saturation under each footprint: a running maximum over the footprint size,
     # sampled at each footprint's top-left corner
+    # (stripe by stripe, sampled: no running-maximum image the size of the mask is kept)
     fw = max(1, int(round(tile_size_px * scale)))
-    runmax = _stripewise(
+    max_saturation = _stripewise_at(
         lambda x: ndimage.maximum_filter(x, size=fw, origin=-(fw // 2) if fw > 1 else 0, mode="nearest"),
-        tissue.saturation, halo=fw)
-    max_saturation = runmax[y0, x0]
+        tissue.saturation, halo=fw, ys=y0, xs=x0)
     return TileScores(
         tissue_fraction=tissue_fraction.astype(np.float32),
         dark_bright_fraction=dark_bright_fraction.astype(np.float32),

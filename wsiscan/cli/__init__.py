@@ -30,6 +30,14 @@ class _WsiscanGroup(click.Group):
     line, without a traceback, and keeps Python warnings (torch's among them) off stderr
     unless ``-v`` is given."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as exc:
+            if _runs_this_process():
+                _exit_without_finalizing(exc.code)
+            raise
+
     def invoke(self, ctx: click.Context):
         with _library_messages(verbose=bool(ctx.params.get("verbose"))):
             try:
@@ -48,6 +56,42 @@ class _WsiscanGroup(click.Group):
                     raise
                 click.echo(f"wsiscan: error: {line}", err=True)
                 ctx.exit(1)
+
+
+def _runs_this_process() -> bool:
+    """Whether this process was started to run wsiscan (``wsiscan ...`` or ``python -m wsiscan``),
+    not a program that calls :data:`main` (a test's CliRunner)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "wsiscan.__main__" or os.path.basename(sys.argv[0]) in ("wsiscan",
+                                                                                                  "wsiscan.exe")
+
+
+def _exit_without_finalizing(code: Any) -> None:
+    """End the process as the interpreter would, less its finalization: other threads are
+    waited for and the atexit functions run (logging, multiprocessing, concurrent.futures),
+    then ``os._exit``.  Tearing down torch's modules and libraries takes a second or more on a
+    small machine, after the results are written; it frees nothing the OS would not.
+    Where CPython's shutdown hook is missing, it returns and the interpreter exits as usual."""
+    import atexit
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)
+    run_exit_functions = getattr(atexit, "_run_exitfuncs", None)
+    if shutdown is None or run_exit_functions is None:
+        return
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("text") prints it and exits with 1
+        print(code, file=sys.stderr)
+        status = 1
+    shutdown()
+    run_exit_functions()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 @contextlib.contextmanager

@@ -53,8 +53,7 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     the slides run in parallel, one task per slide; a slide whose worker dies is
     retried on another, and a rerun skips the slides already finished and unchanged.
     """
-    from ..inference import select_device
-    from ..predict import expand_slide_inputs, load_models, resolution_config
+    from ..predict import expand_slide_inputs, load_models, resolution_config, slide_config
 
     if workers is not None and scheduler:
         raise click.UsageError("--workers starts a local Dask cluster and --scheduler uses an existing one; give one")
@@ -68,6 +67,12 @@ def predict(slides, out_dir, config_path, slide_mpp, tile_size_px, stride_px, mi
     cfg = cfg.replace("predict", model=tuple(model_names) or None, device=device, batch_size=batch_size,
                       precision=precision, tta=tta, compile=compile_, threshold=threshold,
                       loader_workers=loader_workers, keep_pixels=keep_pixels)
+    if workers is None and not scheduler:  # the first slide's tissue mask is made while torch imports
+        from ..tiling import prefetch_tissue
+
+        prefetch_tissue(jobs[0].path, slide_config(cfg, jobs[0]))
+    from ..inference import select_device
+
     # the workers of an existing cluster choose their own device; everything else is checked here first
     dev = select_device(cfg.predict.device) if not scheduler else None
     models = load_models(cfg.predict.model)

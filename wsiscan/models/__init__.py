@@ -22,7 +22,7 @@ WSInfer's zoo, whose TorchScript folders run as they are (:mod:`.wsinfer`).
 what :func:`load_model` loads, and says in one line what to do when that is impossible.
 :func:`register_model` adds your own architectures (any ``nn.Module`` factory).
 
-This package imports torch and torchvision; it never imports click or zarr.
+This package imports torch (torchvision only when a ResNet is built); it never imports click or zarr.
 """
 
 from .architectures import (

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from ..errors import CheckpointError
@@ -141,6 +140,9 @@ def build_model(spec: ModelSpec) -> nn.Module:
             "folder (config.json + torchscript_model.pt), an 'external' one is the callable given to wsiscan.predict"
         )
     if spec.arch in RESNETS:
+        import torchvision.models  # here, not at the top: importing it takes ~1.5 s (torch._dynamo), and
+        # the other architectures do without it
+
         return getattr(torchvision.models, spec.arch)(weights=None, num_classes=n)
     if spec.arch == "smallcnn":
         return SmallCNN(n)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torchvision
 
 from ..errors import CheckpointError, OfflineError, OutputError
 from .architectures import build_model
@@ -100,12 +99,18 @@ def _convert(entry: RegistryEntry, source: SourceFile) -> Path:
         "licence": entry.licence,
         "wsiscan_version": wsiscan_version(),
         "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
+        "torchvision_version": _torchvision_version(),
     })
     model = build_model(spec)
     model.load_state_dict(state_dict, strict=True)
     save_checkpoint(target, model, spec)
     return target
+
+
+def _torchvision_version() -> str:
+    import torchvision  # imported when needed: it takes ~1.5 s (see architectures.build_model)
+
+    return str(torchvision.__version__)
 
 
 def _fetch_tiatoolbox(entry: RegistryEntry, *, force: bool, from_file: Path | None) -> PulledModel:
