@@ -1,5 +1,6 @@
 """Helpers of the reliability and soak tests: hashing a result folder, comparing two results,
-holding a slide's lock from another process, running the CLI as a subprocess."""
+holding a slide's lock from another process, running the CLI as a subprocess or as a child of
+a launcher that has imported everything once."""
 
 from __future__ import annotations
 
@@ -102,3 +103,132 @@ def subprocess_env() -> dict[str, str]:
     """The environment for a CLI subprocess: this checkout first on the path."""
     root = str(Path(__file__).resolve().parents[1])
     return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+
+# The launcher: a process that has imported everything a `wsiscan` run uses and forks one child
+# per command (as multiprocessing's forkserver does), so a run costs no interpreter start and no
+# import.  Each child is a real process of its own (its own session, so os.killpg reaches the
+# processes it starts): it runs the CLI's ``main`` as `python -m wsiscan` would, an unexpected
+# exception printing its traceback, and is killed with a real SIGKILL where a test asks.
+# It reads one JSON request per line; "run" forks a child running the CLI (with its stdout/stderr
+# in files, optionally held at a step of the swap for the soak) and answers its pid; "wait"
+# answers a child's exit status (negative: killed by that signal).
+LAUNCHER = textwrap.dedent(r"""
+    import json, os, sys, time, traceback
+    # everything a run imports, imported once here before any fork, so that a child spends its
+    # time in the run (planning, scanning, outputs) and not in imports (torchvision alone pulls in
+    # torch._dynamo: about 4 s of a 6 s run)
+    import torch, torchvision  # noqa: F401
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.patches, matplotlib.pyplot  # noqa: F401
+    import openslide, shapely, shapely.geometry  # noqa: F401
+    import wsiscan.cli, wsiscan.cli.predict, wsiscan.heatmap, wsiscan.inference, wsiscan.manifest  # noqa: F401
+    import wsiscan.predict, wsiscan.runner, wsiscan.scan, wsiscan.staging  # noqa: F401
+
+    def hold_swap_at(step, marker):
+        staging = wsiscan.staging
+        real_rename, real_remove = os.rename, staging._remove_tree
+        calls = []
+
+        def hold():
+            open(marker, "w").close()
+            time.sleep(3600)
+
+        def rename(src, dst):
+            if not (os.path.isdir(src) and ".wsiscan" in str(src) + str(dst)):
+                return real_rename(src, dst)  # a file written atomically, not a step of the swap
+            calls.append(src)
+            if (step, len(calls)) in (("journal_written", 1), ("old_in_trash", 2)):
+                hold()
+            real_rename(src, dst)
+            if (step, len(calls)) == ("new_in_place", 2):
+                hold()
+
+        def remove(path):
+            if step == "trash_left" and "trash" in str(path):
+                hold()
+            real_remove(path)
+
+        os.rename = rename
+        staging._remove_tree = remove
+
+    for line in sys.stdin:
+        req = json.loads(line)
+        if "wait" in req:
+            _, status = os.waitpid(req["wait"], 0)
+            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            print(json.dumps({"code": code}), flush=True)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setsid()
+                for fd, name in ((1, "stdout"), (2, "stderr")):
+                    f = os.open(req[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    os.dup2(f, fd)
+                    os.close(f)
+                if req.get("swap_step"):
+                    hold_swap_at(req["swap_step"], req["marker"])
+                try:
+                    wsiscan.cli.main.main(args=req["args"], prog_name="wsiscan", standalone_mode=True)
+                    code = 0
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 1
+                except BaseException:
+                    traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        print(json.dumps({"pid": pid}), flush=True)
+""")
+
+
+class Launcher:
+    """The launcher process (see LAUNCHER): ``start`` a `wsiscan` command, ``wait`` for its exit
+    status, or ``run`` it to the end; each command's stdout and stderr land in ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=subprocess_env())
+        self.n = 0
+
+    def _ask(self, req: dict) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def start(self, args: list, swap_step: str | None = None) -> tuple[int, Path]:
+        """Fork a child running ``wsiscan ARGS``: its pid, and the stem of its ``.out`` / ``.err`` files."""
+        self.n += 1
+        log = self.folder / f"run{self.n}"
+        req = {"args": [str(a) for a in args], "stdout": f"{log}.out", "stderr": f"{log}.err", "swap_step": swap_step,
+               "marker": f"{log}.held"}
+        return self._ask(req)["pid"], log
+
+    def wait(self, pid: int) -> int:
+        """The child's exit status (negative: killed by that signal), once it has ended."""
+        return self._ask({"wait": pid})["code"]
+
+    def run(self, args: list) -> tuple[int, str, str]:
+        """``wsiscan ARGS`` to the end: exit status, stdout, stderr."""
+        pid, log = self.start(args)
+        code = self.wait(pid)
+        return code, Path(f"{log}.out").read_text(), Path(f"{log}.err").read_text()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(30)
+
+def is_running(pid: int) -> bool:
+    """Whether the launcher's child ``pid`` still runs (one that exited is a zombie until the
+    launcher reaps it: read its state)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -170,13 +170,15 @@ def test_inference_resumes_from_written_heatmap_chunks(synthetic_slide, tiny_ckp
 
 @pytest.mark.slow
 def test_predict_resumes_after_kill_9(tiny_ckpt, tmp_path):
+    """The killed run is a real process killed with SIGKILL; the reference and the resuming run are
+    the same command run in this process (the CLI in-process, so no interpreter start)."""
     slide = write_synthetic_slide(tmp_path / "s.tif", dimensions_px=(6144, 4096), mpp=0.486)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("tile:\n  stride_px: 32\n  supertile_px: 192\npredict:\n  heatmap_chunk_cells: 6\n  loader_workers: 0\n")
-    cmd = [sys.executable, "-m", "wsiscan", "predict", str(slide.path), "--model", str(tiny_ckpt), "--config", str(cfg),
-           "-q", "--decode-workers", "1"]
-    ref = subprocess.run(cmd + ["-o", str(tmp_path / "ref")], capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr
+    args = ["predict", str(slide.path), "--model", str(tiny_ckpt), "--config", str(cfg), "-q", "--decode-workers", "1"]
+    cmd = [sys.executable, "-m", "wsiscan", *args]
+    ref = run(*args, "-o", tmp_path / "ref")
+    assert ref.exit_code == 0, ref.output
     out = tmp_path / "killed"
     hm_dir = out / "s" / "store.zarr" / "heatmap" / "0" / "c"
     proc = subprocess.Popen(cmd + ["-o", str(out)], start_new_session=True, stdout=subprocess.DEVNULL,
@@ -189,8 +191,8 @@ def test_predict_resumes_after_kill_9(tiny_ckpt, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "s" / "summary.json").exists(), "the run finished before it could be killed"
-    resumed = subprocess.run(cmd + ["-o", str(out)], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = run(*args, "-o", out)
+    assert resumed.exit_code == 0, resumed.output
     summary = json.loads((out / "s" / "summary.json").read_text())
     assert summary["tiles"]["resumed_tiles"] > 0
     a = zarr.open_group(str(tmp_path / "ref" / "s" / "store.zarr"), mode="r")["heatmap/0"][...]

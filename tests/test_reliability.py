@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_line_error, run
 from reliability_helpers import (
+    Launcher,
     assert_no_leftovers,
     assert_same_result,
+    is_running,
     one_error_line,
     start_lock_holder,
     subprocess_env,
@@ -60,6 +62,15 @@ def env(tmp_path_factory) -> dict:
     return {"slide": slide, "config": config, "refs": refs, "template": template}
 
 
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory):
+    """The commands that must be real processes (run together, or killed with SIGKILL) are children
+    of one launcher that has imported torch and wsiscan once (reliability_helpers.LAUNCHER)."""
+    launcher = Launcher(tmp_path_factory.mktemp("launched"))
+    yield launcher
+    launcher.close()
+
+
 def seeded_out(env: dict, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A fresh OUT holding keep's finished result, and the hashes of every file of it."""
     out = tmp_path / "out"
@@ -71,14 +82,13 @@ def predict_args(env: dict, out: Path, *extra: object) -> list[object]:
     return ["predict", env["slide"], "-o", out, "--config", env["config"], *MODEL, *extra]
 
 
-def test_two_runs_at_two_strides_on_one_slide(env, tmp_path):
+def test_two_runs_at_two_strides_on_one_slide(env, launcher, tmp_path):
     """Started together into one OUT: one finishes, the other is refused in one line; the result
     is exactly the winner's (its summary and heatmap agree with an uninterrupted run at its stride)."""
     out, keep = seeded_out(env, tmp_path)
-    procs = {stride: subprocess.Popen(wsiscan_cmd(*predict_args(env, out, "--stride-px", stride)), text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
-             for stride in (32, 96)}
-    done = {stride: (p.wait(300), *p.communicate()) for stride, p in procs.items()}
+    started = {stride: launcher.start(predict_args(env, out, "--stride-px", stride)) for stride in (32, 96)}
+    done = {stride: (launcher.wait(pid), Path(f"{log}.out").read_text(), Path(f"{log}.err").read_text())
+            for stride, (pid, log) in started.items()}
     assert sorted(code for code, _, _ in done.values()) == [0, 1], done
     winner = next(stride for stride, (code, _, _) in done.items() if code == 0)
     loser_line = one_error_line(done[({32, 96} - {winner}).pop()][2])
@@ -128,13 +138,14 @@ def test_another_host_s_lock_is_refused_and_cleared_by_deleting_it(env, tmp_path
     assert tree_hashes(out / "keep") == keep
 
 
-def _kill_when(proc: subprocess.Popen, ready, what: str, timeout_s: float = 180) -> None:
+def _kill_when(launcher: Launcher, pid: int, ready, what: str, timeout_s: float = 180) -> None:
+    """SIGKILL the launched run ``pid`` (and every process of its session) once ``ready()``."""
     deadline = time.time() + timeout_s
-    while time.time() < deadline and proc.poll() is None and not ready():
+    while time.time() < deadline and is_running(pid) and not ready():
         time.sleep(0.005)
-    assert proc.poll() is None, f"the run ended before {what}"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert is_running(pid), f"the run ended before {what}"
+    os.killpg(pid, signal.SIGKILL)
+    assert launcher.wait(pid) == -signal.SIGKILL
 
 
 def _heatmap_chunks(slide_dir: Path) -> int:
@@ -142,15 +153,14 @@ def _heatmap_chunks(slide_dir: Path) -> int:
     return sum(1 for f in c.rglob("*") if f.is_file()) if c.is_dir() else 0
 
 
-def test_kill_9_during_a_first_run_then_a_rerun_takes_over_the_lock_and_finishes(env, tmp_path):
+def test_kill_9_during_a_first_run_then_a_rerun_takes_over_the_lock_and_finishes(env, launcher, tmp_path):
     out, keep = seeded_out(env, tmp_path)
-    proc = subprocess.Popen(wsiscan_cmd(*predict_args(env, out, "--stride-px", 32)), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
-    _kill_when(proc, lambda: _heatmap_chunks(out / "s") >= 3, "3 heatmap chunks were written")
+    pid, _ = launcher.start(predict_args(env, out, "--stride-px", 32))
+    _kill_when(launcher, pid, lambda: _heatmap_chunks(out / "s") >= 3, "3 heatmap chunks were written")
     assert not (out / "s" / "summary.json").exists()
     r = run(*predict_args(env, out, "--stride-px", 32))
     assert r.exit_code == 0, r.output
-    assert f"taking over the lock left by pid {proc.pid} on host {socket.gethostname()}" in r.stderr
+    assert f"taking over the lock left by pid {pid} on host {socket.gethostname()}" in r.stderr
     assert json.loads((out / "s" / "summary.json").read_text())["tiles"]["resumed_tiles"] > 0
     assert_same_result(out / "s", env["refs"][32])
     assert_no_leftovers(out, "s")
@@ -158,14 +168,13 @@ def test_kill_9_during_a_first_run_then_a_rerun_takes_over_the_lock_and_finishes
 
 
 @pytest.mark.parametrize("rerun", ["same command", "without --overwrite"])
-def test_kill_9_during_an_overwrite_leaves_the_finished_result_byte_identical(env, tmp_path, rerun):
+def test_kill_9_during_an_overwrite_leaves_the_finished_result_byte_identical(env, launcher, tmp_path, rerun):
     out, keep = seeded_out(env, tmp_path)
     shutil.copytree(env["refs"][96], out / "s")
     before = tree_hashes(out / "s")
     args = predict_args(env, out, "--stride-px", 32, "--overwrite")
-    proc = subprocess.Popen(wsiscan_cmd(*args), start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=subprocess_env())
-    _kill_when(proc, lambda: _heatmap_chunks(staging_dir(out, "s")) >= 3, "3 heatmap chunks were written")
+    pid, _ = launcher.start(args)
+    _kill_when(launcher, pid, lambda: _heatmap_chunks(staging_dir(out, "s")) >= 3, "3 heatmap chunks were written")
     assert tree_hashes(out / "s") == before, "the finished result changed before its replacement was complete"
     r = run(*(args if rerun == "same command" else args[:-1]))
     assert r.exit_code == 0, r.output

@@ -10,6 +10,8 @@ import zarr
 from cli_helpers import run
 from test_predict import resnet_ckpt  # noqa: F401 - the session fixture: a random ResNet-18 checkpoint
 
+from wsiscan.testing import write_synthetic_slide
+
 
 def _heatmap(out, name="synthetic"):
     return zarr.open_group(str(out / name / "store.zarr"), mode="r")["heatmap/0"][...]
@@ -19,9 +21,11 @@ def _summary(out, name="synthetic"):
     return json.loads((out / name / "summary.json").read_text())
 
 
-def test_streamed_heatmap_equals_the_stored_pixel_heatmap_bit_for_bit(synthetic_slide, resnet_ckpt, tmp_path):  # noqa: F811 - the fixture imported above
+def test_streamed_heatmap_equals_the_stored_pixel_heatmap_bit_for_bit(resnet_ckpt, tmp_path):  # noqa: F811 - the fixture imported above
     """ResNet-18, CPU fp32, stride 32 (units overlap four store chunks): decoded straight to the
-    model, decoded and kept behind the stream, and read back from a tile store made by `tile`."""
+    model, decoded and kept behind the stream, and read back from a tile store made by `tile`.
+    The slide is the synthetic one at 3072 x 2560 px (some 600 patches: three ResNet-18 runs)."""
+    synthetic_slide = write_synthetic_slide(tmp_path / "synthetic.tif", dimensions_px=(3072, 2560))
     common = ["--model", resnet_ckpt, "-q", "--stride-px", "32", "--device", "cpu", "--precision", "fp32"]
     streamed = tmp_path / "streamed"
     assert run("predict", synthetic_slide.path, "-o", streamed, *common).exit_code == 0

@@ -17,26 +17,22 @@ command without it, which resumes the staging folder) must exit 0 and leave a re
 uninterrupted run's: every heatmap level bit for bit, summary.json but for timings and the
 counters of resumed work, tumor.geojson, overlay.png and qc.png byte for byte.
 
-Runs are started by a launcher process that has imported wsiscan and torch once and forks one
-child per command (as multiprocessing's forkserver does), so each run costs no interpreter start;
-the child runs the CLI's ``main`` and is killed with SIGKILL.
+Runs are started by a launcher process that has imported wsiscan, torch and every library a run
+uses once and forks one child per command (as multiprocessing's forkserver does), so each run costs
+no interpreter start and no import; the child runs the CLI's ``main`` and is killed with SIGKILL.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from reliability_helpers import assert_no_leftovers, assert_same_result, subprocess_env, tree_hashes
+from reliability_helpers import Launcher, assert_no_leftovers, assert_same_result, is_running, tree_hashes
 
 from wsiscan.staging import staging_dir
 from wsiscan.testing import write_synthetic_slide
@@ -45,110 +41,9 @@ N_KILLS = 20
 CONFIG = "tile:\n  supertile_px: 192\n  stride_px: 32\npredict:\n  heatmap_chunk_cells: 4\n  loader_workers: 0\n"
 SWAP_STEPS = ("journal_written", "old_in_trash", "new_in_place", "trash_left")
 
-# The launcher: reads one JSON request per line; "run" forks a child running the CLI (with its
-# stdout/stderr in files, optionally held at a step of the swap) and answers its pid; "wait"
-# answers a child's exit status (negative: killed by that signal).
-LAUNCHER = textwrap.dedent(r"""
-    import json, os, sys, time
-    import torch  # noqa: F401  (imported once here, before any fork)
-    import wsiscan.cli, wsiscan.predict, wsiscan.staging
-
-    def hold_swap_at(step, marker):
-        staging = wsiscan.staging
-        real_rename, real_remove = os.rename, staging._remove_tree
-        calls = []
-
-        def hold():
-            open(marker, "w").close()
-            time.sleep(3600)
-
-        def rename(src, dst):
-            if not (os.path.isdir(src) and ".wsiscan" in str(src) + str(dst)):
-                return real_rename(src, dst)  # a file written atomically, not a step of the swap
-            calls.append(src)
-            if (step, len(calls)) in (("journal_written", 1), ("old_in_trash", 2)):
-                hold()
-            real_rename(src, dst)
-            if (step, len(calls)) == ("new_in_place", 2):
-                hold()
-
-        def remove(path):
-            if step == "trash_left" and "trash" in str(path):
-                hold()
-            real_remove(path)
-
-        os.rename = rename
-        staging._remove_tree = remove
-
-    for line in sys.stdin:
-        req = json.loads(line)
-        if "wait" in req:
-            _, status = os.waitpid(req["wait"], 0)
-            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            print(json.dumps({"code": code}), flush=True)
-            continue
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                for fd, name in ((1, "stdout"), (2, "stderr")):
-                    f = os.open(req[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                    os.dup2(f, fd)
-                    os.close(f)
-                if req.get("swap_step"):
-                    hold_swap_at(req["swap_step"], req["marker"])
-                try:
-                    wsiscan.cli.main.main(args=req["args"], prog_name="wsiscan", standalone_mode=True)
-                    code = 0
-                except SystemExit as exc:
-                    code = exc.code if isinstance(exc.code, int) else 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        print(json.dumps({"pid": pid}), flush=True)
-""")
-
-
-class Launcher:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=subprocess_env())
-        self.n = 0
-
-    def _ask(self, req: dict) -> dict:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-    def start(self, args: list[str], swap_step: str | None = None) -> tuple[int, Path]:
-        self.n += 1
-        log = self.folder / f"run{self.n}"
-        req = {"args": args, "stdout": f"{log}.out", "stderr": f"{log}.err", "swap_step": swap_step,
-               "marker": f"{log}.held"}
-        return self._ask(req)["pid"], log
-
-    def wait(self, pid: int) -> int:
-        return self._ask({"wait": pid})["code"]
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(30)
-
-
 def _heatmap_chunks(slide_dir: Path) -> int:
     c = slide_dir / "store.zarr" / "heatmap" / "0" / "c"
     return sum(1 for f in c.rglob("*") if f.is_file()) if c.is_dir() else 0
-
-
-def _alive(pid: int) -> bool:
-    try:  # a child that exited stays a zombie until the launcher reaps it: read its state
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _poll_until(pid: int, ready, timeout_s: float = 300) -> float | None:
@@ -157,7 +52,7 @@ def _poll_until(pid: int, ready, timeout_s: float = 300) -> float | None:
     while time.monotonic() - t0 < timeout_s:
         if ready():
             return time.monotonic() - t0
-        if not _alive(pid):
+        if not is_running(pid):
             return None
         time.sleep(0.01)
     raise AssertionError("the run neither reached the stage nor ended")
@@ -177,7 +72,7 @@ def _stage_times(pid: int, slide_dir: Path) -> tuple[float, float | None, list[f
         if (slide_dir / "summary.json").exists():
             assert t_store is not None
             return t_store, now, times
-        if not _alive(pid):
+        if not is_running(pid):
             return t_store or now, None, times
         time.sleep(0.01)
 
@@ -247,7 +142,7 @@ def test_twenty_kill_9_points_each_rerun_bit_identical(tmp_path):
                                           and not (work / "summary.json").exists())
                 if reached is not None and not swap:
                     time.sleep(delay)
-                alive = _alive(pid)
+                alive = is_running(pid)
                 if alive:
                     os.kill(pid, signal.SIGKILL)
                 code = launcher.wait(pid)

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import zarr
+from cli_helpers import run
 
 from wsiscan.config import load_config
 from wsiscan.errors import StoreExistsError
@@ -163,14 +164,16 @@ def test_a_failed_prefetch_leaves_the_error_to_plan_tiling(bad_inputs):
 
 @pytest.mark.slow
 def test_resume_after_kill_9_gives_the_same_store(tmp_path):
-    slide = write_synthetic_slide(tmp_path / "big.tif", dimensions_px=(6144, 6144), mpp=0.486,
-                                  boxes=((300, 300, 5800, 5800),))
+    """The killed run is a real process killed with SIGKILL; the reference and the resuming run are
+    the same command run in this process (the CLI in-process, so no interpreter start)."""
+    slide = write_synthetic_slide(tmp_path / "big.tif", dimensions_px=(4096, 4096), mpp=0.486,
+                                  boxes=((200, 200, 3900, 3900),))
     cfg_file = tmp_path / "small-chunks.yaml"
     cfg_file.write_text("tile:\n  supertile_px: 96\n")
-    cmd = [sys.executable, "-m", "wsiscan", "tile", str(slide.path), "--config", str(cfg_file), "-q",
-           "--workers", "2"]
-    ref = subprocess.run(cmd + ["-o", str(tmp_path / "ref")], capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr
+    args = ["tile", str(slide.path), "--config", str(cfg_file), "-q", "--workers", "2"]
+    cmd = [sys.executable, "-m", "wsiscan", *args]
+    ref = run(*args, "-o", tmp_path / "ref")
+    assert ref.exit_code == 0, ref.output
     ref_store = tmp_path / "ref" / "big" / "store.zarr"
     n_needed = zarr.open_group(str(ref_store), mode="r").attrs["wsiscan"]["chunks_needed"]
 
@@ -192,8 +195,8 @@ def test_resume_after_kill_9_gives_the_same_store(tmp_path):
     n_on_disk = sum(1 for f in chunk_dir.rglob("*") if f.is_file())
     assert 0 < n_on_disk < n_needed
 
-    resumed = subprocess.run(cmd + ["-o", str(out)], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = run(*args, "-o", out)
+    assert resumed.exit_code == 0, resumed.output
     assert "resumed" in resumed.stdout
     a = zarr.open_group(str(ref_store), mode="r")
     b = zarr.open_group(str(out / "big" / "store.zarr"), mode="r")

@@ -42,20 +42,21 @@ def synthetic_tissue(
     a fixed per-pixel noise so JPEG and area averaging have real texture to work on.
     The same (x, y) always gives the same colour, whatever block it is read in.
     """
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    out = np.full((y1 - y0, x1 - x0, 3), BACKGROUND, np.float32)
+    # a column of y and a row of x (float32): every expression below broadcasts them to the
+    # block, element by element the same float32 arithmetic as on two full coordinate grids
+    yy = np.arange(y0, y1).astype(np.float32)[:, None]
+    xx = np.arange(x0, x1).astype(np.float32)[None, :]
+    out = np.full((y1 - y0, x1 - x0, 3), BACKGROUND, np.uint8)
     inside = np.zeros((y1 - y0, x1 - x0), bool)
     for bx0, by0, bx1, by1 in boxes:
-        inside |= (xx >= bx0) & (xx < bx1) & (yy >= by0) & (yy < by1)
+        inside |= ((yy >= by0) & (yy < by1)) & ((xx >= bx0) & (xx < bx1))
     if inside.any():
         f = 0.5 + 0.5 * np.sin(xx / 353.0) * np.cos(yy / 287.0)  # 0..1, smooth
         noise = ((xx * 7919 + yy * 104729 + seed * 31) % 17 - 8).astype(np.float32)
-        r = 235 - 90 * f + noise
-        g = 150 - 100 * f + noise
-        b = 200 - 40 * f + noise
-        tissue = np.stack([r, g, b], axis=-1)
-        out[inside] = tissue[inside]
-    return np.clip(out, 0, 255).astype(np.uint8)
+        for channel, (base, depth) in enumerate(((235, 90), (150, 100), (200, 40))):
+            value = base - depth * f + noise
+            out[..., channel][inside] = np.clip(value[inside], 0, 255).astype(np.uint8)
+    return out
 
 
 def _tiles(level_shape: tuple[int, int], tile_px: int, downsample: int,
@@ -69,9 +70,10 @@ def _tiles(level_shape: tuple[int, int], tile_px: int, downsample: int,
             # render at level 0 and area-average down, as a scanner's pyramid would
             y0, x0 = ty * downsample, tx * downsample
             full = synthetic_tissue(y0, y0 + tile_px * downsample, x0, x0 + tile_px * downsample, boxes=boxes)
-            if downsample > 1:
-                full = full.reshape(tile_px, downsample, tile_px, downsample, 3).mean(axis=(1, 3))
-            yield np.round(full).astype(np.uint8)
+            if downsample > 1:  # the mean of each block (an exact integer sum, then one division)
+                sums = full.reshape(tile_px, downsample, tile_px, downsample, 3).sum(axis=(1, 3), dtype=np.uint32)
+                full = np.round(sums / float(downsample * downsample))
+            yield full.astype(np.uint8)
 
 
 def write_tiled_tiff(
