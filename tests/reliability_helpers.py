@@ -153,6 +153,17 @@ LAUNCHER = textwrap.dedent(r"""
         os.rename = rename
         staging._remove_tree = remove
 
+    def hold_outputs_at_start(marker):
+        # hold the run where its outputs begin (every heatmap chunk written, the pyramid not yet)
+        real_build = wsiscan.predict.build_pyramid
+
+        def build_pyramid(*args, **kwargs):
+            open(marker, "w").close()
+            time.sleep(3600)
+            return real_build(*args, **kwargs)
+
+        wsiscan.predict.build_pyramid = build_pyramid
+
     for line in sys.stdin:
         req = json.loads(line)
         if "wait" in req:
@@ -169,7 +180,9 @@ LAUNCHER = textwrap.dedent(r"""
                     f = os.open(req[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                     os.dup2(f, fd)
                     os.close(f)
-                if req.get("swap_step"):
+                if req.get("swap_step") == "outputs_start":
+                    hold_outputs_at_start(req["marker"])
+                elif req.get("swap_step"):
                     hold_swap_at(req["swap_step"], req["marker"])
                 try:
                     wsiscan.cli.main.main(args=req["args"], prog_name="wsiscan", standalone_mode=True)
