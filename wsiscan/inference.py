@@ -466,9 +466,10 @@ class DeviceScorer:
         # core: a cheap model is many times slower on two threads than on one, an expensive one
         # faster.  The first full batch is scored both ways; only when the two agree bit for bit
         # (the model's results do not depend on its threads) are the next full batches timed
-        # both ways, and the faster count is kept, timed again every ``reprobe`` full batches
-        # (the decode threads are busiest while the queues fill, then a slow model idles them).
-        # Otherwise torch's count stays.
+        # both ways (the check's two runs are the first timings: one 1.5 times faster than the
+        # other decides at once, else the median of three each), and the faster count is kept,
+        # timed again every ``reprobe`` full batches (the decode threads are busiest while the
+        # queues fill, then a slow model idles them).  Otherwise torch's count stays.
         choice: int | None = model_threads if model_threads == 1 else None
         probe_s: dict[int, list[float]] = {model_threads: [], 1: []}
         checked = agree = False
@@ -486,6 +487,14 @@ class DeviceScorer:
             finally:
                 cut_threads(1)
 
+        def clear_winner() -> int | None:
+            """The thread count whose first timing was at least 1.5 times faster, else None (time more
+            batches): each probe of the slower count costs a batch at its speed."""
+            if len(probe_s[model_threads]) != 1 or len(probe_s[1]) != 1:
+                return None
+            many, one = probe_s[model_threads][0], probe_s[1][0]
+            return 1 if one * 1.5 <= many else model_threads if many * 1.5 <= one else None
+
         def score_batch() -> None:
             nonlocal n_fill, choice, checked, agree, since_probe
             k = n_fill
@@ -500,18 +509,24 @@ class DeviceScorer:
                     probe_s[model_threads].clear()
                     probe_s[1].clear()
             elif not checked:
-                probs, _ = model(x, model_threads)
+                probs, seconds = model(x, model_threads)
                 if k == bs:
                     checked = True
-                    agree = torch.equal(probs, model(x, 1)[0])
+                    probs_1, seconds_1 = model(x, 1)
+                    agree = torch.equal(probs, probs_1)
                     if not agree:
                         choice = model_threads
+                    else:  # the check's two runs are the first timings
+                        probe_s[model_threads].append(seconds)
+                        probe_s[1].append(seconds_1)
+                        choice = clear_winner()
             else:
                 n_threads = model_threads if len(probe_s[model_threads]) <= len(probe_s[1]) else 1
                 probs, seconds = model(x, n_threads)
                 if k == bs:
                     probe_s[n_threads].append(seconds)
-                    if min(len(v) for v in probe_s.values()) >= 3:  # the median of three each
+                    choice = clear_winner()
+                    if choice is None and min(len(v) for v in probe_s.values()) >= 3:  # the median of three each
                         choice = min(probe_s, key=lambda n: sorted(probe_s[n])[1])
             self.stats["model_threads"] = float(choice or model_threads)
             probs = probs[:k]
