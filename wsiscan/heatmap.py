@@ -376,10 +376,11 @@ def _scale_bar(ax: Any, *, ow: int, oh: int, um_per_px: float) -> None:
     bar_px = length_um / um_per_px
     label = f"{length_um:g} um" if length_um < 1000 else f"{length_um / 1000:g} mm"
     x0, y1 = 0.03 * ow, oh - 0.03 * oh
+    # above the region outlines (lines draw at zorder 2): none shows through the box
     ax.add_patch(Rectangle((x0 - 6, y1 - 0.075 * oh), max(bar_px, 0.12 * ow) + 12, 0.075 * oh + 6,
-                           facecolor="white", edgecolor="none", alpha=0.85))
-    ax.plot([x0, x0 + bar_px], [y1 - 4, y1 - 4], color="black", linewidth=3, solid_capstyle="butt")
-    ax.text(x0, y1 - 12, label, fontsize=10, va="bottom", ha="left", color="black")
+                           facecolor="white", edgecolor="none", alpha=0.85, zorder=3))
+    ax.plot([x0, x0 + bar_px], [y1 - 4, y1 - 4], color="black", linewidth=3, solid_capstyle="butt", zorder=4)
+    ax.text(x0, y1 - 12, label, fontsize=10, va="bottom", ha="left", color="black", zorder=4)
 
 
 # QuPath colours of the classes of a multi-class model's regions, in class order
