@@ -140,6 +140,9 @@ def test_prefetched_tissue_gives_the_plan_made_without_it(synthetic_slide, tmp_p
     again = plan_tiling(synthetic_slide.path, cfg)
     assert "tissue_wait_s" not in again.timings_s
     np.testing.assert_array_equal(again.tissue.mask, plain.tissue.mask)
+    # ... and dropped by that plan: a later one with those settings reads the slide itself
+    other = plan_tiling(synthetic_slide.path, cfg.replace("tissue", closing_radius_um=40.0))
+    assert "tissue_wait_s" not in other.timings_s
     # the file changed since (a copy written over, another mtime): not taken either
     copy = tmp_path / "copy.tif"
     copy.write_bytes(synthetic_slide.path.read_bytes())

@@ -113,10 +113,15 @@ def prefetch_tissue(slide_path: str | Path, config: Config) -> None:
 
 
 def _prefetched(slide_path: str | Path, config: Config) -> _SlidePictures | None:
-    """The pictures :func:`prefetch_tissue` made for this slide and settings (waiting for them), once; or None."""
+    """The pictures :func:`prefetch_tissue` made for this slide and settings (waiting for them), once; or None.
+
+    Pictures made for another slide or other settings are dropped: the plan they were made
+    for has not come first (its slide was skipped, say), so none will take them, and they
+    would hold a whole-slide thumbnail through the run."""
     key = _pictures_key(slide_path, config)
     with _PREFETCH_LOCK:
         future = _PREFETCHED.pop(key, None) if key is not None else None
+        _PREFETCHED.clear()
     if future is None:
         return None
     pictures: _SlidePictures | None = future.result()
