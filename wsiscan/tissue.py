@@ -96,6 +96,15 @@ def _threads() -> int:
     return usable_cores()
 
 
+def _stripe_bounds(n_rows: int) -> np.ndarray | None:
+    """Row bounds of the stripes of an image of ``n_rows`` rows (about four per thread), or None
+    where one piece is better (one thread, or a small image)."""
+    threads = _threads()
+    if threads == 1 or n_rows < 4 * _STRIPE_ROWS:
+        return None
+    return np.linspace(0, n_rows, min(4 * threads, n_rows // _STRIPE_ROWS) + 1).astype(int)
+
+
 def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -> np.ndarray:
     """``fn(*arrays)`` computed on horizontal stripes in threads, each stripe read with
     ``halo`` rows of its neighbours on either side, which are dropped from its result.
@@ -106,10 +115,9 @@ def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -
     numpy and scipy.ndimage release the GIL, so stripes run in parallel.
     """
     n = arrays[0].shape[0]
-    threads = _threads()
-    if threads == 1 or n < 4 * _STRIPE_ROWS:
+    bounds = _stripe_bounds(n)
+    if bounds is None:
         return fn(*arrays)
-    bounds = np.linspace(0, n, min(4 * threads, n // _STRIPE_ROWS) + 1).astype(int)
 
     def part(k: int) -> np.ndarray:
         a, b = int(bounds[k]), int(bounds[k + 1])
@@ -126,7 +134,7 @@ def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -
     def write(k: int) -> None:
         out[bounds[k] : bounds[k + 1]] = part(k)
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-tissue") as pool:
+    with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
         list(pool.map(write, range(1, len(bounds) - 1)))
     return out
 
@@ -137,27 +145,28 @@ def _stripewise_at(fn: Callable[[np.ndarray], np.ndarray], array: np.ndarray, *,
     result sampled at the points that fall in it and then dropped: no output the size of
     ``array`` is ever made (the same values, under the same condition on ``fn``)."""
     n = array.shape[0]
-    threads = _threads()
-    if threads == 1 or n < 4 * _STRIPE_ROWS:
+    bounds = _stripe_bounds(n)
+    if bounds is None:
         whole: np.ndarray = fn(array)[ys, xs]
         return whole
-    bounds = np.linspace(0, n, min(4 * threads, n // _STRIPE_ROWS) + 1).astype(int)
     stripe_of = np.searchsorted(bounds, ys, side="right") - 1
-    parts: list[np.ndarray | None] = [None] * (len(bounds) - 1)
+    # the points of each stripe, and (filled by the threads) their values
+    points = [np.flatnonzero(stripe_of == k) for k in range(len(bounds) - 1)]
+    parts: list[np.ndarray | None] = [None] * len(points)
 
     def part(k: int) -> None:
         a, b = int(bounds[k]), int(bounds[k + 1])
         lo, hi = max(0, a - halo), min(n, b + halo)
-        sel = np.flatnonzero(stripe_of == k)
+        sel = points[k]
         parts[k] = fn(array[lo:hi])[ys[sel] - lo, xs[sel]] if len(sel) else None
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-tissue") as pool:
-        list(pool.map(part, range(len(bounds) - 1)))
+    with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
+        list(pool.map(part, range(len(points))))
     first = next((p for p in parts if p is not None), None)
     out = np.empty(len(ys), first.dtype if first is not None else array.dtype)
-    for k, values in enumerate(parts):
+    for sel, values in zip(points, parts, strict=True):
         if values is not None:
-            out[np.flatnonzero(stripe_of == k)] = values
+            out[sel] = values
     return out
 
 
