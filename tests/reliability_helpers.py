@@ -201,7 +201,7 @@ LAUNCHER = textwrap.dedent(r"""
 
 class Launcher:
     """The launcher process (see LAUNCHER): ``start`` a `wsiscan` command, ``wait`` for its exit
-    status, or ``run`` it to the end; each command's stdout and stderr land in ``folder``."""
+    status; each command's stdout and stderr land in ``folder``."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -227,16 +227,11 @@ class Launcher:
         """The child's exit status (negative: killed by that signal), once it has ended."""
         return self._ask({"wait": pid})["code"]
 
-    def run(self, args: list) -> tuple[int, str, str]:
-        """``wsiscan ARGS`` to the end: exit status, stdout, stderr."""
-        pid, log = self.start(args)
-        code = self.wait(pid)
-        return code, Path(f"{log}.out").read_text(), Path(f"{log}.err").read_text()
-
     def close(self) -> None:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         self.proc.wait(30)
+
 
 def is_running(pid: int) -> bool:
     """Whether the launcher's child ``pid`` still runs (one that exited is a zombie until the
@@ -245,3 +240,9 @@ def is_running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def heatmap_chunks(slide_dir: Path) -> int:
+    """Heatmap chunks written so far to the level 0 of ``slide_dir``'s store (a run's progress)."""
+    c = slide_dir / "store.zarr" / "heatmap" / "0" / "c"
+    return sum(1 for f in c.rglob("*") if f.is_file()) if c.is_dir() else 0

@@ -27,6 +27,7 @@ from reliability_helpers import (
     Launcher,
     assert_no_leftovers,
     assert_same_result,
+    heatmap_chunks,
     is_running,
     one_error_line,
     start_lock_holder,
@@ -148,15 +149,11 @@ def _kill_when(launcher: Launcher, pid: int, ready, what: str, timeout_s: float 
     assert launcher.wait(pid) == -signal.SIGKILL
 
 
-def _heatmap_chunks(slide_dir: Path) -> int:
-    c = slide_dir / "store.zarr" / "heatmap" / "0" / "c"
-    return sum(1 for f in c.rglob("*") if f.is_file()) if c.is_dir() else 0
-
 
 def test_kill_9_during_a_first_run_then_a_rerun_takes_over_the_lock_and_finishes(env, launcher, tmp_path):
     out, keep = seeded_out(env, tmp_path)
     pid, _ = launcher.start(predict_args(env, out, "--stride-px", 32))
-    _kill_when(launcher, pid, lambda: _heatmap_chunks(out / "s") >= 3, "3 heatmap chunks were written")
+    _kill_when(launcher, pid, lambda: heatmap_chunks(out / "s") >= 3, "3 heatmap chunks were written")
     assert not (out / "s" / "summary.json").exists()
     r = run(*predict_args(env, out, "--stride-px", 32))
     assert r.exit_code == 0, r.output
@@ -174,7 +171,7 @@ def test_kill_9_during_an_overwrite_leaves_the_finished_result_byte_identical(en
     before = tree_hashes(out / "s")
     args = predict_args(env, out, "--stride-px", 32, "--overwrite")
     pid, _ = launcher.start(args)
-    _kill_when(launcher, pid, lambda: _heatmap_chunks(staging_dir(out, "s")) >= 3, "3 heatmap chunks were written")
+    _kill_when(launcher, pid, lambda: heatmap_chunks(staging_dir(out, "s")) >= 3, "3 heatmap chunks were written")
     assert tree_hashes(out / "s") == before, "the finished result changed before its replacement was complete"
     r = run(*(args if rerun == "same command" else args[:-1]))
     assert r.exit_code == 0, r.output

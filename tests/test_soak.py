@@ -32,7 +32,14 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability_helpers import Launcher, assert_no_leftovers, assert_same_result, is_running, tree_hashes
+from reliability_helpers import (
+    Launcher,
+    assert_no_leftovers,
+    assert_same_result,
+    heatmap_chunks,
+    is_running,
+    tree_hashes,
+)
 
 from wsiscan.staging import staging_dir
 from wsiscan.testing import write_synthetic_slide
@@ -40,10 +47,6 @@ from wsiscan.testing import write_synthetic_slide
 N_KILLS = 20
 CONFIG = "tile:\n  supertile_px: 192\n  stride_px: 32\npredict:\n  heatmap_chunk_cells: 4\n  loader_workers: 0\n"
 SWAP_STEPS = ("journal_written", "old_in_trash", "new_in_place", "trash_left")
-
-def _heatmap_chunks(slide_dir: Path) -> int:
-    c = slide_dir / "store.zarr" / "heatmap" / "0" / "c"
-    return sum(1 for f in c.rglob("*") if f.is_file()) if c.is_dir() else 0
 
 
 def _poll_until(pid: int, ready, timeout_s: float = 300) -> float | None:
@@ -67,7 +70,7 @@ def _stage_times(pid: int, slide_dir: Path) -> tuple[float, float | None, list[f
         now = time.monotonic() - t0
         if t_store is None and (slide_dir / "store.zarr").exists():
             t_store = now
-        n = _heatmap_chunks(slide_dir)
+        n = heatmap_chunks(slide_dir)
         times.extend([now] * (n - len(times)))
         if (slide_dir / "summary.json").exists():
             assert t_store is not None
@@ -99,7 +102,7 @@ def test_twenty_kill_9_points_each_rerun_bit_identical(tmp_path):
         ref_dir = ref_out / "s"
         t_store, t_summary, times = _stage_times(pid, ref_dir)
         assert launcher.wait(pid) == 0, Path(f"{log}.err").read_text()
-        n_chunks = _heatmap_chunks(ref_dir)
+        n_chunks = heatmap_chunks(ref_dir)
         assert t_summary is not None and len(times) == n_chunks, "every heatmap chunk was seen as it was written"
         t_scan, t_outputs = times[-1] - times[0], t_summary - times[-1]
         print(f"uninterrupted: store after {t_store:.2f} s, scan {t_scan:.2f} s ({n_chunks} heatmap chunks), "
@@ -140,10 +143,10 @@ def test_twenty_kill_9_points_each_rerun_bit_identical(tmp_path):
                     reached = 0.0
                 elif stage == "scan":
                     delay = rng.uniform(0.0, 0.9 * t_scan) * shrink
-                    reached = _poll_until(pid, lambda work=work: _heatmap_chunks(work) >= 1)
+                    reached = _poll_until(pid, lambda work=work: heatmap_chunks(work) >= 1)
                 else:
                     delay = rng.uniform(0.0, 0.9 * t_outputs) * shrink
-                    reached = _poll_until(pid, lambda work=work: _heatmap_chunks(work) >= n_chunks
+                    reached = _poll_until(pid, lambda work=work: heatmap_chunks(work) >= n_chunks
                                           and not (work / "summary.json").exists())
                 if reached is not None and not hold:
                     time.sleep(delay)
