@@ -377,7 +377,9 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
     if overwrite:  # the old result is about to be replaced: it is no longer a finished one
         summary_path.unlink(missing_ok=True)
     # --overwrite replaces the heatmap; the pixels too only when they were made differently
-    store, _ = prepare_store(plan, store_path, overwrite=overwrite and not same_pixels)
+    # the store's pictures are written in the prep pool while the slide is scanned (the
+    # store is marked complete once they are in place)
+    store, _ = prepare_store(plan, store_path, overwrite=overwrite and not same_pixels, pictures_in=prep_pool)
     # from here on the folder changes: it holds a finished result again only once summary.json is rewritten
     summary_path.unlink(missing_ok=True)
 

@@ -11,10 +11,11 @@ decoding in :mod:`wsiscan.decode` and the QC picture in :mod:`wsiscan.qc`.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -268,8 +269,16 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     )
 
 
-def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool) -> tuple[TileStore, bool]:
-    """Open the matching store to resume, or create a new one.  Returns (store, resumed)."""
+def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool,
+                  pictures_in: Executor | None = None) -> tuple[TileStore, bool]:
+    """Open the matching store to resume, or create a new one.  Returns (store, resumed).
+
+    The whole-slide pictures (thumbnail, tissue mask, overview) are written into a new
+    store, or into a resumed one that lacks any (a killed run left them out or half-written).
+    ``pictures_in``: an executor that writes them meanwhile (``predict`` scans the slide
+    in the meantime; marking the store complete waits for them), else they are written here.
+    """
+    overview = plan.overview if plan.overview is not plan.thumbnail else None
     if store_exists(store_path) or store_path.exists():
         if overwrite:
             remove_store(store_path)
@@ -283,14 +292,30 @@ def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool) -> tup
                 raise StoreExistsError(
                     f"{store_path}: holds a tile store for {what}; pass --overwrite to replace it or choose another -o/--out"
                 )
+            missing = existing.missing_pictures(overview=overview is not None)
+            if missing:  # the same identity: the plan's pictures are the ones a finished run wrote
+                _write_pictures(existing, plan, overview, set(missing), pictures_in)
             return existing, True
     store = create_tile_store(
         store_path, meta=store_meta(plan), height_px=plan.geometry.height_px, width_px=plan.geometry.width_px,
         supertile_px=plan.geometry.supertile_px, compression_level=plan.config.tile.compression_level,
-        thumbnail=plan.thumbnail, tissue_mask=plan.tissue.mask,
-        overview=plan.overview if plan.overview is not plan.thumbnail else None, overview_mpp=plan.overview_mpp,
+        thumbnail=None, tissue_mask=None,
     )
+    _write_pictures(store, plan, overview, {"thumbnail", "tissue_mask", "overview"}, pictures_in)
     return store, False
+
+
+def _write_pictures(store: TileStore, plan: TilingPlan, overview: np.ndarray | None, names: set[str],
+                    pictures_in: Executor | None) -> None:
+    """Write the pictures ``names`` of ``plan`` into ``store``, here or in ``pictures_in``.  Only
+    the arrays go to the executor (not the plan), so it holds them no longer than the write."""
+    write = functools.partial(store.write_pictures, thumbnail=plan.thumbnail if "thumbnail" in names else None,
+                              tissue_mask=plan.tissue.mask if "tissue_mask" in names else None,
+                              overview=overview if "overview" in names else None, overview_mpp=plan.overview_mpp)
+    if pictures_in is None:
+        write()
+    else:
+        store.pictures_written_by(pictures_in.submit(write))
 
 
 def tile_slide(
