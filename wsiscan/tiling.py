@@ -270,15 +270,13 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
 
 
 def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool,
-                  pictures_in: Executor | None = None) -> tuple[TileStore, bool]:
+                  pictures: bool = True) -> tuple[TileStore, bool]:
     """Open the matching store to resume, or create a new one.  Returns (store, resumed).
 
-    The whole-slide pictures (thumbnail, tissue mask, overview) are written into a new
-    store, or into a resumed one that lacks any (a killed run left them out or half-written).
-    ``pictures_in``: an executor that writes them meanwhile (``predict`` scans the slide
-    in the meantime; marking the store complete waits for them), else they are written here.
+    With ``pictures`` the whole-slide pictures a new store, or a resumed one that lacks
+    some, needs are written too (:func:`write_store_pictures`); without, the caller does
+    that itself (``predict``, in a thread while it scans).
     """
-    overview = plan.overview if plan.overview is not plan.thumbnail else None
     if store_exists(store_path) or store_path.exists():
         if overwrite:
             remove_store(store_path)
@@ -292,23 +290,32 @@ def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool,
                 raise StoreExistsError(
                     f"{store_path}: holds a tile store for {what}; pass --overwrite to replace it or choose another -o/--out"
                 )
-            missing = existing.missing_pictures(overview=overview is not None)
-            if missing:  # the same identity: the plan's pictures are the ones a finished run wrote
-                _write_pictures(existing, plan, overview, set(missing), pictures_in)
+            if pictures:
+                write_store_pictures(plan, existing)
             return existing, True
     store = create_tile_store(
         store_path, meta=store_meta(plan), height_px=plan.geometry.height_px, width_px=plan.geometry.width_px,
         supertile_px=plan.geometry.supertile_px, compression_level=plan.config.tile.compression_level,
         thumbnail=None, tissue_mask=None,
     )
-    _write_pictures(store, plan, overview, {"thumbnail", "tissue_mask", "overview"}, pictures_in)
+    if pictures:
+        write_store_pictures(plan, store)
     return store, False
 
 
-def _write_pictures(store: TileStore, plan: TilingPlan, overview: np.ndarray | None, names: set[str],
-                    pictures_in: Executor | None) -> None:
-    """Write the pictures ``names`` of ``plan`` into ``store``, here or in ``pictures_in``.  Only
-    the arrays go to the executor (not the plan), so it holds them no longer than the write."""
+def write_store_pictures(plan: TilingPlan, store: TileStore, *, pictures_in: Executor | None = None) -> None:
+    """Write the plan's whole-slide pictures (thumbnail, tissue mask, overview) that ``store``
+    lacks: all of them in a new store, and in a resumed one those a killed run left out or
+    half-written (the store's identity is the plan's, so its pictures are the plan's).
+
+    ``pictures_in``: an executor that writes them while the caller goes on (marking the
+    store complete waits for them); only the arrays go to it, not the plan, so it holds
+    them no longer than the write.
+    """
+    overview = plan.overview if plan.overview is not plan.thumbnail else None
+    names = set(store.missing_pictures(overview=overview is not None))
+    if not names:
+        return
     write = functools.partial(store.write_pictures, thumbnail=plan.thumbnail if "thumbnail" in names else None,
                               tissue_mask=plan.tissue.mask if "tissue_mask" in names else None,
                               overview=overview if "overview" in names else None, overview_mpp=plan.overview_mpp)
