@@ -241,3 +241,30 @@ def test_cpu_device_stage_scores_the_batches_a_whole_region_normalisation_gives_
         got = np.array([written[(r // 16, c // 16)][r % 16, c % 16] for r, c in rc])
         assert len(rc) == scorer.stats["tiles"] > 100
         assert np.array_equal(got, want.numpy()), f"stride {stride}: the heatmap differs"
+
+
+def test_buffer_pool_hands_a_buffer_out_again_only_when_nothing_uses_it():
+    from wsiscan.heap import BufferPool
+
+    pool = BufferPool(64, max_free=1)
+    a = pool.array((4, 4, 3))
+    addr = a.__array_interface__["data"][0]
+    view = a[1:, ::2]  # a view outlives the array it was taken from
+    del a
+    b = pool.array((4, 4, 3))
+    assert b.__array_interface__["data"][0] != addr and pool.allocated == 2
+    b[...] = 0
+    view[...] = 1  # the view still writes its own buffer, not the one handed out since
+    assert (b == 0).all()
+    del view
+    c = pool.array((2, 2, 3))  # the first buffer, back now
+    assert c.__array_interface__["data"][0] == addr and pool.allocated == 2
+    del b, c  # one kept (max_free=1), one freed
+    d, e = pool.array((4, 4, 3)), pool.array((4, 4, 3))
+    assert pool.allocated == 3
+    big = pool.array((5, 5, 3))  # larger than a buffer: a plain array
+    assert big.shape == (5, 5, 3) and pool.allocated == 3
+    pool.close()
+    del d, e  # dropped, not kept
+    pool.array((4, 4, 3))
+    assert pool.allocated == 4

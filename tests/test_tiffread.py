@@ -198,6 +198,27 @@ def test_openslide_reads_keep_the_identity_of_older_stores(jpeg_slide):
 # -- glass skip -----------------------------------------------------------------------------------
 
 
+def test_reads_into_a_used_buffer_equal_fresh_reads(jpeg_slide):
+    """``out`` (a reused buffer, here full of stale pixels) ends up exactly as a fresh read:
+    tiles, glass tiles, absent tiles and px outside the level included, through both readers."""
+    with open_slide(jpeg_slide.path) as raw, open_slide(jpeg_slide.path, reader="openslide") as osl:
+        layout = raw.tile_layout(0)
+        assert layout is not None
+        keep = np.random.default_rng(3).random(layout[1]) < 0.5  # half the tiles as glass
+        lw, lh = raw.info.levels[0].dimensions_px
+        for slide, tile_keep in ((raw, None), (raw, keep), (osl, None)):
+            for xy, (w, h) in (((0, 0), (lw, lh)), *_edge_regions((lw, lh))):
+                fresh = slide.read_level(level=0, lv_xy=xy, size_px=(w, h), tile_keep=tile_keep)
+                stale = np.full((h, w, 3), 7, np.uint8)
+                got = slide.read_level(level=0, lv_xy=xy, size_px=(w, h), tile_keep=tile_keep, out=stale)
+                assert got is stale and np.array_equal(got, fresh), (slide.last_reader, xy, tile_keep is None)
+            for box, size in (((512.0, 256.0, 1280.0, 1024.0), (768, 768)), ((100.5, 77.25, 1700.0, 1311.7), (823, 634))):
+                fresh = slide.read_resampled(level=0, lv_box=box, out_size_px=size, tile_keep=tile_keep)
+                stale = np.full((size[1], size[0], 3), 7, np.uint8)
+                got = slide.read_resampled(level=0, lv_box=box, out_size_px=size, tile_keep=tile_keep, out=stale)
+                assert got is stale and np.array_equal(got, fresh)
+
+
 def _patches(store_path, plan):
     pixels = open_tile_store(store_path).pixels[:]
     t = plan.grid.tile_size_px

@@ -207,3 +207,44 @@ def test_resume_after_kill_9_gives_the_same_store(tmp_path):
     assert np.array_equal(a["pixels"][...], b["pixels"][...])
     assert np.array_equal(a["grids/s96/rc"][...], b["grids/s96/rc"][...])
     assert np.array_equal(a["tissue_mask"][...], b["tissue_mask"][...])
+
+
+def test_pictures_a_killed_run_left_out_or_half_written_are_written_on_resume(synthetic_slide, tiny_ckpt, tmp_path):
+    """predict writes the store's pictures while it scans; a run killed before they were in place
+    leaves one missing or marked half-written, and the rerun writes it again."""
+    import shutil
+
+    from wsiscan.errors import StoreError
+    from wsiscan.store import open_tile_store
+
+    out = tmp_path / "out"
+    args = ["predict", str(synthetic_slide.path), "-o", str(out), "--model", str(tiny_ckpt), "--device", "cpu", "-q"]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    slide_dir = out / "synthetic"
+    store_path = slide_dir / "store.zarr"
+    names = [n for n in ("thumbnail", "tissue_mask", "overview") if n in zarr.open_group(str(store_path), mode="r")]
+    assert names[:2] == ["thumbnail", "tissue_mask"]
+    g = zarr.open_group(str(store_path), mode="r")
+    assert all("wsiscan_writing" not in g[n].attrs for n in names)
+    want = {n: g[n][...] for n in names}
+    heatmap = g["heatmap/0"][...]
+
+    # what a kill leaves: the thumbnail not yet created, the mask created but not all written
+    shutil.rmtree(store_path / "thumbnail")
+    mask = zarr.open_group(str(store_path), mode="r+")["tissue_mask"]
+    mask.attrs["wsiscan_writing"] = True
+    for f in (store_path / "tissue_mask" / "c").rglob("*"):
+        if f.is_file():
+            f.unlink()
+    with pytest.raises(StoreError, match="half-written"):
+        open_tile_store(store_path).tissue_mask()
+    (slide_dir / "summary.json").unlink()  # no commit record: an unfinished run, which a rerun resumes
+
+    again = run(*args)
+    assert again.exit_code == 0, again.output
+    g = zarr.open_group(str(store_path), mode="r")
+    for n in names:
+        assert "wsiscan_writing" not in g[n].attrs and np.array_equal(g[n][...], want[n]), n
+    assert np.array_equal(g["heatmap/0"][...], heatmap, equal_nan=True)
+    assert open_tile_store(store_path).tissue_mask().any()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, Collection, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable
 
 import numpy as np
 
@@ -54,17 +54,21 @@ def chunk_runs(chunks: Iterable[tuple[int, int]], *, max_len: int,
 
 
 def read_chunks(slide: Slide, selection: LevelSelection, geometry: StoreGeometry, ci: int, cj0: int, cj1: int,
-                tile_keep: np.ndarray | None = None) -> tuple[list[np.ndarray], int, int]:
+                tile_keep: np.ndarray | None = None, buffer: Callable[[tuple[int, int, int]], np.ndarray] | None = None,
+                ) -> tuple[list[np.ndarray], int, int]:
     """Read and resample store chunks (ci, cj0) .. (ci, cj1 - 1): one (rows, cols, 3) uint8
-    array each, with the bytes decoded and the glass bytes skipped (as :func:`read_chunk_run`)."""
+    array each, with the bytes decoded and the glass bytes skipped (as :func:`read_chunk_run`).
+    ``buffer(shape)`` gives the array each chunk is read into (reused memory, see
+    :class:`wsiscan.heap.BufferPool`); None reads into fresh arrays."""
     parts = []
     decoded0, skipped0 = sum(slide.decoded_px.values()), slide.skipped_px
     s = selection.lv_per_px
     for cj in range(cj0, cj1):
         x0, y0, x1, y1 = geometry.chunk_box_px(ci, cj)
         box = (x0 * s, y0 * s, x1 * s, y1 * s)
+        out = buffer((y1 - y0, x1 - x0, 3)) if buffer is not None else None
         parts.append(slide.read_resampled(level=selection.level, lv_box=box, out_size_px=(x1 - x0, y1 - y0),
-                                          tile_keep=tile_keep))
+                                          tile_keep=tile_keep, out=out))
     return parts, (sum(slide.decoded_px.values()) - decoded0) * 3, (slide.skipped_px - skipped0) * 3
 
 

@@ -53,7 +53,7 @@ from .slide_ids import slide_id_for, unique_slide_ids
 from .staging import slide_build
 from .store import open_tile_store
 from .store_meta import write_grid
-from .tiling import prepare_store
+from .tiling import prepare_store, write_store_pictures
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "predict_in_turn", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "expand_slide_inputs"]
@@ -377,7 +377,7 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
     if overwrite:  # the old result is about to be replaced: it is no longer a finished one
         summary_path.unlink(missing_ok=True)
     # --overwrite replaces the heatmap; the pixels too only when they were made differently
-    store, _ = prepare_store(plan, store_path, overwrite=overwrite and not same_pixels)
+    store, _ = prepare_store(plan, store_path, overwrite=overwrite and not same_pixels, pictures=False)
     # from here on the folder changes: it holds a finished result again only once summary.json is rewritten
     summary_path.unlink(missing_ok=True)
 
@@ -407,6 +407,10 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
             "offset_px": frame.offset_px, "px_mpp": frame.px_mpp, "l0_per_px": frame.l0_per_px,
         })
     todo, todo_tiles, per_chunk, resumed_tiles = units_with_work(units, plan.kept_rc, store.heatmap_chunk_done)
+    # the store's pictures are written in the prep pool while the slide is scanned (marking
+    # the store complete waits for them): only now, as zarr would queue the store calls
+    # above (grid, heatmap) behind their chunks
+    write_store_pictures(plan, store, pictures_in=prep_pool)
     t_ready = time.perf_counter()
     ensemble, batch_size = device_ready.result()
     timings["device_wait_s"] = time.perf_counter() - t_ready

@@ -243,8 +243,10 @@ class Result:
 
     @property
     def thumbnail_mpp(self) -> float | None:
+        """The thumbnail's um/px; None when the store has no thumbnail (or only part of one: a
+        run writing it, or killed while it did)."""
         mpp = self.store.meta.get("mask_mpp")
-        return float(mpp) if mpp and "thumbnail" in self.store.group else None
+        return float(mpp) if mpp and "thumbnail" not in self.store.missing_pictures(overview=False) else None
 
     def thumbnail(self) -> np.ndarray:
         """The whole slide, small (rows, cols, 3) uint8, at :attr:`thumbnail_mpp`."""

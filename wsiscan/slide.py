@@ -262,23 +262,24 @@ class Slide:
         return lev.tile_px, lev.grid_shape
 
     def read_level(self, *, level: int, lv_xy: tuple[int, int], size_px: tuple[int, int],
-                   tile_keep: np.ndarray | None = None) -> np.ndarray:
+                   tile_keep: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """RGB uint8 (rows, cols, 3) of a rectangle in ``level`` pixels.
 
         Pixels outside the slide and transparent pixels come back white, as on glass.
         ``tile_keep`` ((tile rows, cols) bool, see :meth:`tile_layout`) marks the TIFF tiles
         worth decoding on a raw-read level: the others read as white.  OpenSlide levels
-        ignore it and decode everything.
+        ignore it and decode everything.  ``out``: a (rows, cols, 3) uint8 array to read
+        into instead of a fresh one (a reused buffer); it is returned.
         """
         w, h = size_px
         if w <= 0 or h <= 0:
-            return np.full((max(h, 0), max(w, 0), 3), 255, np.uint8)
+            return _into(out, np.full((max(h, 0), max(w, 0), 3), 255, np.uint8))
         reader = self.reader_for(level)
         self.last_reader = reader
         if reader != "openslide":
             if self._raw is None:  # reader_for names the raw reader only when one is open
                 raise RuntimeError(f"{self.path}: level {level} has no raw reader")
-            rgb, n_px = self._raw.read(level=level, lv_xy=lv_xy, size_px=(w, h), tile_keep=tile_keep)
+            rgb, n_px = self._raw.read(level=level, lv_xy=lv_xy, size_px=(w, h), tile_keep=tile_keep, out=out)
             self.decoded_px[reader] = self.decoded_px.get(reader, 0) + n_px
             if tile_keep is not None:
                 self.skipped_px += _inside_px(self.info.levels[level].dimensions_px, lv_xy, (w, h)) - n_px
@@ -292,7 +293,7 @@ class Slide:
                 f"{self.path}: OpenSlide cannot decode level {level} at level-0 ({l0_xy[0]}, {l0_xy[1]}) ({exc}); "
                 f"the slide file is damaged: copy it again from the scanner or re-export it") from exc
         self.decoded_px[reader] = self.decoded_px.get(reader, 0) + w * h
-        return rgba_to_rgb_white(rgba)
+        return _into(out, rgba_to_rgb_white(rgba))
 
     def read_resampled(
         self,
@@ -301,25 +302,27 @@ class Slide:
         lv_box: tuple[float, float, float, float],
         out_size_px: tuple[int, int],
         tile_keep: np.ndarray | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Read ``lv_box`` (x0, y0, x1, y1, float ``level`` px) resampled to ``out_size_px``.
 
         Downsampling averages areas (PIL's BOX filter over the exact float box), so a
         2x reduction is the mean of each 2x2 block.  When the box is integral and its
         size equals the output size, the pixels are returned untouched.  ``tile_keep`` as
-        in :meth:`read_level`.
+        in :meth:`read_level`; ``out``: a (rows, cols, 3) uint8 array of ``out_size_px`` to
+        read into (a reused buffer), which is returned.
         """
         x0, y0, x1, y1 = lv_box
         ow, oh = out_size_px
         ix0, iy0 = math.floor(x0 + 1e-9), math.floor(y0 + 1e-9)
         ix1, iy1 = math.ceil(x1 - 1e-9), math.ceil(y1 - 1e-9)
-        region = self.read_level(level=level, lv_xy=(ix0, iy0), size_px=(ix1 - ix0, iy1 - iy0), tile_keep=tile_keep)
         integral = all(abs(v - round(v)) < 1e-9 for v in lv_box)
-        if integral and region.shape[1] == ow and region.shape[0] == oh:
-            return region
+        if integral and ix1 - ix0 == ow and iy1 - iy0 == oh:  # the level's own pixels: straight into ``out``
+            return self.read_level(level=level, lv_xy=(ix0, iy0), size_px=(ow, oh), tile_keep=tile_keep, out=out)
+        region = self.read_level(level=level, lv_xy=(ix0, iy0), size_px=(ix1 - ix0, iy1 - iy0), tile_keep=tile_keep)
         img = Image.fromarray(region)
         box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
-        return np.asarray(img.resize((ow, oh), Image.Resampling.BOX, box=box))
+        return _into(out, np.asarray(img.resize((ow, oh), Image.Resampling.BOX, box=box)))
 
     def level_for_mpp(self, mpp: float, *, tolerance: float) -> int:
         """The coarsest level whose resolution is at least as fine as ``mpp`` (within tolerance).
@@ -438,6 +441,14 @@ def _inside_px(dims_px: tuple[int, int], lv_xy: tuple[int, int], size_px: tuple[
     w = min(lv_xy[0] + size_px[0], dims_px[0]) - max(lv_xy[0], 0)
     h = min(lv_xy[1] + size_px[1], dims_px[1]) - max(lv_xy[1], 0)
     return max(w, 0) * max(h, 0)
+
+
+def _into(out: np.ndarray | None, rgb: np.ndarray) -> np.ndarray:
+    """``rgb``, copied into ``out`` when a buffer was given."""
+    if out is None:
+        return rgb
+    out[...] = rgb
+    return out
 
 
 def rgba_to_rgb_white(rgba: np.ndarray) -> np.ndarray:

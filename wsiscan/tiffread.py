@@ -91,34 +91,48 @@ class RawTiffReader:
         return self.levels[level].codec
 
     def read(self, *, level: int, lv_xy: tuple[int, int], size_px: tuple[int, int],
-             tile_keep: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+             tile_keep: np.ndarray | None = None, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """RGB uint8 (rows, cols, 3) of a rectangle of ``level`` px, and how many of its px were decoded.
 
         ``tile_keep`` (tile rows, tile cols) bool, optional: tiles marked False are not
-        decoded and read as white (255), like pixels outside the level.
+        decoded and read as white (255), like pixels outside the level.  ``out``: a
+        (rows, cols, 3) uint8 array to read into (a reused buffer; its contents do not
+        matter) instead of a fresh one; it is returned.
         """
         lev = self.levels[level]
         x0, y0 = int(lv_xy[0]), int(lv_xy[1])
         w, h = int(size_px[0]), int(size_px[1])
-        out = np.full((h, w, 3), 255, np.uint8)
+        if out is None:
+            out = np.empty((h, w, 3), np.uint8)
+        elif out.shape != (h, w, 3) or out.dtype != np.uint8:
+            raise ValueError(f"out is {out.dtype} {out.shape}, expected uint8 {(h, w, 3)}")
         lw, lh = lev.dimensions_px
         tw, th = lev.tile_px
         # the part of the rectangle inside the level
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + w, lw), min(y0 + h, lh)
         if ix1 <= ix0 or iy1 <= iy0:
+            out[...] = 255
             return out, 0
+        # white outside the level: bands above and below it, then left and right of it; every
+        # px inside is written once below, by its tile or as white (each write of the
+        # buffer is one it needs: nothing is filled first and then overwritten)
+        out[: iy0 - y0] = 255
+        out[iy1 - y0 :] = 255
+        out[iy0 - y0 : iy1 - y0, : ix0 - x0] = 255
+        out[iy0 - y0 : iy1 - y0, ix1 - x0 :] = 255
         decoded = 0
         for tr in range(iy0 // th, (iy1 - 1) // th + 1):
             for tc in range(ix0 // tw, (ix1 - 1) // tw + 1):
-                if tile_keep is not None and not tile_keep[tr, tc]:
-                    continue
-                count = int(lev.bytecounts[tr, tc])
-                if count == 0:  # an absent tile: transparent in OpenSlide, white here
-                    continue
-                tile = self._decode(lev, tr, tc, count)
                 tx, ty = tc * tw, tr * th
                 sx0, sy0, sx1, sy1 = max(ix0, tx), max(iy0, ty), min(ix1, tx + tw), min(iy1, ty + th)
-                out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = tile[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+                dst = out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+                count = int(lev.bytecounts[tr, tc])
+                # a tile marked glass, or absent (transparent in OpenSlide): white
+                if (tile_keep is not None and not tile_keep[tr, tc]) or count == 0:
+                    dst[...] = 255
+                    continue
+                tile = self._decode(lev, tr, tc, count)
+                dst[...] = tile[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
                 decoded += (sx1 - sx0) * (sy1 - sy0)
         return out, decoded
 

@@ -11,10 +11,11 @@ decoding in :mod:`wsiscan.decode` and the QC picture in :mod:`wsiscan.qc`.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -268,8 +269,14 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     )
 
 
-def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool) -> tuple[TileStore, bool]:
-    """Open the matching store to resume, or create a new one.  Returns (store, resumed)."""
+def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool,
+                  pictures: bool = True) -> tuple[TileStore, bool]:
+    """Open the matching store to resume, or create a new one.  Returns (store, resumed).
+
+    With ``pictures`` the whole-slide pictures a new store, or a resumed one that lacks
+    some, needs are written too (:func:`write_store_pictures`); without, the caller does
+    that itself (``predict``, in a thread while it scans).
+    """
     if store_exists(store_path) or store_path.exists():
         if overwrite:
             remove_store(store_path)
@@ -283,14 +290,39 @@ def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool) -> tup
                 raise StoreExistsError(
                     f"{store_path}: holds a tile store for {what}; pass --overwrite to replace it or choose another -o/--out"
                 )
+            if pictures:
+                write_store_pictures(plan, existing)
             return existing, True
     store = create_tile_store(
         store_path, meta=store_meta(plan), height_px=plan.geometry.height_px, width_px=plan.geometry.width_px,
         supertile_px=plan.geometry.supertile_px, compression_level=plan.config.tile.compression_level,
-        thumbnail=plan.thumbnail, tissue_mask=plan.tissue.mask,
-        overview=plan.overview if plan.overview is not plan.thumbnail else None, overview_mpp=plan.overview_mpp,
+        thumbnail=None, tissue_mask=None,
     )
+    if pictures:
+        write_store_pictures(plan, store)
     return store, False
+
+
+def write_store_pictures(plan: TilingPlan, store: TileStore, *, pictures_in: Executor | None = None) -> None:
+    """Write the plan's whole-slide pictures (thumbnail, tissue mask, overview) that ``store``
+    lacks: all of them in a new store, and in a resumed one those a killed run left out or
+    half-written (the store's identity is the plan's, so its pictures are the plan's).
+
+    ``pictures_in``: an executor that writes them while the caller goes on (marking the
+    store complete waits for them); only the arrays go to it, not the plan, so it holds
+    them no longer than the write.
+    """
+    overview = plan.overview if plan.overview is not plan.thumbnail else None
+    names = set(store.missing_pictures(overview=overview is not None))
+    if not names:
+        return
+    write = functools.partial(store.write_pictures, thumbnail=plan.thumbnail if "thumbnail" in names else None,
+                              tissue_mask=plan.tissue.mask if "tissue_mask" in names else None,
+                              overview=overview if "overview" in names else None, overview_mpp=plan.overview_mpp)
+    if pictures_in is None:
+        write()
+    else:
+        store.pictures_written_by(pictures_in.submit(write))
 
 
 def tile_slide(

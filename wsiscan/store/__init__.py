@@ -16,7 +16,11 @@ and a rewritten chunk is a new file (a hard-linked copy of the store keeps the o
 - ``pixels``   (height_px, width_px, 3) uint8, the slide at ``effective_mpp``; chunks
   (supertile_px, supertile_px, 3); fill value 255 (glass).  Only chunks near tissue are
   written; a written chunk is complete.
-- ``thumbnail`` (rows, cols, 3) uint8 at ``mask_mpp``.
+- ``thumbnail`` (rows, cols, 3) uint8 at ``mask_mpp``.  The pictures (``thumbnail``,
+  ``tissue_mask``, ``overview``) may be written after the store is created (``predict``
+  writes them while the slide is scanned): a picture being written carries the array
+  attribute ``wsiscan_writing``, removed once its last chunk is in place, so a picture a
+  killed run left half-written is told from a finished one (and written again on resume).
 - ``tissue_mask`` (rows, cols) uint8 at ``mask_mpp``, 1 = tissue.
 - ``overview`` (rows, cols, 3) uint8 at the ``overview_mpp`` attribute: only for a small
   slide, a sharper whole-slide picture than ``thumbnail`` for overlays (``qc.png``,
@@ -35,6 +39,7 @@ import multiprocessing
 import os
 import shutil
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -62,6 +67,7 @@ _READABLE_SCHEMAS = (1, SCHEMA_VERSION)
 CHECKSUM = "crc32c"  # the store attribute ``checksums`` of a schema 2 store
 _ATTR = "wsiscan"
 _KIND = "wsiscan-tile-store"
+_WRITING = "wsiscan_writing"  # array attribute of a picture whose chunks are not all written yet
 _Mode = Literal["r", "r+", "a", "w", "w-"]
 
 
@@ -92,6 +98,18 @@ class TileStore:
     def __init__(self, path: Path, group: zarr.Group) -> None:
         self.path = path
         self.group = group
+        self._pictures_pending: Future[None] | None = None  # see pictures_written_by
+
+    def pictures_written_by(self, future: Future[None]) -> None:
+        """The pictures are being written by ``future`` (:meth:`write_pictures` in another
+        thread): marking the store complete waits for it, and raises what it raised."""
+        self._pictures_pending = future
+
+    def wait_for_pictures(self) -> None:
+        """Wait until the pictures being written in another thread are in place (re-raising its error)."""
+        if self._pictures_pending is not None:
+            self._pictures_pending.result()
+            self._pictures_pending = None
 
     # -- metadata ----------------------------------------------------------
     @property
@@ -102,6 +120,8 @@ class TileStore:
         """Merge ``values`` into the store attributes.  A run marking the store complete
         also removes the temporary chunk files that killed writers left
         (:func:`~wsiscan.store.chunks.sweep_partial_writes`): once per run, as it walks the store."""
+        if values.get("status") == "complete":  # complete means with every picture
+            self.wait_for_pictures()
         meta = self.meta
         meta.update(values)
         self.group.attrs[_ATTR] = json.loads(json.dumps(meta, default=_json_default))
@@ -160,19 +180,52 @@ class TileStore:
         return total
 
     # -- thumbnail and mask ---------------------------------------------------
+    def _picture(self, name: str) -> StoredArray:
+        arr = self.array(name)
+        if _WRITING in arr.attrs:
+            raise StoreError(f"{self.path}/{name}: the picture is being written, or a killed run left it "
+                             f"half-written; let the run finish, or rerun it to complete the store")
+        return arr
+
     def thumbnail(self) -> np.ndarray:
-        return self.array("thumbnail")[...]
+        return self._picture("thumbnail")[...]
 
     def overview(self) -> tuple[np.ndarray, float]:
         """The whole-slide picture for overlays and its um/px: the sharper ``overview`` of a
         small slide when the store has one, else the thumbnail at ``mask_mpp``."""
         if "overview" in self.group:
-            arr = self.array("overview")
+            arr = self._picture("overview")
             return arr[...], float(arr.attrs["overview_mpp"])
         return self.thumbnail(), float(self.meta["mask_mpp"])
 
     def tissue_mask(self) -> np.ndarray:
-        return self.array("tissue_mask")[...].astype(bool)
+        return self._picture("tissue_mask")[...].astype(bool)
+
+    def missing_pictures(self, *, overview: bool) -> list[str]:
+        """The pictures not (completely) written: absent, or left half-written by a killed run.
+        ``overview``: whether this store should have an ``overview``."""
+        names = ("thumbnail", "tissue_mask", *(("overview",) if overview else ()))
+        missing = []
+        for name in names:
+            node = self.group.get(name)
+            if not isinstance(node, zarr.Array) or _WRITING in node.attrs:
+                missing.append(name)
+        return missing
+
+    def write_pictures(self, *, thumbnail: np.ndarray | None = None, tissue_mask: np.ndarray | None = None,
+                       overview: np.ndarray | None = None, overview_mpp: float | None = None) -> None:
+        """Write the pictures given (over whatever a killed run left of them).
+
+        Safe to run in another thread while the store is scanned: it uses a group handle of
+        its own and writes neither the store attributes nor any array but the pictures'.
+        """
+        group = _open_group(self.path, "r+")
+        if thumbnail is not None:
+            _write_picture(group, "thumbnail", thumbnail)
+        if tissue_mask is not None:
+            _write_picture(group, "tissue_mask", tissue_mask.astype(np.uint8))
+        if overview is not None:
+            _write_picture(group, "overview", overview, attributes={"overview_mpp": overview_mpp})
 
     # -- grids ------------------------------------------------------------------
     def write_grid(
@@ -349,8 +402,8 @@ def create_tile_store(
     width_px: int,
     supertile_px: int,
     compression_level: int,
-    thumbnail: np.ndarray,
-    tissue_mask: np.ndarray,
+    thumbnail: np.ndarray | None,
+    tissue_mask: np.ndarray | None,
     overview: np.ndarray | None = None,
     overview_mpp: float | None = None,
 ) -> TileStore:
@@ -358,6 +411,8 @@ def create_tile_store(
 
     The store is built in a hidden sibling folder and renamed into place, so a kill
     during creation never leaves a half-made store where a rerun would look for one.
+    The pictures given are written into it first; those passed as None are left to
+    :meth:`TileStore.write_pictures`.
     """
     p = Path(path)
     if p.exists():
@@ -378,22 +433,30 @@ def create_tile_store(
         config={"write_empty_chunks": True},
         dimension_names=("y", "x", "c"),
     )
-    _write_picture(group, "thumbnail", thumbnail)
-    _write_picture(group, "tissue_mask", tissue_mask.astype(np.uint8))
-    if overview is not None:
-        _write_picture(group, "overview", overview, attributes={"overview_mpp": overview_mpp})
+    TileStore(p, group).write_pictures(thumbnail=thumbnail, tissue_mask=tissue_mask, overview=overview,
+                                       overview_mpp=overview_mpp)
     TileStore(p, group).update_meta(kind=_KIND, schema_version=SCHEMA_VERSION, checksums=CHECKSUM, **meta)
     os.replace(p, final)
     return TileStore(final, _open_group(final, "r+"))
 
 
 def _write_picture(group: zarr.Group, name: str, data: np.ndarray, *, attributes: dict[str, Any] | None = None) -> None:
-    """A whole-slide picture (rows, cols[, 3]) uint8 in 1,024 px chunks: thumbnail, mask, overview."""
+    """A whole-slide picture (rows, cols[, 3]) uint8 in 1,024 px chunks: thumbnail, mask, overview.
+
+    Every chunk is written, empty ones too: zarr's test for a chunk equal to the fill value
+    takes numpy's NaN-aware comparison path and makes several chunk-sized temporaries per chunk,
+    which cost 1.4 s and 400,000 page faults for a Camelyon-sized slide's pictures, while the
+    chunks it would leave out are a few all-glass chunks of the mask (tiny once compressed).
+    """
     dims = ("y", "x", "c")[: data.ndim]
     chunks = (min(1024, data.shape[0]), min(1024, data.shape[1])) + data.shape[2:]
+    # marked as being written until its last chunk is in place (a kill in between leaves the
+    # mark, and the next run writes the picture again); overwrite: what a killed run left
     arr = group.create_array(name, shape=data.shape, dtype=np.uint8, chunks=chunks, compressors=_codecs(5),
-                             dimension_names=dims, attributes=attributes)
+                             dimension_names=dims, attributes={**(attributes or {}), _WRITING: True},
+                             config={"write_empty_chunks": True}, overwrite=True)
     arr[...] = data
+    del arr.attrs[_WRITING]
 
 
 def remove_store(path: str | Path) -> None:
