@@ -168,6 +168,59 @@ def test_saturation_gray_and_box_sums_equal_the_float_reference():
     np.testing.assert_array_equal(box_counts(summed_area_table(mask), y0, x0, y1, x1), brute)
 
 
+def test_box_counts_from_the_boxes_rows_equal_the_full_summed_area_table():
+    from wsiscan.tissue import box_counts, mask_box_counts, summed_area_table
+
+    rng = np.random.default_rng(8)
+    mask = rng.random((97, 61)) < 0.4
+    y0, x0 = rng.integers(0, 97, 300), rng.integers(0, 61, 300)
+    y1 = np.minimum(y0 + rng.integers(0, 30, 300), 97)  # some empty boxes, some reaching the last row
+    x1 = np.minimum(x0 + rng.integers(0, 30, 300), 61)
+    full = summed_area_table(mask)
+    np.testing.assert_array_equal(mask_box_counts(mask, y0, x0, y1, x1), box_counts(full, y0, x0, y1, x1))
+    # broadcast (rows of boxes x columns of boxes), as boxes_near_tissue asks
+    ys0, ys1, xs0, xs1 = np.array([0, 10, 50]), np.array([12, 97, 97]), np.array([0, 5]), np.array([61, 9])
+    got = mask_box_counts(mask, ys0[:, None], xs0[None, :], ys1[:, None], xs1[None, :])
+    assert got.shape == (3, 2)
+    np.testing.assert_array_equal(got, box_counts(full, ys0[:, None], xs0[None, :], ys1[:, None], xs1[None, :]))
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 24])
+def test_window_max_at_equals_scipy_maximum_filter_sampled(size):
+    """The per-row-band maximum gives exactly the full-image running maximum (the way
+    score_tiles measured it before), at every sampled point, edges included."""
+    from scipy import ndimage
+
+    from wsiscan.tissue import window_max_at
+
+    rng = np.random.default_rng(size)
+    image = rng.random((83, 67), dtype=np.float32)
+    ys = np.concatenate([rng.integers(0, 83, 400), [0, 82, 82, 80]])
+    xs = np.concatenate([rng.integers(0, 67, 400), [66, 0, 66, 65]])
+    expected = ndimage.maximum_filter(image, size=size, origin=-(size // 2) if size > 1 else 0, mode="nearest")
+    got = window_max_at(image, size, ys=ys, xs=xs)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected[ys, xs])
+    # the window is [y, y + size) x [x, x + size): the top-left point of a window
+    assert got[0] == image[ys[0] : ys[0] + size, xs[0] : xs[0] + size].max()
+
+
+@pytest.mark.parametrize("dilate", [True, False])
+def test_row_runs_equal_scipy_1d_filters(dilate):
+    from scipy import ndimage
+
+    from wsiscan.tissue import _row_runs
+
+    rng = np.random.default_rng(int(dilate))
+    for cols in (1, 3, 40):
+        mask = rng.random((9, cols)) < 0.6
+        widths = {0, 1, 2, 3, 4, 7, 16, 50}
+        filt = ndimage.maximum_filter1d if dilate else ndimage.minimum_filter1d
+        for w, run in _row_runs(mask, widths, dilate=dilate).items():
+            expected = filt(mask.view(np.uint8), 2 * w + 1, axis=1, mode="constant", cval=0).view(bool)
+            np.testing.assert_array_equal(run, expected, err_msg=f"w={w} cols={cols}")
+
+
 def test_ink_candidates_leave_out_only_colours_no_ink_rule_takes():
     """detect_ink runs the colour rules only on the pixels its integer pre-test lets through:
     over every one of the 2^24 RGB colours, the same answer as the rules run on every pixel."""

@@ -30,7 +30,7 @@ from .grid import cell_offset_px
 _STRIPE_ROWS = 256  # rows per stripe of the stripe-wise passes over a mask
 
 __all__ = ["TissueMask", "TileScores", "detect_tissue", "detect_ink", "keep_tiles", "cell_tissue_fractions", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts",
-           "usable_cores"]
+           "mask_box_counts", "window_max_at", "usable_cores"]
 
 
 @dataclass(frozen=True)
@@ -136,37 +136,6 @@ def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -
 
     with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
         list(pool.map(write, range(1, len(bounds) - 1)))
-    return out
-
-
-def _stripewise_at(fn: Callable[[np.ndarray], np.ndarray], array: np.ndarray, *, halo: int, ys: np.ndarray,
-                   xs: np.ndarray) -> np.ndarray:
-    """``fn(array)[ys, xs]`` computed on the stripes of :func:`_stripewise`, each stripe's
-    result sampled at the points that fall in it and then dropped: no output the size of
-    ``array`` is ever made (the same values, under the same condition on ``fn``)."""
-    n = array.shape[0]
-    bounds = _stripe_bounds(n)
-    if bounds is None:
-        whole: np.ndarray = fn(array)[ys, xs]
-        return whole
-    stripe_of = np.searchsorted(bounds, ys, side="right") - 1
-    # the points of each stripe, and (filled by the threads) their values
-    points = [np.flatnonzero(stripe_of == k) for k in range(len(bounds) - 1)]
-    parts: list[np.ndarray | None] = [None] * len(points)
-
-    def part(k: int) -> None:
-        a, b = int(bounds[k]), int(bounds[k + 1])
-        lo, hi = max(0, a - halo), min(n, b + halo)
-        sel = points[k]
-        parts[k] = fn(array[lo:hi])[ys[sel] - lo, xs[sel]] if len(sel) else None
-
-    with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
-        list(pool.map(part, range(len(points))))
-    first = next((p for p in parts if p is not None), None)
-    out = np.empty(len(ys), first.dtype if first is not None else array.dtype)
-    for sel, values in zip(points, parts, strict=True):
-        if values is not None:
-            out[sel] = values
     return out
 
 
@@ -490,6 +459,29 @@ def box_counts(integral: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndar
     return counts
 
 
+def mask_box_counts(mask: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """``box_counts(summed_area_table(mask), y0, x0, y1, x1)`` (the same integers) from only
+    the rows of the table the boxes use.
+
+    The tiles of a grid start on a few hundred mask rows: their table rows are column
+    counts summed band by band between those rows, then summed along each row, one pass
+    over the mask instead of a table four times its size built in two."""
+    rows, cols = mask.shape
+    dtype = np.int32 if rows * cols < 2**31 else np.int64
+    y0, y1 = np.asarray(y0), np.asarray(y1)
+    ys = np.unique(np.concatenate([y0.ravel(), y1.ravel()]))  # sorted table rows in [0, rows]
+    table = np.zeros((len(ys), cols + 1), dtype)
+    column_counts = np.zeros(cols, dtype)
+    top = 0
+    for i, y in enumerate(ys.tolist()):
+        if y > top:  # mask rows [top, y) added to the counts of the rows above
+            column_counts += np.sum(mask[top:y], axis=0, dtype=dtype)
+            top = y
+        table[i, 1:] = column_counts
+    np.cumsum(table, axis=1, out=table)
+    return box_counts(table, np.searchsorted(ys, y0), x0, np.searchsorted(ys, y1), x1)
+
+
 def keep_tiles(scores: TileScores, *, min_tissue: float, max_dark_bright_fraction: float,
                min_max_saturation: float, cell_tissue_fraction: np.ndarray | None = None,
                on_grid_border: np.ndarray | None = None) -> np.ndarray:
@@ -522,6 +514,27 @@ def keep_tiles(scores: TileScores, *, min_tissue: float, max_dark_bright_fractio
     return keep
 
 
+def window_max_at(image: np.ndarray, size: int, *, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """(N,) maxima of ``image`` over the windows [y, y + size) x [x, x + size) (clipped to the
+    image) at the points (``ys``, ``xs``): ``ndimage.maximum_filter(image, size,
+    origin=-(size // 2), mode="nearest")[ys, xs]`` (the same values: a maximum is exact in any
+    order), without the filter's image-sized passes.
+
+    Each distinct window top row is reduced once, down its ``size`` rows, into one row of a
+    small table; the running maximum along the table's rows is then sampled at the points.
+    A grid's footprints start on a few hundred rows, so the work is about one pass over the
+    rows the footprints cover, not two full-image filter passes."""
+    rows = image.shape[0]
+    tops, which = np.unique(np.asarray(ys), return_inverse=True)
+    table = np.empty((len(tops), image.shape[1]), image.dtype)
+    for i, y in enumerate(tops.tolist()):
+        np.max(image[y : min(y + size, rows)], axis=0, out=table[i])
+    if size > 1:
+        table = ndimage.maximum_filter1d(table, size, axis=1, origin=-(size // 2), mode="nearest")
+    values: np.ndarray = table[which.ravel(), np.asarray(xs).ravel()]
+    return values
+
+
 def _box_fractions(mask: np.ndarray, *, px_xy: np.ndarray, size_px: float,
                    scale: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Fraction of True in each box of side ``size_px`` (store px) at origins ``px_xy`` (N, 2),
@@ -534,7 +547,7 @@ def _box_fractions(mask: np.ndarray, *, px_xy: np.ndarray, size_px: float,
     x1 = np.clip(np.ceil((px_xy[:, 0] + size_px) * scale - 1e-6).astype(np.int64), x0 + 1, cols)
     y1 = np.clip(np.ceil((px_xy[:, 1] + size_px) * scale - 1e-6).astype(np.int64), y0 + 1, rows)
     area = (x1 - x0) * (y1 - y0)
-    return box_counts(summed_area_table(mask), y0, x0, y1, x1) / area, (y0, x0)
+    return mask_box_counts(mask, y0, x0, y1, x1) / area, (y0, x0)
 
 
 def cell_tissue_fractions(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, stride_px: int,
@@ -559,13 +572,10 @@ def score_tiles(tissue: TissueMask, *, px_xy: np.ndarray, tile_size_px: int, px_
     tissue_fraction, (y0, x0) = _box_fractions(tissue.mask, px_xy=px_xy, size_px=tile_size_px, scale=scale)
     dark_bright_fraction, _ = _box_fractions(tissue.dark_bright, px_xy=px_xy, size_px=tile_size_px, scale=scale)
 
-    # max saturation under each footprint: a running maximum over the footprint size,
-    # sampled at each footprint's top-left corner
-    # (stripe by stripe, sampled: no running-maximum image the size of the mask is kept)
+    # max saturation under each footprint: the maximum over [y0, y0 + fw) x [x0, x0 + fw), clipped
+    # to the image (a running maximum sampled at each footprint's top-left corner)
     fw = max(1, int(round(tile_size_px * scale)))
-    max_saturation = _stripewise_at(
-        lambda x: ndimage.maximum_filter(x, size=fw, origin=-(fw // 2) if fw > 1 else 0, mode="nearest"),
-        tissue.saturation, halo=fw, ys=y0, xs=x0)
+    max_saturation = window_max_at(tissue.saturation, fw, ys=y0, xs=x0)
     return TileScores(
         tissue_fraction=tissue_fraction.astype(np.float32),
         dark_bright_fraction=dark_bright_fraction.astype(np.float32),
