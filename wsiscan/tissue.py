@@ -467,7 +467,7 @@ def mask_box_counts(mask: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.nda
     counts summed band by band between those rows, then summed along each row, one pass
     over the mask instead of a table four times its size built in two."""
     rows, cols = mask.shape
-    dtype = np.int32 if rows * cols < 2**31 else np.int64
+    dtype: type[np.signedinteger] = np.int32 if rows * cols < 2**31 else np.int64
     y0, y1 = np.asarray(y0), np.asarray(y1)
     ys = np.unique(np.concatenate([y0.ravel(), y1.ravel()]))  # sorted table rows in [0, rows]
     table = np.zeros((len(ys), cols + 1), dtype)
@@ -475,7 +475,7 @@ def mask_box_counts(mask: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.nda
     top = 0
     for i, y in enumerate(ys.tolist()):
         if y > top:  # mask rows [top, y) added to the counts of the rows above
-            column_counts += np.sum(mask[top:y], axis=0, dtype=dtype)
+            np.add(column_counts, np.sum(mask[top:y], axis=0, dtype=dtype), out=column_counts)
             top = y
         table[i, 1:] = column_counts
     np.cumsum(table, axis=1, out=table)
