@@ -248,6 +248,41 @@ def test_otsu_with_where_equals_otsu_of_the_selected_values():
     assert otsu_threshold(values, where=where) == otsu_threshold(values[where])
 
 
+@pytest.mark.parametrize("bins", [1, 2, 256, 1024])
+def test_unit_histogram_equals_numpy_histogram(monkeypatch, bins):
+    """The piecewise bincount histogram gives numpy's counts, at bin edges, 0, 1 and outside [0, 1] too."""
+    from wsiscan import tissue as tissue_mod
+
+    monkeypatch.setattr(tissue_mod, "_PIECE_PX", 500)  # many pieces
+    rng = np.random.default_rng(bins)
+    values = rng.random((300, 70), dtype=np.float32)
+    edges = np.arange(bins + 1, dtype=np.float32) / bins
+    values.flat[: 3 * (bins + 1) : 3] = edges  # exactly on every edge
+    values.flat[1 : 3 * (bins + 1) : 3] = np.nextafter(edges, np.float32(-1))  # just below
+    values[5, :6] = [0.0, 1.0, -0.0, 1.0000001, -1e-8, np.nan]
+    exclude = rng.random(values.shape) < 0.3
+    for excluded in ((), (exclude,), (exclude, rng.random(values.shape) < 0.5)):
+        keep = np.ones(values.shape, bool)
+        for m in excluded:
+            keep &= ~m
+        expected, _ = np.histogram(values[keep], bins=bins, range=(0.0, 1.0))
+        np.testing.assert_array_equal(tissue_mod._unit_histogram(values, bins, exclude=excluded), expected)
+    with pytest.raises(ValueError):
+        tissue_mod._unit_histogram(values, 100)
+
+
+def test_pointwise_pieces_equal_one_call(monkeypatch):
+    from wsiscan import tissue as tissue_mod
+
+    rgb = np.random.default_rng(4).integers(0, 256, (97, 31, 3), dtype=np.uint8)
+    for threads in (1, 2):
+        monkeypatch.setattr(tissue_mod, "_threads", lambda n=threads: n)
+        for piece_px in (1, 31 * 5, 31 * 7 + 3, 10**6):
+            monkeypatch.setattr(tissue_mod, "_PIECE_PX", piece_px)
+            for fn in (tissue_mod.saturation_of, tissue_mod.detect_ink, tissue_mod.gray_of):
+                np.testing.assert_array_equal(tissue_mod._pointwise(fn, rgb), fn(rgb))
+
+
 @pytest.mark.parametrize("shape, size", [((1481, 1108, 3), (1000, 750)), ((371, 277, 3), (100, 133)),
                                          ((500, 300), (17, 29)), ((64, 64, 3), (64, 64))])
 def test_resize_box_equals_pil_box_resize_of_the_whole_image(shape, size):

@@ -19,7 +19,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage
@@ -63,12 +63,18 @@ def otsu_threshold(values: np.ndarray, *, bins: int = 256, where: np.ndarray | N
     """Otsu's threshold of values in [0, 1] (only those where ``where`` is True, if given)."""
     if where is None:
         hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    elif _is_power_of_two(bins):
+        hist, edges = _unit_histogram(values, bins, exclude=(~where,)), np.linspace(0.0, 1.0, bins + 1)
     else:  # stripe by stripe: no copy of the selected values
         hist = np.zeros(bins, np.int64)
         for r0 in range(0, values.shape[0], _STRIPE_ROWS):
             h, edges = np.histogram(values[r0 : r0 + _STRIPE_ROWS][where[r0 : r0 + _STRIPE_ROWS]], bins=bins,
                                     range=(0.0, 1.0))
             hist += h
+    return _otsu_of_histogram(hist, edges)
+
+
+def _otsu_of_histogram(hist: np.ndarray, edges: np.ndarray) -> float:
     hist = hist.astype(np.float64)
     if hist.sum() == 0:
         return 1.0
@@ -80,6 +86,33 @@ def otsu_threshold(values: np.ndarray, *, bins: int = 256, where: np.ndarray | N
     mu1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
     between = w0 * w1 * (mu0 - mu1) ** 2
     return float(edges[int(np.argmax(between)) + 1])
+
+
+def _is_power_of_two(n: int) -> bool:
+    return 0 < n <= 1 << 16 and n & (n - 1) == 0
+
+
+def _unit_histogram(values: np.ndarray, bins: int, *, exclude: tuple[np.ndarray, ...] = ()) -> np.ndarray:
+    """``np.histogram(values[keep], bins, range=(0, 1))[0]``, keep = not any of ``exclude``, for
+    float ``values`` and a power-of-two ``bins``: counted piece by piece in threads, with no
+    copy of the selected values the size of the image.
+
+    The same counts: with ``bins`` a power of two, the edges k / bins and ``value * bins`` are
+    exact, so numpy's bin (its edge corrections never apply) is floor(value * bins), the
+    last bin closed; values outside [0, 1] (and NaN) are in none."""
+    if not _is_power_of_two(bins):
+        raise ValueError(f"bins must be a power of two up to 65536, not {bins}")
+
+    def count(a: int, b: int) -> np.ndarray:
+        v = values[a:b]
+        keep = (v >= 0) & (v <= 1)
+        for mask in exclude:
+            keep &= ~mask[a:b]
+        index = (v[keep] * bins).astype(np.intp)  # v in [0, 1]: exact, floor
+        np.minimum(index, bins - 1, out=index)  # v == 1 is in the last bin
+        return np.bincount(index, minlength=bins)
+
+    return sum(_map_pieces(count, values.shape[0], _piece_rows(values)), np.zeros(bins, np.int64))
 
 
 def usable_cores(*, at_most: int = 8) -> int:
@@ -136,6 +169,46 @@ def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -
 
     with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
         list(pool.map(write, range(1, len(bounds) - 1)))
+    return out
+
+
+_PIECE_PX = 1 << 18  # pixels per piece of a pixel-by-pixel pass (see _pointwise)
+
+
+def _piece_rows(array: np.ndarray) -> int:
+    """Rows per piece of about ``_PIECE_PX`` pixels of ``array`` (rows, cols[, channels])."""
+    return max(1, _PIECE_PX // max(1, array.shape[1] if array.ndim > 1 else 1))
+
+
+def _map_pieces(fn: Callable[[int, int], Any], n_rows: int, piece_rows: int) -> list[Any]:
+    """``[fn(a, b)]`` over the row pieces [a, b) of ``n_rows`` rows, in threads."""
+    bounds = list(range(0, n_rows, piece_rows)) + [n_rows]
+    pieces = list(zip(bounds[:-1], bounds[1:], strict=True))
+    if _threads() == 1 or len(pieces) == 1:
+        return [fn(a, b) for a, b in pieces]
+    with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
+        return list(pool.map(lambda ab: fn(*ab), pieces))
+
+
+def _pointwise(fn: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
+    """``fn(*arrays)`` for a ``fn`` that maps each row on its own, computed on pieces of about
+    ``_PIECE_PX`` pixels (in threads) written into one output.
+
+    A piece's temporaries (a few bytes a pixel, under a MiB) stay in the CPU's cache and on
+    the heap: image-sized ones would each be mapped fresh (see :func:`wsiscan.heap.bound_heap`)
+    and page-faulted in, several times over per pass."""
+    n = arrays[0].shape[0]
+    step = _piece_rows(arrays[0])
+    first = fn(*(x[:step] for x in arrays))
+    out = np.empty((n,) + first.shape[1:], first.dtype)
+    out[: len(first)] = first
+    del first
+
+    def write(a: int, b: int) -> None:
+        out[step + a : step + b] = fn(*(x[step + a : step + b] for x in arrays))
+
+    if n > step:
+        _map_pieces(write, n - step, step)
     return out
 
 
@@ -375,12 +448,12 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
     sigma_px = config.blur_sigma_um / mask_mpp
     ink = None
     if config.ink_filter:
-        ink = remove_small(_stripewise(detect_ink, thumbnail, halo=0), int(INK_MIN_AREA_UM2 / mask_mpp**2))
+        ink = remove_small(_pointwise(detect_ink, thumbnail), int(INK_MIN_AREA_UM2 / mask_mpp**2))
         margin_px = INK_MARGIN_UM / mask_mpp
         if margin_px >= 1 and ink.any():
             ink = _stripewise(lambda m: dilate_or_erode_disk(m, margin_px, dilate=True), ink,
                               halo=int(math.ceil(margin_px)))
-    sat = _stripewise(saturation_of, thumbnail, halo=0)
+    sat = _pointwise(saturation_of, thumbnail)
     if ink is not None and ink.any():  # ink's saturation must not bleed through the blur onto the glass beside it
         sat[ink] = 0.0
     if sigma_px > 0.3:  # scipy's kernel reaches int(4 sigma + 0.5) px (truncate=4)
@@ -390,14 +463,19 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
         gray = gray_of(rgb)
         return (gray < config.dark_threshold) | (gray > config.bright_threshold)
 
-    dark_bright = _stripewise(dark_or_bright, thumbnail, halo=0)
-    usable = ~dark_bright if ink is None else ~(dark_bright | ink)
-
-    otsu = otsu_threshold(sat, where=usable) if usable.any() else 1.0
+    dark_bright = _pointwise(dark_or_bright, thumbnail)
+    # usable pixels: neither dark/bright nor ink (taken piece by piece, never as one image)
+    unusable = (dark_bright,) if ink is None else (dark_bright, ink)
+    otsu = _otsu_of_histogram(_unit_histogram(sat, 256, exclude=unusable), np.linspace(0.0, 1.0, 257))
     threshold = max(otsu, config.min_saturation)
-    mask = sat >= threshold
-    mask &= usable
-    del usable
+
+    def tissue_pixels(s: np.ndarray, *others: np.ndarray) -> np.ndarray:
+        m = s >= threshold
+        for other in others:
+            m &= ~other
+        return m
+
+    mask = _pointwise(tissue_pixels, sat, *unusable)
 
     radius_px = config.closing_radius_um / mask_mpp
     if radius_px >= 1:
