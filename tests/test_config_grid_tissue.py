@@ -271,6 +271,20 @@ def test_unit_histogram_equals_numpy_histogram(monkeypatch, bins):
         tissue_mod._unit_histogram(values, 100)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_blur_in_place_equals_scipy_gaussian_filter(monkeypatch, threads):
+    from scipy import ndimage
+
+    from wsiscan import tissue as tissue_mod
+
+    monkeypatch.setattr(tissue_mod, "_threads", lambda: threads)
+    image = np.random.default_rng(threads).random((1500, 90), dtype=np.float32)  # stripes from 1,024 rows
+    for sigma_px in (0.5, 2.0, 7.3):
+        blurred = image.copy()
+        tissue_mod.blur_in_place(blurred, sigma_px)
+        np.testing.assert_array_equal(blurred, ndimage.gaussian_filter(image, sigma_px))
+
+
 def test_pointwise_pieces_equal_one_call(monkeypatch):
     from wsiscan import tissue as tissue_mod
 

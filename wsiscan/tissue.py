@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -172,7 +173,7 @@ def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -
     return out
 
 
-_PIECE_PX = 1 << 18  # pixels per piece of a pixel-by-pixel pass (see _pointwise)
+_PIECE_PX = 1 << 15  # pixels per piece of a pixel-by-pixel pass (see _pointwise): 256 KiB as int64
 
 
 def _piece_rows(array: np.ndarray) -> int:
@@ -194,7 +195,7 @@ def _pointwise(fn: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray
     """``fn(*arrays)`` for a ``fn`` that maps each row on its own, computed on pieces of about
     ``_PIECE_PX`` pixels (in threads) written into one output.
 
-    A piece's temporaries (a few bytes a pixel, under a MiB) stay in the CPU's cache and on
+    A piece's temporaries (up to 8 bytes a pixel: 256 KiB) stay in the CPU's cache and on
     the heap: image-sized ones would each be mapped fresh (see :func:`wsiscan.heap.bound_heap`)
     and page-faulted in, several times over per pass."""
     n = arrays[0].shape[0]
@@ -210,6 +211,39 @@ def _pointwise(fn: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray
     if n > step:
         _map_pieces(write, n - step, step)
     return out
+
+
+def blur_in_place(image: np.ndarray, sigma_px: float) -> None:
+    """``image[:] = ndimage.gaussian_filter(image, sigma_px)`` (the same values), in threaded
+    stripes with no second image: each stripe is blurred with ``halo`` rows of its neighbours
+    (enough for scipy's kernel, which reaches int(4 sigma + 0.5) px) in a buffer of its
+    thread's, and its own rows written back.  The neighbours' rows are copied before any
+    stripe is written, so a stripe never reads rows another one has blurred."""
+    halo = int(4.0 * sigma_px + 0.5) + 1
+    n = image.shape[0]
+    bounds = _stripe_bounds(n)
+    if bounds is None:
+        ndimage.gaussian_filter(image, sigma_px, output=image)  # scipy filters line by line: in place is exact
+        return
+    stripes = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    borders = [(image[max(0, a - halo) : a].copy(), image[b : min(n, b + halo)].copy()) for a, b in stripes]
+    buffers = threading.local()
+
+    def blur(k: int) -> None:
+        a, b = stripes[k]
+        top, bottom = borders[k]
+        rows = len(top) + (b - a) + len(bottom)
+        if getattr(buffers, "array", None) is None or len(buffers.array) < rows:
+            buffers.array = np.empty((max(b - a for a, b in stripes) + 2 * halo,) + image.shape[1:], image.dtype)
+        buf = buffers.array[:rows]
+        buf[: len(top)] = top
+        buf[len(top) : len(top) + b - a] = image[a:b]
+        buf[len(top) + b - a :] = bottom
+        ndimage.gaussian_filter(buf, sigma_px, output=buf)
+        image[a:b] = buf[len(top) : len(top) + b - a]
+
+    with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
+        list(pool.map(blur, range(len(stripes))))
 
 
 def saturation_of(rgb: np.ndarray) -> np.ndarray:
@@ -333,13 +367,26 @@ def _ink_rules(rgb: np.ndarray) -> np.ndarray:
     return ink
 
 
+def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """``ndimage.label(mask)`` (4-connected), in uint16 where the labels fit: half the memory
+    of scipy's int32 image, the same labels."""
+    try:
+        labels, n = ndimage.label(mask, output=np.uint16)
+    except RuntimeError:  # more than 65,535 parts: scipy's "insufficient bit-depth"
+        labels, n = ndimage.label(mask)
+    return labels, int(n)
+
+
 def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
-    """Pixels per label 0..n of a label image, counted a stripe at a time: bincount converts
+    """Pixels per label 0..n of a label image, counted piece by piece: bincount converts
     its input to int64, so a whole label image would make an int64 temporary of its size."""
-    sizes = np.zeros(n + 1, np.int64)
-    for r0 in range(0, labels.shape[0], _STRIPE_ROWS):
-        sizes += np.bincount(labels[r0 : r0 + _STRIPE_ROWS].ravel(), minlength=n + 1)
-    return sizes
+    return sum(_map_pieces(lambda a, b: np.bincount(labels[a:b].ravel(), minlength=n + 1), labels.shape[0],
+                           _piece_rows(labels)), np.zeros(n + 1, np.int64))
+
+
+def _labels_where(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``table[labels]``, piece by piece (indexing converts the labels to int64 first)."""
+    return _pointwise(lambda piece: table[piece], labels)
 
 
 def remove_small(mask: np.ndarray, min_px: int, *, count: np.ndarray | None = None) -> np.ndarray:
@@ -347,10 +394,10 @@ def remove_small(mask: np.ndarray, min_px: int, *, count: np.ndarray | None = No
     a part's size is its number of ``count`` pixels, and only those are returned."""
     if min_px <= 1 or not mask.any():
         return mask if count is None else mask & count
-    labels, n = ndimage.label(mask)
+    labels, n = _label(mask)
     keep = _label_sizes(labels if count is None else np.where(count, labels, 0), n) >= min_px
     keep[0] = False
-    kept: np.ndarray = keep[labels]
+    kept = _labels_where(keep, labels)
     return kept if count is None else kept & count
 
 
@@ -433,14 +480,13 @@ def small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
     """
     if min_px <= 1 or mask.all():
         return np.zeros_like(mask)
-    labels, n = ndimage.label(~mask)
+    labels, n = _label(~mask)
     touches_border = np.zeros(n + 1, bool)
     for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
         touches_border[edge] = True
     small = (_label_sizes(labels, n) < min_px) & ~touches_border
     small[0] = False
-    holes: np.ndarray = small[labels]
-    return holes
+    return _labels_where(small, labels)
 
 
 def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfig) -> TissueMask:
@@ -457,7 +503,7 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
     if ink is not None and ink.any():  # ink's saturation must not bleed through the blur onto the glass beside it
         sat[ink] = 0.0
     if sigma_px > 0.3:  # scipy's kernel reaches int(4 sigma + 0.5) px (truncate=4)
-        sat = _stripewise(lambda x: ndimage.gaussian_filter(x, sigma_px), sat, halo=int(4.0 * sigma_px + 0.5) + 1)
+        blur_in_place(sat, sigma_px)
 
     def dark_or_bright(rgb: np.ndarray) -> np.ndarray:
         gray = gray_of(rgb)
