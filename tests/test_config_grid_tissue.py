@@ -214,9 +214,11 @@ def test_row_runs_equal_scipy_1d_filters(dilate):
     rng = np.random.default_rng(int(dilate))
     for cols in (1, 3, 40):
         mask = rng.random((9, cols)) < 0.6
-        widths = {0, 1, 2, 3, 4, 7, 16, 50}
+        widths = [0, 1, 2, 3, 4, 7, 16, 50]
         filt = ndimage.maximum_filter1d if dilate else ndimage.minimum_filter1d
-        for w, run in _row_runs(mask, widths, dilate=dilate).items():
+        runs = list(_row_runs(mask.copy(), widths, dilate=dilate))
+        assert [w for w, _ in runs] == widths
+        for w, run in _row_runs(mask, widths, dilate=dilate):  # each run checked before the next reuses its buffer
             expected = filt(mask.view(np.uint8), 2 * w + 1, axis=1, mode="constant", cval=0).view(bool)
             np.testing.assert_array_equal(run, expected, err_msg=f"w={w} cols={cols}")
 

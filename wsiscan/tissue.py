@@ -20,7 +20,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -408,21 +408,23 @@ def _disk_rows(radius_px: float) -> list[tuple[int, int]]:
             if dy * dy <= radius_px**2]
 
 
-def _row_runs(mask: np.ndarray, widths: set[int], *, dilate: bool) -> dict[int, np.ndarray]:
-    """For each half width w: the OR (dilate) or AND (erode) of ``mask`` over [x - w, x + w]
-    along each row, outside the image False (``maximum_filter1d``/``minimum_filter1d`` of
-    size 2w + 1 with cval 0).
+def _row_runs(mask: np.ndarray, widths: list[int], *, dilate: bool) -> Iterator[tuple[int, np.ndarray]]:
+    """For each half width w of ``widths`` (ascending): w and the OR (dilate) or AND (erode)
+    of ``mask`` over [x - w, x + w] along each row, outside the image False
+    (``maximum_filter1d``/``minimum_filter1d`` of size 2w + 1 with cval 0).  A yielded run
+    is valid until the next one is asked for: two buffers serve all widths.
 
-    Widths are reached one from another by two shifted in-place ORs (ANDs) of whole rows:
+    Widths are reached one from another by two shifted ORs (ANDs) of whole rows:
     [x - w', x + w'] shifted by k = w - w' either way covers [x - w, x + w] when k <= 2 w' + 1.
     A shifted OR is one pass over the bytes, several times faster than scipy's filter."""
-    runs: dict[int, np.ndarray] = {0: mask}
+    buffers = [np.empty_like(mask), np.empty_like(mask)]
     cur_w, cur = 0, mask
-    for w in sorted(widths):
+    for w in widths:
         while cur_w < w:
             step_w = min(w, 3 * cur_w + 1)
             k = step_w - cur_w
-            new = cur.copy()
+            new = buffers[0] if cur is not buffers[0] else buffers[1]
+            new[...] = cur
             if dilate:
                 new[:, k:] |= cur[:, :-k]
                 new[:, :-k] |= cur[:, k:]
@@ -432,9 +434,7 @@ def _row_runs(mask: np.ndarray, widths: set[int], *, dilate: bool) -> dict[int, 
                 new[:, :k] = False  # outside the image is False
                 new[:, -k:] = False
             cur_w, cur = step_w, new
-            if cur_w in widths:
-                runs[cur_w] = cur
-    return {w: runs[w] for w in widths}
+        yield w, cur
 
 
 def dilate_or_erode_disk(mask: np.ndarray, radius_px: float, *, dilate: bool) -> np.ndarray:
@@ -445,21 +445,22 @@ def dilate_or_erode_disk(mask: np.ndarray, radius_px: float, *, dilate: bool) ->
     result as ``ndimage.binary_dilation``/``binary_erosion`` with the disk as structure
     (tested), in a fraction of the time on a 6,250 x 6,250 px mask.
     """
-    rows = _disk_rows(radius_px)
-    lines = _row_runs(mask, {w for _, w in rows}, dilate=dilate)
+    disk_rows: dict[int, list[int]] = {}  # half width -> the rows dy of the disk that wide
+    for dy, w in _disk_rows(radius_px):
+        disk_rows.setdefault(w, []).append(dy)
     n = mask.shape[0]
     out = np.zeros_like(mask) if dilate else np.ones_like(mask)
-    for dy, w in rows:  # out[y] (op)= lines[w][y + dy], rows outside the image are False
-        line = lines[w]
-        dst, src = (out[: n - dy], line[dy:]) if dy >= 0 else (out[-dy:], line[: n + dy])
-        if dilate:
-            dst |= src
-        else:
-            dst &= src
-            if dy > 0:
-                out[n - dy :] = False
-            elif dy < 0:
-                out[:-dy] = False
+    for w, line in _row_runs(mask, sorted(disk_rows), dilate=dilate):
+        for dy in disk_rows[w]:  # out[y] (op)= line[y + dy], rows outside the image are False
+            dst, src = (out[: n - dy], line[dy:]) if dy >= 0 else (out[-dy:], line[: n + dy])
+            if dilate:
+                dst |= src
+            else:
+                dst &= src
+                if dy > 0:
+                    out[n - dy :] = False
+                elif dy < 0:
+                    out[:-dy] = False
     return out
 
 
