@@ -191,9 +191,10 @@ def _map_pieces(fn: Callable[[int, int], Any], n_rows: int, piece_rows: int) -> 
         return list(pool.map(lambda ab: fn(*ab), pieces))
 
 
-def _pointwise(fn: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
+def _pointwise(fn: Callable[..., Any], *arrays: np.ndarray) -> Any:
     """``fn(*arrays)`` for a ``fn`` that maps each row on its own, computed on pieces of about
-    ``_PIECE_PX`` pixels (in threads) written into one output.
+    ``_PIECE_PX`` pixels (in threads) written into one output (or, when ``fn`` returns a
+    tuple of arrays, into a tuple of outputs).
 
     A piece's temporaries (up to 8 bytes a pixel: 256 KiB) stay in the CPU's cache and on
     the heap: image-sized ones would each be mapped fresh (see :func:`wsiscan.heap.bound_heap`)
@@ -201,16 +202,21 @@ def _pointwise(fn: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray
     n = arrays[0].shape[0]
     step = _piece_rows(arrays[0])
     first = fn(*(x[:step] for x in arrays))
-    out = np.empty((n,) + first.shape[1:], first.dtype)
-    out[: len(first)] = first
-    del first
+    several = isinstance(first, tuple)
+    firsts = first if several else (first,)
+    outs = tuple(np.empty((n,) + f.shape[1:], f.dtype) for f in firsts)
+    for out, f in zip(outs, firsts, strict=True):
+        out[: len(f)] = f
+    del first, firsts
 
     def write(a: int, b: int) -> None:
-        out[step + a : step + b] = fn(*(x[step + a : step + b] for x in arrays))
+        parts = fn(*(x[step + a : step + b] for x in arrays))
+        for out, part in zip(outs, parts if several else (parts,), strict=True):
+            out[step + a : step + b] = part
 
     if n > step:
         _map_pieces(write, n - step, step)
-    return out
+    return outs if several else outs[0]
 
 
 def blur_in_place(image: np.ndarray, sigma_px: float) -> None:
@@ -246,19 +252,28 @@ def blur_in_place(image: np.ndarray, sigma_px: float) -> None:
         list(pool.map(blur, range(len(stripes))))
 
 
+def _max_and_chroma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Channel max and max - min of an RGB uint8 image, uint8, taken plane by plane."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx = np.maximum(np.maximum(r, g), b)
+    chroma = np.minimum(np.minimum(r, g), b)
+    np.subtract(mx, chroma, out=chroma)  # max - min >= 0: no wrap-around in uint8
+    return mx, chroma
+
+
+def _saturation(mx: np.ndarray, chroma: np.ndarray) -> np.ndarray:
+    out: np.ndarray = chroma.astype(np.float32)
+    np.divide(out, mx, out=out, where=mx > 0)
+    return out
+
+
 def saturation_of(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation (max - min) / max of an RGB uint8 image, float32.
 
     Channel max and min are taken plane by plane in uint8, so no float32 copy of the whole
     image (four times its size) is made.
     """
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    mx = np.maximum(np.maximum(r, g), b)
-    mn = np.minimum(np.minimum(r, g), b)
-    np.subtract(mx, mn, out=mn)  # max - min >= 0: no wrap-around in uint8
-    out: np.ndarray = mn.astype(np.float32)
-    np.divide(out, mx, out=out, where=mx > 0)
-    return out
+    return _saturation(*_max_and_chroma(rgb))
 
 
 def gray_of(rgb: np.ndarray) -> np.ndarray:
@@ -310,13 +325,13 @@ _INK_CANDIDATE_SAT_PERCENT = 14
 _INK_CANDIDATE_RED_SAT_PERCENT = 54
 
 
-def _ink_candidates(rgb: np.ndarray) -> np.ndarray:
+def _ink_candidates(rgb: np.ndarray, mx: np.ndarray | None = None, chroma: np.ndarray | None = None) -> np.ndarray:
     """(rows, cols) bool: the pixels of an RGB uint8 image some ink rule could take (a
-    superset of :func:`_ink_rules`, by the integer tests above)."""
+    superset of :func:`_ink_rules`, by the integer tests above); ``mx`` and ``chroma`` as
+    :func:`_max_and_chroma` gives them, if already known."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    mx = np.maximum(np.maximum(r, g), b)
-    chroma = np.minimum(np.minimum(r, g), b)
-    np.subtract(mx, chroma, out=chroma)  # max - min >= 0: no wrap-around in uint8
+    if mx is None or chroma is None:
+        mx, chroma = _max_and_chroma(rgb)
     c100 = chroma.astype(np.uint16)
     c100 *= 100
     mx16 = mx.astype(np.uint16)
@@ -335,13 +350,14 @@ def _ink_candidates(rgb: np.ndarray) -> np.ndarray:
     return cand
 
 
-def detect_ink(rgb: np.ndarray) -> np.ndarray:
+def detect_ink(rgb: np.ndarray, mx: np.ndarray | None = None, chroma: np.ndarray | None = None) -> np.ndarray:
     """(rows, cols) bool: pixels of an RGB uint8 image that are pen ink by colour (before the margin).
 
     The colour rules (:func:`_ink_rules`, float32 HSV) run only on the pixels that could meet
     one of them (:func:`_ink_candidates`, integer tests): pixel by pixel the same result as
-    running them on every pixel (tested over all 2^24 colours), for a small part of the work."""
-    cand = _ink_candidates(rgb)
+    running them on every pixel (tested over all 2^24 colours), for a small part of the work.
+    ``mx`` and ``chroma``: as :func:`_ink_candidates`."""
+    cand = _ink_candidates(rgb, mx, chroma)
     ink = np.zeros(rgb.shape[:2], bool)
     if cand.any():
         ink[cand] = _ink_rules(rgb[cand])
@@ -386,7 +402,8 @@ def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
 
 def _labels_where(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """``table[labels]``, piece by piece (indexing converts the labels to int64 first)."""
-    return _pointwise(lambda piece: table[piece], labels)
+    looked_up: np.ndarray = _pointwise(lambda piece: table[piece], labels)
+    return looked_up
 
 
 def remove_small(mask: np.ndarray, min_px: int, *, count: np.ndarray | None = None) -> np.ndarray:
@@ -493,24 +510,30 @@ def small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
 def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfig) -> TissueMask:
     """Tissue mask of an RGB uint8 ``thumbnail`` whose pixels are ``mask_mpp`` um wide."""
     sigma_px = config.blur_sigma_um / mask_mpp
+
+    def measure(rgb: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Saturation, over-dark/over-bright and (with the ink filter) pen-ink pixels of a piece,
+        from one channel max and chroma."""
+        mx, chroma = _max_and_chroma(rgb)
+        gray = gray_of(rgb)
+        dark_bright = (gray < config.dark_threshold) | (gray > config.bright_threshold)
+        if not config.ink_filter:
+            return _saturation(mx, chroma), dark_bright
+        return _saturation(mx, chroma), dark_bright, detect_ink(rgb, mx, chroma)
+
+    sat, dark_bright, *raw_ink = _pointwise(measure, thumbnail)
     ink = None
-    if config.ink_filter:
-        ink = remove_small(_pointwise(detect_ink, thumbnail), int(INK_MIN_AREA_UM2 / mask_mpp**2))
+    if raw_ink:
+        ink = remove_small(raw_ink.pop(), int(INK_MIN_AREA_UM2 / mask_mpp**2))
         margin_px = INK_MARGIN_UM / mask_mpp
         if margin_px >= 1 and ink.any():
             ink = _stripewise(lambda m: dilate_or_erode_disk(m, margin_px, dilate=True), ink,
                               halo=int(math.ceil(margin_px)))
-    sat = _pointwise(saturation_of, thumbnail)
     if ink is not None and ink.any():  # ink's saturation must not bleed through the blur onto the glass beside it
         sat[ink] = 0.0
     if sigma_px > 0.3:  # scipy's kernel reaches int(4 sigma + 0.5) px (truncate=4)
         blur_in_place(sat, sigma_px)
 
-    def dark_or_bright(rgb: np.ndarray) -> np.ndarray:
-        gray = gray_of(rgb)
-        return (gray < config.dark_threshold) | (gray > config.bright_threshold)
-
-    dark_bright = _pointwise(dark_or_bright, thumbnail)
     # usable pixels: neither dark/bright nor ink (taken piece by piece, never as one image)
     unusable = (dark_bright,) if ink is None else (dark_bright, ink)
     otsu = _otsu_of_histogram(_unit_histogram(sat, 256, exclude=unusable), np.linspace(0.0, 1.0, 257))
