@@ -485,8 +485,13 @@ def close_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
     """Morphological closing by a disk, padded so that tissue touching the border is not eroded."""
     r = int(math.ceil(radius_px))
     padded = np.pad(mask, r, mode="constant")
-    dilated = _stripewise(lambda m: dilate_or_erode_disk(m, radius_px, dilate=True), padded, halo=r)
-    closed = _stripewise(lambda m: dilate_or_erode_disk(m, radius_px, dilate=False), dilated, halo=r)
+
+    def closing(m: np.ndarray) -> np.ndarray:
+        return dilate_or_erode_disk(dilate_or_erode_disk(m, radius_px, dilate=True), radius_px, dilate=False)
+
+    # one pass of stripes: a closed row depends on the dilated rows within r, and those on
+    # the rows within 2 r (no dilated image is assembled between the two)
+    closed = _stripewise(closing, padded, halo=2 * r)
     return closed[r:-r, r:-r]
 
 
