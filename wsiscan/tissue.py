@@ -185,10 +185,20 @@ def _map_pieces(fn: Callable[[int, int], Any], n_rows: int, piece_rows: int) -> 
     """``[fn(a, b)]`` over the row pieces [a, b) of ``n_rows`` rows, in threads."""
     bounds = list(range(0, n_rows, piece_rows)) + [n_rows]
     pieces = list(zip(bounds[:-1], bounds[1:], strict=True))
-    if _threads() == 1 or len(pieces) == 1:
+    threads = min(_threads(), len(pieces))
+    if threads == 1:
         return [fn(a, b) for a, b in pieces]
-    with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
-        return list(pool.map(lambda ab: fn(*ab), pieces))
+    # one task per thread, each taking every threads-th piece: a task per piece would cost
+    # the pool's queue and future for each of a pass's ~1,000 pieces
+    results: list[Any] = [None] * len(pieces)
+
+    def run(first: int) -> None:
+        for k in range(first, len(pieces), threads):
+            results[k] = fn(*pieces[k])
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-tissue") as pool:
+        list(pool.map(run, range(threads)))
+    return results
 
 
 def _pointwise(fn: Callable[..., Any], *arrays: np.ndarray) -> Any:
