@@ -273,6 +273,29 @@ def test_unit_histogram_equals_numpy_histogram(monkeypatch, bins):
         tissue_mod._unit_histogram(values, 100)
 
 
+def test_remove_small_and_small_holes_past_65535_parts_equal_the_int32_labelling():
+    """More parts than uint16 labels hold: the int32 labelling takes over, with the same result."""
+    from scipy import ndimage
+
+    from wsiscan.tissue import _label, remove_small, small_holes
+
+    mask = np.zeros((600, 620), bool)
+    mask[::2, ::2] = True  # 93,000 one-pixel parts
+    mask[100:140, 200:260] = True  # and a blob
+    labels, n = _label(mask)
+    assert n > 65535 and labels.dtype == np.int32
+    ref_labels, ref_n = ndimage.label(mask)
+    assert n == ref_n
+    sizes = np.bincount(ref_labels.ravel())
+    expected = (sizes >= 5)[ref_labels] & mask
+    np.testing.assert_array_equal(remove_small(mask, 5), expected)
+    assert expected[100:140, 200:260].all() and expected.sum() < 2 * 40 * 60  # the blob and the dots on its edge
+    holes = ndimage.binary_fill_holes(~mask) & mask  # the background's parts are the mask's holes of ~mask
+    np.testing.assert_array_equal(small_holes(~mask, 5), holes & ~remove_small(holes, 5))
+    few, n_few = _label(mask[100:140, 200:260])
+    assert few.dtype == np.uint16 and n_few == 1
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_blur_in_place_equals_scipy_gaussian_filter(monkeypatch, threads):
     from scipy import ndimage
