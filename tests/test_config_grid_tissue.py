@@ -168,6 +168,61 @@ def test_saturation_gray_and_box_sums_equal_the_float_reference():
     np.testing.assert_array_equal(box_counts(summed_area_table(mask), y0, x0, y1, x1), brute)
 
 
+def test_box_counts_from_the_boxes_rows_equal_the_full_summed_area_table():
+    from wsiscan.tissue import box_counts, mask_box_counts, summed_area_table
+
+    rng = np.random.default_rng(8)
+    mask = rng.random((97, 61)) < 0.4
+    y0, x0 = rng.integers(0, 97, 300), rng.integers(0, 61, 300)
+    y1 = np.minimum(y0 + rng.integers(0, 30, 300), 97)  # some empty boxes, some reaching the last row
+    x1 = np.minimum(x0 + rng.integers(0, 30, 300), 61)
+    full = summed_area_table(mask)
+    np.testing.assert_array_equal(mask_box_counts(mask, y0, x0, y1, x1), box_counts(full, y0, x0, y1, x1))
+    # broadcast (rows of boxes x columns of boxes), as boxes_near_tissue asks
+    ys0, ys1, xs0, xs1 = np.array([0, 10, 50]), np.array([12, 97, 97]), np.array([0, 5]), np.array([61, 9])
+    got = mask_box_counts(mask, ys0[:, None], xs0[None, :], ys1[:, None], xs1[None, :])
+    assert got.shape == (3, 2)
+    np.testing.assert_array_equal(got, box_counts(full, ys0[:, None], xs0[None, :], ys1[:, None], xs1[None, :]))
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 24])
+def test_window_max_at_equals_scipy_maximum_filter_sampled(size):
+    """The per-row-band maximum gives exactly the full-image running maximum (the way
+    score_tiles measured it before), at every sampled point, edges included."""
+    from scipy import ndimage
+
+    from wsiscan.tissue import window_max_at
+
+    rng = np.random.default_rng(size)
+    image = rng.random((83, 67), dtype=np.float32)
+    ys = np.concatenate([rng.integers(0, 83, 400), [0, 82, 82, 80]])
+    xs = np.concatenate([rng.integers(0, 67, 400), [66, 0, 66, 65]])
+    expected = ndimage.maximum_filter(image, size=size, origin=-(size // 2) if size > 1 else 0, mode="nearest")
+    got = window_max_at(image, size, ys=ys, xs=xs)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected[ys, xs])
+    # the window is [y, y + size) x [x, x + size): the top-left point of a window
+    assert got[0] == image[ys[0] : ys[0] + size, xs[0] : xs[0] + size].max()
+
+
+@pytest.mark.parametrize("dilate", [True, False])
+def test_row_runs_equal_scipy_1d_filters(dilate):
+    from scipy import ndimage
+
+    from wsiscan.tissue import _row_runs
+
+    rng = np.random.default_rng(int(dilate))
+    for cols in (1, 3, 40):
+        mask = rng.random((9, cols)) < 0.6
+        widths = [0, 1, 2, 3, 4, 7, 16, 50]
+        filt = ndimage.maximum_filter1d if dilate else ndimage.minimum_filter1d
+        runs = list(_row_runs(mask.copy(), widths, dilate=dilate))
+        assert [w for w, _ in runs] == widths
+        for w, run in _row_runs(mask, widths, dilate=dilate):  # each run checked before the next reuses its buffer
+            expected = filt(mask.view(np.uint8), 2 * w + 1, axis=1, mode="constant", cval=0).view(bool)
+            np.testing.assert_array_equal(run, expected, err_msg=f"w={w} cols={cols}")
+
+
 def test_ink_candidates_leave_out_only_colours_no_ink_rule_takes():
     """detect_ink runs the colour rules only on the pixels its integer pre-test lets through:
     over every one of the 2^24 RGB colours, the same answer as the rules run on every pixel."""
@@ -193,6 +248,78 @@ def test_otsu_with_where_equals_otsu_of_the_selected_values():
     values = values.reshape(600, 10).astype(np.float32)  # more rows than one stripe
     where = rng.random(values.shape) < 0.6
     assert otsu_threshold(values, where=where) == otsu_threshold(values[where])
+
+
+@pytest.mark.parametrize("bins", [1, 2, 256, 1024])
+def test_unit_histogram_equals_numpy_histogram(monkeypatch, bins):
+    """The piecewise bincount histogram gives numpy's counts, at bin edges, 0, 1 and outside [0, 1] too."""
+    from wsiscan import tissue as tissue_mod
+
+    monkeypatch.setattr(tissue_mod, "_PIECE_PX", 500)  # many pieces
+    rng = np.random.default_rng(bins)
+    values = rng.random((300, 70), dtype=np.float32)
+    edges = np.arange(bins + 1, dtype=np.float32) / bins
+    values.flat[: 3 * (bins + 1) : 3] = edges  # exactly on every edge
+    values.flat[1 : 3 * (bins + 1) : 3] = np.nextafter(edges, np.float32(-1))  # just below
+    values[5, :6] = [0.0, 1.0, -0.0, 1.0000001, -1e-8, np.nan]
+    exclude = rng.random(values.shape) < 0.3
+    for excluded in ((), (exclude,), (exclude, rng.random(values.shape) < 0.5)):
+        keep = np.ones(values.shape, bool)
+        for m in excluded:
+            keep &= ~m
+        expected, _ = np.histogram(values[keep], bins=bins, range=(0.0, 1.0))
+        np.testing.assert_array_equal(tissue_mod._unit_histogram(values, bins, exclude=excluded), expected)
+    with pytest.raises(ValueError):
+        tissue_mod._unit_histogram(values, 100)
+
+
+def test_remove_small_and_small_holes_past_65535_parts_equal_the_int32_labelling():
+    """More parts than uint16 labels hold: the int32 labelling takes over, with the same result."""
+    from scipy import ndimage
+
+    from wsiscan.tissue import _label, remove_small, small_holes
+
+    mask = np.zeros((600, 620), bool)
+    mask[::2, ::2] = True  # 93,000 one-pixel parts
+    mask[100:140, 200:260] = True  # and a blob
+    labels, n = _label(mask)
+    assert n > 65535 and labels.dtype == np.int32
+    ref_labels, ref_n = ndimage.label(mask)
+    assert n == ref_n
+    sizes = np.bincount(ref_labels.ravel())
+    expected = (sizes >= 5)[ref_labels] & mask
+    np.testing.assert_array_equal(remove_small(mask, 5), expected)
+    assert expected[100:140, 200:260].all() and expected.sum() < 2 * 40 * 60  # the blob and the dots on its edge
+    holes = ndimage.binary_fill_holes(~mask) & mask  # the background's parts are the mask's holes of ~mask
+    np.testing.assert_array_equal(small_holes(~mask, 5), holes & ~remove_small(holes, 5))
+    few, n_few = _label(mask[100:140, 200:260])
+    assert few.dtype == np.uint16 and n_few == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_blur_in_place_equals_scipy_gaussian_filter(monkeypatch, threads):
+    from scipy import ndimage
+
+    from wsiscan import tissue as tissue_mod
+
+    monkeypatch.setattr(tissue_mod, "_threads", lambda: threads)
+    image = np.random.default_rng(threads).random((1500, 90), dtype=np.float32)  # stripes from 1,024 rows
+    for sigma_px in (0.5, 2.0, 7.3):
+        blurred = image.copy()
+        tissue_mod.blur_in_place(blurred, sigma_px)
+        np.testing.assert_array_equal(blurred, ndimage.gaussian_filter(image, sigma_px))
+
+
+def test_pointwise_pieces_equal_one_call(monkeypatch):
+    from wsiscan import tissue as tissue_mod
+
+    rgb = np.random.default_rng(4).integers(0, 256, (97, 31, 3), dtype=np.uint8)
+    for threads in (1, 2):
+        monkeypatch.setattr(tissue_mod, "_threads", lambda n=threads: n)
+        for piece_px in (1, 31 * 5, 31 * 7 + 3, 10**6):
+            monkeypatch.setattr(tissue_mod, "_PIECE_PX", piece_px)
+            for fn in (tissue_mod.saturation_of, tissue_mod.detect_ink, tissue_mod.gray_of):
+                np.testing.assert_array_equal(tissue_mod._pointwise(fn, rgb), fn(rgb))
 
 
 @pytest.mark.parametrize("shape, size", [((1481, 1108, 3), (1000, 750)), ((371, 277, 3), (100, 133)),

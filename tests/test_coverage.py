@@ -110,3 +110,26 @@ def test_grid_without_padding_stays_inside_and_tile_coverage_matches_geometry():
     cov = tile_coverage((4, 4), mask_mpp=2.0, px_mpp=1.0, px_xy=np.array([[2, 2]]), tile_size_px=4)
     # the tile spans store px [2, 6) = mask px [1, 3): centres 1.5 and 2.5 mask px are inside
     assert cov.tolist() == [[False] * 4, [False, True, True, False], [False, True, True, False], [False] * 4]
+
+
+def test_tile_coverage_over_the_tiles_edges_equals_a_full_difference_image():
+    """The edge-compressed coverage gives exactly the full-size difference image's answer
+    (the straightforward way: +1/-1 at every tile's corners, summed over the whole mask)."""
+    rng = np.random.default_rng(11)
+    rows, cols, scale = 211, 173, 0.2571  # mask px per store px
+    for n_tiles, tile_px in ((1, 96), (40, 96), (300, 37), (0, 96)):
+        px_xy = rng.integers(-200, 1000, (n_tiles, 2)).astype(np.float64)
+        got = tile_coverage((rows, cols), mask_mpp=1.0 / scale, px_mpp=1.0, px_xy=px_xy, tile_size_px=tile_px)
+
+        def edge(v, limit):
+            return np.clip(np.ceil(v * scale - 0.5 - 1e-9), 0, limit).astype(np.int64)
+
+        diff = np.zeros((rows + 1, cols + 1), np.int32)
+        x0, x1 = edge(px_xy[:, 0], cols), edge(px_xy[:, 0] + tile_px, cols)
+        y0, y1 = edge(px_xy[:, 1], rows), edge(px_xy[:, 1] + tile_px, rows)
+        for a, b, sign in ((y0, x0, 1), (y0, x1, -1), (y1, x0, -1), (y1, x1, 1)):
+            np.add.at(diff, (a, b), sign)
+        expected = diff.cumsum(axis=0).cumsum(axis=1)[:rows, :cols] > 0
+        assert got.shape == expected.shape and got.dtype == bool
+        np.testing.assert_array_equal(got, expected)
+        assert expected.any() == (n_tiles > 0)

@@ -225,7 +225,9 @@ def tile_coverage(mask_shape: tuple[int, int], *, mask_mpp: float, px_mpp: float
     """(rows, cols) bool over a mask at ``mask_mpp``: whether each mask pixel's centre lies
     inside one of the tiles at store-px origins ``px_xy`` (N, 2) (x, y) of ``px_mpp``.
 
-    A difference image and two cumulative sums: linear in the mask and the tiles.
+    The coverage is constant between the tiles' edges: a difference image over the distinct
+    edges only (a few hundred a side, not the mask's thousands of pixels), summed, then
+    each of its cells repeated over the mask pixels it spans.
     """
     rows, cols = mask_shape
     scale = px_mpp / mask_mpp  # mask px per store px
@@ -235,11 +237,15 @@ def tile_coverage(mask_shape: tuple[int, int], *, mask_mpp: float, px_mpp: float
     x1 = np.clip(np.ceil((px_xy[:, 0] + tile_size_px) * scale - 0.5 - 1e-9), 0, cols).astype(np.int64)
     y0 = np.clip(np.ceil(px_xy[:, 1] * scale - 0.5 - 1e-9), 0, rows).astype(np.int64)
     y1 = np.clip(np.ceil((px_xy[:, 1] + tile_size_px) * scale - 0.5 - 1e-9), 0, rows).astype(np.int64)
-    diff = np.zeros((rows + 1, cols + 1), np.int32)
+    xs = np.unique(np.concatenate([[0, cols], x0, x1]))  # edges: cell k spans [xs[k], xs[k + 1])
+    ys = np.unique(np.concatenate([[0, rows], y0, y1]))
+    diff = np.zeros((len(ys), len(xs)), np.int32)
+    x0, x1, y0, y1 = (np.searchsorted(e, v) for e, v in ((xs, x0), (xs, x1), (ys, y0), (ys, y1)))
     np.add.at(diff, (y0, x0), 1)
     np.add.at(diff, (y0, x1), -1)
     np.add.at(diff, (y1, x0), -1)
     np.add.at(diff, (y1, x1), 1)
     np.cumsum(diff, axis=0, out=diff)
     np.cumsum(diff, axis=1, out=diff)
-    return diff[:rows, :cols] > 0
+    covered = diff[:-1, :-1] > 0
+    return np.repeat(np.repeat(covered, np.diff(xs), axis=1), np.diff(ys), axis=0)

@@ -18,11 +18,10 @@ from .grid import StoreGeometry, TileGrid, grid_border
 from .tissue import (
     TileScores,
     TissueMask,
-    box_counts,
     cell_tissue_fractions,
     keep_tiles,
+    mask_box_counts,
     score_tiles,
-    summed_area_table,
 )
 
 __all__ = ["GLASS_MARGIN_PX", "KeptTiles", "boxes_near_tissue", "chunks_needed", "glass_tile_keep", "keep_grid_tiles"]
@@ -75,8 +74,7 @@ def boxes_near_tissue(tissue: TissueMask, *, px_mpp: float, x0_px: np.ndarray, x
 
     mx0, mx1 = mask_range(x0_px, x1_px, cols)
     my0, my1 = mask_range(y0_px, y1_px, rows)
-    near: np.ndarray = box_counts(summed_area_table(tissue.mask), my0[:, None], mx0[None, :], my1[:, None],
-                                  mx1[None, :]) > 0
+    near: np.ndarray = mask_box_counts(tissue.mask, my0[:, None], mx0[None, :], my1[:, None], mx1[None, :]) > 0
     return near
 
 
