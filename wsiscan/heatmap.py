@@ -327,14 +327,14 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
         regions = tumour_regions(cells, frame, threshold=threshold, min_area_um2=min_region_area_um2,
                                  simplify_tolerance_um=0.0)
     l0_per_out = out_mpp / frame.px_mpp * frame.l0_per_px  # level-0 px per overlay px
-    from matplotlib.lines import Line2D
+    from matplotlib.collections import LineCollection
 
-    # the exported polygons themselves, level-0 px -> overlay px: the lines ax.plot would make, added
-    # without its argument parsing and data-limit updates (the limits are set below), a third of the
-    # time of a slide with a thousand regions
-    for ring in _rings(regions):
-        xy = np.asarray(ring, np.float64) / l0_per_out - 0.5
-        ax.add_artist(Line2D(xy[:, 0], xy[:, 1], color="cyan", linewidth=1.0))
+    # the exported polygons themselves, level-0 px -> overlay px, as one collection: the same
+    # pixels as a Line2D per ring (same colour, width, cap and join; checked on the test slides),
+    # in half the time on a slide with a thousand regions (one artist to set up and draw, not one a ring)
+    rings = [np.asarray(ring, np.float64) / l0_per_out - 0.5 for ring in _rings(regions)]
+    ax.add_collection(LineCollection(rings, colors="cyan", linewidths=1.0, capstyle="projecting",
+                                     joinstyle="round"), autolim=False)
     ax.set_xlim(-0.5, ow - 0.5)
     ax.set_ylim(oh - 0.5, -0.5)
     _scale_bar(ax, ow=ow, oh=oh, um_per_px=out_mpp)
