@@ -178,6 +178,8 @@ def test_overlay_pictures_are_the_pixels_imshow_draws():
             ax.set_ylim(oh - 0.5, -0.5)
             renderer = fig.canvas.get_renderer()
             made.append(im.make_image(renderer, renderer.get_image_magnification()))
+            # at another scale (never in overlay.png) matplotlib resamples the picture itself
+            assert im.make_image(renderer, 2.0)[0].shape == (2 * oh, 2 * ow, 4)
             plt.close(fig)
         (a, ax0, ay0, _), (b, bx0, by0, _) = made
         assert (ax0, ay0) == (bx0, by0) and a.shape == b.shape == (oh, ow, 4)

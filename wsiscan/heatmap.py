@@ -413,10 +413,14 @@ def _add_pixels(ax: Any, rgba: np.ndarray, *, alpha: float | None, cmap: str | N
                 if (int(y1 - y0), int(x1 - x0)) == rgba.shape[:2]:  # bottom row first, as _make_image's
                     return np.ascontiguousarray(rgba[::-1]), x0 / magnification, y0 / magnification, \
                         IdentityTransform()
+            self.set_data(rgba)
             return super().make_image(renderer, magnification, unsampled)
 
     im = _PixelImage(ax, cmap=cmap, norm=norm, interpolation="nearest")
-    im.set_data(rgba)
+    # a 1 px stand-in for the data (set_data copies and masks what it is given) and the extent
+    # imshow gives the picture: -0.5 .. size - 0.5, first row at the top
+    im.set_data(np.zeros((1, 1, 4), np.uint8))
+    im.set_extent((-0.5, rgba.shape[1] - 0.5, rgba.shape[0] - 0.5, -0.5))
     im.set_alpha(alpha)
     im.set_clip_path(ax.patch)
     ax.add_image(im)
