@@ -237,6 +237,26 @@ def test_disk_closing_and_small_holes_equal_scipy(radius_px):
             np.testing.assert_array_equal(small_holes(mask, min_px), expected_small)
 
 
+def test_remove_small_past_65535_parts_equals_scipy():
+    """Masks label into uint16 while the parts fit (tissue._label); one with more parts than
+    uint16 holds (isolated pixels, 4-connected) is labelled into int32 instead, with the same result."""
+    from scipy import ndimage
+
+    from wsiscan.tissue import _label, remove_small
+
+    mask = np.zeros((600, 600), bool)
+    mask[::2, ::2] = True  # 90,000 one-pixel parts
+    mask[100:140, 100:140] = True  # and one of 1,600 px
+    labels, n = _label(mask)
+    assert n == ndimage.label(mask)[1] > 65535 and labels.dtype != np.uint16
+    few = mask[:200, :200]
+    assert _label(few)[0].dtype == np.uint16
+    for m in (mask, few):
+        sizes = np.bincount(ndimage.label(m)[0].ravel())
+        sizes[0] = 0
+        np.testing.assert_array_equal(remove_small(m, 2), (sizes >= 2)[ndimage.label(m)[0]])
+
+
 @pytest.mark.parametrize("threads", [2, 3, 5])
 def test_tissue_in_threaded_stripes_equals_one_call(monkeypatch, threads):
     """Blur, dark/bright, closing, running maximum and summed-area tables computed in stripes

@@ -269,6 +269,21 @@ def _ink_rules(rgb: np.ndarray) -> np.ndarray:
     return ink
 
 
+def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """``ndimage.label(mask)`` (4-connected) into uint16 labels when they fit: half the memory of
+    its int32 default (156 MB on a 6,250 px mask), in the planning peak.  With more than 65,535
+    parts scipy refuses the narrow type (after labelling once more into int32 itself) and the
+    int32 labelling is made as before."""
+    labels = np.empty(mask.shape, np.uint16)
+    try:
+        n = int(ndimage.label(mask, output=labels))
+    except RuntimeError:  # scipy: "insufficient bit-depth in requested output type"
+        del labels
+        wide, n_wide = ndimage.label(mask)
+        return np.asarray(wide), int(n_wide)
+    return labels, n
+
+
 def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
     """Pixels per label 0..n of a label image, counted a stripe at a time: bincount converts
     its input to int64, so a whole label image would make an int64 temporary of its size."""
@@ -283,7 +298,7 @@ def remove_small(mask: np.ndarray, min_px: int, *, count: np.ndarray | None = No
     a part's size is its number of ``count`` pixels, and only those are returned."""
     if min_px <= 1 or not mask.any():
         return mask if count is None else mask & count
-    labels, n = ndimage.label(mask)
+    labels, n = _label(mask)
     keep = _label_sizes(labels if count is None else np.where(count, labels, 0), n) >= min_px
     keep[0] = False
     kept: np.ndarray = keep[labels]
@@ -342,7 +357,7 @@ def small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
     """
     if min_px <= 1 or mask.all():
         return np.zeros_like(mask)
-    labels, n = ndimage.label(~mask)
+    labels, n = _label(~mask)
     touches_border = np.zeros(n + 1, bool)
     for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
         touches_border[edge] = True
