@@ -395,7 +395,9 @@ def _add_pixels(ax: Any, rgba: np.ndarray, *, alpha: float | None, cmap: str | N
     At 1:1, imshow's pixels are the picture's own (for uint8 RGB, v / 255 in float32 times 255
     truncates back to v for every v), so the drawing (clip, alpha, blending) is the same, without
     the resampling of a float64 RGBA copy of the whole picture (hundreds of MB on a large slide).
-    Should the axes not be ``rgba``'s size after all, matplotlib resamples it as imshow would."""
+    Should the axes not be ``rgba``'s size after all (never in overlay.png: the figure is laid out
+    in whole pixels), matplotlib resamples ``rgba`` itself; the heatmap's ``alpha``, already in its
+    alpha channel, then counts twice there."""
     from matplotlib.image import AxesImage
 
     class _PixelImage(AxesImage):
