@@ -62,15 +62,21 @@ def test_simplified_polygons_are_what_every_picture_draws():
     regions = tumour_regions(cells, frame, threshold=0.5, min_area_um2=0, simplify_tolerance_um=60)
     drawn = []
     import matplotlib.axes
+    from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
     # every cyan line added over the picture (the axes that shows images; the colour bar's
-    # threshold mark is cyan too), however it is added (ax.plot adds through add_line)
+    # threshold mark is cyan too), however it is added (ax.plot adds through add_line, the
+    # outlines are one LineCollection)
     real_add_line, real_add_artist = matplotlib.axes.Axes.add_line, matplotlib.axes.Axes.add_artist
+    real_add_collection = matplotlib.axes.Axes.add_collection
 
     def seen(ax, artist):
         if isinstance(artist, Line2D) and artist.get_color() == "cyan" and ax.get_images():
             drawn.append(np.asarray(artist.get_xydata()))
+        if isinstance(artist, LineCollection) and ax.get_images():
+            assert matplotlib.colors.same_color(artist.get_colors(), "cyan")
+            drawn.extend(np.asarray(seg) for seg in artist.get_segments())
 
     def spy_line(self, line):
         seen(self, line)
@@ -80,9 +86,14 @@ def test_simplified_polygons_are_what_every_picture_draws():
         seen(self, artist)
         return real_add_artist(self, artist)
 
+    def spy_collection(self, collection, *args, **kwargs):
+        seen(self, collection)
+        return real_add_collection(self, collection, *args, **kwargs)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(matplotlib.axes.Axes, "add_line", spy_line)
         mp.setattr(matplotlib.axes.Axes, "add_artist", spy_artist)
+        mp.setattr(matplotlib.axes.Axes, "add_collection", spy_collection)
         import tempfile
         from pathlib import Path
 

@@ -138,6 +138,54 @@ def test_overlay_outlines_exactly_the_regions_exported_to_geojson():
     assert region_cells(cells, frame, threshold=0.5, min_area_um2=0).sum() == 13
 
 
+def test_overlay_pictures_are_the_pixels_imshow_draws():
+    """overlay.png hands matplotlib its picture and heatmap as RGBA already at the axes' size
+    (heatmap._add_pixels): the same array and position as imshow's own resampling makes of them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+
+    from wsiscan import heatmap
+
+    rng = np.random.default_rng(0)
+    oh, ow = 53, 71
+    base = rng.integers(0, 256, (oh, ow, 3), dtype=np.uint8)
+    cells = rng.random((6, 9)).astype(np.float32)
+    cells[1, 2] = np.nan
+    cc, rr = np.arange(ow) // 8 - 1, np.arange(oh) // 8  # a column of pixels left of the heatmap, one row below it
+    picture = np.full((oh, ow), np.nan, np.float32)
+    inside = np.ix_((rr >= 0) & (rr < 6), (cc >= 0) & (cc < 9))
+    picture[inside] = cells[np.clip(rr, 0, 5)][:, np.clip(cc, 0, 8)][inside]
+    for fast, ref in (
+        (lambda ax: heatmap._add_pixels(ax, np.dstack([base, np.full((oh, ow), 255, np.uint8)]), alpha=None,
+                                        cmap=None, norm=None),
+         lambda ax: ax.imshow(base, interpolation="nearest")),
+        (lambda ax: heatmap._add_pixels(ax, heatmap._heat_rgba(cells, rr, cc, cmap="inferno", norm=Normalize(0, 1),
+                                                               alpha=0.55), alpha=0.55, cmap="inferno",
+                                        norm=Normalize(0, 1)),
+         lambda ax: ax.imshow(np.ma.masked_invalid(picture), cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55,
+                              interpolation="nearest")),
+    ):
+        made = []
+        for draw in (fast, ref):
+            fig = plt.figure(figsize=(ow / 100 + 1.6, oh / 100 + 1.3), dpi=100)
+            ax = fig.add_axes((0.2 / (ow / 100 + 1.6), 0.2 / (oh / 100 + 1.3), ow / 100 / (ow / 100 + 1.6),
+                               oh / 100 / (oh / 100 + 1.3)))
+            im = draw(ax)
+            ax.set_xlim(-0.5, ow - 0.5)
+            ax.set_ylim(oh - 0.5, -0.5)
+            renderer = fig.canvas.get_renderer()
+            made.append(im.make_image(renderer, renderer.get_image_magnification()))
+            # at another scale (never in overlay.png) matplotlib resamples the picture itself
+            assert im.make_image(renderer, 2.0)[0].shape == (2 * oh, 2 * ow, 4)
+            plt.close(fig)
+        (a, ax0, ay0, _), (b, bx0, by0, _) = made
+        assert (ax0, ay0) == (bx0, by0) and a.shape == b.shape == (oh, ow, 4)
+        assert np.array_equal(a, b)
+
+
 def test_inference_resumes_from_written_heatmap_chunks(synthetic_slide, tiny_ckpt, tmp_path, monkeypatch):
     from wsiscan import store as store_mod
     from wsiscan.predict import load_models, predict_slide

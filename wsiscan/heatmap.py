@@ -298,14 +298,10 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
     ys = (np.arange(oh) + 0.5) * out_mpp / frame.px_mpp
     cc = np.floor((xs - frame.offset_px) / frame.stride_px).astype(np.int64)
     rr = np.floor((ys - frame.offset_px) / frame.stride_px).astype(np.int64)
-    valid_c = (cc >= 0) & (cc < cells.shape[1])
-    valid_r = (rr >= 0) & (rr < cells.shape[0])
-    rows, cols = np.clip(rr, 0, cells.shape[0] - 1), np.clip(cc, 0, cells.shape[1] - 1)
-    inside = np.ix_(valid_r, valid_c)
-    img = np.full((oh, ow), np.nan, np.float32)
-    img[inside] = cells[rows][:, cols][inside]
 
     import textwrap
+
+    from matplotlib.colors import Normalize
 
     dpi = 100
     fig_w = ow / dpi + 1.6
@@ -319,21 +315,26 @@ def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame
     fig_h = oh / dpi + 0.3 + title_h
     fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
     ax = fig.add_axes((0.2 / fig_w, 0.2 / fig_h, ow / dpi / fig_w, oh / dpi / fig_h))
-    ax.imshow(base, interpolation="nearest")
-    masked = np.ma.masked_invalid(img)
-    im = ax.imshow(masked, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, interpolation="nearest")
+    # the axes are exactly ow x oh px, so both pictures are drawn as they are (_PixelImage):
+    # what imshow would make of them, without its float64 resampling of every pixel
+    norm = Normalize(vmin=0.0, vmax=1.0)
+    _add_pixels(ax, np.dstack([base, np.full((oh, ow), 255, np.uint8)]), alpha=None, cmap=None, norm=None)
+    del base
+    im = _add_pixels(ax, _heat_rgba(cells, rr, cc, cmap="inferno", norm=norm, alpha=0.55), alpha=0.55,
+                     cmap="inferno", norm=norm)
+    ax.set_aspect("equal")  # as imshow sets it
     if regions is None:
         regions = tumour_regions(cells, frame, threshold=threshold, min_area_um2=min_region_area_um2,
                                  simplify_tolerance_um=0.0)
     l0_per_out = out_mpp / frame.px_mpp * frame.l0_per_px  # level-0 px per overlay px
-    from matplotlib.lines import Line2D
+    from matplotlib.collections import LineCollection
 
-    # the exported polygons themselves, level-0 px -> overlay px: the lines ax.plot would make, added
-    # without its argument parsing and data-limit updates (the limits are set below), a third of the
-    # time of a slide with a thousand regions
-    for ring in _rings(regions):
-        xy = np.asarray(ring, np.float64) / l0_per_out - 0.5
-        ax.add_artist(Line2D(xy[:, 0], xy[:, 1], color="cyan", linewidth=1.0))
+    # the exported polygons themselves, level-0 px -> overlay px, as one collection: the same
+    # pixels as a Line2D per ring (same colour, width, cap and join; checked on the test slides),
+    # in half the time on a slide with a thousand regions (one artist to set up and draw, not one a ring)
+    rings = [np.asarray(ring, np.float64) / l0_per_out - 0.5 for ring in _rings(regions)]
+    ax.add_collection(LineCollection(rings, colors="cyan", linewidths=1.0, capstyle="projecting",
+                                     joinstyle="round"), autolim=False)
     ax.set_xlim(-0.5, ow - 0.5)
     ax.set_ylim(oh - 0.5, -0.5)
     _scale_bar(ax, ow=ow, oh=oh, um_per_px=out_mpp)
@@ -364,6 +365,68 @@ def _rings(regions: list[dict[str, Any]]) -> list[list[list[float]]]:
         for poly in polys:
             rings.extend(list(ring) for ring in poly)
     return rings
+
+
+def _heat_rgba(cells: np.ndarray, rr: np.ndarray, cc: np.ndarray, *, cmap: str, norm: Any,
+               alpha: float) -> np.ndarray:
+    """(len(rr), len(cc), 4) uint8: the colour of heatmap cell (rr[i], cc[j]) at each overlay pixel,
+    transparent outside the heatmap and where it is NaN.
+
+    The RGBA imshow makes at 1:1 of the overlay-sized float32 picture with ``alpha``: colormapped
+    (bad: (0, 0, 0, 0)), ``alpha`` times the alpha channel, each channel x 255 truncated to uint8;
+    computed once per cell and then indexed, not once per overlay pixel."""
+    from matplotlib.cm import ScalarMappable
+
+    n_r, n_c = cells.shape
+    colours = np.zeros((n_r + 1, n_c + 1, 4), np.float64)  # the last row and column: outside, transparent
+    sm = ScalarMappable(norm=norm, cmap=cmap)
+    colours[:n_r, :n_c] = sm.to_rgba(np.ma.masked_invalid(cells.astype(np.float32, copy=False)))
+    colours[..., 3] *= alpha
+    table = (colours * 255).astype(np.uint8)
+    rows = np.where((rr >= 0) & (rr < n_r), rr, n_r)
+    cols = np.where((cc >= 0) & (cc < n_c), cc, n_c)
+    return table[rows[:, None], cols[None, :]]
+
+
+def _add_pixels(ax: Any, rgba: np.ndarray, *, alpha: float | None, cmap: str | None, norm: Any) -> Any:
+    """An image of ``ax`` (which is exactly ``rgba``'s size in figure pixels) drawn as the RGBA
+    pixels given, in place of ``ax.imshow(..., interpolation="nearest")``.
+
+    At 1:1, imshow's pixels are the picture's own (for uint8 RGB, v / 255 in float32 times 255
+    truncates back to v for every v), so the drawing (clip, alpha, blending) is the same, without
+    the resampling of a float64 RGBA copy of the whole picture (hundreds of MB on a large slide).
+    Should the axes not be ``rgba``'s size after all (never in overlay.png: the figure is laid out
+    in whole pixels), matplotlib resamples ``rgba`` itself; the heatmap's ``alpha``, already in its
+    alpha channel, then counts twice there."""
+    from matplotlib.image import AxesImage
+
+    class _PixelImage(AxesImage):
+        def make_image(self, renderer: Any, magnification: float = 1.0, unsampled: bool = False) -> Any:
+            from matplotlib.transforms import Bbox, IdentityTransform, TransformedBbox
+
+            x1, x2, y1, y2 = self.get_extent()
+            drawn = TransformedBbox(Bbox(np.array([[x1, y1], [x2, y2]])), self.get_transform())
+            clipped = Bbox.intersection(drawn, self.get_clip_box() or self.axes.bbox)
+            if clipped is not None and not unsampled:
+                # where _ImageBase._make_image puts the picture: its extent rounded to whole pixels
+                e = np.asarray(clipped.extents) * magnification
+                x0, y0 = np.floor(e[0] + 0.5), np.ceil(e[1] - 0.5 - 1e-8)
+                x1, y1 = np.floor(e[2] + 0.5 + 1e-8), np.ceil(e[3] - 0.5)
+                if (int(y1 - y0), int(x1 - x0)) == rgba.shape[:2]:  # bottom row first, as _make_image's
+                    return np.ascontiguousarray(rgba[::-1]), x0 / magnification, y0 / magnification, \
+                        IdentityTransform()
+            self.set_data(rgba)
+            return super().make_image(renderer, magnification, unsampled)
+
+    im = _PixelImage(ax, cmap=cmap, norm=norm, interpolation="nearest")
+    # a 1 px stand-in for the data (set_data copies and masks what it is given) and the extent
+    # imshow gives the picture: -0.5 .. size - 0.5, first row at the top
+    im.set_data(np.zeros((1, 1, 4), np.uint8))
+    im.set_extent((-0.5, rgba.shape[1] - 0.5, rgba.shape[0] - 0.5, -0.5))
+    im.set_alpha(alpha)
+    im.set_clip_path(ax.patch)
+    ax.add_image(im)
+    return im
 
 
 def _scale_bar(ax: Any, *, ow: int, oh: int, um_per_px: float) -> None:

@@ -143,12 +143,16 @@ def render_tissue_qc(
         ow, oh = thumbnail.shape[1], thumbnail.shape[0]
         ow, oh, extra = fit_size(ow, oh, max_side_px)
         scale = ow / w
-    base = Image.fromarray(resize_box(thumbnail, (ow, oh)))
-    small_mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((ow, oh), Image.Resampling.NEAREST)) > 0
-    # light tint outside tissue so the mask reads at a glance
-    arr = np.asarray(base).astype(np.float32)
-    arr[~small_mask] = arr[~small_mask] * 0.6 + np.array([255, 200, 200]) * 0.4
-    img = Image.fromarray(arr.astype(np.uint8))
+    arr = resize_box(thumbnail, (ow, oh))
+    # nearest: the mask's 0/1 bytes as they are (no uint8 x 255 copies of a whole-slide mask)
+    small_mask = np.asarray(Image.fromarray(np.asarray(mask, bool).view(np.uint8)).resize((ow, oh), Image.Resampling.NEAREST)) > 0
+    # light tint outside tissue so the mask reads at a glance: v * 0.6 + tint * 0.4 per channel
+    # (float32 times 0.6, plus the float64 tint, truncated), as a 256-entry table a channel
+    v = np.arange(256, dtype=np.float32)
+    for ch, tint in enumerate((255, 200, 200)):
+        table = (v * 0.6 + np.float64(tint) * 0.4).astype(np.float32).astype(np.uint8)
+        arr[..., ch] = np.where(small_mask, arr[..., ch], table[arr[..., ch]])
+    img = Image.fromarray(arr)
     draw = ImageDraw.Draw(img)
     boxes = np.asarray(tile_boxes_thumb, np.float64) * scale
     fill = boxes.shape[0] and (boxes[0, 2] - boxes[0, 0]) < 4
@@ -161,7 +165,9 @@ def render_tissue_qc(
     out = np.asarray(img).copy()
     for layer, name in ((ink, "pen ink"), (unscored, "unscored tissue")):
         if layer is not None and layer.any():  # filled half-opaque, so what lies under it still shows
-            small = np.asarray(Image.fromarray(layer.astype(np.uint8) * 255).resize((ow, oh), Image.Resampling.BOX)) > 0
+            layer_255 = np.multiply(layer, 255, dtype=np.uint8)  # one mask-sized copy, not two
+            small = np.asarray(Image.fromarray(layer_255).resize((ow, oh), Image.Resampling.BOX)) > 0
+            del layer_255
             out[small] = (out[small] * 0.35 + np.array(QC_COLOURS[name]) * 0.65).astype(np.uint8)
     out[edge] = QC_COLOURS["mask outline"]
     img = Image.fromarray(out)

@@ -161,10 +161,10 @@ class TilingPlan:
     @property
     def scored_tissue_fraction(self) -> float:
         """Share of the tissue mask's pixels whose centre lies in a kept (scored) tile."""
-        total = int(self.tissue.mask.sum())
+        total = int(np.count_nonzero(self.tissue.mask))  # a count, several times faster than a bool sum
         if total == 0 or self.unscored_tissue is None:
             return 1.0 if total == 0 else float("nan")
-        return 1.0 - int(self.unscored_tissue.sum()) / total
+        return 1.0 - int(np.count_nonzero(self.unscored_tissue)) / total
 
     @property
     def n_tiles(self) -> int:

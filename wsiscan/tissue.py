@@ -46,11 +46,11 @@ class TissueMask:
 
     @property
     def tissue_area_um2(self) -> float:
-        return float(self.mask.sum()) * self.mask_mpp**2
+        return float(np.count_nonzero(self.mask)) * self.mask_mpp**2
 
     @property
     def ink_area_um2(self) -> float:
-        return 0.0 if self.ink is None else float(self.ink.sum()) * self.mask_mpp**2
+        return 0.0 if self.ink is None else float(np.count_nonzero(self.ink)) * self.mask_mpp**2
 
 
 @dataclass(frozen=True)
