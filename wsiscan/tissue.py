@@ -585,34 +585,15 @@ def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfi
 def summed_area_table(mask: np.ndarray) -> np.ndarray:
     """(rows + 1, cols + 1) counts of True in ``mask`` above and left of each corner.
 
-    Built in place in int32 where the count fits: a float64 table and its temporaries
-    would take several times the memory.
+    The whole table, the straightforward way (in int32 where the count fits): planning uses
+    :func:`mask_box_counts`, which builds only the rows its boxes need; this is the
+    reference it is tested against.
     """
     rows, cols = mask.shape
     integral = np.zeros((rows + 1, cols + 1), np.int32 if rows * cols < 2**31 else np.int64)
     integral[1:, 1:] = mask
-    threads = _threads()
-    if threads == 1 or rows < 4 * _STRIPE_ROWS:
-        np.cumsum(integral, axis=0, out=integral)
-        np.cumsum(integral, axis=1, out=integral)
-        return integral
-    # in threads, exact in integers: each stripe of rows is summed down its columns and
-    # along its rows on its own, then shifted by the column sums of the stripes above it
-    bounds = np.linspace(1, rows + 1, 2 * threads + 1).astype(int)
-    stripes = [integral[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-    def local(view: np.ndarray) -> None:
-        np.cumsum(view, axis=0, out=view)
-        np.cumsum(view, axis=1, out=view)
-
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-tissue") as pool:
-        list(pool.map(local, stripes))
-        offsets = np.cumsum([v[-1] for v in stripes[:-1]], axis=0, dtype=integral.dtype)
-
-        def shift(k: int) -> None:
-            stripes[k] += offsets[k - 1]
-
-        list(pool.map(shift, range(1, len(stripes))))
+    np.cumsum(integral, axis=0, out=integral)
+    np.cumsum(integral, axis=1, out=integral)
     return integral
 
 
