@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 
 __all__ = ["OVERVIEW_MIN_SIDE_PX", "read_overview", "overview_picture", "write_qc"]
 
+PictureT = TypeVar("PictureT", RowImage, np.ndarray)  # a thumbnail: a RowImage or an array
+
 OVERVIEW_MIN_SIDE_PX = 1000  # long side of the overview picture of a slide whose mask thumbnail is smaller
 
 
-def read_overview(slide: Slide, thumbnail: RowImage | np.ndarray, *, mask_mpp: float,
-                  base_mpp: float) -> tuple[RowImage | np.ndarray, float]:
+def read_overview(slide: Slide, thumbnail: PictureT, *, mask_mpp: float,
+                  base_mpp: float) -> tuple[PictureT | np.ndarray, float]:
     """The mask thumbnail when its long side reaches ``OVERVIEW_MIN_SIDE_PX``; for a small
     slide, a sharper read of the whole slide with that long side (never finer than level 0).
     Returns the picture and its um/px."""

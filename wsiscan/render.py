@@ -278,6 +278,7 @@ def render_tissue_qc(
         table = (v * 0.6 + np.float64(tint) * 0.4).astype(np.float32).astype(np.uint8)
         arr[..., ch] = np.where(small_mask, arr[..., ch], table[arr[..., ch]])
     img = Image.fromarray(arr)
+    del arr
     draw = ImageDraw.Draw(img)
     boxes = np.asarray(tile_boxes_thumb, np.float64) * scale
     fill = boxes.shape[0] and (boxes[0, 2] - boxes[0, 0]) < 4
@@ -287,15 +288,24 @@ def render_tissue_qc(
         else:
             draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(40, 90, 220))
     edge = small_mask & ~ndimage.binary_erosion(small_mask, iterations=max(1, round(ow / 800)))
-    out = np.asarray(img).copy()
+    del small_mask
+    out = np.array(img)
+    del img
+    levels = np.arange(256, dtype=np.uint8)
     for layer, name in ((ink, "pen ink"), (unscored, "unscored tissue")):
         if layer is None:
             continue
-        # filled half-opaque, so what lies under it still shows; an empty layer touches no pixel
+        # filled half-opaque, so what lies under it still shows: v * 0.35 + colour * 0.65 in
+        # float64, truncated, as a 256-entry table a channel (no float copy of the picture);
+        # an empty layer touches no pixel
         small = resize_box_any(layer, (ow, oh))
-        out[small] = (out[small] * 0.35 + np.array(QC_COLOURS[name]) * 0.65).astype(np.uint8)
+        for ch, colour in enumerate(np.array(QC_COLOURS[name])):
+            table = (levels * 0.35 + colour * 0.65).astype(np.uint8)
+            channel = out[..., ch]
+            channel[small] = table[channel[small]]
     out[edge] = QC_COLOURS["mask outline"]
     img = Image.fromarray(out)
+    del out
     if mask_mpp is not None:
         img = draw_scale_bar(img, um_per_px=mask_mpp * w / ow)
     return add_caption(img, title)
