@@ -20,6 +20,8 @@ __all__ = ["render_tissue_qc", "save_png_atomic", "fit_size", "resize_box", "res
 QC_COLOURS = {"mask outline": (0, 200, 0), "scored tiles": (40, 90, 220), "pen ink": (255, 200, 0),
               "unscored tissue": (230, 0, 0), "not tissue": (255, 200, 200)}
 SMOKE_MODEL_MARK = "NOT A TUMOUR CLASSIFIER: wsiscan/tiny is a smoke-test model"
+# source bytes read per stripe by the resizes; PIL holds about twice that (RGB at 4 bytes a pixel)
+_STRIPE_BYTES = 1 << 20
 
 
 def scale_bar_um(width_um: float) -> float:
@@ -176,7 +178,7 @@ def _box_stripes(image: RowImage, size: tuple[int, int], stripe_rows: int | None
     last = first + count
     down_first = _pil_may_go_down_first() and 0 < h - oh and h - oh > (w - ow) * 2
     out = np.zeros((oh, ow) + image.shape[2:], np.uint8)
-    step = stripe_rows or max(1, image.stripe_rows() * oh // max(h, 1))
+    step = stripe_rows or max(1, image.stripe_rows(_STRIPE_BYTES) * oh // max(h, 1))
     for r0 in range(0, oh, step):
         r1 = min(oh, r0 + step)
         s0, s1 = int(first[r0:r1].min()), int(last[r0:r1].max())
@@ -197,9 +199,9 @@ def _box_stripes(image: RowImage, size: tuple[int, int], stripe_rows: int | None
 def resize_box(image: RowImage | np.ndarray, size: tuple[int, int], *, stripe_rows: int | None = None) -> np.ndarray:
     """``image`` (rows, cols[, channels]) uint8, a RowImage or an array, area-averaged to
     ``size`` (width, height): the pixels of PIL's BOX resize of the whole image, made
-    ``stripe_rows`` output rows at a time (by default, about a :meth:`RowImage.stripe_rows`
-    of source rows), so only a stripe of the source is held; PIL would copy a whole RGB
-    image into 4 bytes a pixel first.
+    ``stripe_rows`` output rows at a time (by default, about ``_STRIPE_BYTES`` of source
+    rows), so only a stripe of the source is held; PIL would copy a whole RGB image into
+    4 bytes a pixel first.
     """
     return _box_stripes(as_row_image(image), size, stripe_rows)
 
@@ -231,7 +233,7 @@ def resize_nearest(image: RowImage | np.ndarray, size: tuple[int, int], *,
     ow, oh = size
     src_y, src_x = _nearest_index(h, oh), _nearest_index(w, ow)
     out = np.empty((oh, ow) + image.shape[2:], image.dtype)
-    step = stripe_rows or max(1, image.stripe_rows() * oh // max(h, 1))
+    step = stripe_rows or max(1, image.stripe_rows(_STRIPE_BYTES) * oh // max(h, 1))
     for r0 in range(0, oh, step):
         r1 = min(oh, r0 + step)
         s0, s1 = int(src_y[r0:r1].min()), int(src_y[r0:r1].max()) + 1
@@ -270,27 +272,30 @@ def render_tissue_qc(
         ow, oh, extra = fit_size(ow, oh, max_side_px)
         scale = ow / w
     arr = resize_box(thumbnail, (ow, oh))
-    small_mask = resize_nearest(mask, (ow, oh)) != 0
+    small_mask = resize_nearest(mask, (ow, oh))
+    if small_mask.dtype != bool:
+        small_mask = small_mask != 0
     # light tint outside tissue so the mask reads at a glance: v * 0.6 + tint * 0.4 per channel
     # (float32 times 0.6, plus the float64 tint, truncated), as a 256-entry table a channel
     v = np.arange(256, dtype=np.float32)
     for ch, tint in enumerate((255, 200, 200)):
         table = (v * 0.6 + np.float64(tint) * 0.4).astype(np.float32).astype(np.uint8)
         arr[..., ch] = np.where(small_mask, arr[..., ch], table[arr[..., ch]])
-    img = Image.fromarray(arr)
-    del arr
-    draw = ImageDraw.Draw(img)
+    # the kept tiles, drawn by PIL into a one-byte picture (the same pixels as drawn in colour)
+    # and painted in: no RGB copies of the picture to draw on and back
+    tiles = Image.new("L", (ow, oh), 0)
+    draw = ImageDraw.Draw(tiles)
     boxes = np.asarray(tile_boxes_thumb, np.float64) * scale
     fill = boxes.shape[0] and (boxes[0, 2] - boxes[0, 0]) < 4
     for x0, y0, x1, y1 in boxes:
         if fill:
-            draw.rectangle((x0, y0, x1, y1), outline=None, fill=(40, 90, 220))
+            draw.rectangle((x0, y0, x1, y1), outline=None, fill=255)
         else:
-            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(40, 90, 220))
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=255)
+    arr[np.asarray(tiles) != 0] = QC_COLOURS["scored tiles"]
+    del tiles, draw
     edge = small_mask & ~ndimage.binary_erosion(small_mask, iterations=max(1, round(ow / 800)))
     del small_mask
-    out = np.array(img)
-    del img
     levels = np.arange(256, dtype=np.uint8)
     for layer, name in ((ink, "pen ink"), (unscored, "unscored tissue")):
         if layer is None:
@@ -301,11 +306,11 @@ def render_tissue_qc(
         small = resize_box_any(layer, (ow, oh))
         for ch, colour in enumerate(np.array(QC_COLOURS[name])):
             table = (levels * 0.35 + colour * 0.65).astype(np.uint8)
-            channel = out[..., ch]
+            channel = arr[..., ch]
             channel[small] = table[channel[small]]
-    out[edge] = QC_COLOURS["mask outline"]
-    img = Image.fromarray(out)
-    del out
+    arr[edge] = QC_COLOURS["mask outline"]
+    img = Image.fromarray(arr)
+    del arr
     if mask_mpp is not None:
         img = draw_scale_bar(img, um_per_px=mask_mpp * w / ow)
     return add_caption(img, title)
