@@ -122,6 +122,7 @@ def _box_rows(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.n
         inside = (x < xmax) & (arg > -0.5) & (arg <= 0.5)
         first = np.where(inside & (first < 0), x + xmin, first)
         count += inside
+    # a row averaging no source row (not seen with BOX) is 0 in PIL; read one row there all the same
     first = np.where(first < 0, np.minimum(xmin, max(in_size - 1, 0)), first)
     weight = np.zeros(out_size, np.int64)
     has = count > 0
