@@ -325,7 +325,7 @@ def test_pointwise_pieces_equal_one_call(monkeypatch):
 @pytest.mark.parametrize("shape, size", [((1481, 1108, 3), (1000, 750)), ((371, 277, 3), (100, 133)),
                                          ((500, 300), (17, 29)), ((64, 64, 3), (64, 64))])
 def test_resize_box_equals_pil_box_resize_of_the_whole_image(shape, size):
-    """The stripe-wise downsampling of overlays and QC pictures gives PIL's pixels, within one grey level."""
+    """The stripe-wise downsampling of overlays and QC pictures gives PIL's pixels."""
     from PIL import Image
 
     from wsiscan.render import resize_box
@@ -333,9 +333,7 @@ def test_resize_box_equals_pil_box_resize_of_the_whole_image(shape, size):
     image = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
     expected = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
     got = resize_box(image, size, stripe_rows=16)
-    assert got.shape == expected.shape
-    diff = np.abs(got.astype(np.int16) - expected)
-    assert diff.max() <= 1 and diff.mean() < 0.05
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("radius_px", [1.0, 2.5, 3.7, 4.0, 16.0])

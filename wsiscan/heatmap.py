@@ -18,6 +18,7 @@ import numpy as np
 
 from .grid import cell_offset_px
 from .layout import PNG_COMPRESS_LEVEL, write_figure_atomic, write_geojson_atomic, write_json_atomic
+from .rowimage import RowImage
 from .store import TileStore
 
 __all__ = [
@@ -273,14 +274,17 @@ def overlay_title(*, slide_name: str, model_names: list[str], n_tiles: int, tile
             f"stride {stride_px}  |  max p {top}{thr}")
 
 
-def render_overlay(thumbnail: np.ndarray, cells: np.ndarray, frame: HeatmapFrame, *, thumb_mpp: float,
+def render_overlay(thumbnail: RowImage | np.ndarray, cells: np.ndarray, frame: HeatmapFrame, *, thumb_mpp: float,
                    threshold: float, title: str, path: str | Path, max_side_px: int = 1600,
                    min_region_area_um2: float = 0.0, regions: list[dict[str, Any]] | None = None,
                    mark: str | None = None) -> Path:
     """The heatmap (colour, alpha) over the slide thumbnail, with a colour bar, a scale bar,
     the caption ``title`` (``mark`` above it in red) and the outlines of ``regions`` (the
     polygons :func:`tumour_regions` exports to GeoJSON, drawn as they are; when None they
-    are made here with ``min_region_area_um2`` and no simplification).  Written atomically."""
+    are made here with ``min_region_area_um2`` and no simplification).  Written atomically.
+
+    ``thumbnail`` (a RowImage or an array) is read a stripe at a time: only the overlay-sized
+    picture is held whole."""
     import matplotlib
 
     matplotlib.use("Agg")

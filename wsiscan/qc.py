@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from .render import render_tissue_qc, save_png_atomic
+from .rowimage import RowImage
 
 if TYPE_CHECKING:
     from .slide import Slide
@@ -15,11 +16,13 @@ if TYPE_CHECKING:
 
 __all__ = ["OVERVIEW_MIN_SIDE_PX", "read_overview", "overview_picture", "write_qc"]
 
+PictureT = TypeVar("PictureT", RowImage, np.ndarray)  # a thumbnail: a RowImage or an array
+
 OVERVIEW_MIN_SIDE_PX = 1000  # long side of the overview picture of a slide whose mask thumbnail is smaller
 
 
-def read_overview(slide: Slide, thumbnail: np.ndarray, *, mask_mpp: float,
-                  base_mpp: float) -> tuple[np.ndarray, float]:
+def read_overview(slide: Slide, thumbnail: PictureT, *, mask_mpp: float,
+                  base_mpp: float) -> tuple[PictureT | np.ndarray, float]:
     """The mask thumbnail when its long side reaches ``OVERVIEW_MIN_SIDE_PX``; for a small
     slide, a sharper read of the whole slide with that long side (never finer than level 0).
     Returns the picture and its um/px."""
@@ -30,8 +33,9 @@ def read_overview(slide: Slide, thumbnail: np.ndarray, *, mask_mpp: float,
     return slide.read_thumbnail(mpp=finer_mpp), finer_mpp
 
 
-def overview_picture(plan: TilingPlan) -> tuple[np.ndarray, float]:
-    """The whole slide for pictures people look at, and its um/px (read when the plan was made)."""
+def overview_picture(plan: TilingPlan) -> tuple[RowImage | np.ndarray, float]:
+    """The whole slide for pictures people look at, and its um/px (read when the plan was made):
+    a RowImage or an array, which the pictures read a stripe at a time."""
     if plan.overview is None or plan.overview_mpp is None:
         return plan.thumbnail, plan.tissue.mask_mpp
     return plan.overview, plan.overview_mpp
@@ -41,7 +45,8 @@ def write_qc(plan: TilingPlan, path: Path, *, max_side_px: int = 2000) -> Path:
     """Thumbnail + mask outline + kept tiles, so a person can check the mask at a glance.
 
     When the mask thumbnail is small (a small slide), the sharper overview read with
-    the plan is drawn instead, so that the tiles stay visible.
+    the plan is drawn instead, so that the tiles stay visible.  The thumbnail, mask, ink
+    and unscored tissue (RowImages or arrays) are read a stripe at a time.
     """
     scale = plan.geometry.effective_mpp / plan.tissue.mask_mpp
     px = plan.grid.px_origin(plan.kept_rc).astype(np.float64)

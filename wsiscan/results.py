@@ -25,6 +25,7 @@ import numpy as np
 from .heatmap import HeatmapFrame, geojson_collection, overlay_title, render_overlay, slide_scores, tumour_regions
 from .layout import GEOJSON_NAME, OVERLAY_NAME, write_geojson_atomic
 from .render import SMOKE_MODEL_MARK
+from .rowimage import RowImage
 
 __all__ = ["is_smoke_model", "area_summary", "threshold_outputs", "write_region_geojson", "SUMMARY_AREA_KEYS"]
 
@@ -78,8 +79,8 @@ def write_region_geojson(regions: list[dict[str, Any]], path: str | Path, *, sli
 
 def threshold_outputs(slide_dir: Path, cells: np.ndarray, frame: HeatmapFrame, *, threshold: float, top_k: int,
                       min_region_area_um2: float, simplify_tolerance_um: float, slide_name: str,
-                      models: list[dict[str, Any]], n_tiles: int, picture: np.ndarray | None, picture_mpp: float,
-                      tissue: dict[str, Any], geojson_name: str = GEOJSON_NAME,
+                      models: list[dict[str, Any]], n_tiles: int, picture: RowImage | np.ndarray | None,
+                      picture_mpp: float, tissue: dict[str, Any], geojson_name: str = GEOJSON_NAME,
                       overlay_name: str | None = OVERLAY_NAME, write_geojson_file: bool = True) -> dict[str, Any]:
     """Regions at ``threshold``; writes tumor.geojson and overlay.png (atomically, from the same
     polygons) and returns the summary's threshold-dependent blocks: ``scores``, ``regions``, ``areas``.
