@@ -15,6 +15,7 @@ from cli_helpers import run
 
 from wsiscan.config import load_config
 from wsiscan.errors import StoreExistsError
+from wsiscan.rowimage import RowImage
 from wsiscan.slide import open_slide
 from wsiscan.testing import write_synthetic_slide
 from wsiscan.tiling import plan_tiling, tile_slide
@@ -114,8 +115,9 @@ def test_plan_writes_nothing(synthetic_slide, tmp_path):
 
 
 def _plan_arrays(plan):
-    return (plan.thumbnail, plan.tissue.mask, plan.tissue.ink, plan.kept_rc, plan.kept_scores.tissue_fraction,
-            plan.kept_scores.max_saturation, plan.chunks_needed, plan.unscored_tissue)
+    return tuple(x.to_array() if isinstance(x, RowImage) else x for x in (
+        plan.thumbnail, plan.tissue.mask, plan.tissue.ink, plan.kept_rc, plan.kept_scores.tissue_fraction,
+        plan.kept_scores.max_saturation, plan.chunks_needed, plan.unscored_tissue))
 
 
 def test_prefetched_tissue_gives_the_plan_made_without_it(synthetic_slide, tmp_path):
