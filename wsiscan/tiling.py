@@ -306,12 +306,13 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     )
 
 
-def unscored_tissue(mask: RowImage | np.ndarray, coverage: TileCoverage) -> RowImage:
+def unscored_tissue(mask: RowImage | np.ndarray, coverage: TileCoverage, *,
+                    rows_per_stripe: int | None = None) -> RowImage:
     """(rows, cols) bool: the pixels of the tissue ``mask`` that ``coverage`` (the kept tiles)
-    leaves out, made a stripe of rows at a time."""
+    leaves out, made a stripe of rows at a time (``rows_per_stripe``: RowImage's default)."""
     mask = as_row_image(mask)
     out = RowImage(mask.shape, bool)
-    for y0, rows in mask.stripes():
+    for y0, rows in mask.stripes(rows_per_stripe):
         out.write_rows(y0, rows & ~coverage.rows(y0, y0 + len(rows)))
     return out
 
