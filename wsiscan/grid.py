@@ -263,12 +263,15 @@ class TileCoverage:
         np.cumsum(diff, axis=1, out=diff)
         self.xs, self.ys = xs, ys
         self.covered: np.ndarray = diff[:-1, :-1] > 0  # (cell rows, cell cols): cell (i, k) has a tile
-        # the cell column of every mask column (one int per column: small)
-        self._col_cell = np.repeat(np.arange(len(xs) - 1), np.diff(xs))
 
     def rows(self, y0: int, y1: int) -> np.ndarray:
-        """(y1 - y0, cols) bool: the coverage of mask rows ``y0:y1``."""
+        """(y1 - y0, cols) bool: the coverage of mask rows ``y0:y1``: the cell rows they cross,
+        each repeated over its mask columns and over its mask rows inside the stripe."""
         if not 0 <= y0 <= y1 <= self.shape[0]:
             raise IndexError(f"rows {y0}:{y1} outside 0:{self.shape[0]}")
-        cell_rows = np.searchsorted(self.ys, np.arange(y0, y1), side="right") - 1
-        return self.covered[np.ix_(cell_rows, self._col_cell)]
+        if y0 == y1:
+            return np.zeros((0, self.shape[1]), bool)
+        k0 = int(np.searchsorted(self.ys, y0, side="right")) - 1  # cell row of mask row y0
+        k1 = int(np.searchsorted(self.ys, y1 - 1, side="right"))  # past the cell row of mask row y1 - 1
+        in_stripe = np.diff(np.clip(self.ys[k0 : k1 + 1], y0, y1))  # mask rows of each cell row in the stripe
+        return np.repeat(np.repeat(self.covered[k0:k1], np.diff(self.xs), axis=1), in_stripe, axis=0)

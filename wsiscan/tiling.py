@@ -165,7 +165,7 @@ class TilingPlan:
     selection: LevelSelection
     geometry: StoreGeometry
     grid: TileGrid
-    thumbnail: RowImage  # (rows, cols, 3) uint8 at tissue.mask_mpp (an ndarray where a caller made one)
+    thumbnail: RowImage | np.ndarray  # (rows, cols, 3) uint8 at tissue.mask_mpp: a RowImage from plan_tiling
     tissue: TissueMask
     kept_rc: np.ndarray  # (N, 2) int32 row, col of kept tiles, row-major
     kept_scores: TileScores
