@@ -5,6 +5,8 @@ tissue lies only along its right and bottom edges."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from cli_helpers import run
@@ -204,6 +206,9 @@ def test_plan_with_pictures_in_files_equals_the_whole_array_plan(synthetic_slide
     unscored = mask & ~covered
     np.testing.assert_array_equal(plan.unscored_tissue.to_array(), unscored)
     assert plan.scored_tissue_fraction == 1.0 - unscored.sum() / mask.sum()
+    clone = pickle.loads(pickle.dumps(plan))  # a RowImage travels as its rows
+    np.testing.assert_array_equal(clone.thumbnail.to_array(), plan.thumbnail.to_array())
+    np.testing.assert_array_equal(clone.unscored_tissue.to_array(), unscored)
     plan.close_pictures()
     assert plan.thumbnail.closed and plan.unscored_tissue.closed
 

@@ -365,8 +365,9 @@ def write_store_pictures(plan: TilingPlan, store: TileStore, *, pictures_in: Exe
     half-written (the store's identity is the plan's, so its pictures are the plan's).
 
     ``pictures_in``: an executor that writes them while the caller goes on (marking the
-    store complete waits for them); only the arrays go to it, not the plan, so it holds
-    them no longer than the write.
+    store complete waits for them); only the pictures go to it, not the plan.  Each is
+    written a band of chunk rows at a time (:meth:`TileStore.write_pictures`): the plan's
+    RowImages stay open until the write is done (``predict`` closes them after its outputs).
     """
     overview = plan.overview if plan.overview is not plan.thumbnail else None
     names = set(store.missing_pictures(overview=overview is not None))
