@@ -348,3 +348,38 @@ def test_store_pictures_from_row_images_are_the_bytes_from_arrays(tmp_path):
     assert _store_picture_files(from_rows.path, names) == want
     for image in images:
         image.close()
+
+
+def test_thumbnail_rows_and_store_pictures_hold_one_band_not_the_picture(synthetic_slide, tmp_path):
+    """Reading the thumbnail into a file-backed RowImage allocates about one band of blocks,
+    and writing a file-backed picture into the store one band of chunk rows and a few chunks'
+    copies (tracemalloc sees numpy's buffers), not the picture."""
+    import tracemalloc
+
+    from wsiscan.rowimage import RowImage
+    from wsiscan.store import create_tile_store
+
+    with open_slide(synthetic_slide.path) as slide:
+        tracemalloc.start()
+        try:
+            image = slide.read_thumbnail_rows(mpp=0.486, block_px=128, ram_limit_bytes=0)  # level 0 as it is
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert image.nbytes == 4096 * 3072 * 3 and peak < image.nbytes / 6, (peak, image.nbytes)
+    image.close()
+
+    rng = np.random.default_rng(4)
+    tall = rng.integers(0, 256, (8192, 2048, 3), dtype=np.uint8)  # barely compressible: the worst case
+    store = create_tile_store(tmp_path / "s", meta={}, height_px=64, width_px=64, supertile_px=64,
+                              compression_level=5, thumbnail=None, tissue_mask=None)
+    with RowImage.from_array(tall, ram_limit_bytes=0) as picture:
+        tracemalloc.start()
+        try:
+            store.write_pictures(thumbnail=picture)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    band, chunk = 1024 * 2048 * 3, 1024 * 1024 * 3
+    assert peak < band + 5 * chunk < tall.nbytes / 2, (peak, band, chunk)
+    np.testing.assert_array_equal(store.thumbnail(), tall)

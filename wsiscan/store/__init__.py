@@ -466,8 +466,12 @@ def _write_picture(group: zarr.Group, name: str, data: RowImage | np.ndarray, *,
     arr = group.create_array(name, shape=shape, dtype=np.uint8, chunks=chunks, compressors=_codecs(5),
                              dimension_names=dims, attributes={**(attributes or {}), _WRITING: True},
                              config={"write_empty_chunks": True}, overwrite=True)
-    for y0, y1 in image.stripe_bounds(chunks[0]):  # whole chunks: each is written once
-        arr[y0:y1] = image.rows(y0, y1).astype(np.uint8, copy=False)
+    for y0, y1 in image.stripe_bounds(chunks[0]):
+        band = image.rows(y0, y1).astype(np.uint8, copy=False)
+        # a chunk at a time: zarr encodes the chunks of one call side by side, each with a
+        # copy or two of its pixels, which would hold several times the band
+        for x0 in range(0, shape[1], chunks[1]):
+            arr[y0:y1, x0 : x0 + chunks[1]] = band[:, x0 : x0 + chunks[1]]
     del arr.attrs[_WRITING]
 
 
