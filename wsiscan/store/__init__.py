@@ -216,8 +216,9 @@ class TileStore:
     def write_pictures(self, *, thumbnail: RowImage | np.ndarray | None = None,
                        tissue_mask: RowImage | np.ndarray | None = None,
                        overview: RowImage | np.ndarray | None = None, overview_mpp: float | None = None) -> None:
-        """Write the pictures given (over whatever a killed run left of them), each a band of
-        chunk rows at a time (RowImages or arrays: the same bytes in the store).
+        """Write the pictures given (over whatever a killed run left of them), each read a band
+        of chunk rows at a time and written a chunk at a time (RowImages or arrays: the same
+        bytes in the store).
 
         Safe to run in another thread while the store is scanned: it uses a group handle of
         its own and writes neither the store attributes nor any array but the pictures'.
@@ -449,8 +450,8 @@ _PICTURE_CHUNK_PX = 1024  # the chunk side of the whole-slide pictures
 def _write_picture(group: zarr.Group, name: str, data: RowImage | np.ndarray, *,
                    attributes: dict[str, Any] | None = None) -> None:
     """A whole-slide picture (rows, cols[, 3]) uint8 (or bool, stored as 0/1) in 1,024 px
-    chunks: thumbnail, mask, overview.  Written one band of chunk rows at a time, so only
-    one band of the picture is in memory, whatever the slide's size.
+    chunks: thumbnail, mask, overview.  Read one band of chunk rows at a time and written a
+    chunk at a time, so one band of the picture is in memory, whatever the slide's size.
 
     Every chunk is written, empty ones too: zarr's test for a chunk equal to the fill value
     takes numpy's NaN-aware comparison path and makes several chunk-sized temporaries per chunk,
