@@ -5,6 +5,8 @@ tissue lies only along its right and bottom edges."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from cli_helpers import run
@@ -56,7 +58,8 @@ def test_edge_tissue_is_all_scored(edge_slide, stride):
     _check(plan)
     # tissue reaches the slide's last mask column and row, and those are scored
     assert plan.tissue.mask[:, -1].any() and plan.tissue.mask[-1, :].any()
-    assert not plan.unscored_tissue[:, -1].any() and not plan.unscored_tissue[-1, :].any()
+    unscored = plan.unscored_tissue.to_array()
+    assert not unscored[:, -1].any() and not unscored[-1, :].any()
 
 
 @pytest.mark.realdata
@@ -133,3 +136,87 @@ def test_tile_coverage_over_the_tiles_edges_equals_a_full_difference_image():
         assert got.shape == expected.shape and got.dtype == bool
         np.testing.assert_array_equal(got, expected)
         assert expected.any() == (n_tiles > 0)
+
+
+def _random_tiles(rng, n_tiles, *, low=-200, high=1000):
+    return rng.integers(low, high, (n_tiles, 2)).astype(np.float64)
+
+
+def test_tile_coverage_rows_of_any_stripe_equal_the_whole_coverage():
+    """TileCoverage.rows (a stripe at a time, from the edge table) gives the rows of the whole
+    tile_coverage, for stripes that start and end anywhere (inside a cell, on an edge, one row)."""
+    from wsiscan.grid import TileCoverage
+
+    rng = np.random.default_rng(5)
+    rows, cols, scale = 187, 151, 0.3127
+    for n_tiles, tile_px in ((0, 96), (1, 96), (25, 96), (200, 29)):
+        px_xy = _random_tiles(rng, n_tiles)
+        kwargs = dict(mask_mpp=1.0 / scale, px_mpp=1.0, px_xy=px_xy, tile_size_px=tile_px)
+        whole = tile_coverage((rows, cols), **kwargs)
+        table = TileCoverage((rows, cols), **kwargs)
+        for step in (1, 7, 64, rows):
+            got = np.concatenate([table.rows(y0, min(y0 + step, rows)) for y0 in range(0, rows, step)])
+            np.testing.assert_array_equal(got, whole)
+        assert table.rows(5, 5).shape == (0, cols)
+        with pytest.raises(IndexError):
+            table.rows(0, rows + 1)
+
+
+@pytest.mark.parametrize("fill", ["random", "empty", "full"])
+def test_unscored_tissue_stripe_by_stripe_equals_the_whole_array(fill):
+    """tissue & ~coverage made a stripe at a time, from a mask kept in a file, gives the
+    whole-array answer whatever the stripes."""
+    from wsiscan.grid import TileCoverage
+    from wsiscan.rowimage import RowImage
+    from wsiscan.tiling import unscored_tissue
+
+    rng = np.random.default_rng(8)
+    rows, cols, scale = 203, 166, 0.25
+    mask = {"random": rng.random((rows, cols)) < 0.4, "empty": np.zeros((rows, cols), bool),
+            "full": np.ones((rows, cols), bool)}[fill]
+    px_xy = _random_tiles(rng, 30, high=700)
+    kwargs = dict(mask_mpp=1.0 / scale, px_mpp=1.0, px_xy=px_xy, tile_size_px=96)
+    want = mask & ~tile_coverage((rows, cols), **kwargs)
+    assert fill != "random" or 0 < want.sum() < mask.sum()  # tiles cover some tissue, not all
+    table = TileCoverage((rows, cols), **kwargs)
+    for step in (1, 13, 100, None):
+        with RowImage.from_array(mask, ram_limit_bytes=0) as in_file:
+            got = unscored_tissue(in_file, table, rows_per_stripe=step)
+            assert got.dtype == bool and got.shape == (rows, cols)
+            np.testing.assert_array_equal(got.to_array(), want)
+        np.testing.assert_array_equal(unscored_tissue(mask, table, rows_per_stripe=step).to_array(), want)
+
+
+@pytest.mark.parametrize("stride", [96, 32])
+def test_plan_with_pictures_in_files_equals_the_whole_array_plan(synthetic_slide, monkeypatch, stride):
+    """Every picture of the plan in a temporary file (no RAM limit): the thumbnail is
+    read_thumbnail's, the unscored tissue and scored share are the whole-array computation."""
+    from wsiscan import rowimage
+    from wsiscan.slide import open_slide
+
+    cfg = load_config()
+    monkeypatch.setattr(rowimage, "RAM_LIMIT_BYTES", 0)
+    plan = plan_tiling(synthetic_slide.path, cfg, stride_px=stride)
+    assert not plan.thumbnail.in_memory and not plan.unscored_tissue.in_memory
+    with open_slide(synthetic_slide.path) as slide:
+        np.testing.assert_array_equal(plan.thumbnail.to_array(), slide.read_thumbnail(mpp=cfg.tissue.mask_mpp))
+    mask = plan.tissue.mask.to_array() if hasattr(plan.tissue.mask, "to_array") else plan.tissue.mask
+    covered = tile_coverage(mask.shape, mask_mpp=plan.tissue.mask_mpp, px_mpp=plan.geometry.effective_mpp,
+                            px_xy=plan.grid.px_origin(plan.kept_rc), tile_size_px=plan.grid.tile_size_px)
+    unscored = mask & ~covered
+    np.testing.assert_array_equal(plan.unscored_tissue.to_array(), unscored)
+    assert plan.scored_tissue_fraction == 1.0 - unscored.sum() / mask.sum()
+    clone = pickle.loads(pickle.dumps(plan))  # a RowImage travels as its rows
+    np.testing.assert_array_equal(clone.thumbnail.to_array(), plan.thumbnail.to_array())
+    np.testing.assert_array_equal(clone.unscored_tissue.to_array(), unscored)
+    plan.close_pictures()
+    assert plan.thumbnail.closed and plan.unscored_tissue.closed
+
+
+def test_a_plan_without_tiles_reports_the_masks_share(tmp_path):
+    """The no-tissue error gives the mask's share of the thumbnail, counted stripe by stripe."""
+    from wsiscan.errors import NoTissueError
+
+    blank = write_synthetic_slide(tmp_path / "blank.tif", dimensions_px=(2048, 2048), boxes=())
+    with pytest.raises(NoTissueError, match=r"0\.0% of the thumbnail above it"):
+        plan_tiling(blank.path, load_config())

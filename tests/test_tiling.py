@@ -15,6 +15,7 @@ from cli_helpers import run
 
 from wsiscan.config import load_config
 from wsiscan.errors import StoreExistsError
+from wsiscan.rowimage import RowImage
 from wsiscan.slide import open_slide
 from wsiscan.testing import write_synthetic_slide
 from wsiscan.tiling import plan_tiling, tile_slide
@@ -114,8 +115,9 @@ def test_plan_writes_nothing(synthetic_slide, tmp_path):
 
 
 def _plan_arrays(plan):
-    return (plan.thumbnail, plan.tissue.mask, plan.tissue.ink, plan.kept_rc, plan.kept_scores.tissue_fraction,
-            plan.kept_scores.max_saturation, plan.chunks_needed, plan.unscored_tissue)
+    return tuple(x.to_array() if isinstance(x, RowImage) else x for x in (
+        plan.thumbnail, plan.tissue.mask, plan.tissue.ink, plan.kept_rc, plan.kept_scores.tissue_fraction,
+        plan.kept_scores.max_saturation, plan.chunks_needed, plan.unscored_tissue))
 
 
 def test_prefetched_tissue_gives_the_plan_made_without_it(synthetic_slide, tmp_path):
@@ -248,3 +250,136 @@ def test_pictures_a_killed_run_left_out_or_half_written_are_written_on_resume(sy
         assert "wsiscan_writing" not in g[n].attrs and np.array_equal(g[n][...], want[n]), n
     assert np.array_equal(g["heatmap/0"][...], heatmap, equal_nan=True)
     assert open_tile_store(store_path).tissue_mask().any()
+
+
+def _thumbnail_rows_equal(slide, mpp, **kwargs):
+    want = slide.read_thumbnail(mpp=mpp, **kwargs)
+    with slide.read_thumbnail_rows(mpp=mpp, ram_limit_bytes=0, **kwargs) as rows:
+        assert not rows.in_memory and rows.shape == want.shape and rows.dtype == want.dtype
+        np.testing.assert_array_equal(rows.to_array(), want)
+    with slide.read_thumbnail_rows(mpp=mpp, **kwargs) as rows:  # small: in memory
+        np.testing.assert_array_equal(rows.to_array(), want)
+
+
+@pytest.mark.parametrize("mpp,block_px", [(4.0, 512), (4.0, 37), (1.3, 100), (0.486, 512)])
+def test_thumbnail_rows_are_read_thumbnails_pixels(synthetic_slide, mpp, block_px):
+    """The RowImage thumbnail (read a band of blocks at a time into a file) is read_thumbnail's
+    array bit for bit: resampled or not, bands that end inside the picture or at its edge."""
+    with open_slide(synthetic_slide.path) as slide:
+        _thumbnail_rows_equal(slide, mpp, block_px=block_px)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name,slide_mpp", [("CMU-1-Small-Region.svs", None), ("TCGA-CR-7395-01A-01-TS1.svs", 0.25),
+                                            ("camelyon-lymph-node-lowres.dcm", None)])
+def test_thumbnail_rows_of_real_slides_are_read_thumbnails_pixels(shared_slides, name, slide_mpp):
+    with open_slide(shared_slides / name, slide_mpp=slide_mpp) as slide:
+        mpp = max(4.0, slide.require_mpp().mpp)
+        _thumbnail_rows_equal(slide, mpp)
+        _thumbnail_rows_equal(slide, mpp / 3, block_px=200)
+
+
+def _store_picture_files(store_path, names):
+    files = {}
+    for name in names:
+        root = store_path / name
+        files.update({str(f.relative_to(store_path)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()})
+    return files
+
+
+def test_store_pictures_from_row_images_are_the_bytes_from_arrays(tmp_path):
+    """Pictures written a band of chunk rows at a time from RowImages in files are the store
+    bytes of the same pictures written from arrays: more than one band, a partial last band
+    and chunk column, a bool mask; also when a killed write left one half-written."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    from wsiscan.rowimage import RowImage
+    from wsiscan.store import create_tile_store, open_tile_store
+
+    rng = np.random.default_rng(3)
+    thumb = rng.integers(0, 256, (2500, 1300, 3), dtype=np.uint8)
+    thumb[:900] = 255  # glass too
+    mask = rng.random((2500, 1300)) < 0.3
+    overview = rng.integers(0, 256, (700, 400, 3), dtype=np.uint8)
+    names = ("thumbnail", "tissue_mask", "overview")
+
+    def new_store(name):
+        return create_tile_store(tmp_path / name, meta={}, height_px=64, width_px=64, supertile_px=64,
+                                 compression_level=5, thumbnail=None, tissue_mask=None)
+
+    # the straightforward write: each whole picture in one zarr call
+    whole = new_store("whole")
+    group = zarr.open_group(str(whole.path), mode="r+")
+    for name, data, attrs in (("thumbnail", thumb, {}), ("tissue_mask", mask.astype(np.uint8), {}),
+                              ("overview", overview, {"overview_mpp": 2.5})):
+        arr = group.create_array(name, shape=data.shape, dtype=np.uint8,
+                                 chunks=(min(1024, data.shape[0]), min(1024, data.shape[1])) + data.shape[2:],
+                                 compressors=(BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"), Crc32cCodec()),
+                                 dimension_names=("y", "x", "c")[: data.ndim], attributes=attrs,
+                                 config={"write_empty_chunks": True})
+        arr[...] = data
+    want = _store_picture_files(whole.path, names)
+
+    from_arrays = new_store("arrays")
+    from_arrays.write_pictures(thumbnail=thumb, tissue_mask=mask, overview=overview, overview_mpp=2.5)
+    assert _store_picture_files(from_arrays.path, names) == want
+    assert len([f for f in want if f.startswith("thumbnail/c/")]) == 6  # 3 chunk rows x 2 chunk columns
+
+    from_rows = new_store("rows")
+    images = [RowImage.from_array(a, ram_limit_bytes=0) for a in (thumb, mask, overview)]
+    from_rows.write_pictures(thumbnail=images[0], tissue_mask=images[1], overview=images[2], overview_mpp=2.5)
+    assert _store_picture_files(from_rows.path, names) == want
+    assert open_tile_store(from_rows.path).overview()[1] == 2.5
+
+    # a write killed after its first band: the picture keeps its mark, and is written again
+    class KilledAfterOneBand(RowImage):
+        def rows(self, y0, y1, *, out=None):
+            if y0 > 0:
+                raise KeyboardInterrupt
+            return super().rows(y0, y1, out=out)
+
+    half = KilledAfterOneBand((2500, 1300, 3), np.uint8, ram_limit_bytes=0)
+    half.write_rows(0, thumb)
+    with pytest.raises(KeyboardInterrupt):
+        from_rows.write_pictures(thumbnail=half)
+    assert open_tile_store(from_rows.path).missing_pictures(overview=True) == ["thumbnail"]
+    from_rows.write_pictures(thumbnail=images[0])
+    assert open_tile_store(from_rows.path).missing_pictures(overview=True) == []
+    assert _store_picture_files(from_rows.path, names) == want
+    for image in images:
+        image.close()
+
+
+def test_thumbnail_rows_and_store_pictures_hold_one_band_not_the_picture(synthetic_slide, tmp_path):
+    """Reading the thumbnail into a file-backed RowImage allocates about one band of blocks,
+    and writing a file-backed picture into the store one band of chunk rows and a few chunks'
+    copies (tracemalloc sees numpy's buffers), not the picture."""
+    import tracemalloc
+
+    from wsiscan.rowimage import RowImage
+    from wsiscan.store import create_tile_store
+
+    with open_slide(synthetic_slide.path) as slide:
+        tracemalloc.start()
+        try:
+            image = slide.read_thumbnail_rows(mpp=0.486, block_px=128, ram_limit_bytes=0)  # level 0 as it is
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert image.nbytes == 4096 * 3072 * 3 and peak < image.nbytes / 6, (peak, image.nbytes)
+    image.close()
+
+    rng = np.random.default_rng(4)
+    tall = rng.integers(0, 256, (8192, 2048, 3), dtype=np.uint8)  # barely compressible: the worst case
+    store = create_tile_store(tmp_path / "s", meta={}, height_px=64, width_px=64, supertile_px=64,
+                              compression_level=5, thumbnail=None, tissue_mask=None)
+    with RowImage.from_array(tall, ram_limit_bytes=0) as picture:
+        tracemalloc.start()
+        try:
+            store.write_pictures(thumbnail=picture)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    band, chunk = 1024 * 2048 * 3, 1024 * 1024 * 3
+    assert peak < band + 5 * chunk < tall.nbytes / 2, (peak, band, chunk)
+    np.testing.assert_array_equal(store.thumbnail(), tall)

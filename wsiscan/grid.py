@@ -22,6 +22,7 @@ __all__ = [
     "TileGrid",
     "build_grid",
     "tile_coverage",
+    "TileCoverage",
     "grid_border",
     "cell_offset_px",
     "coarsest_level_within",
@@ -227,25 +228,50 @@ def tile_coverage(mask_shape: tuple[int, int], *, mask_mpp: float, px_mpp: float
 
     The coverage is constant between the tiles' edges: a difference image over the distinct
     edges only (a few hundred a side, not the mask's thousands of pixels), summed, then
-    each of its cells repeated over the mask pixels it spans.
+    each of its cells repeated over the mask pixels it spans.  The whole mask at once: for
+    a large mask, :class:`TileCoverage` gives it a stripe of rows at a time.
     """
-    rows, cols = mask_shape
-    scale = px_mpp / mask_mpp  # mask px per store px
-    px_xy = np.asarray(px_xy, np.float64).reshape(-1, 2)
-    # pixel j's centre (j + 0.5) / scale lies in [x0, x0 + t)  <=>  j in [ceil(x0 s - 0.5), ceil((x0 + t) s - 0.5))
-    x0 = np.clip(np.ceil(px_xy[:, 0] * scale - 0.5 - 1e-9), 0, cols).astype(np.int64)
-    x1 = np.clip(np.ceil((px_xy[:, 0] + tile_size_px) * scale - 0.5 - 1e-9), 0, cols).astype(np.int64)
-    y0 = np.clip(np.ceil(px_xy[:, 1] * scale - 0.5 - 1e-9), 0, rows).astype(np.int64)
-    y1 = np.clip(np.ceil((px_xy[:, 1] + tile_size_px) * scale - 0.5 - 1e-9), 0, rows).astype(np.int64)
-    xs = np.unique(np.concatenate([[0, cols], x0, x1]))  # edges: cell k spans [xs[k], xs[k + 1])
-    ys = np.unique(np.concatenate([[0, rows], y0, y1]))
-    diff = np.zeros((len(ys), len(xs)), np.int32)
-    x0, x1, y0, y1 = (np.searchsorted(e, v) for e, v in ((xs, x0), (xs, x1), (ys, y0), (ys, y1)))
-    np.add.at(diff, (y0, x0), 1)
-    np.add.at(diff, (y0, x1), -1)
-    np.add.at(diff, (y1, x0), -1)
-    np.add.at(diff, (y1, x1), 1)
-    np.cumsum(diff, axis=0, out=diff)
-    np.cumsum(diff, axis=1, out=diff)
-    covered = diff[:-1, :-1] > 0
-    return np.repeat(np.repeat(covered, np.diff(xs), axis=1), np.diff(ys), axis=0)
+    table = TileCoverage(mask_shape, mask_mpp=mask_mpp, px_mpp=px_mpp, px_xy=px_xy, tile_size_px=tile_size_px)
+    covered = table.covered
+    return np.repeat(np.repeat(covered, np.diff(table.xs), axis=1), np.diff(table.ys), axis=0)
+
+
+class TileCoverage:
+    """:func:`tile_coverage`, row by row: built once from the tiles (a table over their
+    distinct edges, small), then :meth:`rows` gives the coverage of any stripe of mask rows."""
+
+    def __init__(self, mask_shape: tuple[int, int], *, mask_mpp: float, px_mpp: float, px_xy: np.ndarray,
+                 tile_size_px: int) -> None:
+        rows, cols = mask_shape
+        self.shape = (int(rows), int(cols))
+        scale = px_mpp / mask_mpp  # mask px per store px
+        px_xy = np.asarray(px_xy, np.float64).reshape(-1, 2)
+        # pixel j's centre (j + 0.5) / scale lies in [x0, x0 + t)  <=>  j in [ceil(x0 s - 0.5), ceil((x0 + t) s - 0.5))
+        x0 = np.clip(np.ceil(px_xy[:, 0] * scale - 0.5 - 1e-9), 0, cols).astype(np.int64)
+        x1 = np.clip(np.ceil((px_xy[:, 0] + tile_size_px) * scale - 0.5 - 1e-9), 0, cols).astype(np.int64)
+        y0 = np.clip(np.ceil(px_xy[:, 1] * scale - 0.5 - 1e-9), 0, rows).astype(np.int64)
+        y1 = np.clip(np.ceil((px_xy[:, 1] + tile_size_px) * scale - 0.5 - 1e-9), 0, rows).astype(np.int64)
+        xs = np.unique(np.concatenate([[0, cols], x0, x1]))  # edges: cell k spans [xs[k], xs[k + 1])
+        ys = np.unique(np.concatenate([[0, rows], y0, y1]))
+        diff = np.zeros((len(ys), len(xs)), np.int32)
+        x0, x1, y0, y1 = (np.searchsorted(e, v) for e, v in ((xs, x0), (xs, x1), (ys, y0), (ys, y1)))
+        np.add.at(diff, (y0, x0), 1)
+        np.add.at(diff, (y0, x1), -1)
+        np.add.at(diff, (y1, x0), -1)
+        np.add.at(diff, (y1, x1), 1)
+        np.cumsum(diff, axis=0, out=diff)
+        np.cumsum(diff, axis=1, out=diff)
+        self.xs, self.ys = xs, ys
+        self.covered: np.ndarray = diff[:-1, :-1] > 0  # (cell rows, cell cols): cell (i, k) has a tile
+
+    def rows(self, y0: int, y1: int) -> np.ndarray:
+        """(y1 - y0, cols) bool: the coverage of mask rows ``y0:y1``: the cell rows they cross,
+        each repeated over its mask columns and over its mask rows inside the stripe."""
+        if not 0 <= y0 <= y1 <= self.shape[0]:
+            raise IndexError(f"rows {y0}:{y1} outside 0:{self.shape[0]}")
+        if y0 == y1:
+            return np.zeros((0, self.shape[1]), bool)
+        k0 = int(np.searchsorted(self.ys, y0, side="right")) - 1  # cell row of mask row y0
+        k1 = int(np.searchsorted(self.ys, y1 - 1, side="right"))  # past the cell row of mask row y1 - 1
+        in_stripe = np.diff(np.clip(self.ys[k0 : k1 + 1], y0, y1))  # mask rows of each cell row in the stripe
+        return np.repeat(np.repeat(self.covered[k0:k1], np.diff(self.xs), axis=1), in_stripe, axis=0)

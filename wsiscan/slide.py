@@ -17,13 +17,14 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
 
 from .errors import ConfigError, MissingMppError, ResolutionError, SlideDecodeError, SlideOpenError, SlideTooLargeError
 from .grid import coarsest_level_within
+from .rowimage import RowImage
 from .tiffread import RawTiffReader, describe_refused_tiff, open_raw_reader
 
 __all__ = [
@@ -339,8 +340,34 @@ class Slide:
 
         Memory is bounded by the thumbnail (at most :data:`MAX_THUMBNAIL_PX`, else
         :class:`SlideTooLargeError`) plus one block of at most :data:`MAX_BLOCK_LV_PX` level
-        px a side, whatever the slide size.
+        px a side, whatever the slide size.  For a picture that grows with the slide, see
+        :meth:`read_thumbnail_rows`.
         """
+        out_w, out_h = self._thumbnail_size(mpp)
+        thumb = np.empty((out_h, out_w, 3), np.uint8)
+        for oy, band in self._thumbnail_bands(mpp, block_px):
+            thumb[oy : oy + band.shape[0]] = band
+        return thumb
+
+    def read_thumbnail_rows(self, *, mpp: float, block_px: int = 512,
+                            ram_limit_bytes: int | None = None) -> RowImage:
+        """:meth:`read_thumbnail`'s picture (the same pixels) as a :class:`RowImage`, written
+        one band of blocks at a time: memory is bounded by one band (``block_px`` rows), not
+        by the picture, which goes to a temporary file when large (``ram_limit_bytes``, see
+        :class:`RowImage`)."""
+        out_w, out_h = self._thumbnail_size(mpp)
+        image = RowImage((out_h, out_w, 3), np.uint8, ram_limit_bytes=ram_limit_bytes)
+        try:
+            for oy, band in self._thumbnail_bands(mpp, block_px):
+                image.write_rows(oy, band)
+        except BaseException:
+            image.close()
+            raise
+        return image
+
+    def _thumbnail_size(self, mpp: float) -> tuple[int, int]:
+        """(width, height) px of the whole slide at ``mpp``; :class:`SlideTooLargeError` past
+        :data:`MAX_THUMBNAIL_PX`."""
         base = self.require_mpp().mpp
         l0_w, l0_h = self.info.dimensions_px
         l0_per_out = mpp / base
@@ -351,19 +378,24 @@ class Slide:
                 f"{self.path}: a picture of the whole slide at {mpp:g} um/px would be {out_w} x {out_h} px, more "
                 f"than the {MAX_THUMBNAIL_PX:,} px wsiscan allows; check the slide's resolution ({base:.4g} um/px, "
                 f"--slide-mpp) or raise tissue.mask_mpp")
+        return out_w, out_h
+
+    def _thumbnail_bands(self, mpp: float, block_px: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, rows) of the whole slide at ``mpp``, one band of ``block_px`` rows at a
+        time, each band read block by block from the best level."""
+        out_w, out_h = self._thumbnail_size(mpp)
         level = self.level_for_mpp(mpp, tolerance=0.0)
-        lv_per_out = l0_per_out / self.info.levels[level].downsample
+        lv_per_out = mpp / self.require_mpp().mpp / self.info.levels[level].downsample
         # a slide without a coarse enough level: smaller blocks, so one read stays MAX_BLOCK_LV_PX a side
         block_px = max(1, min(block_px, int(MAX_BLOCK_LV_PX / lv_per_out)))
-        thumb = np.empty((out_h, out_w, 3), np.uint8)
         for oy in range(0, out_h, block_px):
+            bh = min(block_px, out_h - oy)
+            band = np.empty((bh, out_w, 3), np.uint8)
             for ox in range(0, out_w, block_px):
-                bw, bh = min(block_px, out_w - ox), min(block_px, out_h - oy)
+                bw = min(block_px, out_w - ox)
                 box = (ox * lv_per_out, oy * lv_per_out, (ox + bw) * lv_per_out, (oy + bh) * lv_per_out)
-                thumb[oy : oy + bh, ox : ox + bw] = self.read_resampled(
-                    level=level, lv_box=box, out_size_px=(bw, bh)
-                )
-        return thumb
+                band[:, ox : ox + bw] = self.read_resampled(level=level, lv_box=box, out_size_px=(bw, bh))
+            yield oy, band
 
     def associated_image(self, name: str) -> np.ndarray:
         """An associated image (thumbnail, label, macro) as RGB; :class:`SlideDecodeError` if it is damaged."""

@@ -12,6 +12,7 @@ decoding in :mod:`wsiscan.decode` and the QC picture in :mod:`wsiscan.qc`.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 import time
@@ -24,11 +25,12 @@ import numpy as np
 
 from .config import Config
 from .errors import NoTissueError, StoreExistsError
-from .grid import LevelSelection, StoreGeometry, TileGrid, build_grid, select_level, store_geometry, tile_coverage
+from .grid import LevelSelection, StoreGeometry, TileCoverage, TileGrid, build_grid, select_level, store_geometry
 from .heap import bound_heap, release_free_heap
 from .keep import chunks_needed, glass_tile_keep, keep_grid_tiles
 from .layout import QC_NAME, STORE_NAME
-from .qc import read_overview, write_qc
+from .qc import OVERVIEW_MIN_SIDE_PX, read_overview, write_qc
+from .rowimage import RowImage, as_row_image
 from .slide import Slide, open_slide, slide_fingerprint
 from .staging import slide_build
 from .store import TileStore, create_tile_store, open_tile_store, remove_store, store_exists
@@ -49,23 +51,44 @@ class _SlidePictures:
     """What a plan reads of a slide before it knows the model: the mask thumbnail, the
     overview picture, the tissue mask, and how long each took."""
 
-    thumbnail: np.ndarray
-    overview: np.ndarray
+    thumbnail: RowImage
+    overview: RowImage | np.ndarray  # the thumbnail itself, or a small sharper picture
     overview_mpp: float
     tissue: TissueMask
     timings_s: dict[str, float]
 
+    def close(self) -> None:
+        """Give back the thumbnail's memory or temporary file (pictures nobody will take)."""
+        self.thumbnail.close()
+
 
 def _read_pictures(slide: Slide, config: Config) -> _SlidePictures:
     t = time.perf_counter()
-    thumbnail = slide.read_thumbnail(mpp=config.tissue.mask_mpp)
-    overview, overview_mpp = read_overview(slide, thumbnail, mask_mpp=config.tissue.mask_mpp,
-                                           base_mpp=slide.require_mpp().mpp)
-    thumbnail_s = time.perf_counter() - t
-    t = time.perf_counter()
-    tissue = detect_tissue(thumbnail, mask_mpp=config.tissue.mask_mpp, config=config.tissue)
+    mask_mpp = config.tissue.mask_mpp
+    # straight into a RowImage, a band of blocks at a time: never the whole picture in memory
+    thumbnail = slide.read_thumbnail_rows(mpp=mask_mpp)
+    try:
+        if max(thumbnail.shape[:2]) >= OVERVIEW_MIN_SIDE_PX:
+            overview: RowImage | np.ndarray = thumbnail  # read_overview would return the thumbnail itself
+            overview_mpp = mask_mpp
+        else:  # a small slide: a sharper picture (under OVERVIEW_MIN_SIDE_PX a side) is read
+            overview, overview_mpp = read_overview(slide, _whole_array(thumbnail), mask_mpp=mask_mpp,
+                                                   base_mpp=slide.require_mpp().mpp)
+        thumbnail_s = time.perf_counter() - t
+        t = time.perf_counter()
+        tissue = detect_tissue(_whole_array(thumbnail), mask_mpp=mask_mpp, config=config.tissue)
+    except BaseException:
+        thumbnail.close()
+        raise
     return _SlidePictures(thumbnail, overview, overview_mpp, tissue,
                           {"thumbnail_s": thumbnail_s, "mask_s": time.perf_counter() - t})
+
+
+def _whole_array(image: RowImage | np.ndarray | None) -> Any:
+    """``image`` as one array, for the code that does not take a RowImage yet (tissue
+    detection, qc.png, overlay.png: the other helpers of this round make them take one);
+    None stays None."""
+    return image.to_array() if isinstance(image, RowImage) else image
 
 
 def _pictures_key(slide_path: str | Path, config: Config) -> tuple[Any, ...] | None:
@@ -126,8 +149,10 @@ def _prefetched(slide_path: str | Path, config: Config) -> _SlidePictures | None
     if future is None:
         return None
     pictures: _SlidePictures | None = future.result()
-    # the file changed while it was read: read it again
-    return pictures if pictures is not None and _pictures_key(slide_path, config) == key else None
+    if pictures is not None and _pictures_key(slide_path, config) != key:
+        pictures.close()  # the file changed while it was read: read it again
+        return None
+    return pictures
 
 
 @dataclass(frozen=True)
@@ -140,7 +165,7 @@ class TilingPlan:
     selection: LevelSelection
     geometry: StoreGeometry
     grid: TileGrid
-    thumbnail: np.ndarray
+    thumbnail: RowImage | np.ndarray  # (rows, cols, 3) uint8 at tissue.mask_mpp: a RowImage from plan_tiling
     tissue: TissueMask
     kept_rc: np.ndarray  # (N, 2) int32 row, col of kept tiles, row-major
     kept_scores: TileScores
@@ -153,18 +178,26 @@ class TilingPlan:
     lv_tile_layout: tuple[tuple[int, int], tuple[int, int]] | None = None  # raw reads: (tile w, h), (rows, cols)
     # the whole slide for pictures people look at (qc.png, overlay.png), and its um/px: the
     # thumbnail itself, or for a small slide a sharper read (see OVERVIEW_MIN_SIDE_PX)
-    overview: np.ndarray | None = None
+    overview: RowImage | np.ndarray | None = None
     overview_mpp: float | None = None
-    # tissue pixels of the mask whose centre lies in no kept tile (shown in qc.png)
-    unscored_tissue: np.ndarray | None = None
+    # (rows, cols) bool: tissue pixels of the mask whose centre lies in no kept tile (shown in qc.png)
+    unscored_tissue: RowImage | np.ndarray | None = None
 
-    @property
+    @functools.cached_property
     def scored_tissue_fraction(self) -> float:
-        """Share of the tissue mask's pixels whose centre lies in a kept (scored) tile."""
-        total = int(np.count_nonzero(self.tissue.mask))  # a count, several times faster than a bool sum
+        """Share of the tissue mask's pixels whose centre lies in a kept (scored) tile
+        (counted once, stripe by stripe)."""
+        total = as_row_image(self.tissue.mask).count_nonzero()
         if total == 0 or self.unscored_tissue is None:
             return 1.0 if total == 0 else float("nan")
-        return 1.0 - int(np.count_nonzero(self.unscored_tissue)) / total
+        return 1.0 - as_row_image(self.unscored_tissue).count_nonzero() / total
+
+    def close_pictures(self) -> None:
+        """Give back the memory or temporary files of the plan's whole-slide pictures (the
+        thumbnail, overview and unscored tissue), once nothing will read them again."""
+        for image in (self.thumbnail, self.overview, self.unscored_tissue):
+            if isinstance(image, RowImage):
+                image.close()
 
     @property
     def n_tiles(self) -> int:
@@ -236,15 +269,19 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     grid = build_grid(width_px=geometry.slide_width_px, height_px=geometry.slide_height_px,
                       tile_size_px=tc.tile_size_px, stride_px=stride, pad_px=geometry.pad_px)
     if grid.n_tiles == 0:
+        thumbnail.close()
         raise NoTissueError(
             f"{spath}: the slide is smaller than one {tc.tile_size_px} px tile at {selection.effective_mpp:.4g} um/px "
             f"({geometry.width_px}x{geometry.height_px} px); use a smaller --target-mpp or tile size"
         )
     kept = keep_grid_tiles(tissue, grid, px_mpp=selection.effective_mpp, tile=tc, tissue_config=config.tissue)
     if not len(kept.rc):
+        thumbnail.close()
+        mask = as_row_image(tissue.mask)
         raise NoTissueError(
             f"{spath}: no tissue found (saturation threshold {tissue.threshold:.3f}, "
-            f"{tissue.mask.mean():.1%} of the thumbnail above it, 0 of {grid.n_tiles} tiles with tissue"
+            f"{mask.count_nonzero() / math.prod(mask.shape):.1%} of the thumbnail above it, "
+            f"0 of {grid.n_tiles} tiles with tissue"
             f"{f' (>= {tc.min_tissue:.0%})' if tc.min_tissue > 0 else ''}); check the slide, or lower --min-tissue / "
             f"tissue.min_saturation"
         )
@@ -254,9 +291,9 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
     # passes below make their own mask-sized temporaries
     tissue = replace(tissue, saturation=None, dark_bright=None)
     chunks = chunks_needed(geometry, tissue, grid, kept_rc)
-    unscored = tissue.mask & ~tile_coverage(tissue.mask.shape, mask_mpp=tissue.mask_mpp,
-                                            px_mpp=selection.effective_mpp, px_xy=grid.px_origin(kept_rc),
-                                            tile_size_px=tc.tile_size_px)
+    unscored = unscored_tissue(tissue.mask, TileCoverage(
+        tissue.mask.shape, mask_mpp=tissue.mask_mpp, px_mpp=selection.effective_mpp, px_xy=grid.px_origin(kept_rc),
+        tile_size_px=tc.tile_size_px))
     release_free_heap()  # hand the freed temporaries of detection back to the OS
     timings["tissue_s"] = mask_s + time.perf_counter() - t  # the mask (perhaps made beforehand) and the keep rule
     return TilingPlan(
@@ -267,6 +304,25 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
         config=config, timings_s=timings, pixel_reader=pixel_reader, glass_skip=glass_skip,
         lv_tile_layout=lv_tile_layout, overview=overview, overview_mpp=overview_mpp, unscored_tissue=unscored,
     )
+
+
+def unscored_tissue(mask: RowImage | np.ndarray, coverage: TileCoverage, *,
+                    rows_per_stripe: int | None = None) -> RowImage:
+    """(rows, cols) bool: the pixels of the tissue ``mask`` that ``coverage`` (the kept tiles)
+    leaves out, made a stripe of rows at a time (``rows_per_stripe``: RowImage's default)."""
+    mask = as_row_image(mask)
+    out = RowImage(mask.shape, bool)
+    for y0, rows in mask.stripes(rows_per_stripe):
+        out.write_rows(y0, rows & ~coverage.rows(y0, y0 + len(rows)))
+    return out
+
+
+def with_array_pictures(plan: TilingPlan) -> TilingPlan:
+    """``plan`` with its thumbnail, overview and unscored tissue as whole arrays, for the
+    drawing of qc.png until it takes RowImages (the outputs helper of this round)."""
+    thumbnail = _whole_array(plan.thumbnail)
+    overview = thumbnail if plan.overview is plan.thumbnail else _whole_array(plan.overview)
+    return replace(plan, thumbnail=thumbnail, overview=overview, unscored_tissue=_whole_array(plan.unscored_tissue))
 
 
 def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool,
@@ -309,8 +365,9 @@ def write_store_pictures(plan: TilingPlan, store: TileStore, *, pictures_in: Exe
     half-written (the store's identity is the plan's, so its pictures are the plan's).
 
     ``pictures_in``: an executor that writes them while the caller goes on (marking the
-    store complete waits for them); only the arrays go to it, not the plan, so it holds
-    them no longer than the write.
+    store complete waits for them); only the pictures go to it, not the plan.  Each is
+    written a band of chunk rows at a time (:meth:`TileStore.write_pictures`): the plan's
+    RowImages stay open until the write is done (``predict`` closes them after its outputs).
     """
     overview = plan.overview if plan.overview is not plan.thumbnail else None
     names = set(store.missing_pictures(overview=overview is not None))
@@ -356,7 +413,7 @@ def tile_slide(
         timings = dict(plan.timings_s)
         timings["pixels_s"] = time.perf_counter() - t
         write_grid(plan, store)
-        write_qc(plan, build.dir / QC_NAME)
+        write_qc(with_array_pictures(plan), build.dir / QC_NAME)
         timings["total_s"] = time.perf_counter() - t0
         store.update_meta(status="complete", timings_s=timings, workers=n_workers,
                           last_run={"chunks_written": written, "chunks_resumed": resumed, "decoded_bytes": decoded})

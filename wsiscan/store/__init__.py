@@ -50,6 +50,7 @@ from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from ..errors import StoreError, StoreExistsError, UncheckedStoreWarning
+from ..rowimage import RowImage, as_row_image
 from .chunks import HEATMAP, AtomicLocalStore, StoredArray, sweep_partial_writes
 
 __all__ = [
@@ -212,9 +213,12 @@ class TileStore:
                 missing.append(name)
         return missing
 
-    def write_pictures(self, *, thumbnail: np.ndarray | None = None, tissue_mask: np.ndarray | None = None,
-                       overview: np.ndarray | None = None, overview_mpp: float | None = None) -> None:
-        """Write the pictures given (over whatever a killed run left of them).
+    def write_pictures(self, *, thumbnail: RowImage | np.ndarray | None = None,
+                       tissue_mask: RowImage | np.ndarray | None = None,
+                       overview: RowImage | np.ndarray | None = None, overview_mpp: float | None = None) -> None:
+        """Write the pictures given (over whatever a killed run left of them), each read a band
+        of chunk rows at a time and written a chunk at a time (RowImages or arrays: the same
+        bytes in the store).
 
         Safe to run in another thread while the store is scanned: it uses a group handle of
         its own and writes neither the store attributes nor any array but the pictures'.
@@ -223,7 +227,7 @@ class TileStore:
         if thumbnail is not None:
             _write_picture(group, "thumbnail", thumbnail)
         if tissue_mask is not None:
-            _write_picture(group, "tissue_mask", tissue_mask.astype(np.uint8))
+            _write_picture(group, "tissue_mask", tissue_mask)  # bool as 0/1 bytes
         if overview is not None:
             _write_picture(group, "overview", overview, attributes={"overview_mpp": overview_mpp})
 
@@ -402,9 +406,9 @@ def create_tile_store(
     width_px: int,
     supertile_px: int,
     compression_level: int,
-    thumbnail: np.ndarray | None,
-    tissue_mask: np.ndarray | None,
-    overview: np.ndarray | None = None,
+    thumbnail: RowImage | np.ndarray | None,
+    tissue_mask: RowImage | np.ndarray | None,
+    overview: RowImage | np.ndarray | None = None,
     overview_mpp: float | None = None,
 ) -> TileStore:
     """Create a new, empty store at ``path`` (which must not exist).
@@ -440,22 +444,35 @@ def create_tile_store(
     return TileStore(final, _open_group(final, "r+"))
 
 
-def _write_picture(group: zarr.Group, name: str, data: np.ndarray, *, attributes: dict[str, Any] | None = None) -> None:
-    """A whole-slide picture (rows, cols[, 3]) uint8 in 1,024 px chunks: thumbnail, mask, overview.
+_PICTURE_CHUNK_PX = 1024  # the chunk side of the whole-slide pictures
+
+
+def _write_picture(group: zarr.Group, name: str, data: RowImage | np.ndarray, *,
+                   attributes: dict[str, Any] | None = None) -> None:
+    """A whole-slide picture (rows, cols[, 3]) uint8 (or bool, stored as 0/1) in 1,024 px
+    chunks: thumbnail, mask, overview.  Read one band of chunk rows at a time and written a
+    chunk at a time, so one band of the picture is in memory, whatever the slide's size.
 
     Every chunk is written, empty ones too: zarr's test for a chunk equal to the fill value
     takes numpy's NaN-aware comparison path and makes several chunk-sized temporaries per chunk,
     which cost 1.4 s and 400,000 page faults for a Camelyon-sized slide's pictures, while the
     chunks it would leave out are a few all-glass chunks of the mask (tiny once compressed).
     """
-    dims = ("y", "x", "c")[: data.ndim]
-    chunks = (min(1024, data.shape[0]), min(1024, data.shape[1])) + data.shape[2:]
+    image = as_row_image(data)
+    shape = image.shape
+    dims = ("y", "x", "c")[: len(shape)]
+    chunks = (min(_PICTURE_CHUNK_PX, shape[0]), min(_PICTURE_CHUNK_PX, shape[1])) + shape[2:]
     # marked as being written until its last chunk is in place (a kill in between leaves the
     # mark, and the next run writes the picture again); overwrite: what a killed run left
-    arr = group.create_array(name, shape=data.shape, dtype=np.uint8, chunks=chunks, compressors=_codecs(5),
+    arr = group.create_array(name, shape=shape, dtype=np.uint8, chunks=chunks, compressors=_codecs(5),
                              dimension_names=dims, attributes={**(attributes or {}), _WRITING: True},
                              config={"write_empty_chunks": True}, overwrite=True)
-    arr[...] = data
+    for y0, y1 in image.stripe_bounds(chunks[0]):
+        band = image.rows(y0, y1).astype(np.uint8, copy=False)
+        # a chunk at a time: zarr encodes the chunks of one call side by side, each with a
+        # copy or two of its pixels, which would hold several times the band
+        for x0 in range(0, shape[1], chunks[1]):
+            arr[y0:y1, x0 : x0 + chunks[1]] = band[:, x0 : x0 + chunks[1]]
     del arr.attrs[_WRITING]
 
 
