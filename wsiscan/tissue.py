@@ -15,6 +15,7 @@ thumbnail (PCam's own rule keeps a patch when it reaches 0.07).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -27,6 +28,7 @@ from scipy import ndimage
 
 from .config import TissueConfig
 from .grid import cell_offset_px
+from .rowimage import RowImage, as_row_image
 
 _STRIPE_ROWS = 256  # rows per stripe of the stripe-wise passes over a mask
 
@@ -36,21 +38,30 @@ __all__ = ["TissueMask", "TileScores", "detect_tissue", "detect_ink", "keep_tile
 
 @dataclass(frozen=True)
 class TissueMask:
-    mask: np.ndarray  # (rows, cols) bool, True = tissue
+    """The pictures of :func:`detect_tissue`, each a :class:`~wsiscan.rowimage.RowImage`
+    at ``mask_mpp`` (arrays given are wrapped, without a copy)."""
+
+    mask: RowImage  # (rows, cols) bool, True = tissue
     # the two below are needed only by score_tiles; a plan drops them once tiles are scored
-    saturation: np.ndarray | None  # (rows, cols) float32, blurred HSV saturation in [0, 1]
-    dark_bright: np.ndarray | None  # (rows, cols) bool, over-dark or over-bright pixel
+    saturation: RowImage | None  # (rows, cols) float32, blurred HSV saturation in [0, 1]
+    dark_bright: RowImage | None  # (rows, cols) bool, over-dark or over-bright pixel
     mask_mpp: float  # um per mask pixel
     threshold: float  # saturation threshold used
-    ink: np.ndarray | None = None  # (rows, cols) bool, pen ink found (never tissue); None: filter off
+    ink: RowImage | None = None  # (rows, cols) bool, pen ink found (never tissue); None: filter off
+
+    def __post_init__(self) -> None:
+        for name in ("mask", "saturation", "dark_bright", "ink"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, RowImage):
+                object.__setattr__(self, name, as_row_image(value))
 
     @property
     def tissue_area_um2(self) -> float:
-        return float(np.count_nonzero(self.mask)) * self.mask_mpp**2
+        return float(self.mask.count_nonzero()) * self.mask_mpp**2
 
     @property
     def ink_area_um2(self) -> float:
-        return 0.0 if self.ink is None else float(np.count_nonzero(self.ink)) * self.mask_mpp**2
+        return 0.0 if self.ink is None else float(self.ink.count_nonzero()) * self.mask_mpp**2
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,8 @@ def _is_power_of_two(n: int) -> bool:
     return 0 < n <= 1 << 16 and n & (n - 1) == 0
 
 
-def _unit_histogram(values: np.ndarray, bins: int, *, exclude: tuple[np.ndarray, ...] = ()) -> np.ndarray:
+def _unit_histogram(values: np.ndarray, bins: int, *, exclude: tuple[np.ndarray, ...] = (),
+                    threads: int | None = None) -> np.ndarray:
     """``np.histogram(values[keep], bins, range=(0, 1))[0]``, keep = not any of ``exclude``, for
     float ``values`` and a power-of-two ``bins``: counted piece by piece in threads, with no
     copy of the selected values the size of the image.
@@ -113,7 +125,7 @@ def _unit_histogram(values: np.ndarray, bins: int, *, exclude: tuple[np.ndarray,
         np.minimum(index, bins - 1, out=index)  # v == 1 is in the last bin
         return np.bincount(index, minlength=bins)
 
-    return sum(_map_pieces(count, values.shape[0], _piece_rows(values)), np.zeros(bins, np.int64))
+    return sum(_map_pieces(count, values.shape[0], _piece_rows(values), threads=threads), np.zeros(bins, np.int64))
 
 
 def usable_cores(*, at_most: int = 8) -> int:
@@ -181,11 +193,13 @@ def _piece_rows(array: np.ndarray) -> int:
     return max(1, _PIECE_PX // max(1, array.shape[1] if array.ndim > 1 else 1))
 
 
-def _map_pieces(fn: Callable[[int, int], Any], n_rows: int, piece_rows: int) -> list[Any]:
-    """``[fn(a, b)]`` over the row pieces [a, b) of ``n_rows`` rows, in threads."""
+def _map_pieces(fn: Callable[[int, int], Any], n_rows: int, piece_rows: int, *,
+                threads: int | None = None) -> list[Any]:
+    """``[fn(a, b)]`` over the row pieces [a, b) of ``n_rows`` rows, in ``threads`` threads
+    (default :func:`_threads`)."""
     bounds = list(range(0, n_rows, piece_rows)) + [n_rows]
     pieces = list(zip(bounds[:-1], bounds[1:], strict=True))
-    threads = min(_threads(), len(pieces))
+    threads = min(_threads() if threads is None else threads, len(pieces))
     if threads == 1:
         return [fn(a, b) for a, b in pieces]
     # one task per thread, each taking every threads-th piece: a task per piece would cost
@@ -201,7 +215,7 @@ def _map_pieces(fn: Callable[[int, int], Any], n_rows: int, piece_rows: int) -> 
     return results
 
 
-def _pointwise(fn: Callable[..., Any], *arrays: np.ndarray) -> Any:
+def _pointwise(fn: Callable[..., Any], *arrays: np.ndarray, threads: int | None = None) -> Any:
     """``fn(*arrays)`` for a ``fn`` that maps each row on its own, computed on pieces of about
     ``_PIECE_PX`` pixels (in threads) written into one output (or, when ``fn`` returns a
     tuple of arrays, into a tuple of outputs).
@@ -225,7 +239,7 @@ def _pointwise(fn: Callable[..., Any], *arrays: np.ndarray) -> Any:
             out[step + a : step + b] = part
 
     if n > step:
-        _map_pieces(write, n - step, step)
+        _map_pieces(write, n - step, step, threads=threads)
     return outs if several else outs[0]
 
 
@@ -522,63 +536,303 @@ def small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
     return _labels_where(small, labels)
 
 
-def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfig) -> TissueMask:
-    """Tissue mask of an RGB uint8 ``thumbnail`` whose pixels are ``mask_mpp`` um wide."""
-    sigma_px = config.blur_sigma_um / mask_mpp
+_STREAM_PX = 1 << 20  # pixels per stripe of detect_tissue's passes (about 4 MB as float32)
 
-    def measure(rgb: np.ndarray) -> tuple[np.ndarray, ...]:
+
+def _stream_bounds(rows: int, cols: int) -> list[tuple[int, int]]:
+    """(y0, y1) of the stripes of detect_tissue's passes over a (rows, cols) mask."""
+    step = max(1, _STREAM_PX // max(1, cols))
+    return [(y0, min(y0 + step, rows)) for y0 in range(0, rows, step)]
+
+
+def _each_stripe(fn: Callable[[int, int, int], Any], bounds: list[tuple[int, int]]) -> list[Any]:
+    """``[fn(k, y0, y1)]`` over the stripes ``bounds``, in threads: at most one stripe per
+    thread is being worked on, and each one's pixel-by-pixel work is done in cache-sized
+    pieces by its own thread (numpy and scipy.ndimage release the GIL)."""
+    threads = min(_threads(), len(bounds))
+    if threads <= 1:
+        return [fn(k, a, b) for k, (a, b) in enumerate(bounds)]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-tissue") as pool:
+        return list(pool.map(lambda k: fn(k, *bounds[k]), range(len(bounds))))
+
+
+class _StripeParts:
+    """The 4-connected parts of a picture seen one stripe at a time.
+
+    A first pass hands each stripe to :meth:`add`, which labels it on its own
+    (``ndimage.label``) and keeps only per-label numbers: size, whether the label touches
+    the picture's border, and the labels of the stripe's first and last rows.
+    :meth:`resolve` joins the labels that meet across stripe boundaries (one graph of a
+    few numbers per label, ``scipy.sparse.csgraph``) into parts, and sums their sizes.
+    A second pass labels each stripe again (the same input gives the same labels) and
+    :meth:`lookup` maps them through a per-part table.  Nothing the size of the picture is
+    held: a stripe's labels live only while it is worked on.
+    """
+
+    def __init__(self, bounds: list[tuple[int, int]], rows: int) -> None:
+        self.bounds = bounds
+        self.rows = rows
+        self._stripes: list[Any] = [None] * len(bounds)
+        self._part: np.ndarray | None = None  # the part of each label, labels of all stripes in turn
+        self._offsets: np.ndarray | None = None  # first label of each stripe in that numbering
+
+    @staticmethod
+    def label(part: np.ndarray) -> tuple[np.ndarray, int]:
+        labels, n = ndimage.label(part)  # 4-connected, int32: a stripe's labels, never the whole picture's
+        return labels, int(n)
+
+    def add(self, k: int, part: np.ndarray, *, count: np.ndarray | None = None) -> None:
+        """Stripe ``k``'s pixels of the parts (bool); a part's size counts its ``count``
+        pixels when given, else all of them."""
+        a, b = self.bounds[k]
+        labels, n = self.label(part)
+        if n == 0:
+            self._stripes[k] = (0, np.zeros(1, np.int64), np.zeros(1, bool), labels[0], labels[-1])
+            return
+        sizes = np.bincount(labels[count] if count is not None else labels.ravel(), minlength=n + 1)
+        border = np.zeros(n + 1, bool)
+        border[labels[:, 0]] = True
+        border[labels[:, -1]] = True
+        if a == 0:
+            border[labels[0]] = True
+        if b == self.rows:
+            border[labels[-1]] = True
+        self._stripes[k] = (n, sizes, border, labels[0].copy(), labels[-1].copy())
+
+    def resolve(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sizes, touches border) of the parts, indexed by part: the tables :meth:`lookup` takes."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        ns = np.array([s[0] for s in self._stripes], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(ns)])
+        total = int(offsets[-1])
+        sizes = np.concatenate([s[1][1:] for s in self._stripes] + [np.zeros(0, np.int64)])
+        border = np.concatenate([s[2][1:] for s in self._stripes] + [np.zeros(0, bool)])
+        # labels of vertically adjacent pixels across a stripe boundary are one part
+        above, below = [], []
+        for k in range(1, len(self._stripes)):
+            last, first = self._stripes[k - 1][4], self._stripes[k][3]
+            both = (last > 0) & (first > 0)
+            above.append(last[both].astype(np.int64) - 1 + offsets[k - 1])
+            below.append(first[both].astype(np.int64) - 1 + offsets[k])
+        i = np.concatenate(above + [np.zeros(0, np.int64)])
+        j = np.concatenate(below + [np.zeros(0, np.int64)])
+        graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(total, total))
+        n_parts, part = connected_components(graph, directed=False)
+        self._part, self._offsets = part, offsets
+        part_sizes = np.bincount(part, weights=sizes, minlength=n_parts).astype(np.int64)
+        part_border = np.bincount(part, weights=border, minlength=n_parts) > 0
+        return part_sizes, part_border
+
+    def stripe_has_parts(self, k: int) -> bool:
+        return bool(self._stripes[k][0])
+
+    def lookup(self, k: int, part: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """``table[the part of each pixel]`` of stripe ``k``, False off the parts: ``part``
+        must be the stripe :meth:`add` was given."""
+        assert self._part is not None and self._offsets is not None, "resolve() first"
+        labels, n = self.label(part)
+        if n != self._stripes[k][0]:
+            raise RuntimeError(f"stripe {k} labelled {n} parts the second time, {self._stripes[k][0]} the first")
+        stripe_table = np.zeros(n + 1, table.dtype)
+        stripe_table[1:] = table[self._part[self._offsets[k] : self._offsets[k + 1]]]
+        looked_up: np.ndarray = _pointwise(lambda piece: stripe_table[piece], labels, threads=1)
+        return looked_up
+
+
+def _closed_rows(mask_rows: Callable[[int, int], np.ndarray], a: int, b: int, rows: int, cols: int,
+                 radius_px: float) -> np.ndarray:
+    """Rows [a, b) of ``close_disk(mask, radius_px)`` of a (rows, cols) mask, from its rows
+    ``mask_rows(y0, y1)`` within 2 r of them (r = ceil(radius_px)).
+
+    close_disk pads the mask with r False pixels on every side, closes, and crops: a closed
+    row depends on the padded rows within 2 r.  The window here is those rows of the padded
+    mask, clipped to it, so where it ends at the padded mask's edge it ends there as in one
+    call, and elsewhere it reaches far enough."""
+    r = int(math.ceil(radius_px))
+    lo, hi = max(-r, a - 2 * r), min(rows + r, b + 2 * r)  # padded-mask rows, in mask coordinates
+    window = np.zeros((hi - lo, cols + 2 * r), bool)
+    y0, y1 = max(0, lo), min(rows, hi)
+    window[y0 - lo : y1 - lo, r : r + cols] = mask_rows(y0, y1)
+    closed = dilate_or_erode_disk(dilate_or_erode_disk(window, radius_px, dilate=True), radius_px, dilate=False)
+    return closed[a - lo : b - lo, r : r + cols]
+
+
+def _drop_parts(image: RowImage, parts: _StripeParts, keep: np.ndarray, has_parts: list[bool], k: int, a: int,
+                b: int) -> None:
+    """Rows [a, b) (stripe ``k``) of ``image`` without the parts ``keep`` says False, in place."""
+    if has_parts[k]:
+        image.write_rows(a, parts.lookup(k, image.rows(a, b), keep))
+
+
+def detect_tissue(thumbnail: RowImage | np.ndarray, *, mask_mpp: float, config: TissueConfig) -> TissueMask:
+    """Tissue mask of an RGB uint8 ``thumbnail`` whose pixels are ``mask_mpp`` um wide.
+
+    The thumbnail is read, and every picture of the result written, in row stripes
+    (:class:`~wsiscan.rowimage.RowImage`): memory holds a few stripes, whatever the
+    slide's size.  The passes, each over all stripes, in threads:
+
+    1. saturation (unblurred, kept until pass 2), over-dark/over-bright pixels and raw pen
+       ink by colour; the raw ink's parts are labelled (:class:`_StripeParts`);
+    2. ink parts too small are dropped (their stripes rewritten), what is left grows by
+       the margin, its saturation is zeroed and the saturation blurred (each stripe with
+       the rows of its neighbours the ink margin and the blur reach); the Otsu histogram of
+       the usable pixels is counted;
+    3. the mask (saturation at or above the threshold, not dark/bright, not ink), closed
+       (with the 2 r rows the closing reaches); its parts (and, with ink, its holes) labelled;
+    4. small parts removed and small holes filled; without ink the holes are those of the
+       cleaned mask, which a 5th pass then fills.
+    Each step is pixel for pixel the whole-picture step it replaces (blur and closing read
+    every row their kernels reach; parts are joined across stripes exactly), so the
+    result is the same bit for bit.
+    """
+    rgb = as_row_image(thumbnail)
+    rows, cols = rgb.shape[:2]
+    shape = (rows, cols)
+    bounds = _stream_bounds(rows, cols)
+    sigma_px = config.blur_sigma_um / mask_mpp
+    blur_halo = int(4.0 * sigma_px + 0.5) + 1 if sigma_px > 0.3 else 0  # scipy's kernel reaches int(4 sigma + 0.5) px
+    margin_px = INK_MARGIN_UM / mask_mpp
+    margin_halo = int(math.ceil(margin_px)) if margin_px >= 1 else 0
+    radius_px = config.closing_radius_um / mask_mpp
+    min_ink_px = int(INK_MIN_AREA_UM2 / mask_mpp**2)
+    min_object_px = int(config.min_object_area_um2 / mask_mpp**2)
+    min_hole_px = int(config.min_hole_area_um2 / mask_mpp**2)
+
+    dark_bright = RowImage(shape, bool)
+    raw_sat = RowImage(shape, np.float32)
+    raw_ink = RowImage(shape, bool) if config.ink_filter else None
+    ink_parts = _StripeParts(bounds, rows) if config.ink_filter and min_ink_px > 1 else None
+
+    def measure(rgb_piece: np.ndarray) -> tuple[np.ndarray, ...]:
         """Saturation, over-dark/over-bright and (with the ink filter) pen-ink pixels of a piece,
         from one channel max and chroma."""
-        mx, chroma = _max_and_chroma(rgb)
-        gray = gray_of(rgb)
+        mx, chroma = _max_and_chroma(rgb_piece)
+        gray = gray_of(rgb_piece)
         dark_bright = (gray < config.dark_threshold) | (gray > config.bright_threshold)
         if not config.ink_filter:
             return _saturation(mx, chroma), dark_bright
-        return _saturation(mx, chroma), dark_bright, detect_ink(rgb, mx, chroma)
+        return _saturation(mx, chroma), dark_bright, detect_ink(rgb_piece, mx, chroma)
 
-    sat, dark_bright, *raw_ink = _pointwise(measure, thumbnail)
-    ink = None
-    if raw_ink:
-        ink = remove_small(raw_ink.pop(), int(INK_MIN_AREA_UM2 / mask_mpp**2))
-        margin_px = INK_MARGIN_UM / mask_mpp
-        if margin_px >= 1 and ink.any():
-            ink = _stripewise(lambda m: dilate_or_erode_disk(m, margin_px, dilate=True), ink,
-                              halo=int(math.ceil(margin_px)))
-    if ink is not None and ink.any():  # ink's saturation must not bleed through the blur onto the glass beside it
-        sat[ink] = 0.0
-    if sigma_px > 0.3:  # scipy's kernel reaches int(4 sigma + 0.5) px (truncate=4)
-        blur_in_place(sat, sigma_px)
+    def pass_measure(k: int, a: int, b: int) -> bool:
+        sat, db, *found = _pointwise(measure, rgb.rows(a, b), threads=1)
+        raw_sat.write_rows(a, sat)
+        dark_bright.write_rows(a, db)
+        if raw_ink is None:
+            return False
+        raw_ink.write_rows(a, found[0])
+        if ink_parts is not None:
+            ink_parts.add(k, found[0])
+        return bool(found[0].any())
 
-    # usable pixels: neither dark/bright nor ink (taken piece by piece, never as one image)
-    unusable = (dark_bright,) if ink is None else (dark_bright, ink)
-    otsu = _otsu_of_histogram(_unit_histogram(sat, 256, exclude=unusable), np.linspace(0.0, 1.0, 257))
+    stripes_with_ink = _each_stripe(pass_measure, bounds)
+
+    # ink: raw ink without its parts smaller than INK_MIN_AREA_UM2 (rewritten in place)
+    any_ink = any(stripes_with_ink)
+    if raw_ink is not None and ink_parts is not None and any_ink:
+        sizes, _ = ink_parts.resolve()
+        keep = sizes >= min_ink_px
+        any_ink = bool(keep.any())
+        _each_stripe(functools.partial(_drop_parts, raw_ink, ink_parts, keep, stripes_with_ink), bounds)
+    ink = raw_ink
+    if raw_ink is not None and any_ink and margin_halo:
+        ink = RowImage(shape, bool)  # the ink grown by the margin (its neighbours' rows read raw_ink)
+    saturation = RowImage(shape, np.float32)
+
+    def pass_blur(k: int, a: int, b: int) -> np.ndarray:
+        lo, hi = max(0, a - blur_halo), min(rows, b + blur_halo)
+        sat = np.array(raw_sat.rows(lo, hi))  # a copy to zero and blur
+        ink_rows = None
+        if raw_ink is not None and ink is not None and any_ink:
+            if ink is raw_ink:
+                window = raw_ink.rows(lo, hi)
+            else:  # grown by the margin: from the rows the margin reaches
+                ilo, ihi = max(0, lo - margin_halo), min(rows, hi + margin_halo)
+                window = dilate_or_erode_disk(raw_ink.rows(ilo, ihi), margin_px, dilate=True)[lo - ilo : hi - ilo]
+                ink.write_rows(a, window[a - lo : b - lo])
+            # ink's saturation must not bleed through the blur onto the glass beside it
+            sat[window] = 0.0
+            ink_rows = window[a - lo : b - lo]
+        if blur_halo:
+            ndimage.gaussian_filter(sat, sigma_px, output=sat)  # scipy filters line by line: in place is exact
+        sat = sat[a - lo : b - lo]
+        saturation.write_rows(a, sat)
+        # usable pixels: neither dark/bright nor ink
+        unusable = (dark_bright.rows(a, b),) if ink_rows is None else (dark_bright.rows(a, b), ink_rows)
+        return _unit_histogram(sat, 256, exclude=unusable, threads=1)
+
+    hist = sum(_each_stripe(pass_blur, bounds), np.zeros(256, np.int64))
+    raw_sat.close()
+    if raw_ink is not None and ink is not raw_ink:
+        raw_ink.close()
+    otsu = _otsu_of_histogram(hist, np.linspace(0.0, 1.0, 257))
     threshold = max(otsu, config.min_saturation)
+    with_ink = ink is not None and any_ink
 
-    def tissue_pixels(s: np.ndarray, *others: np.ndarray) -> np.ndarray:
-        m = s >= threshold
-        for other in others:
-            m &= ~other
-        return m
+    def tissue_rows(y0: int, y1: int) -> np.ndarray:
+        """Mask rows before the closing: saturated, not dark/bright, not ink."""
 
-    mask = _pointwise(tissue_pixels, sat, *unusable)
+        def tissue_pixels(s: np.ndarray, *others: np.ndarray) -> np.ndarray:
+            m = s >= threshold
+            for other in others:
+                m &= ~other
+            return m
 
-    radius_px = config.closing_radius_um / mask_mpp
-    if radius_px >= 1:
-        mask = close_disk(mask, radius_px)
-    min_object_px = int(config.min_object_area_um2 / mask_mpp**2)
-    min_hole_px = int(config.min_hole_area_um2 / mask_mpp**2)
-    if ink is None or not ink.any():
-        mask = remove_small(mask, min_object_px)
-        mask |= small_holes(mask, min_hole_px)
-    else:
-        # a stroke across tissue must neither cut it into islands that then count as small
-        # nor open its holes: sizes and holes are those of tissue + ink, then ink is removed
-        # (it is never tissue, even where the closing bridged it)
-        joined = mask | ink
-        mask = remove_small(joined, min_object_px, count=mask)
-        mask |= small_holes(joined, min_hole_px)
-        mask &= ~ink
-    return TissueMask(mask=mask, saturation=sat, dark_bright=dark_bright,
+        unusable = (dark_bright.rows(y0, y1),) + ((ink.rows(y0, y1),) if with_ink and ink is not None else ())
+        looked_up: np.ndarray = _pointwise(tissue_pixels, saturation.rows(y0, y1), *unusable, threads=1)
+        return looked_up
+
+    mask = RowImage(shape, bool)
+    # with ink, a stroke across tissue must neither cut it into islands that then count as
+    # small nor open its holes: sizes and holes are those of tissue + ink, then ink is
+    # removed (it is never tissue, even where the closing bridged it)
+    parts = _StripeParts(bounds, rows) if min_object_px > 1 else None
+    holes = _StripeParts(bounds, rows) if min_hole_px > 1 else None
+
+    def pass_mask(k: int, a: int, b: int) -> None:
+        closed = _closed_rows(tissue_rows, a, b, rows, cols, radius_px) if radius_px >= 1 else tissue_rows(a, b)
+        mask.write_rows(a, closed)
+        joined = closed | ink.rows(a, b) if with_ink and ink is not None else closed
+        if parts is not None:
+            parts.add(k, joined, count=closed if with_ink else None)
+        if holes is not None and with_ink:
+            holes.add(k, ~joined)
+
+    _each_stripe(pass_mask, bounds)
+    kept = fill = None
+    if parts is not None:
+        sizes, _ = parts.resolve()
+        kept = sizes >= min_object_px
+    if holes is not None and with_ink:
+        sizes, border = holes.resolve()
+        fill = (sizes < min_hole_px) & ~border
+
+    def pass_clean(k: int, a: int, b: int) -> None:
+        closed = mask.rows(a, b)
+        ink_rows = ink.rows(a, b) if with_ink and ink is not None else None
+        joined = closed if ink_rows is None else closed | ink_rows
+        cleaned = np.array(closed) if parts is None or kept is None else parts.lookup(k, joined, kept) & closed
+        if ink_rows is not None:
+            if holes is not None and fill is not None:
+                cleaned |= holes.lookup(k, ~joined, fill)
+            cleaned &= ~ink_rows
+        elif holes is not None:  # without ink, the holes are the cleaned mask's
+            holes.add(k, ~cleaned)
+        mask.write_rows(a, cleaned)
+
+    _each_stripe(pass_clean, bounds)
+    if holes is not None and not with_ink:
+        sizes, border = holes.resolve()
+        fill = (sizes < min_hole_px) & ~border
+
+        def pass_fill(k: int, a: int, b: int) -> None:
+            if holes.stripe_has_parts(k):
+                cleaned = mask.rows(a, b)
+                mask.write_rows(a, cleaned | holes.lookup(k, ~cleaned, fill))
+
+        _each_stripe(pass_fill, bounds)
+    return TissueMask(mask=mask, saturation=saturation, dark_bright=dark_bright,
                       mask_mpp=mask_mpp, threshold=float(threshold), ink=ink)
 
 
@@ -603,24 +857,29 @@ def box_counts(integral: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndar
     return counts
 
 
-def mask_box_counts(mask: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.ndarray:
+def mask_box_counts(mask: RowImage | np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray,
+                    x1: np.ndarray) -> np.ndarray:
     """``box_counts(summed_area_table(mask), y0, x0, y1, x1)`` (the same integers) from only
     the rows of the table the boxes use.
 
     The tiles of a grid start on a few hundred mask rows: their table rows are column
     counts summed band by band between those rows, then summed along each row, one pass
-    over the mask instead of a table four times its size built in two."""
-    rows, cols = mask.shape
+    down the mask (read a stripe at a time) instead of a table four times its size built
+    in two."""
+    image = as_row_image(mask)
+    rows, cols = image.shape
     dtype: type[np.signedinteger] = np.int32 if rows * cols < 2**31 else np.int64
     y0, y1 = np.asarray(y0), np.asarray(y1)
     ys = np.unique(np.concatenate([y0.ravel(), y1.ravel()]))  # sorted table rows in [0, rows]
     table = np.zeros((len(ys), cols + 1), dtype)
     column_counts = np.zeros(cols, dtype)
+    step = image.stripe_rows()
     top = 0
     for i, y in enumerate(ys.tolist()):
-        if y > top:  # mask rows [top, y) added to the counts of the rows above
-            np.add(column_counts, np.sum(mask[top:y], axis=0, dtype=dtype), out=column_counts)
-            top = y
+        while top < y:  # mask rows [top, y) added to the counts of the rows above, a stripe at most at a time
+            end = min(y, top + step)
+            np.add(column_counts, np.sum(image.rows(top, end), axis=0, dtype=dtype), out=column_counts)
+            top = end
         table[i, 1:] = column_counts
     np.cumsum(table, axis=1, out=table)
     return box_counts(table, np.searchsorted(ys, y0), x0, np.searchsorted(ys, y1), x1)
@@ -658,7 +917,7 @@ def keep_tiles(scores: TileScores, *, min_tissue: float, max_dark_bright_fractio
     return keep
 
 
-def window_max_at(image: np.ndarray, size: int, *, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+def window_max_at(image: RowImage | np.ndarray, size: int, *, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """(N,) maxima of ``image`` over the windows [y, y + size) x [x, x + size) (clipped to the
     image) at the points (``ys``, ``xs``): ``ndimage.maximum_filter(image, size,
     origin=-(size // 2), mode="nearest")[ys, xs]`` (the same values: a maximum is exact in any
@@ -667,19 +926,27 @@ def window_max_at(image: np.ndarray, size: int, *, ys: np.ndarray, xs: np.ndarra
     Each distinct window top row is reduced once, down its ``size`` rows, into one row of a
     small table; the running maximum along the table's rows is then sampled at the points.
     A grid's footprints start on a few hundred rows, so the work is about one pass over the
-    rows the footprints cover, not two full-image filter passes."""
-    rows = image.shape[0]
+    rows the footprints cover, not two full-image filter passes.  The rows are read a band
+    at a time (a stripe and the ``size`` - 1 rows below it), each band once."""
+    picture = as_row_image(image)
+    rows = picture.shape[0]
     tops, which = np.unique(np.asarray(ys), return_inverse=True)
-    table = np.empty((len(tops), image.shape[1]), image.dtype)
+    table = np.empty((len(tops), picture.shape[1]), picture.dtype)
+    step = picture.stripe_rows()
+    band, band_y0 = picture.rows(0, 0), 0
     for i, y in enumerate(tops.tolist()):
-        np.max(image[y : min(y + size, rows)], axis=0, out=table[i])
+        end = min(y + size, rows)
+        if end > band_y0 + len(band):  # the next band: from this top, a stripe of tops and their windows
+            band_y0 = y
+            band = picture.rows(y, min(rows, y + step + size - 1))
+        np.max(band[y - band_y0 : end - band_y0], axis=0, out=table[i])
     if size > 1:
         table = ndimage.maximum_filter1d(table, size, axis=1, origin=-(size // 2), mode="nearest")
     values: np.ndarray = table[which.ravel(), np.asarray(xs).ravel()]
     return values
 
 
-def _box_fractions(mask: np.ndarray, *, px_xy: np.ndarray, size_px: float,
+def _box_fractions(mask: RowImage, *, px_xy: np.ndarray, size_px: float,
                    scale: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Fraction of True in each box of side ``size_px`` (store px) at origins ``px_xy`` (N, 2),
     rounded outward to whole mask pixels (at least one; ``scale`` mask px per store px);
