@@ -873,7 +873,7 @@ def mask_box_counts(mask: RowImage | np.ndarray, y0: np.ndarray, x0: np.ndarray,
     ys = np.unique(np.concatenate([y0.ravel(), y1.ravel()]))  # sorted table rows in [0, rows]
     table = np.zeros((len(ys), cols + 1), dtype)
     column_counts = np.zeros(cols, dtype)
-    step = image.stripe_rows()
+    step = max(1, _STREAM_PX // max(1, cols))
     top = 0
     for i, y in enumerate(ys.tolist()):
         while top < y:  # mask rows [top, y) added to the counts of the rows above, a stripe at most at a time
@@ -932,7 +932,7 @@ def window_max_at(image: RowImage | np.ndarray, size: int, *, ys: np.ndarray, xs
     rows = picture.shape[0]
     tops, which = np.unique(np.asarray(ys), return_inverse=True)
     table = np.empty((len(tops), picture.shape[1]), picture.dtype)
-    step = picture.stripe_rows()
+    step = max(1, _STREAM_PX // max(1, picture.shape[1]))
     band, band_y0 = picture.rows(0, 0), 0
     for i, y in enumerate(tops.tolist()):
         end = min(y + size, rows)
