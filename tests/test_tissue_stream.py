@@ -17,9 +17,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from conftest import SLIDES
+from scipy import ndimage
 
 from wsiscan import rowimage
 from wsiscan import tissue as tissue_mod
@@ -253,7 +252,7 @@ def test_detection_of_a_large_thumbnail_holds_a_few_stripes(monkeypatch):
     """A thumbnail in a temporary file: detection and scoring allocate a few stripes, never a
     picture of the mask's size (numpy reports its allocations to tracemalloc; the whole-array
     detection's peak was several times the saturation's size)."""
-    rows, cols = 1600, 1200
+    rows, cols = 6400, 600
     truth = _blobs((rows, cols), 11, 20.0, 0.4)
     thumbnail = RowImage.from_array(_inked(truth, 12), ram_limit_bytes=0)
     monkeypatch.setattr(tissue_mod, "_STREAM_PX", 64 * cols)
