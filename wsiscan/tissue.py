@@ -1,4 +1,7 @@
-"""Tissue detection on a low-resolution thumbnail.  Pure: arrays and numbers in, values out.
+"""Tissue detection on a low-resolution thumbnail.  Pure: a picture and numbers in, values out.
+
+The thumbnail and the pictures of the result are RowImages (:mod:`wsiscan.rowimage`),
+read and written in row stripes, so memory holds a few stripes whatever the slide's size.
 
 The mask is HSV saturation above an Otsu threshold (never below a floor), with
 over-dark and over-bright pixels removed, then closed, cleaned of small islands and
@@ -30,7 +33,7 @@ from .config import TissueConfig
 from .grid import cell_offset_px
 from .rowimage import RowImage, as_row_image
 
-_STRIPE_ROWS = 256  # rows per stripe of the stripe-wise passes over a mask
+_STRIPE_ROWS = 256  # rows per stripe of otsu_threshold's histogram with a selection
 
 __all__ = ["TissueMask", "TileScores", "detect_tissue", "detect_ink", "keep_tiles", "cell_tissue_fractions", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts",
            "mask_box_counts", "window_max_at", "usable_cores"]
@@ -142,50 +145,7 @@ def _threads() -> int:
     return usable_cores()
 
 
-def _stripe_bounds(n_rows: int) -> np.ndarray | None:
-    """Row bounds of the stripes of an image of ``n_rows`` rows (about four per thread), or None
-    where one piece is better (one thread, or a small image)."""
-    threads = _threads()
-    if threads == 1 or n_rows < 4 * _STRIPE_ROWS:
-        return None
-    return np.linspace(0, n_rows, min(4 * threads, n_rows // _STRIPE_ROWS) + 1).astype(int)
-
-
-def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -> np.ndarray:
-    """``fn(*arrays)`` computed on horizontal stripes in threads, each stripe read with
-    ``halo`` rows of its neighbours on either side, which are dropped from its result.
-
-    Exact for any ``fn`` whose output row depends only on input rows within ``halo`` of it
-    (pointwise maps, separable filters, morphology by a structure of that radius): at the
-    image's own top and bottom a stripe's edge is the image's edge, as in one call.
-    numpy and scipy.ndimage release the GIL, so stripes run in parallel.
-    """
-    n = arrays[0].shape[0]
-    bounds = _stripe_bounds(n)
-    if bounds is None:
-        return fn(*arrays)
-
-    def part(k: int) -> np.ndarray:
-        a, b = int(bounds[k]), int(bounds[k + 1])
-        lo, hi = max(0, a - halo), min(n, b + halo)
-        return fn(*(x[lo:hi] for x in arrays))[a - lo : b - lo]
-
-    # the first stripe tells the output's type; the others are written into it as they come,
-    # so at most one stripe per thread exists beside the output (no concatenation copy)
-    first = part(0)
-    out = np.empty((n,) + first.shape[1:], first.dtype)
-    out[: bounds[1]] = first
-    del first
-
-    def write(k: int) -> None:
-        out[bounds[k] : bounds[k + 1]] = part(k)
-
-    with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
-        list(pool.map(write, range(1, len(bounds) - 1)))
-    return out
-
-
-_PIECE_PX = 1 << 15  # pixels per piece of a pixel-by-pixel pass (see _pointwise): 256 KiB as int64
+_PIECE_PX = 1 << 15  # pixels per piece of a pixel-by-pixel pass (see _piecewise): 256 KiB as int64
 
 
 def _piece_rows(array: np.ndarray) -> int:
@@ -213,67 +173,6 @@ def _map_pieces(fn: Callable[[int, int], Any], n_rows: int, piece_rows: int, *,
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-tissue") as pool:
         list(pool.map(run, range(threads)))
     return results
-
-
-def _pointwise(fn: Callable[..., Any], *arrays: np.ndarray, threads: int | None = None) -> Any:
-    """``fn(*arrays)`` for a ``fn`` that maps each row on its own, computed on pieces of about
-    ``_PIECE_PX`` pixels (in threads) written into one output (or, when ``fn`` returns a
-    tuple of arrays, into a tuple of outputs).
-
-    A piece's temporaries (up to 8 bytes a pixel: 256 KiB) stay in the CPU's cache and on
-    the heap: image-sized ones would each be mapped fresh (see :func:`wsiscan.heap.bound_heap`)
-    and page-faulted in, several times over per pass."""
-    n = arrays[0].shape[0]
-    step = _piece_rows(arrays[0])
-    first = fn(*(x[:step] for x in arrays))
-    several = isinstance(first, tuple)
-    firsts = first if several else (first,)
-    outs = tuple(np.empty((n,) + f.shape[1:], f.dtype) for f in firsts)
-    for out, f in zip(outs, firsts, strict=True):
-        out[: len(f)] = f
-    del first, firsts
-
-    def write(a: int, b: int) -> None:
-        parts = fn(*(x[step + a : step + b] for x in arrays))
-        for out, part in zip(outs, parts if several else (parts,), strict=True):
-            out[step + a : step + b] = part
-
-    if n > step:
-        _map_pieces(write, n - step, step, threads=threads)
-    return outs if several else outs[0]
-
-
-def blur_in_place(image: np.ndarray, sigma_px: float) -> None:
-    """``image[:] = ndimage.gaussian_filter(image, sigma_px)`` (the same values), in threaded
-    stripes with no second image: each stripe is blurred with ``halo`` rows of its neighbours
-    (enough for scipy's kernel, which reaches int(4 sigma + 0.5) px) in a buffer of its
-    thread's, and its own rows written back.  The neighbours' rows are copied before any
-    stripe is written, so a stripe never reads rows another one has blurred."""
-    halo = int(4.0 * sigma_px + 0.5) + 1
-    n = image.shape[0]
-    bounds = _stripe_bounds(n)
-    if bounds is None:
-        ndimage.gaussian_filter(image, sigma_px, output=image)  # scipy filters line by line: in place is exact
-        return
-    stripes = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    borders = [(image[max(0, a - halo) : a].copy(), image[b : min(n, b + halo)].copy()) for a, b in stripes]
-    buffers = threading.local()
-
-    def blur(k: int) -> None:
-        a, b = stripes[k]
-        top, bottom = borders[k]
-        rows = len(top) + (b - a) + len(bottom)
-        if getattr(buffers, "array", None) is None or len(buffers.array) < rows:
-            buffers.array = np.empty((max(b - a for a, b in stripes) + 2 * halo,) + image.shape[1:], image.dtype)
-        buf = buffers.array[:rows]
-        buf[: len(top)] = top
-        buf[len(top) : len(top) + b - a] = image[a:b]
-        buf[len(top) + b - a :] = bottom
-        ndimage.gaussian_filter(buf, sigma_px, output=buf)
-        image[a:b] = buf[len(top) : len(top) + b - a]
-
-    with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
-        list(pool.map(blur, range(len(stripes))))
 
 
 def _max_and_chroma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -407,41 +306,6 @@ def _ink_rules(rgb: np.ndarray) -> np.ndarray:
     return ink
 
 
-def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """``ndimage.label(mask)`` (4-connected), in uint16 where the labels fit: half the memory
-    of scipy's int32 image, the same labels."""
-    try:
-        labels, n = ndimage.label(mask, output=np.uint16)
-    except RuntimeError:  # more than 65,535 parts: scipy's "insufficient bit-depth"
-        labels, n = ndimage.label(mask)
-    return labels, int(n)
-
-
-def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
-    """Pixels per label 0..n of a label image, counted piece by piece: bincount converts
-    its input to int64, so a whole label image would make an int64 temporary of its size."""
-    return sum(_map_pieces(lambda a, b: np.bincount(labels[a:b].ravel(), minlength=n + 1), labels.shape[0],
-                           _piece_rows(labels)), np.zeros(n + 1, np.int64))
-
-
-def _labels_where(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``table[labels]``, piece by piece (indexing converts the labels to int64 first)."""
-    looked_up: np.ndarray = _pointwise(lambda piece: table[piece], labels)
-    return looked_up
-
-
-def remove_small(mask: np.ndarray, min_px: int, *, count: np.ndarray | None = None) -> np.ndarray:
-    """``mask`` without its (4-)connected parts of fewer than ``min_px`` pixels; with ``count``,
-    a part's size is its number of ``count`` pixels, and only those are returned."""
-    if min_px <= 1 or not mask.any():
-        return mask if count is None else mask & count
-    labels, n = _label(mask)
-    keep = _label_sizes(labels if count is None else np.where(count, labels, 0), n) >= min_px
-    keep[0] = False
-    kept = _labels_where(keep, labels)
-    return kept if count is None else kept & count
-
-
 def _disk_rows(radius_px: float) -> list[tuple[int, int]]:
     """(dy, half width) of each row of the digital disk x^2 + y^2 <= radius^2."""
     r = int(math.ceil(radius_px))
@@ -514,37 +378,6 @@ def dilate_or_erode_disk(mask: np.ndarray, radius_px: float, *, dilate: bool, sc
     return out
 
 
-def close_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
-    """Morphological closing by a disk, padded so that tissue touching the border is not eroded."""
-    r = int(math.ceil(radius_px))
-    padded = np.pad(mask, r, mode="constant")
-
-    def closing(m: np.ndarray) -> np.ndarray:
-        return dilate_or_erode_disk(dilate_or_erode_disk(m, radius_px, dilate=True), radius_px, dilate=False)
-
-    # one pass of stripes: a closed row depends on the dilated rows within r, and those on
-    # the rows within 2 r (no dilated image is assembled between the two)
-    closed = _stripewise(closing, padded, halo=2 * r)
-    return closed[r:-r, r:-r]
-
-
-def small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
-    """Holes of ``mask`` (4-connected background parts not touching the border, as
-    ``ndimage.binary_fill_holes`` finds them) smaller than ``min_px`` pixels.
-
-    One labelling of the background gives both the holes and their sizes.
-    """
-    if min_px <= 1 or mask.all():
-        return np.zeros_like(mask)
-    labels, n = _label(~mask)
-    touches_border = np.zeros(n + 1, bool)
-    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        touches_border[edge] = True
-    small = (_label_sizes(labels, n) < min_px) & ~touches_border
-    small[0] = False
-    return _labels_where(small, labels)
-
-
 _STREAM_PX = 1 << 20  # pixels per stripe of detect_tissue's passes (about 4 MB as float32)
 
 
@@ -596,7 +429,11 @@ def _each_stripe(fn: Callable[[int, int, int], Any], bounds: list[tuple[int, int
 def _piecewise(fn: Callable[..., tuple[np.ndarray, ...]], arrays: tuple[np.ndarray, ...],
                outs: tuple[np.ndarray, ...]) -> None:
     """``outs[:] = fn(*arrays)`` for a ``fn`` that maps each row on its own, in pieces of
-    about ``_PIECE_PX`` pixels, in this thread (see :func:`_pointwise`)."""
+    about ``_PIECE_PX`` pixels, in this thread.
+
+    A piece's temporaries (up to 8 bytes a pixel: 256 KiB) stay in the CPU's cache and on
+    the heap: stripe-sized ones would each be mapped fresh (see :func:`wsiscan.heap.bound_heap`)
+    and page-faulted in, several times over per pass."""
     step = _piece_rows(arrays[0])
     for a in range(0, arrays[0].shape[0], step):
         for out, part in zip(outs, fn(*(x[a : a + step] for x in arrays)), strict=True):
@@ -705,11 +542,13 @@ class _StripeParts:
 
 def _closed_rows(mask_rows: Callable[[int, int, np.ndarray], None], a: int, b: int, rows: int, cols: int,
                  radius_px: float, scratch: _Scratch) -> np.ndarray:
-    """Rows [a, b) of ``close_disk(mask, radius_px)`` of a (rows, cols) mask, from its rows
-    within 2 r of them (r = ceil(radius_px)), which ``mask_rows(y0, y1, out)`` writes into ``out``.
+    """Rows [a, b) of the morphological closing by a disk of a (rows, cols) mask, padded so
+    that tissue touching the border is not eroded (``ndimage.binary_closing(np.pad(mask, r),
+    disk)[r:-r, r:-r]``, r = ceil(radius_px)), from its rows within 2 r of them, which
+    ``mask_rows(y0, y1, out)`` writes into ``out``.
 
-    close_disk pads the mask with r False pixels on every side, closes, and crops: a closed
-    row depends on the padded rows within 2 r.  The window here is those rows of the padded
+    The padded mask has r False pixels on every side; a closed row depends on its rows
+    within 2 r.  The window here is those rows of the padded
     mask, clipped to it, so where it ends at the padded mask's edge it ends there as in one
     call, and elsewhere it reaches far enough.  The result is a view of a buffer of this thread's."""
     r = int(math.ceil(radius_px))
