@@ -414,6 +414,10 @@ class _Scratch:
         """A writable copy of ``image``'s rows [y0, y1) in the buffer ``name``."""
         return image.rows(y0, y1, out=self.get(name, (y1 - y0,) + image.row_shape, image.dtype))
 
+    def view(self, name: str, image: RowImage, y0: int, y1: int) -> np.ndarray:
+        """``image``'s rows [y0, y1) to read: a view of an image in memory, else read into the buffer ``name``."""
+        return image.rows(y0, y1) if image.in_memory else self.rows(name, image, y0, y1)
+
 
 def _each_stripe(fn: Callable[[int, int, int], Any], bounds: list[tuple[int, int]]) -> list[Any]:
     """``[fn(k, y0, y1)]`` over the stripes ``bounds``, in threads: at most one stripe per
@@ -523,19 +527,21 @@ class _StripeParts:
         part_border = np.bincount(part, weights=border, minlength=n_parts) > 0
         return part_sizes, part_border
 
-    def stripe_has_parts(self, k: int) -> bool:
-        return bool(self._stripes[k][0])
+    def stripe_table(self, k: int, table: np.ndarray) -> np.ndarray:
+        """``table`` of the parts of stripe ``k``'s labels 1..n (indexed by label - 1)."""
+        if self._part is None or self._offsets is None:
+            raise RuntimeError("_StripeParts used before resolve")
+        looked_up: np.ndarray = table[self._part[self._offsets[k] : self._offsets[k + 1]]]
+        return looked_up
 
     def lookup(self, k: int, part: np.ndarray, table: np.ndarray, *, out: np.ndarray) -> np.ndarray:
         """``out[:] = table[the part of each pixel]`` of stripe ``k``, False off the parts:
         ``part`` must be the stripe :meth:`add` was given."""
-        if self._part is None or self._offsets is None:
-            raise RuntimeError("_StripeParts.lookup before resolve")
         labels, n = self.label(part)
         if n != self._stripes[k][0]:
             raise RuntimeError(f"stripe {k} labelled {n} parts the second time, {self._stripes[k][0]} the first")
         stripe_table = np.zeros(n + 1, table.dtype)
-        stripe_table[1:] = table[self._part[self._offsets[k] : self._offsets[k + 1]]]
+        stripe_table[1:] = self.stripe_table(k, table)
         _piecewise(lambda piece: (stripe_table[piece],), (labels,), (out,))
         return out
 
@@ -565,7 +571,7 @@ def _closed_rows(mask_rows: Callable[[int, int, np.ndarray], None], a: int, b: i
 def _drop_parts(image: RowImage, parts: _StripeParts, keep: np.ndarray, has_parts: list[bool], k: int, a: int,
                 b: int) -> None:
     """Rows [a, b) (stripe ``k``) of ``image`` without the parts ``keep`` says False, in place."""
-    if has_parts[k]:
+    if has_parts[k] and not parts.stripe_table(k, keep).all():  # else every part of the stripe stays
         rows = parts.scratch.rows("drop", image, a, b)
         image.write_rows(a, parts.lookup(k, rows, keep, out=rows))  # each pixel read before it is written
 
@@ -625,7 +631,7 @@ def detect_tissue(thumbnail: RowImage | np.ndarray, *, mask_mpp: float, config: 
         outs = [scratch.get("sat", (n, cols), np.float32), scratch.get("dark_bright", (n, cols), bool)]
         if raw_ink is not None:
             outs.append(scratch.get("ink", (n, cols), bool))
-        _piecewise(measure, (scratch.rows("rgb", rgb, a, b),), tuple(outs))
+        _piecewise(measure, (scratch.view("rgb", rgb, a, b),), tuple(outs))
         raw_sat.write_rows(a, outs[0])
         dark_bright.write_rows(a, outs[1])
         if raw_ink is None:
@@ -655,10 +661,10 @@ def detect_tissue(thumbnail: RowImage | np.ndarray, *, mask_mpp: float, config: 
         ink_rows = None
         if raw_ink is not None and ink is not None and any_ink:
             if ink is raw_ink:
-                window = scratch.rows("ink", raw_ink, lo, hi)
+                window = scratch.view("ink", raw_ink, lo, hi)
             else:  # grown by the margin: from the rows the margin reaches
                 ilo, ihi = max(0, lo - margin_halo), min(rows, hi + margin_halo)
-                window = dilate_or_erode_disk(scratch.rows("ink", raw_ink, ilo, ihi), margin_px, dilate=True,
+                window = dilate_or_erode_disk(scratch.view("ink", raw_ink, ilo, ihi), margin_px, dilate=True,
                                               scratch=scratch)[lo - ilo : hi - ilo]
                 ink.write_rows(a, window[a - lo : b - lo])
             # ink's saturation must not bleed through the blur onto the glass beside it
@@ -669,7 +675,7 @@ def detect_tissue(thumbnail: RowImage | np.ndarray, *, mask_mpp: float, config: 
         sat = sat[a - lo : b - lo]
         saturation.write_rows(a, sat)
         # usable pixels: neither dark/bright nor ink
-        db_rows = scratch.rows("dark_bright", dark_bright, a, b)
+        db_rows = scratch.view("dark_bright", dark_bright, a, b)
         return _unit_histogram(sat, 256, exclude=(db_rows,) if ink_rows is None else (db_rows, ink_rows), threads=1)
 
     hist = sum(_each_stripe(pass_blur, bounds), np.zeros(256, np.int64))
@@ -688,10 +694,10 @@ def detect_tissue(thumbnail: RowImage | np.ndarray, *, mask_mpp: float, config: 
 
     def tissue_rows(y0: int, y1: int, out: np.ndarray) -> None:
         """Mask rows before the closing into ``out``: saturated, not dark/bright, not ink."""
-        unusable: tuple[np.ndarray, ...] = (scratch.rows("dark_bright", dark_bright, y0, y1),)
+        unusable: tuple[np.ndarray, ...] = (scratch.view("dark_bright", dark_bright, y0, y1),)
         if with_ink and ink is not None:
-            unusable += (scratch.rows("ink", ink, y0, y1),)
-        _piecewise(tissue_pixels, (scratch.rows("sat", saturation, y0, y1),) + unusable, (out,))
+            unusable += (scratch.view("ink", ink, y0, y1),)
+        _piecewise(tissue_pixels, (scratch.view("sat", saturation, y0, y1),) + unusable, (out,))
 
     mask = RowImage(shape, bool)
     # with ink, a stroke across tissue must neither cut it into islands that then count as
@@ -704,7 +710,7 @@ def detect_tissue(thumbnail: RowImage | np.ndarray, *, mask_mpp: float, config: 
         """Tissue and ink (with ink), else the tissue itself."""
         if not with_ink or ink is None:
             return closed
-        joined: np.ndarray = np.bitwise_or(closed, scratch.rows("ink", ink, a, b),
+        joined: np.ndarray = np.bitwise_or(closed, scratch.view("ink", ink, a, b),
                                            out=scratch.get("joined", closed.shape, bool))
         return joined
 
@@ -734,17 +740,18 @@ def detect_tissue(thumbnail: RowImage | np.ndarray, *, mask_mpp: float, config: 
         closed = scratch.rows("mask", mask, a, b)
         joined = joined_rows(closed, a, b)
         cleaned = closed
-        if parts is not None and kept is not None:
+        if parts is not None and kept is not None and not parts.stripe_table(k, kept).all():  # else all stay
             cleaned = parts.lookup(k, joined, kept, out=scratch.get("cleaned", closed.shape, bool))
             cleaned &= closed
         background = scratch.get("background", closed.shape, bool)
         if with_ink and ink is not None:
-            if holes is not None and fill is not None:
+            if holes is not None and fill is not None and holes.stripe_table(k, fill).any():  # else none filled
                 cleaned |= holes.lookup(k, np.logical_not(joined, out=background), fill, out=background)
-            cleaned &= ~scratch.rows("ink", ink, a, b)
+            cleaned &= ~scratch.view("ink", ink, a, b)
         elif holes is not None:  # without ink, the holes are the cleaned mask's
             holes.add(k, np.logical_not(cleaned, out=background))
-        mask.write_rows(a, cleaned)
+        if cleaned is not closed or with_ink:  # else the stripe is as it was
+            mask.write_rows(a, cleaned)
 
     _each_stripe(pass_clean, bounds)
     if holes is not None and not with_ink:
@@ -752,7 +759,7 @@ def detect_tissue(thumbnail: RowImage | np.ndarray, *, mask_mpp: float, config: 
         fill = (sizes < min_hole_px) & ~border
 
         def pass_fill(k: int, a: int, b: int) -> None:
-            if holes.stripe_has_parts(k):
+            if holes.stripe_table(k, fill).any():  # else no hole of this stripe is filled
                 cleaned = scratch.rows("mask", mask, a, b)
                 background = np.logical_not(cleaned, out=scratch.get("background", cleaned.shape, bool))
                 cleaned |= holes.lookup(k, background, fill, out=background)
