@@ -310,6 +310,25 @@ def test_scoring_from_row_images_equals_scoring_from_arrays(monkeypatch, in_file
 REAL_MPP = 1.0  # the real slides' thumbnails at 1 um/px: larger masks, larger blur and closing (in px)
 
 
+def test_connected_parts_equal_scipy_connected_components():
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(31)
+    for n, n_edges in ((0, 0), (1, 0), (5, 0), (50, 30), (2000, 1500), (2000, 4000)):
+        i, j = rng.integers(0, max(n, 1), (2, n_edges))
+        if n_edges < n:  # a chain through a random half of the nodes: a long path to join
+            chain = rng.permutation(n)[: n // 2]
+            i, j = np.concatenate([i, chain[:-1]]), np.concatenate([j, chain[1:]])
+        n_parts, part = tissue_mod._connected_parts(n, i, j)
+        expected_n, expected = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)),
+                                                     directed=False)
+        assert n_parts == expected_n
+        # the same partition (the numbering may differ)
+        pairs = np.unique(np.stack([part, expected]), axis=1)
+        assert pairs.shape[1] == n_parts == len(np.unique(part))
+
+
 def _real_thumbnails() -> list[tuple[str, np.ndarray]]:
     from wsiscan.slide import open_slide
 

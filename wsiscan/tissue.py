@@ -455,6 +455,32 @@ def _piece_bincount(labels: np.ndarray, n: int, where: np.ndarray | None = None)
     return counts
 
 
+def _connected_parts(n: int, i: np.ndarray, j: np.ndarray) -> tuple[int, np.ndarray]:
+    """The connected parts of the graph of ``n`` nodes with the edges (``i``, ``j``): their
+    number, and the part (0, 1, ...) of each node.
+
+    Each node points at a node of its part no larger than itself (a tree; a root points at
+    itself).  Every round points the roots at the two ends of each edge at the smaller of
+    the two, then every node at its root's root until nothing moves: the trees an edge
+    spans are joined.  When every edge lies within one tree, the trees are the parts.
+    (scipy.sparse.csgraph does the same, but importing it costs 10 MB of memory.)"""
+    root = np.arange(n)
+    while len(i):
+        ri, rj = root[i], root[j]
+        if np.array_equal(ri, rj):
+            break
+        low = np.minimum(ri, rj)
+        np.minimum.at(root, ri, low)
+        np.minimum.at(root, rj, low)
+        while True:  # every node at its root
+            up = root[root]
+            if np.array_equal(up, root):
+                break
+            root = up
+    roots, part = np.unique(root, return_inverse=True)
+    return len(roots), part
+
+
 class _StripeParts:
     """The 4-connected parts of a picture seen one stripe at a time.
 
@@ -462,7 +488,7 @@ class _StripeParts:
     (``ndimage.label``) and keeps only per-label numbers: size, whether the label touches
     the picture's border, and the labels of the stripe's first and last rows.
     :meth:`resolve` joins the labels that meet across stripe boundaries (one graph of a
-    few numbers per label, ``scipy.sparse.csgraph``) into parts, and sums their sizes.
+    few numbers per label, :func:`_connected_parts`) into parts, and sums their sizes.
     A second pass labels each stripe again (the same input gives the same labels) and
     :meth:`lookup` maps them through a per-part table.  Nothing the size of the picture is
     held: a stripe's labels live only while it is worked on.
@@ -503,9 +529,6 @@ class _StripeParts:
 
     def resolve(self) -> tuple[np.ndarray, np.ndarray]:
         """(sizes, touches border) of the parts, indexed by part: the tables :meth:`lookup` takes."""
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
         ns = np.array([s[0] for s in self._stripes], np.int64)
         offsets = np.concatenate([[0], np.cumsum(ns)])
         total = int(offsets[-1])
@@ -520,8 +543,7 @@ class _StripeParts:
             below.append(first[both].astype(np.int64) - 1 + offsets[k])
         i = np.concatenate(above + [np.zeros(0, np.int64)])
         j = np.concatenate(below + [np.zeros(0, np.int64)])
-        graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(total, total))
-        n_parts, part = connected_components(graph, directed=False)
+        n_parts, part = _connected_parts(total, i, j)
         self._part, self._offsets = part, offsets
         part_sizes = np.bincount(part, weights=sizes, minlength=n_parts).astype(np.int64)
         part_border = np.bincount(part, weights=border, minlength=n_parts) > 0
