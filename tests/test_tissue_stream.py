@@ -354,3 +354,40 @@ def test_streamed_detection_of_real_slides_equals_the_reference(monkeypatch):
             t = detect_tissue(RowImage.from_array(rgb), mask_mpp=REAL_MPP, config=config)
             assert t.mask.any()
             _assert_same(t, rgb, config, name, mask_mpp=REAL_MPP)
+
+
+@pytest.mark.parametrize("stride_px", [96, 32])
+def test_keep_rule_and_chunks_from_row_images_equal_those_from_arrays(monkeypatch, stride_px):
+    """keep.py's tiles, scores, needed chunks and glass-skip tiles from a TissueMask of
+    temporary-file RowImages read in stripes of 3 rows equal those from whole arrays."""
+    from wsiscan.config import TileConfig
+    from wsiscan.grid import build_grid, select_level, store_geometry
+    from wsiscan.keep import chunks_needed, glass_tile_keep, keep_grid_tiles
+
+    monkeypatch.setattr(rowimage, "RAM_LIMIT_BYTES", 0)
+    monkeypatch.setattr(tissue_mod, "_STREAM_PX", 3 * 130)
+    truth = _blobs((150, 130), 41, 3.0, 0.45)
+    truth[90:], truth[:, 70:] = False, False  # glass at the right and the bottom: chunks not needed
+    rgb = _inked(truth, 42)
+    streamed = detect_tissue(RowImage.from_array(rgb), mask_mpp=MASK_MPP, config=TissueConfig())
+    assert not streamed.mask.in_memory
+    arrays = tissue_mod.TissueMask(mask=streamed.mask.to_array(), saturation=streamed.saturation.to_array(),
+                                   dark_bright=streamed.dark_bright.to_array(), mask_mpp=MASK_MPP,
+                                   threshold=streamed.threshold, ink=streamed.ink.to_array())
+    assert arrays.mask.in_memory
+    tile = TileConfig(stride_px=stride_px, supertile_px=128)
+    selection = select_level(requested_mpp=tile.target_mpp, level_mpps=(0.25, 1.0), tolerance=tile.mpp_tolerance)
+    geometry = store_geometry(l0_dimensions_px=(130 * 16, 150 * 16), base_mpp=0.25, selection=selection,
+                              supertile_px=tile.supertile_px, pad_px=tile.tile_size_px)
+    grid = build_grid(width_px=geometry.slide_width_px, height_px=geometry.slide_height_px,
+                      tile_size_px=tile.tile_size_px, stride_px=stride_px, pad_px=geometry.pad_px)
+    results = []
+    for t in (streamed, arrays):
+        kept = keep_grid_tiles(t, grid, px_mpp=selection.effective_mpp, tile=tile, tissue_config=TissueConfig())
+        results.append((kept.rc, kept.scores.tissue_fraction, kept.scores.dark_bright_fraction,
+                        kept.scores.max_saturation, chunks_needed(geometry, t, grid, kept.rc),
+                        glass_tile_keep(t, lv_tile_layout=((64, 64), (40, 35)), lv_per_px=selection.lv_per_px,
+                                        px_mpp=selection.effective_mpp, tile_size_px=tile.tile_size_px)))
+    assert len(results[0][0]) and not results[0][4].all() and not results[0][5].all()
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
