@@ -605,7 +605,7 @@ def detect_tissue(thumbnail: RowImage | np.ndarray, *, mask_mpp: float, config: 
     (:class:`~wsiscan.rowimage.RowImage`): memory holds a few stripes, whatever the
     slide's size.  The passes, each over all stripes, in threads:
 
-    1. saturation (unblurred, kept until pass 2), over-dark/over-bright pixels and raw pen
+    1. saturation (unblurred, in a temporary RowImage until pass 2), over-dark/over-bright pixels and raw pen
        ink by colour; the raw ink's parts are labelled (:class:`_StripeParts`);
     2. ink parts too small are dropped (their stripes rewritten), what is left grows by
        the margin, its saturation is zeroed and the saturation blurred (each stripe with
