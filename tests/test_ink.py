@@ -62,9 +62,10 @@ def _to_mask_res(rgb: np.ndarray, cover: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def _scores(thumb, ink_truth, any_ink, clean_mask):
     tissue = detect_tissue(thumb, mask_mpp=MASK_MPP, config=_config())
-    ink_excluded = 1 - (tissue.mask & ink_truth).sum() / ink_truth.sum()
+    mask = tissue.mask.to_array()
+    ink_excluded = 1 - (mask & ink_truth).sum() / ink_truth.sum()
     truth = clean_mask & ~any_ink
-    tissue_kept = (tissue.mask & truth).sum() / truth.sum()
+    tissue_kept = (mask & truth).sum() / truth.sum()
     return tissue, ink_excluded, tissue_kept
 
 
@@ -72,7 +73,7 @@ def _crop_clean(cmu_1um):
     f = int(MASK_MPP / DRAW_MPP)
     h, w = (cmu_1um.shape[0] // f) * f, (cmu_1um.shape[1] // f) * f
     thumb = resize_box(np.ascontiguousarray(cmu_1um[:h, :w]), (w // f, h // f))
-    return detect_tissue(thumb, mask_mpp=MASK_MPP, config=_config(False)).mask
+    return detect_tissue(thumb, mask_mpp=MASK_MPP, config=_config(False)).mask.to_array()
 
 
 @pytest.mark.parametrize("colour", list(INKS))
@@ -116,8 +117,9 @@ def test_thumbnail_ringed_with_ink(cmu_1um):
     # nothing along the ring is taken for tissue (ink's saturation must not bleed onto the glass)
     from scipy import ndimage
 
-    far = tissue.mask & ~ndimage.binary_dilation(clean_big, iterations=5)
-    assert far.sum() <= 0.005 * tissue.mask.sum(), far.sum()
+    mask = tissue.mask.to_array()
+    far = mask & ~ndimage.binary_dilation(clean_big, iterations=5)
+    assert far.sum() <= 0.005 * mask.sum(), far.sum()
     # the threshold is the clean tissue's, not one between ink and tissue
     clean_thr = detect_tissue(resize_box(np.ascontiguousarray(big[: (H // f) * f, : (W // f) * f]),
                                          (W // f, H // f)), mask_mpp=MASK_MPP, config=_config()).threshold

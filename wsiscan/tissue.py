@@ -1,4 +1,7 @@
-"""Tissue detection on a low-resolution thumbnail.  Pure: arrays and numbers in, values out.
+"""Tissue detection on a low-resolution thumbnail.  Pure: a picture and numbers in, values out.
+
+The thumbnail and the pictures of the result are RowImages (:mod:`wsiscan.rowimage`),
+read and written in row stripes, so memory holds a few stripes whatever the slide's size.
 
 The mask is HSV saturation above an Otsu threshold (never below a floor), with
 over-dark and over-bright pixels removed, then closed, cleaned of small islands and
@@ -15,6 +18,7 @@ thumbnail (PCam's own rule keeps a patch when it reaches 0.07).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -27,8 +31,9 @@ from scipy import ndimage
 
 from .config import TissueConfig
 from .grid import cell_offset_px
+from .rowimage import RowImage, as_row_image
 
-_STRIPE_ROWS = 256  # rows per stripe of the stripe-wise passes over a mask
+_STRIPE_ROWS = 256  # rows per stripe of otsu_threshold's histogram with a selection
 
 __all__ = ["TissueMask", "TileScores", "detect_tissue", "detect_ink", "keep_tiles", "cell_tissue_fractions", "score_tiles", "otsu_threshold", "summed_area_table", "box_counts",
            "mask_box_counts", "window_max_at", "usable_cores"]
@@ -36,21 +41,30 @@ __all__ = ["TissueMask", "TileScores", "detect_tissue", "detect_ink", "keep_tile
 
 @dataclass(frozen=True)
 class TissueMask:
-    mask: np.ndarray  # (rows, cols) bool, True = tissue
+    """The pictures of :func:`detect_tissue`, each a :class:`~wsiscan.rowimage.RowImage`
+    at ``mask_mpp`` (arrays given are wrapped, without a copy)."""
+
+    mask: RowImage  # (rows, cols) bool, True = tissue
     # the two below are needed only by score_tiles; a plan drops them once tiles are scored
-    saturation: np.ndarray | None  # (rows, cols) float32, blurred HSV saturation in [0, 1]
-    dark_bright: np.ndarray | None  # (rows, cols) bool, over-dark or over-bright pixel
+    saturation: RowImage | None  # (rows, cols) float32, blurred HSV saturation in [0, 1]
+    dark_bright: RowImage | None  # (rows, cols) bool, over-dark or over-bright pixel
     mask_mpp: float  # um per mask pixel
     threshold: float  # saturation threshold used
-    ink: np.ndarray | None = None  # (rows, cols) bool, pen ink found (never tissue); None: filter off
+    ink: RowImage | None = None  # (rows, cols) bool, pen ink found (never tissue); None: filter off
+
+    def __post_init__(self) -> None:
+        for name in ("mask", "saturation", "dark_bright", "ink"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, RowImage):
+                object.__setattr__(self, name, as_row_image(value))
 
     @property
     def tissue_area_um2(self) -> float:
-        return float(np.count_nonzero(self.mask)) * self.mask_mpp**2
+        return float(self.mask.count_nonzero()) * self.mask_mpp**2
 
     @property
     def ink_area_um2(self) -> float:
-        return 0.0 if self.ink is None else float(np.count_nonzero(self.ink)) * self.mask_mpp**2
+        return 0.0 if self.ink is None else float(self.ink.count_nonzero()) * self.mask_mpp**2
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,8 @@ def _is_power_of_two(n: int) -> bool:
     return 0 < n <= 1 << 16 and n & (n - 1) == 0
 
 
-def _unit_histogram(values: np.ndarray, bins: int, *, exclude: tuple[np.ndarray, ...] = ()) -> np.ndarray:
+def _unit_histogram(values: np.ndarray, bins: int, *, exclude: tuple[np.ndarray, ...] = (),
+                    threads: int | None = None) -> np.ndarray:
     """``np.histogram(values[keep], bins, range=(0, 1))[0]``, keep = not any of ``exclude``, for
     float ``values`` and a power-of-two ``bins``: counted piece by piece in threads, with no
     copy of the selected values the size of the image.
@@ -113,7 +128,7 @@ def _unit_histogram(values: np.ndarray, bins: int, *, exclude: tuple[np.ndarray,
         np.minimum(index, bins - 1, out=index)  # v == 1 is in the last bin
         return np.bincount(index, minlength=bins)
 
-    return sum(_map_pieces(count, values.shape[0], _piece_rows(values)), np.zeros(bins, np.int64))
+    return sum(_map_pieces(count, values.shape[0], _piece_rows(values), threads=threads), np.zeros(bins, np.int64))
 
 
 def usable_cores(*, at_most: int = 8) -> int:
@@ -130,50 +145,7 @@ def _threads() -> int:
     return usable_cores()
 
 
-def _stripe_bounds(n_rows: int) -> np.ndarray | None:
-    """Row bounds of the stripes of an image of ``n_rows`` rows (about four per thread), or None
-    where one piece is better (one thread, or a small image)."""
-    threads = _threads()
-    if threads == 1 or n_rows < 4 * _STRIPE_ROWS:
-        return None
-    return np.linspace(0, n_rows, min(4 * threads, n_rows // _STRIPE_ROWS) + 1).astype(int)
-
-
-def _stripewise(fn: Callable[..., np.ndarray], *arrays: np.ndarray, halo: int) -> np.ndarray:
-    """``fn(*arrays)`` computed on horizontal stripes in threads, each stripe read with
-    ``halo`` rows of its neighbours on either side, which are dropped from its result.
-
-    Exact for any ``fn`` whose output row depends only on input rows within ``halo`` of it
-    (pointwise maps, separable filters, morphology by a structure of that radius): at the
-    image's own top and bottom a stripe's edge is the image's edge, as in one call.
-    numpy and scipy.ndimage release the GIL, so stripes run in parallel.
-    """
-    n = arrays[0].shape[0]
-    bounds = _stripe_bounds(n)
-    if bounds is None:
-        return fn(*arrays)
-
-    def part(k: int) -> np.ndarray:
-        a, b = int(bounds[k]), int(bounds[k + 1])
-        lo, hi = max(0, a - halo), min(n, b + halo)
-        return fn(*(x[lo:hi] for x in arrays))[a - lo : b - lo]
-
-    # the first stripe tells the output's type; the others are written into it as they come,
-    # so at most one stripe per thread exists beside the output (no concatenation copy)
-    first = part(0)
-    out = np.empty((n,) + first.shape[1:], first.dtype)
-    out[: bounds[1]] = first
-    del first
-
-    def write(k: int) -> None:
-        out[bounds[k] : bounds[k + 1]] = part(k)
-
-    with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
-        list(pool.map(write, range(1, len(bounds) - 1)))
-    return out
-
-
-_PIECE_PX = 1 << 15  # pixels per piece of a pixel-by-pixel pass (see _pointwise): 256 KiB as int64
+_PIECE_PX = 1 << 15  # pixels per piece of a pixel-by-pixel pass (see _piecewise): 256 KiB as int64
 
 
 def _piece_rows(array: np.ndarray) -> int:
@@ -181,11 +153,13 @@ def _piece_rows(array: np.ndarray) -> int:
     return max(1, _PIECE_PX // max(1, array.shape[1] if array.ndim > 1 else 1))
 
 
-def _map_pieces(fn: Callable[[int, int], Any], n_rows: int, piece_rows: int) -> list[Any]:
-    """``[fn(a, b)]`` over the row pieces [a, b) of ``n_rows`` rows, in threads."""
+def _map_pieces(fn: Callable[[int, int], Any], n_rows: int, piece_rows: int, *,
+                threads: int | None = None) -> list[Any]:
+    """``[fn(a, b)]`` over the row pieces [a, b) of ``n_rows`` rows, in ``threads`` threads
+    (default :func:`_threads`)."""
     bounds = list(range(0, n_rows, piece_rows)) + [n_rows]
     pieces = list(zip(bounds[:-1], bounds[1:], strict=True))
-    threads = min(_threads(), len(pieces))
+    threads = min(_threads() if threads is None else threads, len(pieces))
     if threads == 1:
         return [fn(a, b) for a, b in pieces]
     # one task per thread, each taking every threads-th piece: a task per piece would cost
@@ -199,67 +173,6 @@ def _map_pieces(fn: Callable[[int, int], Any], n_rows: int, piece_rows: int) -> 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-tissue") as pool:
         list(pool.map(run, range(threads)))
     return results
-
-
-def _pointwise(fn: Callable[..., Any], *arrays: np.ndarray) -> Any:
-    """``fn(*arrays)`` for a ``fn`` that maps each row on its own, computed on pieces of about
-    ``_PIECE_PX`` pixels (in threads) written into one output (or, when ``fn`` returns a
-    tuple of arrays, into a tuple of outputs).
-
-    A piece's temporaries (up to 8 bytes a pixel: 256 KiB) stay in the CPU's cache and on
-    the heap: image-sized ones would each be mapped fresh (see :func:`wsiscan.heap.bound_heap`)
-    and page-faulted in, several times over per pass."""
-    n = arrays[0].shape[0]
-    step = _piece_rows(arrays[0])
-    first = fn(*(x[:step] for x in arrays))
-    several = isinstance(first, tuple)
-    firsts = first if several else (first,)
-    outs = tuple(np.empty((n,) + f.shape[1:], f.dtype) for f in firsts)
-    for out, f in zip(outs, firsts, strict=True):
-        out[: len(f)] = f
-    del first, firsts
-
-    def write(a: int, b: int) -> None:
-        parts = fn(*(x[step + a : step + b] for x in arrays))
-        for out, part in zip(outs, parts if several else (parts,), strict=True):
-            out[step + a : step + b] = part
-
-    if n > step:
-        _map_pieces(write, n - step, step)
-    return outs if several else outs[0]
-
-
-def blur_in_place(image: np.ndarray, sigma_px: float) -> None:
-    """``image[:] = ndimage.gaussian_filter(image, sigma_px)`` (the same values), in threaded
-    stripes with no second image: each stripe is blurred with ``halo`` rows of its neighbours
-    (enough for scipy's kernel, which reaches int(4 sigma + 0.5) px) in a buffer of its
-    thread's, and its own rows written back.  The neighbours' rows are copied before any
-    stripe is written, so a stripe never reads rows another one has blurred."""
-    halo = int(4.0 * sigma_px + 0.5) + 1
-    n = image.shape[0]
-    bounds = _stripe_bounds(n)
-    if bounds is None:
-        ndimage.gaussian_filter(image, sigma_px, output=image)  # scipy filters line by line: in place is exact
-        return
-    stripes = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    borders = [(image[max(0, a - halo) : a].copy(), image[b : min(n, b + halo)].copy()) for a, b in stripes]
-    buffers = threading.local()
-
-    def blur(k: int) -> None:
-        a, b = stripes[k]
-        top, bottom = borders[k]
-        rows = len(top) + (b - a) + len(bottom)
-        if getattr(buffers, "array", None) is None or len(buffers.array) < rows:
-            buffers.array = np.empty((max(b - a for a, b in stripes) + 2 * halo,) + image.shape[1:], image.dtype)
-        buf = buffers.array[:rows]
-        buf[: len(top)] = top
-        buf[len(top) : len(top) + b - a] = image[a:b]
-        buf[len(top) + b - a :] = bottom
-        ndimage.gaussian_filter(buf, sigma_px, output=buf)
-        image[a:b] = buf[len(top) : len(top) + b - a]
-
-    with ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="wsiscan-tissue") as pool:
-        list(pool.map(blur, range(len(stripes))))
 
 
 def _max_and_chroma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -393,41 +306,6 @@ def _ink_rules(rgb: np.ndarray) -> np.ndarray:
     return ink
 
 
-def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """``ndimage.label(mask)`` (4-connected), in uint16 where the labels fit: half the memory
-    of scipy's int32 image, the same labels."""
-    try:
-        labels, n = ndimage.label(mask, output=np.uint16)
-    except RuntimeError:  # more than 65,535 parts: scipy's "insufficient bit-depth"
-        labels, n = ndimage.label(mask)
-    return labels, int(n)
-
-
-def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
-    """Pixels per label 0..n of a label image, counted piece by piece: bincount converts
-    its input to int64, so a whole label image would make an int64 temporary of its size."""
-    return sum(_map_pieces(lambda a, b: np.bincount(labels[a:b].ravel(), minlength=n + 1), labels.shape[0],
-                           _piece_rows(labels)), np.zeros(n + 1, np.int64))
-
-
-def _labels_where(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``table[labels]``, piece by piece (indexing converts the labels to int64 first)."""
-    looked_up: np.ndarray = _pointwise(lambda piece: table[piece], labels)
-    return looked_up
-
-
-def remove_small(mask: np.ndarray, min_px: int, *, count: np.ndarray | None = None) -> np.ndarray:
-    """``mask`` without its (4-)connected parts of fewer than ``min_px`` pixels; with ``count``,
-    a part's size is its number of ``count`` pixels, and only those are returned."""
-    if min_px <= 1 or not mask.any():
-        return mask if count is None else mask & count
-    labels, n = _label(mask)
-    keep = _label_sizes(labels if count is None else np.where(count, labels, 0), n) >= min_px
-    keep[0] = False
-    kept = _labels_where(keep, labels)
-    return kept if count is None else kept & count
-
-
 def _disk_rows(radius_px: float) -> list[tuple[int, int]]:
     """(dy, half width) of each row of the digital disk x^2 + y^2 <= radius^2."""
     r = int(math.ceil(radius_px))
@@ -435,7 +313,8 @@ def _disk_rows(radius_px: float) -> list[tuple[int, int]]:
             if dy * dy <= radius_px**2]
 
 
-def _row_runs(mask: np.ndarray, widths: list[int], *, dilate: bool) -> Iterator[tuple[int, np.ndarray]]:
+def _row_runs(mask: np.ndarray, widths: list[int], *, dilate: bool,
+              scratch: _Scratch | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """For each half width w of ``widths`` (ascending): w and the OR (dilate) or AND (erode)
     of ``mask`` over [x - w, x + w] along each row, outside the image False
     (``maximum_filter1d``/``minimum_filter1d`` of size 2w + 1 with cval 0).  A yielded run
@@ -444,7 +323,8 @@ def _row_runs(mask: np.ndarray, widths: list[int], *, dilate: bool) -> Iterator[
     Widths are reached one from another by two shifted ORs (ANDs) of whole rows:
     [x - w', x + w'] shifted by k = w - w' either way covers [x - w, x + w] when k <= 2 w' + 1.
     A shifted OR is one pass over the bytes, several times faster than scipy's filter."""
-    buffers = [np.empty_like(mask), np.empty_like(mask)]
+    buffers = ([np.empty_like(mask), np.empty_like(mask)] if scratch is None else
+               [scratch.get("runs0", mask.shape, mask.dtype), scratch.get("runs1", mask.shape, mask.dtype)])
     cur_w, cur = 0, mask
     for w in widths:
         while cur_w < w:
@@ -464,20 +344,27 @@ def _row_runs(mask: np.ndarray, widths: list[int], *, dilate: bool) -> Iterator[
         yield w, cur
 
 
-def dilate_or_erode_disk(mask: np.ndarray, radius_px: float, *, dilate: bool) -> np.ndarray:
+def dilate_or_erode_disk(mask: np.ndarray, radius_px: float, *, dilate: bool, scratch: _Scratch | None = None,
+                         out_name: str = "disk") -> np.ndarray:
     """Binary dilation or erosion by a disk, outside the image False (scipy's border_value=0).
 
     The disk is a union of horizontal segments: one row-wise OR (AND) per distinct segment
     width (:func:`_row_runs`), then one OR (AND) per row of the disk, shifted.  The same
     result as ``ndimage.binary_dilation``/``binary_erosion`` with the disk as structure
-    (tested), in a fraction of the time on a 6,250 x 6,250 px mask.
+    (tested), in a fraction of the time on a 6,250 x 6,250 px mask.  With ``scratch`` the
+    result and the row runs live in this thread's buffers (the result in ``out_name``),
+    valid until they are asked for again.
     """
     disk_rows: dict[int, list[int]] = {}  # half width -> the rows dy of the disk that wide
     for dy, w in _disk_rows(radius_px):
         disk_rows.setdefault(w, []).append(dy)
     n = mask.shape[0]
-    out = np.zeros_like(mask) if dilate else np.ones_like(mask)
-    for w, line in _row_runs(mask, sorted(disk_rows), dilate=dilate):
+    if scratch is None:
+        out = np.zeros_like(mask) if dilate else np.ones_like(mask)
+    else:  # a buffer of this thread's, valid until the next call with the same ``out_name``
+        out = scratch.get(out_name, mask.shape, mask.dtype)
+        out[...] = not dilate
+    for w, line in _row_runs(mask, sorted(disk_rows), dilate=dilate, scratch=scratch):
         for dy in disk_rows[w]:  # out[y] (op)= line[y + dy], rows outside the image are False
             dst, src = (out[: n - dy], line[dy:]) if dy >= 0 else (out[-dy:], line[: n + dy])
             if dilate:
@@ -491,94 +378,417 @@ def dilate_or_erode_disk(mask: np.ndarray, radius_px: float, *, dilate: bool) ->
     return out
 
 
-def close_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
-    """Morphological closing by a disk, padded so that tissue touching the border is not eroded."""
-    r = int(math.ceil(radius_px))
-    padded = np.pad(mask, r, mode="constant")
-
-    def closing(m: np.ndarray) -> np.ndarray:
-        return dilate_or_erode_disk(dilate_or_erode_disk(m, radius_px, dilate=True), radius_px, dilate=False)
-
-    # one pass of stripes: a closed row depends on the dilated rows within r, and those on
-    # the rows within 2 r (no dilated image is assembled between the two)
-    closed = _stripewise(closing, padded, halo=2 * r)
-    return closed[r:-r, r:-r]
+_STREAM_PX = 1 << 20  # pixels per stripe of detect_tissue's passes (about 4 MB as float32)
 
 
-def small_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
-    """Holes of ``mask`` (4-connected background parts not touching the border, as
-    ``ndimage.binary_fill_holes`` finds them) smaller than ``min_px`` pixels.
+def _stream_bounds(rows: int, cols: int) -> list[tuple[int, int]]:
+    """(y0, y1) of the stripes of detect_tissue's passes over a (rows, cols) mask."""
+    step = max(1, _STREAM_PX // max(1, cols))
+    return [(y0, min(y0 + step, rows)) for y0 in range(0, rows, step)]
 
-    One labelling of the background gives both the holes and their sizes.
+
+class _Scratch:
+    """Named buffers of each thread, reused from stripe to stripe.
+
+    A stripe's arrays are megabytes; allocated fresh for each stripe they would each be
+    mapped and faulted in anew (large allocations come from mmap, see
+    :func:`wsiscan.heap.bound_heap`), which cost more than the work on them.  An array from
+    :meth:`get` is valid until the same thread asks for the same name again; the buffers
+    go when the object does (one per detect_tissue call)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """An uninitialised array of ``shape`` and ``dtype`` on this thread's buffer ``name``."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        buffers = self._local.__dict__
+        buf = buffers.get(name)
+        if buf is None or buf.nbytes < nbytes:
+            buf = buffers[name] = np.empty(max(nbytes, 1), np.uint8)
+        array: np.ndarray = buf[:nbytes].view(dtype).reshape(shape)
+        return array
+
+    def rows(self, name: str, image: RowImage, y0: int, y1: int) -> np.ndarray:
+        """A writable copy of ``image``'s rows [y0, y1) in the buffer ``name``."""
+        return image.rows(y0, y1, out=self.get(name, (y1 - y0,) + image.row_shape, image.dtype))
+
+    def view(self, name: str, image: RowImage, y0: int, y1: int) -> np.ndarray:
+        """``image``'s rows [y0, y1) to read: a view of an image in memory, else read into the buffer ``name``."""
+        return image.rows(y0, y1) if image.in_memory else self.rows(name, image, y0, y1)
+
+
+def _each_stripe(fn: Callable[[int, int, int], Any], bounds: list[tuple[int, int]]) -> list[Any]:
+    """``[fn(k, y0, y1)]`` over the stripes ``bounds``, in threads: at most one stripe per
+    thread is being worked on, and each one's pixel-by-pixel work is done in cache-sized
+    pieces by its own thread (numpy and scipy.ndimage release the GIL)."""
+    threads = min(_threads(), len(bounds))
+    if threads <= 1:
+        return [fn(k, a, b) for k, (a, b) in enumerate(bounds)]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsiscan-tissue") as pool:
+        return list(pool.map(lambda k: fn(k, *bounds[k]), range(len(bounds))))
+
+
+def _piecewise(fn: Callable[..., tuple[np.ndarray, ...]], arrays: tuple[np.ndarray, ...],
+               outs: tuple[np.ndarray, ...]) -> None:
+    """``outs[:] = fn(*arrays)`` for a ``fn`` that maps each row on its own, in pieces of
+    about ``_PIECE_PX`` pixels, in this thread.
+
+    A piece's temporaries (up to 8 bytes a pixel: 256 KiB) stay in the CPU's cache and on
+    the heap: stripe-sized ones would each be mapped fresh (see :func:`wsiscan.heap.bound_heap`)
+    and page-faulted in, several times over per pass."""
+    step = _piece_rows(arrays[0])
+    for a in range(0, arrays[0].shape[0], step):
+        for out, part in zip(outs, fn(*(x[a : a + step] for x in arrays)), strict=True):
+            out[a : a + step] = part
+
+
+def _piece_bincount(labels: np.ndarray, n: int, where: np.ndarray | None = None) -> np.ndarray:
+    """``np.bincount(labels[where] or labels, minlength=n + 1)``, piece by piece: bincount
+    makes an int64 copy of its input."""
+    step = _piece_rows(labels)
+    counts = np.zeros(n + 1, np.int64)
+    for a in range(0, labels.shape[0], step):
+        piece = labels[a : a + step]
+        counts += np.bincount((piece if where is None else piece[where[a : a + step]]).ravel(), minlength=n + 1)
+    return counts
+
+
+def _connected_parts(n: int, i: np.ndarray, j: np.ndarray) -> tuple[int, np.ndarray]:
+    """The connected parts of the graph of ``n`` nodes with the edges (``i``, ``j``): their
+    number, and the part (0, 1, ...) of each node.
+
+    Each node points at a node of its part no larger than itself (a tree; a root points at
+    itself).  Every round points the roots at the two ends of each edge at the smaller of
+    the two, then every node at its root's root until nothing moves: the trees an edge
+    spans are joined.  When every edge lies within one tree, the trees are the parts.
+    (scipy.sparse.csgraph does the same, but importing it costs 10 MB of memory.)"""
+    root = np.arange(n)
+    while len(i):
+        ri, rj = root[i], root[j]
+        if np.array_equal(ri, rj):
+            break
+        low = np.minimum(ri, rj)
+        np.minimum.at(root, ri, low)
+        np.minimum.at(root, rj, low)
+        while True:  # every node at its root
+            up = root[root]
+            if np.array_equal(up, root):
+                break
+            root = up
+    roots, part = np.unique(root, return_inverse=True)
+    return len(roots), part
+
+
+class _StripeParts:
+    """The 4-connected parts of a picture seen one stripe at a time.
+
+    A first pass hands each stripe to :meth:`add`, which labels it on its own
+    (``ndimage.label``) and keeps only per-label numbers: size, whether the label touches
+    the picture's border, and the labels of the stripe's first and last rows.
+    :meth:`resolve` joins the labels that meet across stripe boundaries (one graph of a
+    few numbers per label, :func:`_connected_parts`) into parts, and sums their sizes.
+    A second pass labels each stripe again (the same input gives the same labels) and
+    :meth:`lookup` maps them through a per-part table.  Nothing the size of the picture is
+    held: a stripe's labels live only while it is worked on.
     """
-    if min_px <= 1 or mask.all():
-        return np.zeros_like(mask)
-    labels, n = _label(~mask)
-    touches_border = np.zeros(n + 1, bool)
-    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        touches_border[edge] = True
-    small = (_label_sizes(labels, n) < min_px) & ~touches_border
-    small[0] = False
-    return _labels_where(small, labels)
+
+    def __init__(self, bounds: list[tuple[int, int]], rows: int, scratch: _Scratch) -> None:
+        self.bounds = bounds
+        self.rows = rows
+        self.scratch = scratch
+        self._stripes: list[Any] = [None] * len(bounds)
+        self._part: np.ndarray | None = None  # the part of each label, labels of all stripes in turn
+        self._offsets: np.ndarray | None = None  # first label of each stripe in that numbering
+
+    def label(self, part: np.ndarray) -> tuple[np.ndarray, int]:
+        """4-connected labels of a stripe (int32, in this thread's buffer) and their count."""
+        labels = self.scratch.get("labels", part.shape, np.int32)
+        n = ndimage.label(part, output=labels)
+        return labels, int(n)
+
+    def add(self, k: int, part: np.ndarray, *, count: np.ndarray | None = None) -> None:
+        """Stripe ``k``'s pixels of the parts (bool); a part's size counts its ``count``
+        pixels when given, else all of them."""
+        a, b = self.bounds[k]
+        labels, n = self.label(part)
+        first, last = labels[0].copy(), labels[-1].copy()
+        if n == 0:
+            self._stripes[k] = (0, np.zeros(1, np.int64), np.zeros(1, bool), first, last)
+            return
+        sizes = _piece_bincount(labels, n, count)
+        border = np.zeros(n + 1, bool)
+        border[labels[:, 0]] = True
+        border[labels[:, -1]] = True
+        if a == 0:
+            border[first] = True
+        if b == self.rows:
+            border[last] = True
+        self._stripes[k] = (n, sizes, border, first, last)
+
+    def resolve(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sizes, touches border) of the parts, indexed by part: the tables :meth:`lookup` takes."""
+        ns = np.array([s[0] for s in self._stripes], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(ns)])
+        total = int(offsets[-1])
+        sizes = np.concatenate([s[1][1:] for s in self._stripes] + [np.zeros(0, np.int64)])
+        border = np.concatenate([s[2][1:] for s in self._stripes] + [np.zeros(0, bool)])
+        # labels of vertically adjacent pixels across a stripe boundary are one part
+        above, below = [], []
+        for k in range(1, len(self._stripes)):
+            last, first = self._stripes[k - 1][4], self._stripes[k][3]
+            both = (last > 0) & (first > 0)
+            above.append(last[both].astype(np.int64) - 1 + offsets[k - 1])
+            below.append(first[both].astype(np.int64) - 1 + offsets[k])
+        i = np.concatenate(above + [np.zeros(0, np.int64)])
+        j = np.concatenate(below + [np.zeros(0, np.int64)])
+        n_parts, part = _connected_parts(total, i, j)
+        self._part, self._offsets = part, offsets
+        part_sizes = np.bincount(part, weights=sizes, minlength=n_parts).astype(np.int64)
+        part_border = np.bincount(part, weights=border, minlength=n_parts) > 0
+        return part_sizes, part_border
+
+    def stripe_table(self, k: int, table: np.ndarray) -> np.ndarray:
+        """``table`` of the parts of stripe ``k``'s labels 1..n (indexed by label - 1)."""
+        if self._part is None or self._offsets is None:
+            raise RuntimeError("_StripeParts used before resolve")
+        looked_up: np.ndarray = table[self._part[self._offsets[k] : self._offsets[k + 1]]]
+        return looked_up
+
+    def lookup(self, k: int, part: np.ndarray, table: np.ndarray, *, out: np.ndarray) -> np.ndarray:
+        """``out[:] = table[the part of each pixel]`` of stripe ``k``, False off the parts:
+        ``part`` must be the stripe :meth:`add` was given."""
+        labels, n = self.label(part)
+        if n != self._stripes[k][0]:
+            raise RuntimeError(f"stripe {k} labelled {n} parts the second time, {self._stripes[k][0]} the first")
+        stripe_table = np.zeros(n + 1, table.dtype)
+        stripe_table[1:] = self.stripe_table(k, table)
+        _piecewise(lambda piece: (stripe_table[piece],), (labels,), (out,))
+        return out
 
 
-def detect_tissue(thumbnail: np.ndarray, *, mask_mpp: float, config: TissueConfig) -> TissueMask:
-    """Tissue mask of an RGB uint8 ``thumbnail`` whose pixels are ``mask_mpp`` um wide."""
+def _closed_rows(mask_rows: Callable[[int, int, np.ndarray], None], a: int, b: int, rows: int, cols: int,
+                 radius_px: float, scratch: _Scratch) -> np.ndarray:
+    """Rows [a, b) of the morphological closing by a disk of a (rows, cols) mask, padded so
+    that tissue touching the border is not eroded (``ndimage.binary_closing(np.pad(mask, r),
+    disk)[r:-r, r:-r]``, r = ceil(radius_px)), from its rows within 2 r of them, which
+    ``mask_rows(y0, y1, out)`` writes into ``out``.
+
+    The padded mask has r False pixels on every side; a closed row depends on its rows
+    within 2 r.  The window here is those rows of the padded
+    mask, clipped to it, so where it ends at the padded mask's edge it ends there as in one
+    call, and elsewhere it reaches far enough.  The result is a view of a buffer of this thread's."""
+    r = int(math.ceil(radius_px))
+    lo, hi = max(-r, a - 2 * r), min(rows + r, b + 2 * r)  # padded-mask rows, in mask coordinates
+    window = scratch.get("close", (hi - lo, cols + 2 * r), bool)
+    window[...] = False
+    y0, y1 = max(0, lo), min(rows, hi)
+    mask_rows(y0, y1, window[y0 - lo : y1 - lo, r : r + cols])
+    dilated = dilate_or_erode_disk(window, radius_px, dilate=True, scratch=scratch, out_name="dilated")
+    closed = dilate_or_erode_disk(dilated, radius_px, dilate=False, scratch=scratch, out_name="closed")
+    return closed[a - lo : b - lo, r : r + cols]
+
+
+def _drop_parts(image: RowImage, parts: _StripeParts, keep: np.ndarray, has_parts: list[bool], k: int, a: int,
+                b: int) -> None:
+    """Rows [a, b) (stripe ``k``) of ``image`` without the parts ``keep`` says False, in place."""
+    if has_parts[k] and not parts.stripe_table(k, keep).all():  # else every part of the stripe stays
+        rows = parts.scratch.rows("drop", image, a, b)
+        image.write_rows(a, parts.lookup(k, rows, keep, out=rows))  # each pixel read before it is written
+
+
+def detect_tissue(thumbnail: RowImage | np.ndarray, *, mask_mpp: float, config: TissueConfig) -> TissueMask:
+    """Tissue mask of an RGB uint8 ``thumbnail`` whose pixels are ``mask_mpp`` um wide.
+
+    The thumbnail is read, and every picture of the result written, in row stripes
+    (:class:`~wsiscan.rowimage.RowImage`): memory holds a few stripes, whatever the
+    slide's size.  The passes, each over all stripes, in threads:
+
+    1. saturation (unblurred, in a temporary RowImage until pass 2), over-dark/over-bright pixels and raw pen
+       ink by colour; the raw ink's parts are labelled (:class:`_StripeParts`);
+    2. ink parts too small are dropped (their stripes rewritten), what is left grows by
+       the margin, its saturation is zeroed and the saturation blurred (each stripe with
+       the rows of its neighbours the ink margin and the blur reach); the Otsu histogram of
+       the usable pixels is counted;
+    3. the mask (saturation at or above the threshold, not dark/bright, not ink), closed
+       (with the 2 r rows the closing reaches); its parts (and, with ink, its holes) labelled;
+    4. small parts removed and small holes filled; without ink the holes are those of the
+       cleaned mask, which a 5th pass then fills.
+    Each step is pixel for pixel the whole-picture step it replaces (blur and closing read
+    every row their kernels reach; parts are joined across stripes exactly), so the
+    result is the same bit for bit.
+    """
+    rgb = as_row_image(thumbnail)
+    rows, cols = rgb.shape[:2]
+    shape = (rows, cols)
+    bounds = _stream_bounds(rows, cols)
+    scratch = _Scratch()
     sigma_px = config.blur_sigma_um / mask_mpp
+    blur_halo = int(4.0 * sigma_px + 0.5) + 1 if sigma_px > 0.3 else 0  # scipy's kernel reaches int(4 sigma + 0.5) px
+    margin_px = INK_MARGIN_UM / mask_mpp
+    margin_halo = int(math.ceil(margin_px)) if margin_px >= 1 else 0
+    radius_px = config.closing_radius_um / mask_mpp
+    min_ink_px = int(INK_MIN_AREA_UM2 / mask_mpp**2)
+    min_object_px = int(config.min_object_area_um2 / mask_mpp**2)
+    min_hole_px = int(config.min_hole_area_um2 / mask_mpp**2)
 
-    def measure(rgb: np.ndarray) -> tuple[np.ndarray, ...]:
+    dark_bright = RowImage(shape, bool)
+    raw_sat = RowImage(shape, np.float32)
+    raw_ink = RowImage(shape, bool) if config.ink_filter else None
+    ink_parts = _StripeParts(bounds, rows, scratch) if config.ink_filter and min_ink_px > 1 else None
+
+    def measure(rgb_piece: np.ndarray) -> tuple[np.ndarray, ...]:
         """Saturation, over-dark/over-bright and (with the ink filter) pen-ink pixels of a piece,
         from one channel max and chroma."""
-        mx, chroma = _max_and_chroma(rgb)
-        gray = gray_of(rgb)
+        mx, chroma = _max_and_chroma(rgb_piece)
+        gray = gray_of(rgb_piece)
         dark_bright = (gray < config.dark_threshold) | (gray > config.bright_threshold)
         if not config.ink_filter:
             return _saturation(mx, chroma), dark_bright
-        return _saturation(mx, chroma), dark_bright, detect_ink(rgb, mx, chroma)
+        return _saturation(mx, chroma), dark_bright, detect_ink(rgb_piece, mx, chroma)
 
-    sat, dark_bright, *raw_ink = _pointwise(measure, thumbnail)
-    ink = None
-    if raw_ink:
-        ink = remove_small(raw_ink.pop(), int(INK_MIN_AREA_UM2 / mask_mpp**2))
-        margin_px = INK_MARGIN_UM / mask_mpp
-        if margin_px >= 1 and ink.any():
-            ink = _stripewise(lambda m: dilate_or_erode_disk(m, margin_px, dilate=True), ink,
-                              halo=int(math.ceil(margin_px)))
-    if ink is not None and ink.any():  # ink's saturation must not bleed through the blur onto the glass beside it
-        sat[ink] = 0.0
-    if sigma_px > 0.3:  # scipy's kernel reaches int(4 sigma + 0.5) px (truncate=4)
-        blur_in_place(sat, sigma_px)
+    def pass_measure(k: int, a: int, b: int) -> bool:
+        n = b - a
+        outs = [scratch.get("sat", (n, cols), np.float32), scratch.get("dark_bright", (n, cols), bool)]
+        if raw_ink is not None:
+            outs.append(scratch.get("ink", (n, cols), bool))
+        _piecewise(measure, (scratch.view("rgb", rgb, a, b),), tuple(outs))
+        raw_sat.write_rows(a, outs[0])
+        dark_bright.write_rows(a, outs[1])
+        if raw_ink is None:
+            return False
+        raw_ink.write_rows(a, outs[2])
+        if ink_parts is not None:
+            ink_parts.add(k, outs[2])
+        return bool(outs[2].any())
 
-    # usable pixels: neither dark/bright nor ink (taken piece by piece, never as one image)
-    unusable = (dark_bright,) if ink is None else (dark_bright, ink)
-    otsu = _otsu_of_histogram(_unit_histogram(sat, 256, exclude=unusable), np.linspace(0.0, 1.0, 257))
+    stripes_with_ink = _each_stripe(pass_measure, bounds)
+
+    # ink: raw ink without its parts smaller than INK_MIN_AREA_UM2 (rewritten in place)
+    any_ink = any(stripes_with_ink)
+    if raw_ink is not None and ink_parts is not None and any_ink:
+        sizes, _ = ink_parts.resolve()
+        keep = sizes >= min_ink_px
+        any_ink = bool(keep.any())
+        _each_stripe(functools.partial(_drop_parts, raw_ink, ink_parts, keep, stripes_with_ink), bounds)
+    ink = raw_ink
+    if raw_ink is not None and any_ink and margin_halo:
+        ink = RowImage(shape, bool)  # the ink grown by the margin (its neighbours' rows read raw_ink)
+    saturation = RowImage(shape, np.float32)
+
+    def pass_blur(k: int, a: int, b: int) -> np.ndarray:
+        lo, hi = max(0, a - blur_halo), min(rows, b + blur_halo)
+        sat = scratch.rows("sat", raw_sat, lo, hi)  # a copy to zero and blur
+        ink_rows = None
+        if raw_ink is not None and ink is not None and any_ink:
+            if ink is raw_ink:
+                window = scratch.view("ink", raw_ink, lo, hi)
+            else:  # grown by the margin: from the rows the margin reaches
+                ilo, ihi = max(0, lo - margin_halo), min(rows, hi + margin_halo)
+                window = dilate_or_erode_disk(scratch.view("ink", raw_ink, ilo, ihi), margin_px, dilate=True,
+                                              scratch=scratch)[lo - ilo : hi - ilo]
+                ink.write_rows(a, window[a - lo : b - lo])
+            # ink's saturation must not bleed through the blur onto the glass beside it
+            sat[window] = 0.0
+            ink_rows = window[a - lo : b - lo]
+        if blur_halo:
+            ndimage.gaussian_filter(sat, sigma_px, output=sat)  # scipy filters line by line: in place is exact
+        sat = sat[a - lo : b - lo]
+        saturation.write_rows(a, sat)
+        # usable pixels: neither dark/bright nor ink
+        db_rows = scratch.view("dark_bright", dark_bright, a, b)
+        return _unit_histogram(sat, 256, exclude=(db_rows,) if ink_rows is None else (db_rows, ink_rows), threads=1)
+
+    hist = sum(_each_stripe(pass_blur, bounds), np.zeros(256, np.int64))
+    raw_sat.close()
+    if raw_ink is not None and ink is not raw_ink:
+        raw_ink.close()
+    otsu = _otsu_of_histogram(hist, np.linspace(0.0, 1.0, 257))
     threshold = max(otsu, config.min_saturation)
+    with_ink = ink is not None and any_ink
 
-    def tissue_pixels(s: np.ndarray, *others: np.ndarray) -> np.ndarray:
+    def tissue_pixels(s: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray]:
         m = s >= threshold
         for other in others:
             m &= ~other
-        return m
+        return (m,)
 
-    mask = _pointwise(tissue_pixels, sat, *unusable)
+    def tissue_rows(y0: int, y1: int, out: np.ndarray) -> None:
+        """Mask rows before the closing into ``out``: saturated, not dark/bright, not ink."""
+        unusable: tuple[np.ndarray, ...] = (scratch.view("dark_bright", dark_bright, y0, y1),)
+        if with_ink and ink is not None:
+            unusable += (scratch.view("ink", ink, y0, y1),)
+        _piecewise(tissue_pixels, (scratch.view("sat", saturation, y0, y1),) + unusable, (out,))
 
-    radius_px = config.closing_radius_um / mask_mpp
-    if radius_px >= 1:
-        mask = close_disk(mask, radius_px)
-    min_object_px = int(config.min_object_area_um2 / mask_mpp**2)
-    min_hole_px = int(config.min_hole_area_um2 / mask_mpp**2)
-    if ink is None or not ink.any():
-        mask = remove_small(mask, min_object_px)
-        mask |= small_holes(mask, min_hole_px)
-    else:
-        # a stroke across tissue must neither cut it into islands that then count as small
-        # nor open its holes: sizes and holes are those of tissue + ink, then ink is removed
-        # (it is never tissue, even where the closing bridged it)
-        joined = mask | ink
-        mask = remove_small(joined, min_object_px, count=mask)
-        mask |= small_holes(joined, min_hole_px)
-        mask &= ~ink
-    return TissueMask(mask=mask, saturation=sat, dark_bright=dark_bright,
+    mask = RowImage(shape, bool)
+    # with ink, a stroke across tissue must neither cut it into islands that then count as
+    # small nor open its holes: sizes and holes are those of tissue + ink, then ink is
+    # removed (it is never tissue, even where the closing bridged it)
+    parts = _StripeParts(bounds, rows, scratch) if min_object_px > 1 else None
+    holes = _StripeParts(bounds, rows, scratch) if min_hole_px > 1 else None
+
+    def joined_rows(closed: np.ndarray, a: int, b: int) -> np.ndarray:
+        """Tissue and ink (with ink), else the tissue itself."""
+        if not with_ink or ink is None:
+            return closed
+        joined: np.ndarray = np.bitwise_or(closed, scratch.view("ink", ink, a, b),
+                                           out=scratch.get("joined", closed.shape, bool))
+        return joined
+
+    def pass_mask(k: int, a: int, b: int) -> None:
+        if radius_px >= 1:
+            closed = _closed_rows(tissue_rows, a, b, rows, cols, radius_px, scratch)
+        else:
+            closed = scratch.get("closed", (b - a, cols), bool)
+            tissue_rows(a, b, closed)
+        mask.write_rows(a, closed)
+        joined = joined_rows(closed, a, b)
+        if parts is not None:
+            parts.add(k, joined, count=closed if with_ink else None)
+        if holes is not None and with_ink:
+            holes.add(k, np.logical_not(joined, out=scratch.get("background", joined.shape, bool)))
+
+    _each_stripe(pass_mask, bounds)
+    kept = fill = None
+    if parts is not None:
+        sizes, _ = parts.resolve()
+        kept = sizes >= min_object_px
+    if holes is not None and with_ink:
+        sizes, border = holes.resolve()
+        fill = (sizes < min_hole_px) & ~border
+
+    def pass_clean(k: int, a: int, b: int) -> None:
+        closed = scratch.rows("mask", mask, a, b)
+        joined = joined_rows(closed, a, b)
+        cleaned = closed
+        if parts is not None and kept is not None and not parts.stripe_table(k, kept).all():  # else all stay
+            cleaned = parts.lookup(k, joined, kept, out=scratch.get("cleaned", closed.shape, bool))
+            cleaned &= closed
+        background = scratch.get("background", closed.shape, bool)
+        if with_ink and ink is not None:
+            if holes is not None and fill is not None and holes.stripe_table(k, fill).any():  # else none filled
+                cleaned |= holes.lookup(k, np.logical_not(joined, out=background), fill, out=background)
+            cleaned &= ~scratch.view("ink", ink, a, b)
+        elif holes is not None:  # without ink, the holes are the cleaned mask's
+            holes.add(k, np.logical_not(cleaned, out=background))
+        if cleaned is not closed or with_ink:  # else the stripe is as it was
+            mask.write_rows(a, cleaned)
+
+    _each_stripe(pass_clean, bounds)
+    if holes is not None and not with_ink:
+        sizes, border = holes.resolve()
+        fill = (sizes < min_hole_px) & ~border
+
+        def pass_fill(k: int, a: int, b: int) -> None:
+            if holes.stripe_table(k, fill).any():  # else no hole of this stripe is filled
+                cleaned = scratch.rows("mask", mask, a, b)
+                background = np.logical_not(cleaned, out=scratch.get("background", cleaned.shape, bool))
+                cleaned |= holes.lookup(k, background, fill, out=background)
+                mask.write_rows(a, cleaned)
+
+        _each_stripe(pass_fill, bounds)
+    return TissueMask(mask=mask, saturation=saturation, dark_bright=dark_bright,
                       mask_mpp=mask_mpp, threshold=float(threshold), ink=ink)
 
 
@@ -603,24 +813,29 @@ def box_counts(integral: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndar
     return counts
 
 
-def mask_box_counts(mask: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.ndarray:
+def mask_box_counts(mask: RowImage | np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray,
+                    x1: np.ndarray) -> np.ndarray:
     """``box_counts(summed_area_table(mask), y0, x0, y1, x1)`` (the same integers) from only
     the rows of the table the boxes use.
 
     The tiles of a grid start on a few hundred mask rows: their table rows are column
     counts summed band by band between those rows, then summed along each row, one pass
-    over the mask instead of a table four times its size built in two."""
-    rows, cols = mask.shape
+    down the mask (read a stripe at a time) instead of a table four times its size built
+    in two."""
+    image = as_row_image(mask)
+    rows, cols = image.shape
     dtype: type[np.signedinteger] = np.int32 if rows * cols < 2**31 else np.int64
     y0, y1 = np.asarray(y0), np.asarray(y1)
     ys = np.unique(np.concatenate([y0.ravel(), y1.ravel()]))  # sorted table rows in [0, rows]
     table = np.zeros((len(ys), cols + 1), dtype)
     column_counts = np.zeros(cols, dtype)
+    step = max(1, _STREAM_PX // max(1, cols))
     top = 0
     for i, y in enumerate(ys.tolist()):
-        if y > top:  # mask rows [top, y) added to the counts of the rows above
-            np.add(column_counts, np.sum(mask[top:y], axis=0, dtype=dtype), out=column_counts)
-            top = y
+        while top < y:  # mask rows [top, y) added to the counts of the rows above, a stripe at most at a time
+            end = min(y, top + step)
+            np.add(column_counts, np.sum(image.rows(top, end), axis=0, dtype=dtype), out=column_counts)
+            top = end
         table[i, 1:] = column_counts
     np.cumsum(table, axis=1, out=table)
     return box_counts(table, np.searchsorted(ys, y0), x0, np.searchsorted(ys, y1), x1)
@@ -658,7 +873,7 @@ def keep_tiles(scores: TileScores, *, min_tissue: float, max_dark_bright_fractio
     return keep
 
 
-def window_max_at(image: np.ndarray, size: int, *, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+def window_max_at(image: RowImage | np.ndarray, size: int, *, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """(N,) maxima of ``image`` over the windows [y, y + size) x [x, x + size) (clipped to the
     image) at the points (``ys``, ``xs``): ``ndimage.maximum_filter(image, size,
     origin=-(size // 2), mode="nearest")[ys, xs]`` (the same values: a maximum is exact in any
@@ -667,19 +882,27 @@ def window_max_at(image: np.ndarray, size: int, *, ys: np.ndarray, xs: np.ndarra
     Each distinct window top row is reduced once, down its ``size`` rows, into one row of a
     small table; the running maximum along the table's rows is then sampled at the points.
     A grid's footprints start on a few hundred rows, so the work is about one pass over the
-    rows the footprints cover, not two full-image filter passes."""
-    rows = image.shape[0]
+    rows the footprints cover, not two full-image filter passes.  The rows are read a band
+    at a time (a stripe and the ``size`` - 1 rows below it), each band once."""
+    picture = as_row_image(image)
+    rows = picture.shape[0]
     tops, which = np.unique(np.asarray(ys), return_inverse=True)
-    table = np.empty((len(tops), image.shape[1]), image.dtype)
+    table = np.empty((len(tops), picture.shape[1]), picture.dtype)
+    step = max(1, _STREAM_PX // max(1, picture.shape[1]))
+    band, band_y0 = picture.rows(0, 0), 0
     for i, y in enumerate(tops.tolist()):
-        np.max(image[y : min(y + size, rows)], axis=0, out=table[i])
+        end = min(y + size, rows)
+        if end > band_y0 + len(band):  # the next band: from this top, a stripe of tops and their windows
+            band_y0 = y
+            band = picture.rows(y, min(rows, y + step + size - 1))
+        np.max(band[y - band_y0 : end - band_y0], axis=0, out=table[i])
     if size > 1:
         table = ndimage.maximum_filter1d(table, size, axis=1, origin=-(size // 2), mode="nearest")
     values: np.ndarray = table[which.ravel(), np.asarray(xs).ravel()]
     return values
 
 
-def _box_fractions(mask: np.ndarray, *, px_xy: np.ndarray, size_px: float,
+def _box_fractions(mask: RowImage, *, px_xy: np.ndarray, size_px: float,
                    scale: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Fraction of True in each box of side ``size_px`` (store px) at origins ``px_xy`` (N, 2),
     rounded outward to whole mask pixels (at least one; ``scale`` mask px per store px);
