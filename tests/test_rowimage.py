@@ -106,3 +106,11 @@ def test_wrap_shares_the_array():
     assert as_row_image(image) is image
     image.write_rows(2, np.ones((1, 5), np.uint8))
     assert data[2].sum() == 5 and image.shape == (6, 5) and image.nbytes == 30
+
+
+def test_numpy_does_not_take_a_row_image_for_an_array():
+    image = RowImage.from_array(np.ones((4, 4), bool), ram_limit_bytes=0)
+    with pytest.raises(TypeError, match="row stripes"):
+        np.count_nonzero(image)
+    with pytest.raises(TypeError, match="row stripes"):
+        np.asarray(image)

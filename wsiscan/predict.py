@@ -49,12 +49,11 @@ from .output_folder import make_slide_dir, plan_slide_output
 from .qc import overview_picture, write_qc
 from .records import SlideSummary, summary_or_none
 from .results import class_regions_block, threshold_outputs
-from .rowimage import RowImage
 from .slide_ids import slide_id_for, unique_slide_ids
 from .staging import slide_build
 from .store import open_tile_store
 from .store_meta import write_grid
-from .tiling import prepare_store, with_array_pictures, write_store_pictures
+from .tiling import prepare_store, write_store_pictures
 
 __all__ = ["LoadedModels", "SlideJob", "load_models", "predict_slide", "predict_in_turn", "resolution_config", "slide_config",
            "config_hash", "completed_summary", "expand_slide_inputs"]
@@ -385,7 +384,7 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
     workers = config.tile.workers or default_workers()
     write_grid(plan, store)
     # drawn while the slide is scanned
-    qc_done = prep_pool.submit(lambda: write_qc(with_array_pictures(plan), slide_dir / QC_NAME))
+    qc_done = prep_pool.submit(write_qc, plan, slide_dir / QC_NAME)
 
     # -- scan: decode -> device -> heatmap chunks, concurrently ----------------------
     t = time.perf_counter()
@@ -474,8 +473,6 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
         cells = channels[spec.positive_class] if class_axis else scored_cells(store)
         # every threshold-dependent output and figure in one call (results.threshold_outputs)
         picture, picture_mpp = overview_picture(plan)
-        if isinstance(picture, RowImage):  # until overlay.png is drawn from a RowImage (outputs helper)
-            picture = picture.to_array()
         outs = threshold_outputs(slide_dir, cells, frame, threshold=pc.threshold, top_k=pc.top_k,
                                  min_region_area_um2=pc.min_region_area_um2,
                                  simplify_tolerance_um=pc.simplify_tolerance_um, slide_name=plan.slide_path.name,

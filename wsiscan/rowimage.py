@@ -213,6 +213,11 @@ class RowImage:
         where = "memory" if self.in_memory else "file"
         return f"RowImage(shape={self.shape}, dtype={self.dtype}, in {where})"
 
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        # numpy would otherwise take a RowImage for a 0-d object array (np.count_nonzero(image)
+        # is then 1, image & mask fails): a caller must say which rows it reads
+        raise TypeError("a RowImage is read in row stripes: use .rows(), .stripes() or .to_array()")
+
     def __reduce__(self) -> Any:
         # a temporary file does not travel to another process: the rows go as one array
         return RowImage.from_array, (self.to_array(),)

@@ -72,23 +72,16 @@ def _read_pictures(slide: Slide, config: Config) -> _SlidePictures:
             overview: RowImage | np.ndarray = thumbnail  # read_overview would return the thumbnail itself
             overview_mpp = mask_mpp
         else:  # a small slide: a sharper picture (under OVERVIEW_MIN_SIDE_PX a side) is read
-            overview, overview_mpp = read_overview(slide, _whole_array(thumbnail), mask_mpp=mask_mpp,
+            overview, overview_mpp = read_overview(slide, thumbnail, mask_mpp=mask_mpp,
                                                    base_mpp=slide.require_mpp().mpp)
         thumbnail_s = time.perf_counter() - t
         t = time.perf_counter()
-        tissue = detect_tissue(_whole_array(thumbnail), mask_mpp=mask_mpp, config=config.tissue)
+        tissue = detect_tissue(thumbnail, mask_mpp=mask_mpp, config=config.tissue)
     except BaseException:
         thumbnail.close()
         raise
     return _SlidePictures(thumbnail, overview, overview_mpp, tissue,
                           {"thumbnail_s": thumbnail_s, "mask_s": time.perf_counter() - t})
-
-
-def _whole_array(image: RowImage | np.ndarray | None) -> Any:
-    """``image`` as one array, for the code that does not take a RowImage yet (tissue
-    detection, qc.png, overlay.png: the other helpers of this round make them take one);
-    None stays None."""
-    return image.to_array() if isinstance(image, RowImage) else image
 
 
 def _pictures_key(slide_path: str | Path, config: Config) -> tuple[Any, ...] | None:
@@ -287,12 +280,12 @@ def plan_tiling(slide_path: str | Path, config: Config, *, stride_px: int | None
         )
     kept_rc = kept.rc
     # the plan lives through tiling and inference: keep the mask, drop what only scoring
-    # needed (saturation and dark/bright, two images the size of the mask) before the
-    # passes below make their own mask-sized temporaries
+    # needed (saturation and dark/bright: their temporary files go when nothing holds them)
     tissue = replace(tissue, saturation=None, dark_bright=None)
     chunks = chunks_needed(geometry, tissue, grid, kept_rc)
+    mask_rows, mask_cols = tissue.mask.shape[:2]
     unscored = unscored_tissue(tissue.mask, TileCoverage(
-        tissue.mask.shape, mask_mpp=tissue.mask_mpp, px_mpp=selection.effective_mpp, px_xy=grid.px_origin(kept_rc),
+        (mask_rows, mask_cols), mask_mpp=tissue.mask_mpp, px_mpp=selection.effective_mpp, px_xy=grid.px_origin(kept_rc),
         tile_size_px=tc.tile_size_px))
     release_free_heap()  # hand the freed temporaries of detection back to the OS
     timings["tissue_s"] = mask_s + time.perf_counter() - t  # the mask (perhaps made beforehand) and the keep rule
@@ -315,14 +308,6 @@ def unscored_tissue(mask: RowImage | np.ndarray, coverage: TileCoverage, *,
     for y0, rows in mask.stripes(rows_per_stripe):
         out.write_rows(y0, rows & ~coverage.rows(y0, y0 + len(rows)))
     return out
-
-
-def with_array_pictures(plan: TilingPlan) -> TilingPlan:
-    """``plan`` with its thumbnail, overview and unscored tissue as whole arrays, for the
-    drawing of qc.png until it takes RowImages (the outputs helper of this round)."""
-    thumbnail = _whole_array(plan.thumbnail)
-    overview = thumbnail if plan.overview is plan.thumbnail else _whole_array(plan.overview)
-    return replace(plan, thumbnail=thumbnail, overview=overview, unscored_tissue=_whole_array(plan.unscored_tissue))
 
 
 def prepare_store(plan: TilingPlan, store_path: Path, *, overwrite: bool,
@@ -413,7 +398,7 @@ def tile_slide(
         timings = dict(plan.timings_s)
         timings["pixels_s"] = time.perf_counter() - t
         write_grid(plan, store)
-        write_qc(with_array_pictures(plan), build.dir / QC_NAME)
+        write_qc(plan, build.dir / QC_NAME)
         timings["total_s"] = time.perf_counter() - t0
         store.update_meta(status="complete", timings_s=timings, workers=n_workers,
                           last_run={"chunks_written": written, "chunks_resumed": resumed, "decoded_bytes": decoded})
