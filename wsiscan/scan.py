@@ -268,13 +268,13 @@ class _ChunkSpill:
         slot = self._free.pop() if self._free else self._n_slots
         self._n_slots = max(self._n_slots, slot + 1)
         buf = np.ascontiguousarray(data)
-        os.pwrite(self._file.fileno(), memoryview(buf).cast("B"), slot * self.slot_bytes)
+        os.pwrite(self._file.fileno(), buf.data.cast("B"), slot * self.slot_bytes)
         self.parked += 1
         return slot, tuple(data.shape)
 
     def take(self, slot: int, shape: tuple[int, ...], out: np.ndarray) -> np.ndarray:
         """The chunk in ``slot`` read into ``out`` (uint8 of ``shape``); the slot is free again."""
-        n = os.preadv(self._file.fileno(), [memoryview(out).cast("B")], slot * self.slot_bytes)
+        n = os.preadv(self._file.fileno(), [out.data.cast("B")], slot * self.slot_bytes)
         if n != out.nbytes:
             raise OSError(f"temporary chunk file: read {n} of {out.nbytes} bytes")
         self._free.append(slot)
