@@ -268,7 +268,9 @@ class _ChunkSpill:
         slot = self._free.pop() if self._free else self._n_slots
         self._n_slots = max(self._n_slots, slot + 1)
         buf = np.ascontiguousarray(data)
-        os.pwrite(self._file.fileno(), buf.data.cast("B"), slot * self.slot_bytes)
+        n = os.pwrite(self._file.fileno(), buf.data.cast("B"), slot * self.slot_bytes)
+        if n != buf.nbytes:
+            raise OSError(f"temporary chunk file: wrote {n} of {buf.nbytes} bytes (disk full? TMPDIR)")
         self.parked += 1
         return slot, tuple(data.shape)
 
@@ -285,6 +287,11 @@ class _ChunkSpill:
             self._file.close()
             self._file = None
 
+
+# chunks per decode task of a scan: each chunk is read by its own call and handed on (and
+# written) on its own whatever the run, so longer runs only hold more buffers in flight
+# (2 * workers runs: 16 chunk buffers, 28 MB, in runs of 4)
+STREAM_RUN_CHUNKS = 1
 
 # a chunk not needed again within this many units is parked in a _ChunkSpill meanwhile
 SPILL_AFTER_UNITS = 4
@@ -444,7 +451,7 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
 
     try:
         chunk_stream = stream_chunks(tplan, store, sorted(want), workers=workers, stats=stats, tile_keep=tile_keep,
-                                     stored=stored)
+                                     stored=stored, max_run=STREAM_RUN_CHUNKS)
         if uplan is None or consume is None:
             for key, data, decoded in chunk_stream:
                 on_chunk(key, data, decoded)
