@@ -294,7 +294,7 @@ class _ChunkSpill:
 STREAM_RUN_CHUNKS = 1
 
 # a chunk not needed again within this many units is parked in a _ChunkSpill meanwhile
-SPILL_AFTER_UNITS = 4
+SPILL_AFTER_UNITS = 2
 
 
 def stream_units(tplan: TilingPlan, uplan: UnitPlan, units: list[tuple[int, int]],
