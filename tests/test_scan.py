@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 import zarr
 from cli_helpers import run
@@ -57,11 +58,24 @@ def test_streamed_heatmap_equals_the_stored_pixel_heatmap_bit_for_bit(resnet_ckp
     assert np.array_equal(pk, ps)
 
 
-def test_units_are_cut_from_chunks_exactly_as_a_store_read(synthetic_slide, tmp_path):
-    """stream_units against TileStore.read_px for every unit of an odd stride (units straddle chunks)."""
+@pytest.mark.parametrize("spill_after_units", [0, 1, 1 << 20])
+def test_units_are_cut_from_chunks_exactly_as_a_store_read(synthetic_slide, tmp_path, monkeypatch, spill_after_units):
+    """stream_units against TileStore.read_px for every unit of an odd stride (units straddle chunks),
+    with chunks parked in the temporary file as soon as their next unit is not the next one (0),
+    the one after (1), or never (1 << 20)."""
+    from wsiscan import scan as scan_mod
     from wsiscan.config import load_config
     from wsiscan.inference import plan_units
     from wsiscan.scan import ScanStats, stream_chunks, stream_units
+
+    parked: list[tuple[int, ...]] = []
+    real_put = scan_mod._ChunkSpill.put
+
+    def counting_put(self, data):
+        parked.append(tuple(data.shape))
+        return real_put(self, data)
+
+    monkeypatch.setattr(scan_mod._ChunkSpill, "put", counting_put)
     from wsiscan.tiling import tile_slide
 
     cfg = load_config().replace("tile", stride_px=40, supertile_px=256)
@@ -84,12 +98,16 @@ def test_units_are_cut_from_chunks_exactly_as_a_store_read(synthetic_slide, tmp_
     chunks = stream_chunks(plan, empty, needed, workers=2, stats=stats, tile_keep=plan.glass_tile_keep(),
                            stored=stored)
     n = 0
-    for i, region in stream_units(plan, uplan, units, chunks):
+    for i, region in stream_units(plan, uplan, units, chunks, spill_after_units=spill_after_units):
         want = store.read_px(px_box=uplan.unit_px_box(*units[i]))
         assert np.array_equal(region, want), units[i]
         n += 1
     assert n == len(units) > 4
     assert stats.chunks_decoded == len(needed) and stats.chunks_from_store == 0
+    if spill_after_units > len(units):
+        assert not parked
+    else:
+        assert len(parked) > 4
 
 
 def test_a_slides_outputs_are_drawn_while_the_next_slide_is_scanned(synthetic_slide, tiny_ckpt, tmp_path,

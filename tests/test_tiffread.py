@@ -273,3 +273,22 @@ def test_glass_skip_in_worker_processes(tmp_path, monkeypatch):
     assert procs.decoded_bytes == one.decoded_bytes
     assert open_tile_store(procs.store_path).meta["decode"]["glass_skipped_bytes"] > 0
     assert np.array_equal(open_tile_store(procs.store_path).pixels[:], open_tile_store(one.store_path).pixels[:])
+
+
+def test_handles_on_one_file_share_its_parsed_tile_tables_and_a_rewritten_file_is_parsed_again(tmp_path):
+    """A scan opens a handle per decode thread: tifffile parses the file once, the readers share
+    its read-only tile tables; the same path rewritten (other tiles) gets its own tables and pixels."""
+    path = tmp_path / "slide.tif"
+    write_synthetic_slide(path, dimensions_px=(1200, 900), compression="jpeg", downsamples=(1, 4))
+    with open_slide(path) as a, open_slide(path) as b:
+        la, lb = a._raw.levels[0], b._raw.levels[0]
+        assert la.offsets is lb.offsets and not la.offsets.flags.writeable and not la.bytecounts.flags.writeable
+        assert np.array_equal(a.read_level(level=0, lv_xy=(0, 0), size_px=(1200, 900)),
+                              b.read_level(level=0, lv_xy=(0, 0), size_px=(1200, 900)))
+        before = a.read_level(level=0, lv_xy=(0, 0), size_px=(1200, 900))
+    write_synthetic_slide(path, dimensions_px=(1300, 900), compression="jpeg", downsamples=(1, 4))
+    with open_slide(path) as c, open_slide(path, reader="openslide") as d:
+        assert c._raw.levels[0].offsets is not la.offsets and c._raw.levels[0].dimensions_px == (1300, 900)
+        after = c.read_level(level=0, lv_xy=(0, 0), size_px=(1300, 900))
+        assert np.array_equal(after, d.read_level(level=0, lv_xy=(0, 0), size_px=(1300, 900)))
+        assert after.shape != before.shape

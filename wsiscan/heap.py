@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import math
 import threading
 import weakref
@@ -28,13 +29,20 @@ _M_MMAP_THRESHOLD = -3  # mallopt parameter
 _HEAP_BOUNDED = False
 
 
-def _libc_function(name: str) -> Any:
-    """glibc's function ``name``, or None where the C library has none."""
+@functools.cache
+def _libc() -> Any:
+    """The C library, looked up once: ``find_library`` runs ``ldconfig -p`` in a child process
+    (a fork of this process, which may hold a GB by then) on every call."""
     lib = ctypes.util.find_library("c")
     try:
-        return getattr(ctypes.CDLL(lib), name) if lib else None
-    except (OSError, AttributeError):  # not glibc
+        return ctypes.CDLL(lib) if lib else None
+    except OSError:
         return None
+
+
+def _libc_function(name: str) -> Any:
+    """glibc's function ``name``, or None where the C library has none."""
+    return getattr(_libc(), name, None)
 
 
 def bound_heap() -> None:

@@ -22,6 +22,7 @@ fill value), so a streamed heatmap equals one made from stored pixels bit for bi
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -242,10 +243,65 @@ def stream_chunks(tplan: TilingPlan, store: TileStore, chunks: list[tuple[int, i
         buffers.close()
 
 
+class _ChunkSpill:
+    """Decoded chunks parked in an unlinked temporary file (TMPDIR) until a later unit needs them.
+
+    With units that overlap the chunks below them (stride < tile), a unit row can only be cut
+    once the next chunk row has arrived, so every chunk of a row would wait in memory for the
+    next row: memory growing with the slide's width.  Parked here instead, such a chunk costs a
+    write and a read of its bytes (page cache, not this process's memory).  Slots are reused.
+    """
+
+    def __init__(self, slot_bytes: int) -> None:
+        self.slot_bytes = int(slot_bytes)
+        self._file: Any = None
+        self._free: list[int] = []
+        self._n_slots = 0
+        self.parked = 0  # chunks written, for tests and figures
+
+    def put(self, data: np.ndarray) -> tuple[int, tuple[int, ...]]:
+        """Write ``data`` (uint8, at most ``slot_bytes``) to a free slot: (slot, shape)."""
+        import tempfile
+
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="wsiscan-chunks-")
+        slot = self._free.pop() if self._free else self._n_slots
+        self._n_slots = max(self._n_slots, slot + 1)
+        buf = np.ascontiguousarray(data)
+        n = os.pwrite(self._file.fileno(), buf.data.cast("B"), slot * self.slot_bytes)
+        if n != buf.nbytes:
+            raise OSError(f"temporary chunk file: wrote {n} of {buf.nbytes} bytes (disk full? TMPDIR)")
+        self.parked += 1
+        return slot, tuple(data.shape)
+
+    def take(self, slot: int, shape: tuple[int, ...], out: np.ndarray) -> np.ndarray:
+        """The chunk in ``slot`` read into ``out`` (uint8 of ``shape``); the slot is free again."""
+        n = os.preadv(self._file.fileno(), [out.data.cast("B")], slot * self.slot_bytes)
+        if n != out.nbytes:
+            raise OSError(f"temporary chunk file: read {n} of {out.nbytes} bytes")
+        self._free.append(slot)
+        return out.reshape(shape)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# chunks per decode task of a scan: each chunk is read by its own call and handed on (and
+# written) on its own whatever the run, so longer runs only hold more buffers in flight
+# (2 * workers runs: 16 chunk buffers, 28 MB, in runs of 4)
+STREAM_RUN_CHUNKS = 1
+
+# a chunk not needed again within this many units is parked in a _ChunkSpill meanwhile
+SPILL_AFTER_UNITS = 2
+
+
 def stream_units(tplan: TilingPlan, uplan: UnitPlan, units: list[tuple[int, int]],
                  chunks: Iterator[tuple[tuple[int, int], np.ndarray, bool]],
                  region_buffer: Callable[[tuple[int, int, int]], np.ndarray] | None = None,
                  on_chunk: Callable[[tuple[int, int], np.ndarray, bool], None] | None = None,
+                 spill_after_units: int = SPILL_AFTER_UNITS,
                  ) -> Generator[tuple[int, np.ndarray], None, None]:
     """Yield (unit index, (H, W, 3) uint8 region) in unit order as the chunks arrive.
 
@@ -253,17 +309,36 @@ def stream_units(tplan: TilingPlan, uplan: UnitPlan, units: list[tuple[int, int]
     chunks it overlaps, white outside the slide and where no chunk is streamed (glass).
     ``region_buffer(shape)`` gives the array to fill (pinned host memory for CUDA).
     Every chunk is also handed to ``on_chunk`` (the pixel writer) as it arrives.
+
+    A chunk is held until the last unit that overlaps it is cut; one whose next unit is
+    more than ``spill_after_units`` units away (the chunk row below is needed first) waits
+    in a temporary file instead (:class:`_ChunkSpill`), so memory does not grow with the
+    slide's width.
     """
     geo = tplan.geometry
     s = geo.supertile_px
     needs = [geo.chunks_in_box(uplan.unit_px_box(ur, uc)) for ur, uc in units]
-    refs: dict[tuple[int, int], int] = {}
-    for cs in needs:
+    uses: dict[tuple[int, int], deque[int]] = {}  # the units that overlap each chunk, in order
+    for i, cs in enumerate(needs):
         for c in cs:
-            refs[c] = refs.get(c, 0) + 1
+            uses.setdefault(c, deque()).append(i)
     cache: dict[tuple[int, int], np.ndarray] = {}
+    parked: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
+    spill = _ChunkSpill(s * s * 3)
+    reloads = BufferPool(s * s * 3, max_free=4)
     frontier: tuple[int, int] = (-1, -1)  # the last chunk streamed (row-major)
     next_unit = 0
+
+    def park_if_idle(c: tuple[int, int], unit: int) -> None:
+        """Park chunk ``c`` when its next unit is far beyond ``unit`` (the next one to cut)."""
+        if c in cache and uses[c][0] > unit + spill_after_units:
+            parked[c] = spill.put(cache.pop(c))
+
+    def chunk_data(c: tuple[int, int]) -> np.ndarray | None:
+        if c in parked:
+            slot, shape = parked.pop(c)
+            cache[c] = spill.take(slot, shape, reloads.array(shape))
+        return cache.get(c)
 
     def emit_ready() -> Iterator[tuple[int, np.ndarray]]:
         nonlocal next_unit
@@ -275,33 +350,42 @@ def stream_units(tplan: TilingPlan, uplan: UnitPlan, units: list[tuple[int, int]
             region = region_buffer(shape) if region_buffer else np.empty(shape, np.uint8)
             # white first, unless the streamed chunks cover the whole region (they never overlap)
             covered = 0
-            for c in needs[i]:
-                data = cache.get(c)
+            parts = [(c, chunk_data(c)) for c in needs[i]]
+            for c, data in parts:
                 if data is not None:
                     w = min(x1, c[1] * s + data.shape[1]) - max(x0, c[1] * s)
                     h = min(y1, c[0] * s + data.shape[0]) - max(y0, c[0] * s)
                     covered += max(0, w) * max(0, h)
             if covered < shape[0] * shape[1]:
                 region[...] = 255
-            for c in needs[i]:
-                data = cache.get(c)
+            for c, data in parts:
                 if data is not None:
                     paste_overlap(region, (x0, y0), data, (c[1] * s, c[0] * s))
-                refs[c] -= 1
-                if refs[c] == 0:
+            del parts
+            for c in needs[i]:
+                uses[c].popleft()
+                if not uses[c]:
                     cache.pop(c, None)
+                else:
+                    park_if_idle(c, i + 1)
             next_unit += 1
             yield i, region
 
-    for key, data, decoded in chunks:
-        if on_chunk is not None:
-            on_chunk(key, data, decoded)
-        if refs.get(key):
-            cache[key] = data
-        frontier = key
+    try:
+        for key, data, decoded in chunks:
+            if on_chunk is not None:
+                on_chunk(key, data, decoded)
+            if uses.get(key):
+                cache[key] = data
+                park_if_idle(key, next_unit)
+            del data
+            frontier = key
+            yield from emit_ready()
+        frontier = (1 << 30, 0)  # the rest overlap only chunks that are not streamed: white
         yield from emit_ready()
-    frontier = (1 << 30, 0)  # the rest overlap only chunks that are not streamed: white
-    yield from emit_ready()
+    finally:
+        spill.close()
+        reloads.close()
 
 
 def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels: bool,
@@ -367,7 +451,7 @@ def scan_slide(tplan: TilingPlan, store: TileStore, *, workers: int, keep_pixels
 
     try:
         chunk_stream = stream_chunks(tplan, store, sorted(want), workers=workers, stats=stats, tile_keep=tile_keep,
-                                     stored=stored)
+                                     stored=stored, max_run=STREAM_RUN_CHUNKS)
         if uplan is None or consume is None:
             for key, data, decoded in chunk_stream:
                 on_chunk(key, data, decoded)

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -250,6 +252,37 @@ def open_raw_reader(path: str | Path, *, vendor: str, level_dimensions_px: tuple
         return None, "tifffile is not installed", {}
     p = Path(path)
     try:
+        st = p.stat()
+    except OSError as exc:
+        return None, f"cannot read the file ({exc})", {}
+    # the file as it is now: another file at the path, or this one rewritten, is parsed again
+    key = (str(p.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, vendor,
+           tuple(map(tuple, level_dimensions_px)), tuple(level_downsamples))
+    with _PARSED_LOCK:  # one parse at a time: a handle opened meanwhile waits and takes its result
+        parsed = _PARSED.get(key)
+        if parsed is None:
+            parsed = _parse_levels(tifffile, p, vendor, level_dimensions_px, level_downsamples)
+            _PARSED.clear()
+            _PARSED[key] = parsed
+    reader_or_none, why, levels, problems = parsed
+    if not reader_or_none:
+        return None, why, dict(problems)
+    return RawTiffReader(p, dict(levels), dict(problems)), "", dict(problems)
+
+
+# The levels of the last TIFF parsed (one file), for the next handle on it.  A scan opens a
+# handle per decode thread, after planning opened its own: tifffile's parse of a large
+# slide makes some 600,000 Python objects (its tile tables as tuples of ints), 20-30 MB
+# that the heap keeps in part after they are freed, in each thread that parses.  The
+# TiffLevel arrays are read-only and shared by the readers.
+_PARSED: dict[tuple, tuple[bool, str, dict[int, TiffLevel], dict[int, str]]] = {}
+_PARSED_LOCK = threading.Lock()
+
+
+def _parse_levels(tifffile: Any, p: Path, vendor: str, level_dimensions_px: tuple[tuple[int, int], ...],
+                  level_downsamples: tuple[float, ...]) -> tuple[bool, str, dict[int, TiffLevel], dict[int, str]]:
+    """(readable, why not, levels, problems) of ``p``: see :func:`open_raw_reader`."""
+    try:
         with tifffile.TiffFile(p) as tif:
             tiled = [page for page in tif.pages if isinstance(page, tifffile.TiffPage) and page.is_tiled]
             levels: dict[int, TiffLevel] = {}
@@ -269,7 +302,10 @@ def open_raw_reader(path: str | Path, *, vendor: str, level_dimensions_px: tuple
                     else:
                         levels[i] = lev
     except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError) as exc:
-        return None, f"tifffile cannot parse the file ({exc})", {}
+        return False, f"tifffile cannot parse the file ({exc})", {}, {}
     if not levels:
-        return None, "; ".join(f"level {i}: {why}" for i, why in sorted(problems.items())), problems
-    return RawTiffReader(p, levels, problems), "", problems
+        return False, "; ".join(f"level {i}: {why}" for i, why in sorted(problems.items())), {}, problems
+    for lev in levels.values():
+        lev.offsets.flags.writeable = False
+        lev.bytecounts.flags.writeable = False
+    return True, "", levels, problems
