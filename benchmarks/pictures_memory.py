@@ -3,8 +3,8 @@
     python benchmarks/pictures_memory.py SLIDE RESULT_DIR OUT_DIR {array|rows}
 
 RESULT_DIR: a finished predict result of SLIDE (its store's heatmap and summary.json are used).
-array: the plan's pictures as arrays (what main passes); rows: each converted to a file-backed
-RowImage first (the arrays are then dropped).  Before each call the peak RSS is reset
+array: the plan's pictures held whole in memory (as before predict kept them in RowImages);
+rows: each in a file-backed RowImage, even when small (what predict does with a large slide's).  Before each call the peak RSS is reset
 (/proc/self/clear_refs 5, Linux) after gc and malloc_trim; VmHWM after the call minus VmRSS
 before it is what the call added.  REPEAT=n measures each call n times.  Writes qc.png and
 overlay.png into OUT_DIR (compare them with RESULT_DIR's: the same bytes).
@@ -78,29 +78,23 @@ def main() -> None:
     tissue_figures = {"tissue_area_mm2": plan.tissue.tissue_area_um2 / 1e6,
                       "ink_area_mm2": plan.tissue.ink_area_um2 / 1e6,
                       "scored_tissue_fraction": plan.scored_tissue_fraction}
-    if mode == "rows":
-        from wsiscan.rowimage import RowImage
-        from wsiscan.tiling import TilingPlan
-        from wsiscan.tissue import TissueMask
+    from wsiscan.rowimage import RowImage
 
-        def rows(a):
-            return None if a is None else RowImage.from_array(a, ram_limit_bytes=0)  # in a file, even when small
+    def converted(image):
+        """The plan's picture as a RowImage in memory (array) or in a file even when small (rows)."""
+        if image is None:
+            return None
+        whole = image.to_array()
+        return RowImage.wrap(whole) if mode == "array" else RowImage.from_array(whole, ram_limit_bytes=0)
 
-        same = plan.overview is plan.thumbnail
-        thumbnail = rows(plan.thumbnail)
-        tissue = dataclasses.replace(plan.tissue, mask=rows(plan.tissue.mask), ink=rows(plan.tissue.ink))
-        plan = dataclasses.replace(plan, thumbnail=thumbnail, tissue=tissue,
-                                   overview=thumbnail if same else plan.overview,
-                                   unscored_tissue=rows(plan.unscored_tissue))
-        # until the tissue and plan helpers land, their area properties count arrays only:
-        # the figures of the caption are the ones computed above
-        TissueMask.tissue_area_um2 = property(lambda self: tissue_figures["tissue_area_mm2"] * 1e6)
-        TissueMask.ink_area_um2 = property(lambda self: tissue_figures["ink_area_mm2"] * 1e6)
-        TilingPlan.scored_tissue_fraction = property(lambda self: tissue_figures["scored_tissue_fraction"])
-        print("inputs:", plan.thumbnail, plan.tissue.mask, plan.tissue.ink, plan.unscored_tissue, file=sys.stderr)
-    else:
-        print("inputs:", plan.thumbnail.shape, plan.thumbnail.nbytes // 2**20, "MB thumbnail; mask, ink, unscored",
-              plan.tissue.mask.nbytes // 2**20, "MB each", file=sys.stderr)
+    same = plan.overview is plan.thumbnail
+    thumbnail = converted(plan.thumbnail)
+    tissue = dataclasses.replace(plan.tissue, mask=converted(plan.tissue.mask), ink=converted(plan.tissue.ink))
+    plan = dataclasses.replace(plan, thumbnail=thumbnail, tissue=tissue,
+                               overview=thumbnail if same else plan.overview,
+                               unscored_tissue=converted(plan.unscored_tissue))
+    gc.collect()
+    print("inputs:", plan.thumbnail, plan.tissue.mask, plan.tissue.ink, plan.unscored_tissue, file=sys.stderr)
 
     measure("write_qc", write_qc, plan, out_dir / "qc.png")
 

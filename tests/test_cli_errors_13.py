@@ -393,3 +393,43 @@ def test_the_size_limits_are_real_scanner_bounds():
     # a whole 75 x 25 mm slide at 0.12 um/px (80x scanners) must pass; 0.05 um/px must not
     assert 75e3 / 0.12 <= MAX_SIDE_PX and (75e3 / 0.12) * (25e3 / 0.12) <= MAX_AREA_PX
     assert (75e3 / 0.05) > MAX_SIDE_PX
+
+
+# -- a full temporary folder (the working files of a large slide's pictures and chunks) ---------
+def test_full_temporary_folder_is_one_line_naming_it_and_tmpdir(tmp_path, small_slide, monkeypatch):
+    """The slide's pictures go to working files (forced here for a small slide); when the
+    temporary folder's disk is full, predict says so in one line naming that folder and
+    TMPDIR (not the output folder, which has room), and leaves no result behind."""
+    import wsiscan.rowimage as rowimage
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(rowimage, "RAM_LIMIT_BYTES", 0)
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    out = tmp_path / "out"
+    r = run("predict", small_slide, "--model", "wsiscan/tiny", "--device", "cpu", "-o", out, "-q")
+    assert_one_line_error(r, str(scratch), "disk is full", "TMPDIR")
+    assert not list(out.rglob("summary.json"))
+    assert not list(scratch.iterdir())  # the working files are unlinked
+
+
+def test_full_temporary_folder_while_chunks_wait_is_the_same_line(tmp_path, monkeypatch):
+    import numpy as np
+
+    from wsiscan.errors import OutputError
+    from wsiscan.scan import _ChunkSpill
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    spill = _ChunkSpill(1024)
+    slot, shape = spill.put(np.arange(1024, dtype=np.uint8))
+    np.testing.assert_array_equal(spill.take(slot, shape, np.empty(1024, np.uint8)), np.arange(1024) % 256)
+    monkeypatch.setattr(os, "pwrite", lambda *a: 100)  # a short write: the disk filled up
+    with pytest.raises(OutputError, match=rf"^{tmp_path}: .*disk is full.*TMPDIR") as caught:
+        spill.put(np.ones(1024, np.uint8))
+    assert "\n" not in str(caught.value)
+    spill.close()

@@ -378,3 +378,26 @@ def test_cuda_matches_cpu(synthetic_slide, resnet_ckpt, tmp_path):
     a = zarr.open_group(str(tmp_path / "cpu" / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
     b = zarr.open_group(str(tmp_path / "cuda" / "synthetic" / "store.zarr"), mode="r")["heatmap/0"][...]
     assert np.nanmax(np.abs(a - b)) < 0.02  # bf16 on the GPU
+
+
+def test_store_pictures_wait_for_qc_png_however_it_ends():
+    """predict writes the store's pictures after qc.png is drawn, not beside it (each holds
+    tens of MB of stripes for a large slide); a failed qc.png does not stop them."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wsiscan.predict import _After
+
+    release = threading.Event()
+
+    def qc():
+        release.wait(5)
+        raise OSError("qc.png failed")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(qc)
+        later = _After(pool, first).submit(lambda x: (first.done(), x), 7)
+        assert not later.done()
+        release.set()
+        assert later.result(timeout=5) == (True, 7)
+        assert isinstance(first.exception(), OSError)

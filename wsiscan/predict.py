@@ -26,6 +26,8 @@ import hashlib
 import json
 import math
 import time
+from concurrent.futures import Executor, Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -410,8 +412,10 @@ def _predict_planned(plan, slide_id: str, slide_dir: Path, store_path: Path, con
     todo, todo_tiles, per_chunk, resumed_tiles = units_with_work(units, plan.kept_rc, store.heatmap_chunk_done)
     # the store's pictures are written in the prep pool while the slide is scanned (marking
     # the store complete waits for them): only now, as zarr would queue the store calls
-    # above (grid, heatmap) behind their chunks
-    write_store_pictures(plan, store, pictures_in=prep_pool)
+    # above (grid, heatmap) behind their chunks; after qc.png is drawn, not beside it: each
+    # holds its own stripes and pictures (tens of MB for a large slide), and memory must
+    # not grow with the slide (the scan keeps both cores busy meanwhile anyway)
+    write_store_pictures(plan, store, pictures_in=_After(prep_pool, qc_done))
     t_ready = time.perf_counter()
     ensemble, batch_size = device_ready.result()
     timings["device_wait_s"] = time.perf_counter() - t_ready
@@ -555,6 +559,20 @@ def predict_in_turn(jobs: Sequence[SlideJob], out_dir: str | Path, config: Confi
             yield from drain()  # at most one slide's outputs wait: memory stays that of two slides
             pending.append((job, outputs.submit(finish)))
         yield from drain()
+
+
+class _After(Executor):
+    """An executor that runs what is submitted in ``pool`` once ``first`` has finished (however
+    it finished: its own waiter sees its error)."""
+
+    def __init__(self, pool: Any, first: Future) -> None:
+        self.pool, self.first = pool, first
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+        def after() -> Any:
+            futures_wait([self.first])
+            return fn(*args, **kwargs)
+        return self.pool.submit(after)
 
 
 def tissue_figures(plan) -> dict[str, Any]:

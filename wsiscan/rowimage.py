@@ -26,10 +26,19 @@ import numpy as np
 
 from wsiscan.errors import OutputError
 
-__all__ = ["RAM_LIMIT_BYTES", "STRIPE_BYTES", "RowImage", "as_row_image"]
+__all__ = ["RAM_LIMIT_BYTES", "STRIPE_BYTES", "RowImage", "as_row_image", "working_file_error"]
 
 RAM_LIMIT_BYTES = 4 << 20  # an image up to this size is kept in memory
 STRIPE_BYTES = 4 << 20  # the default stripe of :meth:`RowImage.stripes`
+
+
+def working_file_error(exc: OSError, nbytes: int, *, folder: str | None = None) -> OutputError:
+    """The one-line error for a temporary working file of ``nbytes`` that cannot be written
+    in ``folder`` (the temporary folder): it names the folder and TMPDIR, not the output."""
+    folder = folder or tempfile.gettempdir()
+    why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return OutputError(f"{folder}: cannot keep a {nbytes / 1e6:.0f} MB working file of the slide there "
+                       f"({why}); free some space or set TMPDIR to a folder on a larger disk")
 
 
 class RowImage:
@@ -89,9 +98,7 @@ class RowImage:
         return self._array is not None
 
     def _disk_error(self, folder: str, exc: OSError) -> OutputError:
-        why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        return OutputError(f"{folder}: cannot keep a {self.nbytes / 1e6:.0f} MB working picture of the slide there "
-                           f"({why}); free some space or set TMPDIR to a folder on a larger disk")
+        return working_file_error(exc, self.nbytes, folder=folder)
 
     def _check(self, y0: int, y1: int) -> None:
         if self.closed:
@@ -116,8 +123,7 @@ class RowImage:
                 done = self._pwrite(view, offset)
                 view, offset = view[done:], offset + done
         except OSError as exc:
-            raise self._disk_error(os.path.dirname(self._file.name) if isinstance(self._file.name, str)
-                                   else tempfile.gettempdir(), exc) from exc
+            raise self._disk_error(tempfile.gettempdir(), exc) from exc
 
     def _pwrite(self, view: memoryview, offset: int) -> int:
         fd = self._file.fileno()

@@ -22,6 +22,7 @@ fill value), so a streamed heatmap equals one made from stored pixels bit for bi
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -263,14 +264,19 @@ class _ChunkSpill:
         """Write ``data`` (uint8, at most ``slot_bytes``) to a free slot: (slot, shape)."""
         import tempfile
 
-        if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="wsiscan-chunks-")
-        slot = self._free.pop() if self._free else self._n_slots
-        self._n_slots = max(self._n_slots, slot + 1)
+        from .rowimage import working_file_error
+
         buf = np.ascontiguousarray(data)
-        n = os.pwrite(self._file.fileno(), buf.data.cast("B"), slot * self.slot_bytes)
-        if n != buf.nbytes:
-            raise OSError(f"temporary chunk file: wrote {n} of {buf.nbytes} bytes (disk full? TMPDIR)")
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="wsiscan-chunks-")
+            slot = self._free.pop() if self._free else self._n_slots
+            n = os.pwrite(self._file.fileno(), buf.data.cast("B"), slot * self.slot_bytes)
+            if n != buf.nbytes:  # a regular file writes short only when its disk is full
+                raise OSError(errno.ENOSPC, f"wrote {n} of {buf.nbytes} bytes")
+        except OSError as exc:  # one line naming the temporary folder (not the output's)
+            raise working_file_error(exc, self.slot_bytes * max(1, self._n_slots)) from exc
+        self._n_slots = max(self._n_slots, slot + 1)
         self.parked += 1
         return slot, tuple(data.shape)
 
