@@ -599,7 +599,9 @@ def _device_description(device: Any) -> dict[str, Any]:
 
     import torch
 
-    d = {"type": device.type, "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+    # platform.machine(), not processor(): on Linux processor() runs `uname -p` in a forked
+    # child of this (by now large) process, which a process-tree memory sampler counts twice
+    d = {"type": device.type, "cpu": platform.machine(), "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         d["name"] = torch.cuda.get_device_name(device)
     return d
