@@ -29,7 +29,7 @@ from .grid import LevelSelection, StoreGeometry, TileCoverage, TileGrid, build_g
 from .heap import bound_heap, release_free_heap
 from .keep import chunks_needed, glass_tile_keep, keep_grid_tiles
 from .layout import QC_NAME, STORE_NAME
-from .qc import OVERVIEW_MIN_SIDE_PX, read_overview, write_qc
+from .qc import read_overview, write_qc
 from .rowimage import RowImage, as_row_image
 from .slide import Slide, open_slide, slide_fingerprint
 from .staging import slide_build
@@ -68,12 +68,8 @@ def _read_pictures(slide: Slide, config: Config) -> _SlidePictures:
     # straight into a RowImage, a band of blocks at a time: never the whole picture in memory
     thumbnail = slide.read_thumbnail_rows(mpp=mask_mpp)
     try:
-        if max(thumbnail.shape[:2]) >= OVERVIEW_MIN_SIDE_PX:
-            overview: RowImage | np.ndarray = thumbnail  # read_overview would return the thumbnail itself
-            overview_mpp = mask_mpp
-        else:  # a small slide: a sharper picture (under OVERVIEW_MIN_SIDE_PX a side) is read
-            overview, overview_mpp = read_overview(slide, thumbnail, mask_mpp=mask_mpp,
-                                                   base_mpp=slide.require_mpp().mpp)
+        # the thumbnail itself, or for a small slide a sharper picture (under OVERVIEW_MIN_SIDE_PX a side)
+        overview, overview_mpp = read_overview(slide, thumbnail, mask_mpp=mask_mpp, base_mpp=slide.require_mpp().mpp)
         thumbnail_s = time.perf_counter() - t
         t = time.perf_counter()
         tissue = detect_tissue(thumbnail, mask_mpp=mask_mpp, config=config.tissue)
