@@ -428,7 +428,15 @@ def test_full_temporary_folder_while_chunks_wait_is_the_same_line(tmp_path, monk
     spill = _ChunkSpill(1024)
     slot, shape = spill.put(np.arange(1024, dtype=np.uint8))
     np.testing.assert_array_equal(spill.take(slot, shape, np.empty(1024, np.uint8)), np.arange(1024) % 256)
-    monkeypatch.setattr(os, "pwrite", lambda *a: 100)  # a short write: the disk filled up
+    calls = []
+
+    def filling(*args):  # the disk fills during the write: 100 bytes go, then no room
+        calls.append(args)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return 100
+
+    monkeypatch.setattr(os, "pwrite", filling)
     with pytest.raises(OutputError, match=rf"^{tmp_path}: .*disk is full.*TMPDIR") as caught:
         spill.put(np.ones(1024, np.uint8))
     assert "\n" not in str(caught.value)

@@ -52,7 +52,8 @@ def test_in_memory_rows_are_read_only_views():
 
 def test_file_is_unlinked_and_closed():
     image = RowImage((64, 64), np.uint8, ram_limit_bytes=0)
-    assert not os.path.exists(str(image._file.name)) or not isinstance(image._file.name, str)
+    name = image._file._file.name
+    assert not os.path.exists(str(name)) or not isinstance(name, str)
     image.close()
     image.close()
     with pytest.raises(ValueError, match="closed"):

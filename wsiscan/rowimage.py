@@ -26,7 +26,7 @@ import numpy as np
 
 from wsiscan.errors import OutputError
 
-__all__ = ["RAM_LIMIT_BYTES", "STRIPE_BYTES", "RowImage", "as_row_image", "working_file_error"]
+__all__ = ["RAM_LIMIT_BYTES", "STRIPE_BYTES", "RowImage", "WorkingFile", "as_row_image", "working_file_error"]
 
 RAM_LIMIT_BYTES = 4 << 20  # an image up to this size is kept in memory
 STRIPE_BYTES = 4 << 20  # the default stripe of :meth:`RowImage.stripes`
@@ -39,6 +39,73 @@ def working_file_error(exc: OSError, nbytes: int, *, folder: str | None = None) 
     why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
     return OutputError(f"{folder}: cannot keep a {nbytes / 1e6:.0f} MB working file of the slide there "
                        f"({why}); free some space or set TMPDIR to a folder on a larger disk")
+
+
+class WorkingFile:
+    """An unlinked temporary file in the temporary folder (``TMPDIR``), written and read at
+    byte offsets from any thread: the storage of a large :class:`RowImage`, and of the
+    decoded chunks a scan parks (``scan._ChunkSpill``).  ``nbytes``: its size up front
+    (sparse: unwritten bytes read as zeros).  Failing to create or write it is one line
+    naming the folder (:func:`working_file_error`); it leaves nothing behind when closed or
+    when the process is killed."""
+
+    def __init__(self, *, prefix: str, nbytes: int = 0) -> None:
+        self.folder = tempfile.gettempdir()
+        self.nbytes = nbytes
+        self._lock = threading.Lock()  # only where the platform has no positional reads/writes
+        self._file: Any = None
+        try:
+            self._file = tempfile.TemporaryFile(prefix=prefix, dir=self.folder)
+            if nbytes:
+                os.ftruncate(self._file.fileno(), nbytes)
+        except OSError as exc:
+            self.close()
+            raise working_file_error(exc, nbytes, folder=self.folder) from exc
+
+    def write_at(self, offset: int, data: np.ndarray) -> None:
+        """Write the bytes of ``data`` from byte ``offset`` on (all of them, or an error)."""
+        view = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
+        start = offset
+        try:
+            while len(view):
+                done = self._pwrite(view, offset)
+                if done == 0:  # a regular file takes nothing only when its disk is full
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view, offset = view[done:], offset + done
+        except OSError as exc:
+            raise working_file_error(exc, max(self.nbytes, start + data.nbytes), folder=self.folder) from exc
+
+    def _pwrite(self, view: memoryview, offset: int) -> int:
+        fd = self._file.fileno()
+        if hasattr(os, "pwrite"):
+            return os.pwrite(fd, view, offset)
+        with self._lock:
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.write(fd, view)
+
+    def read_into(self, offset: int, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` (C-contiguous) with the bytes from byte ``offset`` on; returns it."""
+        buffer = out.reshape(-1).view(np.uint8).data
+        while len(buffer):
+            done = self._pread_into(buffer, offset)
+            if done == 0:
+                raise OSError(errno.EIO, f"short read of a working file at byte {offset}")
+            buffer, offset = buffer[done:], offset + done
+        return out
+
+    def _pread_into(self, buffer: memoryview, offset: int) -> int:
+        fd = self._file.fileno()
+        if hasattr(os, "preadv"):
+            return os.preadv(fd, [buffer], offset)
+        with self._lock:
+            os.lseek(fd, offset, os.SEEK_SET)
+            return self._file.readinto(buffer)
+
+    def close(self) -> None:
+        """Give the file back (again: nothing)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class RowImage:
@@ -59,19 +126,11 @@ class RowImage:
         self.nbytes = self.row_bytes * self.shape[0]
         limit = RAM_LIMIT_BYTES if ram_limit_bytes is None else ram_limit_bytes
         self._array: np.ndarray | None = None
-        self._file: Any = None
-        self._lock = threading.Lock()  # only where the platform has no positional reads/writes
+        self._file: WorkingFile | None = None
         if self.nbytes <= limit:
             self._array = np.zeros(self.shape, self.dtype)
         else:
-            folder = tempfile.gettempdir()
-            try:
-                self._file = tempfile.TemporaryFile(prefix="wsiscan-rows-", dir=folder)
-                os.ftruncate(self._file.fileno(), self.nbytes)  # sparse: unwritten rows read as zeros
-            except OSError as exc:
-                if self._file is not None:
-                    self._file.close()
-                raise self._disk_error(folder, exc) from exc
+            self._file = WorkingFile(prefix="wsiscan-rows-", nbytes=self.nbytes)
         self.closed = False
 
     @classmethod
@@ -97,9 +156,6 @@ class RowImage:
         """Whether the rows are held in memory (a small image) rather than in a temporary file."""
         return self._array is not None
 
-    def _disk_error(self, folder: str, exc: OSError) -> OutputError:
-        return working_file_error(exc, self.nbytes, folder=folder)
-
     def _check(self, y0: int, y1: int) -> None:
         if self.closed:
             raise ValueError("RowImage is closed")
@@ -116,22 +172,8 @@ class RowImage:
         if self._array is not None:
             self._array[y0:y1] = rows
             return
-        view = rows.reshape(-1).view(np.uint8).data
-        offset = y0 * self.row_bytes
-        try:
-            while len(view):
-                done = self._pwrite(view, offset)
-                view, offset = view[done:], offset + done
-        except OSError as exc:
-            raise self._disk_error(tempfile.gettempdir(), exc) from exc
-
-    def _pwrite(self, view: memoryview, offset: int) -> int:
-        fd = self._file.fileno()
-        if hasattr(os, "pwrite"):
-            return os.pwrite(fd, view, offset)
-        with self._lock:
-            os.lseek(fd, offset, os.SEEK_SET)
-            return os.write(fd, view)
+        assert self._file is not None
+        self._file.write_at(y0 * self.row_bytes, rows)
 
     def rows(self, y0: int, y1: int, *, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``y0:y1``: a read-only view of an in-memory image, else a new array (or ``out``)."""
@@ -148,22 +190,8 @@ class RowImage:
             out = np.empty(shape, self.dtype)
         elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous {self.dtype} array of shape {shape}")
-        buffer = out.reshape(-1).view(np.uint8).data
-        offset = y0 * self.row_bytes
-        while len(buffer):
-            done = self._pread_into(buffer, offset)
-            if done == 0:
-                raise OSError(errno.EIO, f"short read of a working picture at byte {offset}")
-            buffer, offset = buffer[done:], offset + done
-        return out
-
-    def _pread_into(self, buffer: memoryview, offset: int) -> int:
-        fd = self._file.fileno()
-        if hasattr(os, "preadv"):
-            return os.preadv(fd, [buffer], offset)
-        with self._lock:
-            os.lseek(fd, offset, os.SEEK_SET)
-            return self._file.readinto(buffer)
+        assert self._file is not None
+        return self._file.read_into(y0 * self.row_bytes, out)
 
     def stripe_rows(self, stripe_bytes: int = STRIPE_BYTES) -> int:
         """Rows in a stripe of about ``stripe_bytes`` (at least one)."""

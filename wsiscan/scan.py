@@ -22,8 +22,6 @@ fill value), so a streamed heatmap equals one made from stored pixels bit for bi
 
 from __future__ import annotations
 
-import errno
-import os
 import queue
 import threading
 import time
@@ -39,6 +37,7 @@ from .decode import CHUNKS_PER_WRITE, chunk_runs, read_chunks, write_pixels
 from .grid import paste_overlap
 from .heap import BufferPool, bound_heap
 from .inference import UnitPlan
+from .rowimage import WorkingFile
 from .slide import Slide
 from .store import TileStore
 from .store_meta import decode_record
@@ -255,36 +254,25 @@ class _ChunkSpill:
 
     def __init__(self, slot_bytes: int) -> None:
         self.slot_bytes = int(slot_bytes)
-        self._file: Any = None
+        self._file: WorkingFile | None = None  # made when the first chunk is parked
         self._free: list[int] = []
         self._n_slots = 0
         self.parked = 0  # chunks written, for tests and figures
 
     def put(self, data: np.ndarray) -> tuple[int, tuple[int, ...]]:
         """Write ``data`` (uint8, at most ``slot_bytes``) to a free slot: (slot, shape)."""
-        import tempfile
-
-        from .rowimage import working_file_error
-
-        buf = np.ascontiguousarray(data)
-        try:
-            if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix="wsiscan-chunks-")
-            slot = self._free.pop() if self._free else self._n_slots
-            n = os.pwrite(self._file.fileno(), buf.data.cast("B"), slot * self.slot_bytes)
-            if n != buf.nbytes:  # a regular file writes short only when its disk is full
-                raise OSError(errno.ENOSPC, f"wrote {n} of {buf.nbytes} bytes")
-        except OSError as exc:  # one line naming the temporary folder (not the output's)
-            raise working_file_error(exc, self.slot_bytes * max(1, self._n_slots)) from exc
+        if self._file is None:
+            self._file = WorkingFile(prefix="wsiscan-chunks-")
+        slot = self._free.pop() if self._free else self._n_slots
+        self._file.write_at(slot * self.slot_bytes, data)
         self._n_slots = max(self._n_slots, slot + 1)
         self.parked += 1
         return slot, tuple(data.shape)
 
     def take(self, slot: int, shape: tuple[int, ...], out: np.ndarray) -> np.ndarray:
         """The chunk in ``slot`` read into ``out`` (uint8 of ``shape``); the slot is free again."""
-        n = os.preadv(self._file.fileno(), [out.data.cast("B")], slot * self.slot_bytes)
-        if n != out.nbytes:
-            raise OSError(f"temporary chunk file: read {n} of {out.nbytes} bytes")
+        assert self._file is not None
+        self._file.read_into(slot * self.slot_bytes, out)
         self._free.append(slot)
         return out.reshape(shape)
 
