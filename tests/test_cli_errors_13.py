@@ -418,6 +418,34 @@ def test_full_temporary_folder_is_one_line_naming_it_and_tmpdir(tmp_path, small_
     assert not list(scratch.iterdir())  # the working files are unlinked
 
 
+def test_full_temporary_folder_leaves_the_finished_result_as_it_was(tmp_path, small_slide, monkeypatch):
+    """A finished result in the folder, then an --overwrite run that finds the temporary
+    folder full: one line, and every file of the finished result is still there, byte for byte."""
+    import wsiscan.rowimage as rowimage
+
+    out = tmp_path / "out"
+    first = run("predict", small_slide, "--model", "wsiscan/tiny", "--device", "cpu", "-o", out, "-q")
+    assert first.exit_code == 0, first.output
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    assert any(name.endswith("summary.json") for name in before)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(rowimage, "RAM_LIMIT_BYTES", 0)
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    r = run("predict", small_slide, "--model", "wsiscan/tiny", "--device", "cpu", "-o", out, "-q", "--overwrite")
+    assert_one_line_error(r, str(scratch), "disk is full", "TMPDIR")
+    assert snapshot() == before
+
+
 def test_full_temporary_folder_while_chunks_wait_is_the_same_line(tmp_path, monkeypatch):
     import numpy as np
 
